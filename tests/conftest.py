@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny checkpoint trained once per session on real (subsampled) data."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinychameleon.config import make_config
+from tinychameleon.data.mnist import default_cache_dir
+
+
+@pytest.fixture(scope="session")
+def cache_dir():
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir):
+    """Train the `tiny` preset end to end (VQ-VAE + transformer) into a fresh run directory."""
+    from tinychameleon.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(make_config("tiny"), run_dir, cache_dir=cache_dir, progress=False, device_name="cpu")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_run):
+    from tinychameleon.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(tiny_run)
+
+
+@pytest.fixture(scope="session")
+def colored(cache_dir):
+    from tinychameleon.data.colored import load_colored_mnist
+
+    return load_colored_mnist(0, cache_dir)

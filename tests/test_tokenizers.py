@@ -1,0 +1,110 @@
+import warnings
+
+import pytest
+import torch
+
+from tinychameleon.config import VQConfig
+from tinychameleon.errors import PromptError
+from tinychameleon.tokenizers.text import PaletteWarning, WordTokenizer
+from tinychameleon.tokenizers.vocab import SEQUENCE_LENGTH, Vocab
+from tinychameleon.tokenizers.vqvae import VQVAE
+
+
+@pytest.fixture
+def tokenizer():
+    return WordTokenizer()
+
+
+def test_round_trip(tokenizer):
+    ids = tokenizer.encode("dark green eight on bright cyan")
+    assert len(ids) == 6 and tokenizer.decode(ids) == "dark green eight on bright cyan"
+
+
+def test_case_and_whitespace_are_forgiven(tokenizer):
+    assert tokenizer.encode("  Dark GREEN\teight  on bright   cyan ") == tokenizer.encode("dark green eight on bright cyan")
+
+
+@pytest.mark.parametrize("prompt, fragment", [
+    ("dark green eigth on bright cyan", "did you mean eight"),
+    ("dark green eight on bright", "has 5 words, expected 6"),
+    ("dark green eight on bright cyan now", "unknown word"),
+    ("green dark eight on bright cyan", "should be a adjective"),
+    ("dark green eight in bright cyan", "unknown word"),
+    ("dark green eight bright on cyan", "should be a 'on'"),
+    ("", "has 0 words"),
+])
+def test_errors_name_the_problem_and_the_template(tokenizer, prompt, fragment):
+    with pytest.raises(PromptError) as error:
+        tokenizer.encode(prompt)
+    assert fragment in str(error.value)
+    assert "<adjective> <color> <digit> on <adjective> <color>" in str(error.value)
+
+
+def test_off_palette_color_warns_with_same_hue_colors(tokenizer):
+    with pytest.warns(PaletteWarning, match="normal red, dark red"):
+        ids = tokenizer.encode("bright red eight on bright cyan")
+    assert len(ids) == 6
+
+
+def test_palette_color_does_not_warn(tokenizer):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokenizer.encode("normal red one on plain white")
+
+
+def test_vocab_ranges_are_disjoint_and_cover_everything():
+    vocab = Vocab(256)
+    ids = set(vocab.image_range) | set(vocab.word_range) | {vocab.bos, vocab.end_of_text, vocab.end_of_image}
+    assert ids == set(range(vocab.size)) and vocab.size == 256 + 31 + 3
+    assert vocab.token_name(vocab.bos) == "<bos>" and vocab.token_name(vocab.word_offset) == "bright"
+    assert SEQUENCE_LENGTH == 58
+
+
+def test_vqvae_shapes_and_index_range():
+    vqvae = VQVAE(VQConfig(codebook_size=16, code_dim=8, hidden=16, pixel_channels=4))
+    images = torch.randint(0, 4, (5, 28, 28, 3), dtype=torch.uint8)
+    logits, indices, loss = vqvae(images)
+    assert logits.shape == (5, 3, 4, 28, 28) and indices.shape == (5, 7, 7) and loss.ndim == 0
+    codes = vqvae.encode(images)
+    assert codes.shape == (5, 49) and codes.min() >= 0 and codes.max() < 16
+    decoded = vqvae.decode(codes)
+    assert decoded.shape == (5, 28, 28, 3) and decoded.dtype == torch.uint8 and decoded.max() <= 3
+
+
+def test_quantizer_returns_quantized_indices_loss_and_straight_through():
+    vqvae = VQVAE(VQConfig(codebook_size=8, code_dim=4, hidden=8, pixel_channels=2))
+    z = torch.randn(2, 4, 7, 7, requires_grad=True)
+    quantized, indices, loss = vqvae.quantizer(z)
+    assert quantized.shape == z.shape and indices.shape == (2, 7, 7)
+    quantized.sum().backward()
+    assert torch.allclose(z.grad, torch.ones_like(z))  # straight-through: gradient passes unchanged
+    expected = vqvae.quantizer.codebook[indices].permute(0, 3, 1, 2)
+    assert torch.allclose(quantized.detach(), expected, atol=1e-6)
+
+
+def test_dead_codes_are_restarted():
+    vqvae = VQVAE(VQConfig(codebook_size=64, code_dim=4, hidden=8, pixel_channels=2, dead_code_threshold=0.5))
+    quantizer = vqvae.quantizer
+    quantizer.train()
+    z = torch.randn(4, 4, 7, 7)
+    quantizer(z)  # first call initialises the codebook on encoder outputs
+    quantizer.codebook[10] = 1e6  # a code nobody will ever pick
+    quantizer.cluster_size[10] = 0.0
+    quantizer(z)
+    assert quantizer.codebook[10].abs().max() < 1e3  # restarted on an encoder output
+
+
+def test_vqvae_learns_on_real_images(colored):
+    train, _ = colored
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQConfig(codebook_size=32, code_dim=8, hidden=32, pixel_channels=8))
+    optimizer = torch.optim.Adam(vqvae.parameters(), lr=3e-3)
+    images = torch.from_numpy(train.images[:256])
+    first = None
+    for _ in range(60):
+        _, _, loss = vqvae(images)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        first = first or loss.item()
+    assert loss.item() < 0.7 * first

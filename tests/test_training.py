@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+from tinychameleon.config import RunConfig, make_config
+from tinychameleon.errors import CheckpointError
+from tinychameleon.training import checkpoint
+from tinychameleon.training.lm_trainer import epoch_batches
+from tinychameleon.training.schedule import warmup_cosine
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+    values = [warmup_cosine(step, 100, 10) for step in range(10, 100)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_presets_and_config_round_trip():
+    config = make_config("quick", train={"epochs": 7})
+    assert config.train.epochs == 7 and config.preset == "quick"
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    seed = make_config("seed")
+    assert (seed.train.lr, seed.train.batch_size, seed.train.epochs) == (1e-3, 32, 30)
+    assert (seed.model.n_layer, seed.model.d_model, seed.model.n_head) == (4, 128, 4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("huge")
+
+
+def test_every_batch_is_half_text_first():
+    for rows, orders in epoch_batches(1000, 32, seed=0, epoch=0):
+        assert len(rows) == 32 and int(orders.sum()) == 16
+
+
+def test_tiny_run_writes_a_self_describing_checkpoint(tiny_run):
+    for name in ("config.json", "vocab.json", "vqvae.safetensors", "model.safetensors", "training_curve.png",
+                 "transformer_metrics.json", "transformer_metrics.csv", "vqvae_metrics.json"):
+        assert (tiny_run / name).exists(), name
+    history = json.loads((tiny_run / "transformer_metrics.json").read_text())
+    epochs = history["epochs"]
+    assert epochs[0]["epoch"] == 0 and epochs[-1]["test_nll"] < epochs[0]["test_nll"]  # it learned
+    assert {"test_text_nll", "test_image_nll", "test_text_first_nll", "test_image_first_nll"} <= set(epochs[-1])
+    assert len(history["steps"]) == 512 // 32  # one train loss per minibatch
+    model = checkpoint.load_transformer(tiny_run)
+    assert model.config.n_layer == 1
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "vocab.json", "vqvae.safetensors"):
+        (broken / name).write_bytes((tiny_run / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoint.load_transformer(broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoint.load_config(broken)
+
+
+def test_resume_continues_an_interrupted_run(tmp_path, cache_dir, monkeypatch):
+    from tinychameleon.training import lm_trainer
+    from tinychameleon.training.run import train
+
+    uninterrupted = tmp_path / "uninterrupted"
+    train(make_config("tiny", train={"epochs": 2}), uninterrupted, cache_dir=cache_dir, progress=False,
+          device_name="cpu")
+    assert not (uninterrupted / "train_state.pt").exists()  # a finished run leaves no resume state
+
+    # Interrupt right after epoch 1 has been saved (the curve is drawn last in each epoch).
+    real_plot = lm_trainer.plot_curve
+
+    def plot_then_interrupt(*args, **kwargs):
+        real_plot(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm_trainer, "plot_curve", plot_then_interrupt)
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config("tiny", train={"epochs": 2}), interrupted, cache_dir=cache_dir, progress=False,
+              device_name="cpu")
+    assert (interrupted / "train_state.pt").exists()
+    monkeypatch.setattr(lm_trainer, "plot_curve", real_plot)
+    train(make_config("tiny"), interrupted, resume=True, cache_dir=cache_dir, progress=False, device_name="cpu")
+
+    history = json.loads((interrupted / "transformer_metrics.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [0, 1, 2]  # the run's own config (2 epochs) won
+    finished = checkpoint.load_transformer(uninterrupted).state_dict()
+    for key, value in checkpoint.load_transformer(interrupted).state_dict().items():
+        torch.testing.assert_close(value, finished[key])  # same weights as if never interrupted

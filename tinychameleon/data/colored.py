@@ -1,0 +1,117 @@
+"""Text-labeled colored MNIST: the palette, valid color pairs, coloring and captions.
+
+Every image is 28x28x3 with 2 bits per channel (levels 0..3). Digit pixels (MNIST
+intensity >= 0.5) take the foreground color, the rest the background color. The caption
+is six words, foreground first: "dark green eight on bright cyan".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .mnist import load_mnist
+
+# (adjective, color) -> RGB levels 0..3. The order fixes color ids everywhere.
+PALETTE: dict[tuple[str, str], tuple[int, int, int]] = {
+    ("plain", "black"): (0, 0, 0), ("dark", "gray"): (1, 1, 1), ("plain", "gray"): (2, 2, 2),
+    ("plain", "white"): (3, 3, 3), ("normal", "red"): (3, 0, 0), ("dark", "red"): (2, 0, 1),
+    ("plain", "orange"): (3, 1, 0), ("light", "orange"): (3, 2, 1), ("plain", "brown"): (2, 1, 0),
+    ("plain", "gold"): (3, 2, 0), ("plain", "yellow"): (3, 3, 1), ("bright", "yellow"): (3, 3, 0),
+    ("dark", "yellow"): (1, 2, 0), ("plain", "green"): (0, 3, 0), ("light", "green"): (1, 3, 1),
+    ("dark", "green"): (1, 2, 1), ("plain", "turquoise"): (0, 2, 2), ("light", "turquoise"): (1, 3, 2),
+    ("bright", "cyan"): (0, 3, 3), ("light", "cyan"): (2, 3, 3), ("plain", "blue"): (0, 0, 3),
+    ("dark", "blue"): (0, 0, 2), ("light", "blue"): (1, 2, 3), ("plain", "purple"): (2, 0, 2),
+    ("light", "purple"): (2, 1, 3), ("dark", "purple"): (1, 1, 2), ("bright", "magenta"): (3, 0, 3),
+    ("plain", "magenta"): (3, 1, 2), ("dark", "magenta"): (1, 0, 2), ("light", "pink"): (3, 2, 3),
+    ("plain", "pink"): (3, 2, 2),
+}
+COLOR_NAMES: list[str] = [f"{adjective} {color}" for adjective, color in PALETTE]
+COLOR_RGB = np.array(list(PALETTE.values()), dtype=np.uint8)  # (31, 3)
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+ADJECTIVES = sorted({adjective for adjective, _ in PALETTE})
+HUES = sorted({color for _, color in PALETTE})
+MIN_PAIR_DISTANCE = 3  # summed absolute channel difference between foreground and background
+
+
+def valid_pairs() -> np.ndarray:
+    """All (foreground id, background id) pairs whose colors differ enough: (730, 2)."""
+    distance = np.abs(COLOR_RGB[:, None, :].astype(int) - COLOR_RGB[None, :, :].astype(int)).sum(-1)
+    return np.argwhere(distance >= MIN_PAIR_DISTANCE)
+
+
+VALID_PAIRS = valid_pairs()
+
+
+def caption_of(digit: int, foreground: int, background: int) -> str:
+    return f"{COLOR_NAMES[foreground]} {DIGIT_WORDS[digit]} on {COLOR_NAMES[background]}"
+
+
+def colorize(digit_images: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 intensities + color ids (N,) -> (N, 28, 28, 3) levels 0..3."""
+    mask = (digit_images >= 128)[..., None]  # intensity >= 0.5 in the 1/256 scale
+    return np.where(mask, COLOR_RGB[foreground][:, None, None, :], COLOR_RGB[background][:, None, None, :])
+
+
+def holdout_pair_ids(count: int, seed: int = 1234) -> np.ndarray:
+    """Indices into VALID_PAIRS held out from training for the compositional-generalisation study."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(len(VALID_PAIRS), size=count, replace=False))
+
+
+@dataclass
+class ColoredMNIST:
+    """One split: images (N, 28, 28, 3) levels, digits (N,), foreground/background color ids (N,)."""
+
+    images: np.ndarray
+    digits: np.ndarray
+    foreground: np.ndarray
+    background: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.digits)
+
+    def captions(self) -> list[str]:
+        return [caption_of(d, f, b) for d, f, b in zip(self.digits, self.foreground, self.background)]
+
+    def subset(self, index) -> "ColoredMNIST":
+        return ColoredMNIST(self.images[index], self.digits[index], self.foreground[index], self.background[index])
+
+
+def make_split(digit_images: np.ndarray, labels: np.ndarray, seed: int, allowed_pairs: np.ndarray | None = None
+               ) -> ColoredMNIST:
+    """Draw a valid color pair per image, uniformly and reproducibly from `seed`."""
+    pairs = VALID_PAIRS if allowed_pairs is None else VALID_PAIRS[allowed_pairs]
+    choice = pairs[np.random.default_rng(seed).integers(0, len(pairs), size=len(labels))]
+    foreground, background = choice[:, 0], choice[:, 1]
+    return ColoredMNIST(colorize(digit_images, foreground, background).astype(np.uint8),
+                        labels.astype(np.int64), foreground.astype(np.int64), background.astype(np.int64))
+
+
+def load_colored_mnist(seed: int = 0, cache_dir: str | Path | None = None, holdout_pairs: int = 0
+                       ) -> tuple[ColoredMNIST, ColoredMNIST]:
+    """(train, test) colored splits. With `holdout_pairs`, train never sees those color pairs."""
+    mnist = load_mnist(cache_dir)
+    train_pairs = None
+    if holdout_pairs:
+        train_pairs = np.setdiff1d(np.arange(len(VALID_PAIRS)), holdout_pair_ids(holdout_pairs))
+    train = make_split(mnist["train_images"], mnist["train_labels"], seed, train_pairs)
+    test = make_split(mnist["test_images"], mnist["test_labels"], seed + 1)
+    return train, test
+
+
+COLOR_ID = {name: index for index, name in enumerate(COLOR_NAMES)}
+
+
+def parse_caption(caption: str) -> tuple[int, int, int] | None:
+    """'dark green eight on bright cyan' -> (digit, fg id, bg id); None unless well-formed and in the palette."""
+    words = caption.split()
+    if len(words) != 6 or words[3] != "on" or words[2] not in DIGIT_WORDS:
+        return None
+    foreground, background = " ".join(words[:2]), " ".join(words[4:])
+    if foreground not in COLOR_ID or background not in COLOR_ID:
+        return None
+    return DIGIT_WORDS.index(words[2]), COLOR_ID[foreground], COLOR_ID[background]

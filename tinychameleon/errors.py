@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints these as one line, the web server answers 4xx."""
+
+
+class TinyChameleonError(Exception):
+    """An error caused by the user's input or environment, with a message meant for them."""
+
+
+class PromptError(TinyChameleonError, ValueError):
+    """A caption prompt that the word tokenizer cannot read."""
+
+
+class CheckpointError(TinyChameleonError):
+    """A checkpoint directory that is missing, incomplete or corrupt."""
+
+
+class DataError(TinyChameleonError):
+    """The MNIST source file cannot be fetched or does not verify."""
+
+
+class ImageInputError(TinyChameleonError, ValueError):
+    """An image file that cannot be read as a picture."""

@@ -1,0 +1,150 @@
+"""`tinychameleon evaluate`: every number a reader needs to trust a checkpoint, in one run.
+
+NLL (overall, text, image, per order) on the whole test split; judged text -> image accuracy;
+image -> text caption exactness; unconditional agreement and variety; a Frechet distance in
+the judge's feature space; the VQ-VAE's reconstruction quality; and, for runs trained with
+held-out color pairs, seen vs unseen accuracy. Writes metrics.json, report.md and grids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.colored import VALID_PAIRS, holdout_pair_ids, load_colored_mnist
+from ..data.mnist import default_cache_dir
+from ..imaging import caption_grid
+from ..io_utils import atomic_path, write_json
+from ..pipeline import Pipeline
+from ..training.lm_trainer import test_nll
+from ..training.run import caption_word_ids, encode_images
+from ..training.vqvae_trainer import reconstruction_metrics
+from .judge import attribute_accuracy, load_or_train_judge
+from .metrics import caption_accuracy, frechet_distance, unconditional_metrics
+from .report import write_report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", help="run directory to evaluate (default: the shipped checkpoint)")
+    parser.add_argument("--out", default="evaluation", help="folder for metrics.json, report.md and grids")
+    parser.add_argument("--samples", type=int, default=1000, help="samples per direction (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (default: the checkpoint's)")
+    parser.add_argument("--top-k", type=int, help="top-k filtering (default: the checkpoint's)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
+    parser.add_argument("--cache-dir", help="data and judge cache directory")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+
+
+def stage(name: str, started: float) -> None:
+    print(f"[{time.time() - started:6.1f}s] {name}", flush=True)
+
+
+def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, seed: int = 0, cache_dir=None,
+             sampling: dict | None = None, out_dir: Path | None = None) -> dict:
+    """Run the whole evaluation on a loaded pipeline; returns the metrics dictionary."""
+    started = time.time()
+    sampling = {key: value for key, value in (sampling or {}).items() if value is not None}
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    config = pipeline.config
+    train, test = load_colored_mnist(config.data_seed, cache_dir)
+    judge = load_or_train_judge(train, cache_dir, config.data_seed)
+    stage("judge ready", started)
+    samples = min(samples, len(test))
+    subset = test.subset(slice(0, samples))
+    metrics: dict = {"checkpoint": pipeline.source, "samples": samples, "seed": seed,
+                     "sampling": {**pipeline.sampling.__dict__, **sampling}}
+
+    real = judge.predict(test.images)
+    metrics["judge_on_real_test"] = attribute_accuracy(real, test.digits, test.foreground, test.background)
+
+    nll_split = test if not nll_examples else test.subset(slice(0, nll_examples))
+    codes = encode_images(pipeline.vqvae, nll_split.images, pipeline.device).long().to(pipeline.device)
+    metrics["nll"] = test_nll(pipeline.model, pipeline.vocab, caption_word_ids(nll_split).to(pipeline.device), codes)
+    metrics["nll"]["examples"] = len(nll_split)
+    stage(f"test NLL {metrics['nll']['test_nll']:.4f}", started)
+
+    reconstructions = pipeline.vqvae.decode(encode_images(pipeline.vqvae, subset.images, pipeline.device).long()
+                                            .to(pipeline.device)).cpu().numpy()
+    metrics["vqvae"] = {**reconstruction_metrics(pipeline.vqvae, test.images, device=pipeline.device),
+                        "judge_on_reconstructions": attribute_accuracy(judge.predict(reconstructions), subset.digits,
+                                                                       subset.foreground, subset.background)}
+    stage("VQ-VAE measured", started)
+
+    prompts = subset.captions()
+    generated = pipeline.generate_images(prompts, n=1, seed=seed, **sampling)
+    judged = judge.predict(generated)
+    metrics["text_to_image"] = attribute_accuracy(judged, subset.digits, subset.foreground, subset.background)
+    stage(f"text -> image all-three {metrics['text_to_image']['all']:.3f}", started)
+
+    captions = pipeline.caption(subset.images, seed=seed, **sampling)
+    metrics["image_to_text"] = caption_accuracy(captions, subset.digits, subset.foreground, subset.background)
+    stage(f"image -> text exact {metrics['image_to_text']['exact']:.3f}", started)
+
+    sampled, sampled_captions = pipeline.sample(samples, seed=seed, **{k: v for k, v in sampling.items()
+                                                                       if k != "guidance"})
+    metrics["unconditional"] = unconditional_metrics(judge.predict(sampled), sampled_captions)
+    stage(f"unconditional agreement {metrics['unconditional']['agreement']:.3f}", started)
+
+    half = samples // 2
+    reference = judge.predict(train.images[:samples])["features"]
+    metrics["frechet"] = {
+        "generated_vs_real": frechet_distance(judged["features"], real["features"][:samples]),
+        "real_train_vs_real_test": frechet_distance(reference, real["features"][:samples]),
+        "real_test_halves": frechet_distance(real["features"][:half], real["features"][half:samples]),
+        "unconditional_vs_real": frechet_distance(judge.predict(sampled)["features"], real["features"][:samples]),
+    }
+    stage("Frechet distances done", started)
+
+    if config.train.holdout_pairs:
+        metrics["compositional"] = compositional(pipeline, judge, test, config.train.holdout_pairs, samples,
+                                                 seed, sampling)
+        stage("compositional generalisation done", started)
+    metrics["elapsed_s"] = time.time() - started
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        grids = {"text_to_image.png": caption_grid(generated[:9], prompts[:9], title="text -> image"),
+                 "image_to_text.png": caption_grid(subset.images[:9], captions[:9], title="image -> text"),
+                 "unconditional.png": caption_grid(sampled[:9], sampled_captions[:9], title="unconditional")}
+        for name, image in grids.items():
+            with atomic_path(out_dir / name) as temp:
+                image.save(temp, format="PNG")
+        write_json(out_dir / "metrics.json", metrics)
+        write_report(metrics, out_dir / "report.md", list(grids))
+    return metrics
+
+
+def compositional(pipeline, judge, test, holdout_pairs: int, samples: int, seed: int, sampling: dict) -> dict:
+    """Seen vs unseen (held-out) color pairs, in both directions."""
+    held = {tuple(pair) for pair in VALID_PAIRS[holdout_pair_ids(holdout_pairs)]}
+    unseen = np.array([(f, b) in held for f, b in zip(test.foreground, test.background)])
+    results = {"held_out_pairs": holdout_pairs}
+    for name, mask in (("seen", ~unseen), ("unseen", unseen)):
+        split = test.subset(np.flatnonzero(mask)[:samples])
+        if len(split) == 0:
+            continue
+        images = pipeline.generate_images(split.captions(), n=1, seed=seed, **sampling)
+        captions = pipeline.caption(split.images, seed=seed, **sampling)
+        results[name] = {"examples": len(split),
+                         "text_to_image": attribute_accuracy(judge.predict(images), split.digits, split.foreground,
+                                                             split.background),
+                         "image_to_text": caption_accuracy(captions, split.digits, split.foreground, split.background)}
+    return results
+
+
+def run_evaluation(args) -> dict:
+    torch.manual_seed(args.seed)
+    pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
+    samples, nll_examples = (64, 500) if args.quick else (args.samples, 0)
+    out = Path(args.out)
+    metrics = evaluate(pipeline, samples, nll_examples, args.seed, args.cache_dir,
+                       {"temperature": args.temperature, "top_k": args.top_k, "guidance": args.guidance}, out)
+    print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional")},
+                     indent=1))
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    return metrics

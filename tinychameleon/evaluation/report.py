@@ -1,0 +1,64 @@
+"""Markdown report of an evaluation's metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io_utils import atomic_path
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
+    nll, vq = metrics["nll"], metrics["vqvae"]
+    t2i, i2t, unc, fd = metrics["text_to_image"], metrics["image_to_text"], metrics["unconditional"], metrics["frechet"]
+    judge = metrics["judge_on_real_test"]
+    lines = [
+        f"# Evaluation of `{metrics['checkpoint']}`", "",
+        f"{metrics['samples']} samples per direction, sampler seed {metrics['seed']}, sampling {metrics['sampling']}; "
+        f"NLL on {nll['examples']} test examples in both orders. Took {metrics['elapsed_s']:.0f}s.", "",
+        "## Likelihood (nats per token)", "",
+        "| overall | text positions | image positions | text-first | image-first |", "|---|---|---|---|---|",
+        f"| {nll['test_nll']:.4f} | {nll['test_text_nll']:.4f} | {nll['test_image_nll']:.4f} | "
+        f"{nll['test_text_first_nll']:.4f} | {nll['test_image_first_nll']:.4f} |", "",
+        "## Judged accuracy", "",
+        "| | digit | foreground | background | all |", "|---|---|---|---|---|",
+        f"| judge on real test images (ceiling) | {percent(judge['digit'])} | {percent(judge['foreground'])} | "
+        f"{percent(judge['background'])} | {percent(judge['all'])} |",
+        f"| judge on VQ-VAE reconstructions | {percent(vq['judge_on_reconstructions']['digit'])} | "
+        f"{percent(vq['judge_on_reconstructions']['foreground'])} | "
+        f"{percent(vq['judge_on_reconstructions']['background'])} | {percent(vq['judge_on_reconstructions']['all'])} |",
+        f"| text -> image | {percent(t2i['digit'])} | {percent(t2i['foreground'])} | {percent(t2i['background'])} | "
+        f"{percent(t2i['all'])} |",
+        f"| image -> text (exact caption) | {percent(i2t['digit'])} | {percent(i2t['foreground'])} | "
+        f"{percent(i2t['background'])} | {percent(i2t['exact'])} |", "",
+        "## Unconditional samples", "",
+        f"- image agrees with its own caption: {percent(unc['agreement'])}",
+        f"- well-formed captions: {percent(unc['well_formed'])}; distinct captions: {percent(unc['distinct_captions'])}",
+        f"- coverage: {unc['digits_covered']}/10 digits, {unc['foreground_colors_covered']}/31 foreground and "
+        f"{unc['background_colors_covered']}/31 background colors", "",
+        "## Frechet distance in the judge's feature space (lower is closer)", "",
+        f"- text -> image samples vs real test: {fd['generated_vs_real']:.2f}",
+        f"- unconditional samples vs real test: {fd['unconditional_vs_real']:.2f}",
+        f"- reference, real train vs real test: {fd['real_train_vs_real_test']:.2f}; "
+        f"two halves of real test: {fd['real_test_halves']:.2f}", "",
+        "## Image tokenizer (VQ-VAE, whole test split)", "",
+        f"- pixel-exact reconstruction: {percent(vq['pixel_exact'])}",
+        f"- codes in use: {percent(vq['code_usage'])}; code perplexity {vq['code_perplexity']:.1f}", "",
+    ]
+    if "compositional" in metrics:
+        comp = metrics["compositional"]
+        lines += ["## Compositional generalisation (held-out color pairs)", "",
+                  f"{comp['held_out_pairs']} (foreground, background) pairs never seen in training.", "",
+                  "| pairs | examples | text -> image all | image -> text exact |", "|---|---|---|---|"]
+        for name in ("seen", "unseen"):
+            if name in comp:
+                row = comp[name]
+                lines.append(f"| {name} | {row['examples']} | {percent(row['text_to_image']['all'])} | "
+                             f"{percent(row['image_to_text']['exact'])} |")
+        lines.append("")
+    lines += ["## Samples", ""] + [f"![{name}]({name})" for name in grids] + [""]
+    with atomic_path(path) as temp:
+        temp.write_text("\n".join(lines))

@@ -1,0 +1,91 @@
+"""Images in and out: any picture -> 28x28 2-bit levels, levels -> PNG, and captioned grids."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from .errors import ImageInputError
+
+LEVEL_SCALE = 85  # level 0..3 -> channel value 0..255
+MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
+
+
+def levels_to_pil(levels: np.ndarray, scale: int = 1) -> Image.Image:
+    """(28, 28, 3) levels 0..3 -> RGB image, optionally scaled up crisply (nearest neighbour)."""
+    image = Image.fromarray((np.asarray(levels, dtype=np.uint8) * LEVEL_SCALE).astype(np.uint8), "RGB")
+    return image.resize((28 * scale, 28 * scale), Image.NEAREST) if scale > 1 else image
+
+
+def pil_to_levels(image: Image.Image) -> np.ndarray:
+    """Any PIL image (RGB, RGBA, grayscale, palette; any size) -> (28, 28, 3) uint8 levels."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent pixels read as black
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("RGB")
+    if image.size != (28, 28):
+        image = image.resize((28, 28), Image.BOX if min(image.size) >= 28 else Image.NEAREST)
+    values = np.asarray(image, dtype=np.float32)
+    return np.clip(np.rint(values / LEVEL_SCALE), 0, 3).astype(np.uint8)
+
+
+def read_image(source: str | Path | bytes) -> np.ndarray:
+    """Read a file path or raw bytes as (28, 28, 3) levels; ImageInputError on anything unreadable."""
+    name = "upload" if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except OSError as error:
+        raise ImageInputError(f"cannot open {name}: {error.strerror or error}") from None
+    with handle, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(handle)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageInputError(f"{name} is {width}x{height} pixels, more than the {MAX_PIXELS} allowed")
+            image.load()
+            return pil_to_levels(image)
+        except ImageInputError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageInputError(f"{name} is not a readable image ({type(error).__name__})") from None
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ImageInputError(f"{name} is not a readable image: {error}") from None
+
+
+def save_png(levels: np.ndarray, path: str | Path) -> None:
+    levels_to_pil(levels).save(path, format="PNG")
+
+
+def png_bytes(levels: np.ndarray, scale: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    levels_to_pil(levels, scale).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def caption_grid(images: np.ndarray, captions: list[str], columns: int = 3, scale: int = 6,
+                 title: str | None = None) -> Image.Image:
+    """A grid of scaled-up images with their captions written underneath each one."""
+    font = ImageFont.load_default()
+    cell, text_height = 28 * scale, 30
+    rows = (len(images) + columns - 1) // columns
+    top = 24 if title else 0
+    width = columns * (cell + 10) + 10
+    sheet = Image.new("RGB", (width, top + rows * (cell + text_height + 10) + 10), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((10, 6), title, fill="black", font=font)
+    for index, (levels, caption) in enumerate(zip(images, captions)):
+        x = 10 + (index % columns) * (cell + 10)
+        y = top + 10 + (index // columns) * (cell + text_height + 10)
+        sheet.paste(levels_to_pil(levels, scale), (x, y))
+        words = caption.split()
+        lines = [" ".join(words[:3]), " ".join(words[3:])] if len(words) > 3 else [caption]
+        for line_index, line in enumerate(lines):
+            draw.text((x, y + cell + 2 + 13 * line_index), line, fill="black", font=font)
+    return sheet

@@ -1,0 +1,168 @@
+"""The decoder-only transformer, built from primitives. It knows only token ids and tensors.
+
+Token + learned position embeddings, pre-LayerNorm blocks of multi-head causal
+self-attention and a GELU MLP, a final LayerNorm and an output head. Attention has a
+hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
+tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
+incremental.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+class KVCache:
+    """A static, preallocated key/value cache: (layers, B, heads, max_len, head_dim) per k and v.
+
+    `position` is how many tokens are already cached. Preallocating once avoids a
+    torch.cat per step and keeps shapes fixed for the whole decode.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_length: int | None = None,
+                 device=None, dtype=torch.float32) -> None:
+        head_dim = config.d_model // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_length or config.block_size, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.position = 0
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor):
+        """Write (B, nh, T, hs) new keys/values at the current position; return all cached so far."""
+        T = key.shape[2]
+        end = self.position + T
+        self.keys[layer, :, :, self.position:end] = key
+        self.values[layer, :, :, self.position:end] = value
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, steps: int) -> None:
+        self.position += steps
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        assert config.d_model % config.n_head == 0, "d_model must be divisible by n_head"
+        self.n_head = config.n_head
+        self.query = nn.Linear(config.d_model, config.d_model)
+        self.key = nn.Linear(config.d_model, config.d_model)
+        self.value = nn.Linear(config.d_model, config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+        self.fused = True  # use F.scaled_dot_product_attention; False runs the hand-written path
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        head_dim = C // self.n_head
+        # (B, T, C) -> (B, nh, T, hs)
+        q = self.query(x).view(B, T, self.n_head, head_dim).transpose(1, 2)
+        k = self.key(x).view(B, T, self.n_head, head_dim).transpose(1, 2)
+        v = self.value(x).view(B, T, self.n_head, head_dim).transpose(1, 2)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.position
+            k, v = kv_cache.update(layer, k, v)  # (B, nh, past + T, hs)
+        dropout = self.dropout if self.training else 0.0
+        if self.fused:
+            if past == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            else:
+                # New query i sits at absolute position past + i and may see keys 0..past + i.
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, x.device),
+                                                   dropout_p=dropout)
+        else:
+            y = manual_attention(q, k, v, causal_mask(T, past, x.device), dropout, self.training)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.proj(y)
+
+
+def causal_mask(T: int, past: int, device) -> torch.Tensor:
+    """(T, past + T) boolean mask, True where query i may attend to key j."""
+    query_positions = torch.arange(past, past + T, device=device)[:, None]
+    key_positions = torch.arange(past + T, device=device)[None, :]
+    return key_positions <= query_positions
+
+
+def manual_attention(q, k, v, mask, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs)) v with a boolean mask; the reference for the fused path."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1)
+    if dropout and training:
+        weights = F.dropout(weights, dropout)
+    return weights @ v  # (B, nh, T, hs)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, 4 * config.d_model)
+        self.down = nn.Linear(4 * config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.attention = CausalSelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.dropout(self.attention(self.norm1(x), kv_cache, layer))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        assert config.vocab_size > 0, "set ModelConfig.vocab_size from the joint vocabulary"
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.block_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, parameter in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("down.weight"):
+                # GPT-2 scaling: residual branches start small so the stream's variance stays ~1.
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def set_fused_attention(self, fused: bool) -> None:
+        for block in self.blocks:
+            block.attention.fused = fused
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, vocab). With a cache, ids are the next T tokens."""
+        B, T = ids.shape
+        start = kv_cache.position if kv_cache is not None else 0
+        assert start + T <= self.config.block_size, "sequence longer than block_size"
+        positions = torch.arange(start, start + T, device=ids.device)
+        x = self.token_embedding(ids) + self.position_embedding(positions)  # (B, T, C)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.head(self.norm(x))

@@ -1,0 +1,68 @@
+"""The token stream: how a caption and an image become one 58-token sequence.
+
+  text first : <bos> <end of image> w1..w6 <end of text> i1..i49
+  image first: <bos> <end of text> i1..i49 <end of image> w1..w6
+
+The marker after <bos> says which modality comes first ("the other one has ended").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
+
+TEXT_FIRST, IMAGE_FIRST = 0, 1
+
+
+def build_sequences(vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor, orders: torch.Tensor
+                    ) -> torch.Tensor:
+    """word_ids (B, 6) in 0..30, codes (B, 49), orders (B,) -> token ids (B, 58)."""
+    B = word_ids.shape[0]
+    device = codes.device
+    words = word_ids.long().to(device) + vocab.word_offset
+    codes = codes.long()
+
+    def column(token: int) -> torch.Tensor:
+        return torch.full((B, 1), token, dtype=torch.long, device=device)
+
+    bos, eot, eoi = column(vocab.bos), column(vocab.end_of_text), column(vocab.end_of_image)
+    text_first = torch.cat([bos, eoi, words, eot, codes], dim=1)
+    image_first = torch.cat([bos, eot, codes, eoi, words], dim=1)
+    return torch.where(orders.to(device).bool()[:, None], image_first, text_first)
+
+
+def text_prefix(vocab: Vocab, word_ids: torch.Tensor) -> torch.Tensor:
+    """Prompt for text -> image: <bos> <end of image> w1..w6 <end of text>  (B, 9)."""
+    B = word_ids.shape[0]
+    bos = torch.full((B, 1), vocab.bos, dtype=torch.long)
+    eoi = torch.full((B, 1), vocab.end_of_image, dtype=torch.long)
+    eot = torch.full((B, 1), vocab.end_of_text, dtype=torch.long)
+    return torch.cat([bos, eoi, word_ids.long() + vocab.word_offset, eot], dim=1)
+
+
+def image_prefix(vocab: Vocab, codes: torch.Tensor) -> torch.Tensor:
+    """Prompt for image -> text: <bos> <end of text> i1..i49 <end of image>  (B, 52)."""
+    B = codes.shape[0]
+    bos = torch.full((B, 1), vocab.bos, dtype=torch.long, device=codes.device)
+    eot = torch.full((B, 1), vocab.end_of_text, dtype=torch.long, device=codes.device)
+    eoi = torch.full((B, 1), vocab.end_of_image, dtype=torch.long, device=codes.device)
+    return torch.cat([bos, eot, codes.long(), eoi], dim=1)
+
+
+def split_sequences(vocab: Vocab, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 58) finished sequences -> word ids (B, 6) in 0..30 and codes (B, 49)."""
+    image_first = (sequences[:, 1] == vocab.end_of_text)[:, None]
+    words = torch.where(image_first, sequences[:, 52:58], sequences[:, 2:8]) - vocab.word_offset
+    codes = torch.where(image_first, sequences[:, 2:51], sequences[:, 9:58])
+    return words, codes
+
+
+def target_kinds(vocab: Vocab, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks of predicted positions that are words / image codes (structure tokens are neither)."""
+    is_text = (targets >= vocab.word_offset) & (targets < vocab.word_offset + vocab.num_words)
+    is_image = targets < vocab.codebook_size
+    return is_text, is_image
+
+
+assert SEQUENCE_LENGTH == 1 + 1 + TEXT_LENGTH + 1 + IMAGE_LENGTH

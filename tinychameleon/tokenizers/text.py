@@ -1,0 +1,67 @@
+"""Word tokenizer: six-word captions <-> word ids, with errors a person can act on."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+
+from ..data.colored import ADJECTIVES, COLOR_NAMES, DIGIT_WORDS, HUES, PALETTE
+from ..errors import PromptError
+from .vocab import WORDS
+
+TEMPLATE = "<adjective> <color> <digit> on <adjective> <color>"
+# Which words may stand in each of the six slots.
+SLOTS: list[tuple[str, list[str]]] = [
+    ("adjective", ADJECTIVES), ("color", HUES), ("digit", DIGIT_WORDS),
+    ("'on'", ["on"]), ("adjective", ADJECTIVES), ("color", HUES),
+]
+
+
+class PaletteWarning(UserWarning):
+    """A well-formed color that is not one of the 31 palette colors."""
+
+
+class WordTokenizer:
+    """Maps words to ids 0..30 (add `Vocab.word_offset` for joint ids) and back."""
+
+    def __init__(self) -> None:
+        self.words = list(WORDS)
+        self.word_to_id = {word: index for index, word in enumerate(self.words)}
+
+    def normalize(self, prompt: str) -> list[str]:
+        if not isinstance(prompt, str):
+            raise PromptError(f"a prompt must be text, got {type(prompt).__name__}")
+        return prompt.lower().split()
+
+    def check(self, prompt: str) -> list[str]:
+        """Validate a prompt against the template; return its words. Raises PromptError."""
+        words = self.normalize(prompt)
+        unknown = [word for word in words if word not in self.word_to_id]
+        if unknown:
+            hints = "; ".join(f"{word!r}: did you mean {', '.join(self.closest(word)) or 'nothing close'}?"
+                              for word in unknown)
+            raise PromptError(f"unknown word{'s' if len(unknown) > 1 else ''} in {prompt!r} ({hints}). "
+                              f"Expected: {TEMPLATE}, e.g. 'dark green eight on bright cyan'")
+        if len(words) != len(SLOTS):
+            raise PromptError(f"{prompt!r} has {len(words)} words, expected 6: {TEMPLATE}, "
+                              f"e.g. 'dark green eight on bright cyan'")
+        for position, (word, (slot, allowed)) in enumerate(zip(words, SLOTS)):
+            if word not in allowed:
+                options = ", ".join(difflib.get_close_matches(word, allowed, n=3, cutoff=0) or allowed[:3])
+                raise PromptError(f"word {position + 1} of {prompt!r} is {word!r} but should be a {slot} "
+                                  f"(closest: {options}). Expected: {TEMPLATE}")
+        for adjective, hue in ((words[0], words[1]), (words[4], words[5])):
+            if (adjective, hue) not in PALETTE:
+                same_hue = [name for name in COLOR_NAMES if name.endswith(" " + hue)]
+                warnings.warn(f"'{adjective} {hue}' is not a palette color; palette colors of hue {hue}: "
+                              f"{', '.join(same_hue)}", PaletteWarning, stacklevel=3)
+        return words
+
+    def closest(self, word: str) -> list[str]:
+        return difflib.get_close_matches(word, self.words, n=3, cutoff=0.5)
+
+    def encode(self, prompt: str) -> list[int]:
+        return [self.word_to_id[word] for word in self.check(prompt)]
+
+    def decode(self, ids) -> str:
+        return " ".join(self.words[int(index)] for index in ids)

@@ -1,0 +1,140 @@
+"""VQ-VAE image tokenizer: 28x28x3 (2-bit levels) <-> a 7x7 grid of discrete codes.
+
+Encoder: a 4x4 patch embedding to the 7x7 grid, then residual 3x3 convs. Quantizer: an EMA
+codebook with a straight-through estimator, commitment loss (beta) and restart of dead codes
+from recent encoder outputs. Decoder: residual convs on the grid, a pixel shuffle back to
+28x28 and a 3x3 conv that predicts 4 logits (levels 0..3) for each of the 3 channels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import VQConfig
+
+LEVELS = 4  # 2 bits per channel
+GRID = 7
+PATCH = 4
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.gelu(self.conv1(F.gelu(x))))
+
+
+class EMAQuantizer(nn.Module):
+    """Nearest-code quantizer; returns (quantized, indices, loss) like vector-quantize-pytorch."""
+
+    def __init__(self, codebook_size: int, code_dim: int, beta: float, decay: float, dead_threshold: float) -> None:
+        super().__init__()
+        self.codebook_size, self.beta, self.decay, self.dead_threshold = codebook_size, beta, decay, dead_threshold
+        self.register_buffer("codebook", torch.randn(codebook_size, code_dim) * 0.1)
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("code_sum", self.codebook.clone())
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2 ; the ||x||^2 term does not change the argmin.
+        distance = -2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)
+        return distance.argmin(dim=1)
+
+    def forward(self, z: torch.Tensor):
+        B, C, H, W = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, C)  # (B*H*W, C)
+        if self.training and not bool(self.initialized):
+            # k-means++-free init: start the codebook on random encoder outputs so no code starts dead.
+            picks = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)]
+            self.codebook.copy_(picks.detach())
+            self.code_sum.copy_(picks.detach())
+            self.initialized.fill_(True)
+        indices = self.nearest(flat.detach())
+        if self.training:
+            self._ema_update(flat.detach(), indices)
+        quantized = self.codebook[indices].view(B, H, W, C).permute(0, 3, 1, 2)
+        loss = self.beta * F.mse_loss(z, quantized.detach())
+        quantized = z + (quantized - z).detach()  # straight-through estimator
+        return quantized, indices.view(B, H, W), loss
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        one_hot = F.one_hot(indices, self.codebook_size).type_as(flat)  # (N, K)
+        self.cluster_size.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)
+        self.code_sum.mul_(self.decay).add_(one_hot.t() @ flat, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + 1e-5) / (total + self.codebook_size * 1e-5) * total  # Laplace smoothing
+        self.codebook.copy_(self.code_sum / smoothed[:, None])
+        dead = self.cluster_size < self.dead_threshold
+        if dead.any():
+            # Restart dead codes on random encoder outputs of this batch, so every code stays in use.
+            count = int(dead.sum())
+            picks = flat[torch.randint(0, flat.shape[0], (count,), device=flat.device)]
+            self.codebook[dead] = picks
+            self.code_sum[dead] = picks
+            self.cluster_size[dead] = 1.0
+
+
+class VQVAE(nn.Module):
+    def __init__(self, config: VQConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden, pixel_channels = config.hidden, config.pixel_channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3 * LEVELS, hidden, PATCH, stride=PATCH),  # (B, hidden, 7, 7)
+            ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
+            nn.Conv2d(hidden, config.code_dim, 1))
+        self.quantizer = EMAQuantizer(config.codebook_size, config.code_dim, config.beta,
+                                      config.ema_decay, config.dead_code_threshold)
+        self.decoder_grid = nn.Sequential(
+            nn.Conv2d(config.code_dim, hidden, 3, padding=1),
+            ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
+            nn.Conv2d(hidden, pixel_channels * PATCH * PATCH, 1))
+        # Only a thin conv runs at full 28x28 resolution: it smooths patch seams cheaply.
+        self.decoder_pixels = nn.Sequential(nn.GELU(), nn.Conv2d(pixel_channels, 3 * LEVELS, 3, padding=1))
+
+    @staticmethod
+    def image_to_input(images: torch.Tensor) -> torch.Tensor:
+        """(B, 28, 28, 3) integer levels -> (B, 12, 28, 28) one-hot float input."""
+        one_hot = F.one_hot(images.long(), LEVELS).float()  # (B, 28, 28, 3, 4)
+        B, H, W = one_hot.shape[:3]
+        return one_hot.reshape(B, H, W, 3 * LEVELS).permute(0, 3, 1, 2)
+
+    def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.image_to_input(images))
+
+    def decode_latent(self, quantized: torch.Tensor) -> torch.Tensor:
+        """(B, code_dim, 7, 7) -> logits (B, 3, 4, 28, 28)."""
+        grid = self.decoder_grid(quantized)
+        pixels = F.pixel_shuffle(grid, PATCH)  # (B, pixel_channels, 28, 28)
+        logits = self.decoder_pixels(pixels)
+        B = logits.shape[0]
+        return logits.view(B, 3, LEVELS, 28, 28)
+
+    def forward(self, images: torch.Tensor):
+        """Returns (logits (B,3,4,28,28), indices (B,7,7), loss: reconstruction + commitment)."""
+        quantized, indices, commit_loss = self.quantizer(self.encode_latent(images))
+        logits = self.decode_latent(quantized)
+        target = images.long().permute(0, 3, 1, 2)  # (B, 3, 28, 28)
+        reconstruction = F.cross_entropy(logits.transpose(1, 2), target)  # classes on dim 1
+        return logits, indices, reconstruction + commit_loss
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 28, 28, 3) levels -> (B, 49) code indices."""
+        z = self.encode_latent(images)
+        B, C = z.shape[:2]
+        flat = z.permute(0, 2, 3, 1).reshape(-1, C)
+        return self.quantizer.nearest(flat).view(B, GRID * GRID)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, 49) code indices -> (B, 28, 28, 3) uint8 levels."""
+        B = codes.shape[0]
+        quantized = self.quantizer.codebook[codes.long()].view(B, GRID, GRID, -1).permute(0, 3, 1, 2)
+        return self.decode_latent(quantized).argmax(dim=2).permute(0, 2, 3, 1).to(torch.uint8)

@@ -1,0 +1,1 @@
+"""Training: both stages (VQ-VAE tokenizer, transformer) share the schedule, checkpoints and logs."""

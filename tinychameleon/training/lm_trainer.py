@@ -1,0 +1,151 @@
+"""Stage 2: train the transformer on 58-token text+image sequences (both orders, 50/50 per batch).
+
+Data lives on the device as token tensors (word ids and VQ codes), so a step does no host
+work. Under torchrun every rank draws the same global permutation and takes its slice of
+each global batch; DistributedDataParallel averages the gradients, so a step equals the
+single-process step at the same global batch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import RunConfig
+from ..model import Transformer
+from ..sequences import build_sequences, target_kinds
+from ..tokenizers.vocab import Vocab
+from .checkpoint import MODEL_FILE, build_transformer, load_state, save_state, save_weights
+from .device import Distributed, autocast
+from .logs import plot_curve, write_history
+from .schedule import warmup_cosine
+
+STATE_FILE = "train_state.pt"
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, world: Distributed = Distributed()):
+    """Yield (example indices, orders) for this rank; identical global draws on every rank."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    permutation = torch.randperm(num_examples, generator=generator)
+    per_rank = batch_size // world.world_size
+    for start in range(0, num_examples - batch_size + 1, batch_size):
+        # Exactly half of every global batch is text-first, half image-first.
+        orders = (torch.randperm(batch_size, generator=generator) < batch_size // 2).long()
+        rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+        yield permutation[start:start + batch_size][rows], orders[rows]
+
+
+def sequence_loss(model, sequences: torch.Tensor, vocab: Vocab, reduction: str = "mean"):
+    """Next-token NLL over positions 1..57 (nats per predicted token)."""
+    logits = model(sequences[:, :-1])
+    targets = sequences[:, 1:]
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    losses = losses.view_as(targets)
+    return losses.mean() if reduction == "mean" else losses
+
+
+@torch.no_grad()
+def test_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torch.Tensor,
+             batch_size: int = 1000) -> dict:
+    """Mean NLL on a whole split in both orders: overall, text / image positions, per order."""
+    was_training = model.training
+    model.eval()
+    device = codes.device
+    sums = {key: torch.zeros((), dtype=torch.float64, device=device)
+            for key in ("all", "text", "image", "text_first", "image_first")}
+    counts = {key: 0 for key in sums}
+    for order, name in ((0, "text_first"), (1, "image_first")):
+        for start in range(0, len(codes), batch_size):
+            batch_codes = codes[start:start + batch_size]
+            orders = torch.full((len(batch_codes),), order, dtype=torch.long, device=device)
+            sequences = build_sequences(vocab, words[start:start + batch_size], batch_codes, orders)
+            with autocast(device):
+                losses = sequence_loss(model, sequences, vocab, reduction="none").double()
+            is_text, is_image = target_kinds(vocab, sequences[:, 1:])
+            for key, mask in (("all", None), (name, None), ("text", is_text), ("image", is_image)):
+                sums[key] += losses.sum() if mask is None else losses[mask].sum()
+                counts[key] += losses.numel() if mask is None else int(mask.sum())
+    model.train(was_training)
+    return {("test_nll" if key == "all" else f"test_{key}_nll"): (sums[key] / counts[key]).item() for key in sums}
+
+
+def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes: torch.Tensor,
+                      test_words: torch.Tensor, test_codes: torch.Tensor, run_dir: Path, device: torch.device,
+                      resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
+                      compile_model: bool = False) -> Transformer:
+    settings = config.train
+    vocab = Vocab(config.vq.codebook_size)
+    torch.manual_seed(settings.seed)
+    model = build_transformer(config).to(device)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.99),
+                                  weight_decay=settings.weight_decay, fused=fused)
+    if settings.batch_size % world.world_size:
+        raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
+    steps_per_epoch = len(train_codes) // settings.batch_size
+    total_steps = settings.epochs * steps_per_epoch
+    state = load_state(run_dir / STATE_FILE) if resume else None
+    start_epoch, step_log, epoch_log = 0, [], []
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step_log, epoch_log = state["epoch"], state["steps"], state["epochs"]
+        if world.is_main:
+            print(f"transformer: resuming after epoch {start_epoch}")
+    train_model = model
+    if world.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model:
+        train_model = torch.compile(train_model)
+    train_words, train_codes = train_words.to(device), train_codes.to(device)
+    test_words, test_codes = test_words.to(device), test_codes.to(device)
+    if not epoch_log and world.is_main:
+        epoch_log.append({"epoch": 0, "step": 0, **test_nll(model, vocab, test_words, test_codes)})
+        print(f"transformer epoch 0: test nll {epoch_log[0]['test_nll']:.4f}", flush=True)
+    started = time.time()
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        bar = tqdm(epoch_batches(len(train_codes), settings.batch_size, settings.seed, epoch, world),
+                   total=steps_per_epoch, desc=f"transformer epoch {epoch + 1}/{settings.epochs}",
+                   disable=not (progress and world.is_main), leave=False)
+        epoch_losses = []
+        for batch_index, (rows, orders) in enumerate(bar):
+            step = epoch * steps_per_epoch + batch_index
+            lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_steps, settings.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            rows = rows.to(device)
+            sequences = build_sequences(vocab, train_words[rows], train_codes[rows], orders.to(device))
+            with autocast(device):
+                loss = sequence_loss(train_model, sequences, vocab)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            epoch_losses.append(loss.detach())
+            if batch_index % 50 == 0:
+                value = loss.item()
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+        losses = torch.stack(epoch_losses).cpu().tolist()
+        step_log.extend({"step": epoch * steps_per_epoch + i, "epoch": epoch, "loss": value}
+                        for i, value in enumerate(losses))
+        if world.is_main:
+            metrics = test_nll(model, vocab, test_words, test_codes)
+            epoch_log.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                              "train_loss": sum(losses) / len(losses), **metrics, "elapsed_s": time.time() - started})
+            print(f"transformer epoch {epoch + 1}/{settings.epochs}: train {epoch_log[-1]['train_loss']:.4f}"
+                  f" | test {metrics['test_nll']:.4f} (text {metrics['test_text_nll']:.4f},"
+                  f" image {metrics['test_image_nll']:.4f}) | {time.time() - started:.0f}s", flush=True)
+            save_weights(model, run_dir / MODEL_FILE)
+            save_state(run_dir / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "epoch": epoch + 1, "steps": step_log, "epochs": epoch_log})
+            write_history(run_dir, "transformer", step_log, epoch_log)
+            plot_curve(run_dir, step_log, epoch_log)
+        world.barrier()
+    return model.eval()

@@ -1,0 +1,114 @@
+"""One training run, both stages: data -> VQ-VAE (stage 1) -> encoded dataset -> transformer (stage 2).
+
+`train(config, run_dir)` is what the CLI's `train` subcommand calls. A stage whose weights
+are complete is skipped, so `--resume` after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data.colored import ColoredMNIST, load_colored_mnist
+from ..data.mnist import default_cache_dir
+from ..io_utils import atomic_path, write_json
+from ..tokenizers.text import WordTokenizer
+from ..tokenizers.vqvae import VQVAE
+from .checkpoint import VQVAE_FILE, load_config, load_vqvae, module_hash, save_config
+from .device import init_distributed
+from .lm_trainer import train_transformer
+from .vqvae_trainer import STATE_FILE as VQ_STATE_FILE
+from .vqvae_trainer import reconstruction_metrics, train_vqvae
+
+
+def caption_word_ids(split: ColoredMNIST) -> torch.Tensor:
+    tokenizer = WordTokenizer()
+    return torch.tensor([tokenizer.encode(caption) for caption in split.captions()], dtype=torch.long)
+
+
+@torch.no_grad()
+def encode_images(vqvae: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
+    vqvae = vqvae.to(device).eval()
+    chunks = [vqvae.encode(torch.from_numpy(images[start:start + batch_size]).to(device)).cpu()
+              for start in range(0, len(images), batch_size)]
+    return torch.cat(chunks).to(torch.int16)
+
+
+def cached_codes(vqvae: VQVAE, split: ColoredMNIST, name: str, data_key: str, cache_dir: Path,
+                 device: torch.device) -> torch.Tensor:
+    """VQ codes of a split, computed once per (tokenizer weights, data) and cached on disk."""
+    path = cache_dir / "codes" / f"{name}-{module_hash(vqvae)}-{data_key}.npy"
+    if path.exists():
+        try:
+            return torch.from_numpy(np.load(path)).long()
+        except (OSError, ValueError):
+            pass  # a damaged cache is rebuilt below
+    codes = encode_images(vqvae, split.images, device)
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            np.save(handle, codes.numpy())
+    return codes.long()
+
+
+def limit(split: ColoredMNIST, count: int) -> ColoredMNIST:
+    return split.subset(slice(0, count)) if count else split
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_from: str | Path | None = None,
+          device_name: str = "auto", cache_dir: str | Path | None = None, progress: bool = True,
+          compile_model: bool = False) -> Path:
+    """Train both stages into run_dir (config, weights, vocab, metrics, curve); returns run_dir."""
+    run_dir = Path(run_dir)
+    world, device = init_distributed(device_name)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if resume and (run_dir / "config.json").exists():
+        config = load_config(run_dir)  # the run's own config wins over command-line presets
+    if vqvae_from:
+        # Reuse another run's tokenizer: the codebook must match, so take its VQ config too.
+        source = load_config(vqvae_from)
+        config.vq = source.vq
+    started = time.time()
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, config)
+    train_split, test_split = load_colored_mnist(config.data_seed, cache_dir, config.train.holdout_pairs)
+    train_split = limit(train_split, config.train.max_train_examples)
+    test_split = limit(test_split, config.train.max_test_examples)
+
+    # Stage 1: the image tokenizer (trained by rank 0 only; the others wait, then load it).
+    vq_done = (run_dir / VQVAE_FILE).exists() and not (run_dir / VQ_STATE_FILE).exists()
+    if vqvae_from and world.is_main and not (run_dir / VQVAE_FILE).exists():
+        shutil.copyfile(Path(vqvae_from) / VQVAE_FILE, run_dir / VQVAE_FILE)
+        vq_done = True
+    if not vq_done and world.is_main:
+        train_vqvae(config, train_split.images, test_split.images, run_dir, device, resume, progress)
+        metrics = reconstruction_metrics(load_vqvae(run_dir, config).to(device), test_split.images, device=device)
+        write_json(run_dir / "vqvae_test_metrics.json", metrics)
+        (run_dir / VQ_STATE_FILE).unlink(missing_ok=True)  # marks stage 1 complete
+    world.barrier()
+    vqvae = load_vqvae(run_dir, config)
+
+    # Stage 2: the transformer on cached token tensors.
+    data_key = f"seed{config.data_seed}-hold{config.train.holdout_pairs}"
+    if world.is_main:
+        train_codes = cached_codes(vqvae, train_split, "train", data_key, cache_dir, device)
+        test_codes = cached_codes(vqvae, test_split, "test", data_key, cache_dir, device)
+    world.barrier()
+    train_codes = cached_codes(vqvae, train_split, "train", data_key, cache_dir, device)[:len(train_split)]
+    test_codes = cached_codes(vqvae, test_split, "test", data_key, cache_dir, device)[:len(test_split)]
+    if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
+        print(f"{run_dir} is already fully trained; nothing to resume")
+        return run_dir
+    train_transformer(config, caption_word_ids(train_split), train_codes, caption_word_ids(test_split), test_codes,
+                      run_dir, device, resume, progress, world, compile_model)
+    if world.is_main:
+        (run_dir / "train_state.pt").unlink(missing_ok=True)
+        write_json(run_dir / "run_info.json", {"wall_time_s": time.time() - started, "device": str(device),
+                                               "world_size": world.world_size, "torch": torch.__version__})
+        print(f"done in {time.time() - started:.0f}s: checkpoint in {run_dir}")
+    return run_dir

@@ -1,0 +1,86 @@
+"""Stage 1: train the VQ-VAE image tokenizer on the colored train split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import RunConfig
+from ..tokenizers.vqvae import VQVAE
+from .checkpoint import VQVAE_FILE, load_state, save_state, save_weights
+from .logs import write_history
+from .schedule import warmup_cosine
+
+STATE_FILE = "vqvae_state.pt"
+
+
+@torch.no_grad()
+def reconstruction_metrics(vqvae: VQVAE, images: np.ndarray, batch_size: int = 1000,
+                           device: torch.device | str = "cpu") -> dict:
+    """Pixel-exact accuracy (all 3 channels right) and codebook usage on a split."""
+    vqvae.eval()
+    correct, counts = 0, torch.zeros(vqvae.config.codebook_size)
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start:start + batch_size]).to(device)
+        codes = vqvae.encode(batch)
+        correct += (vqvae.decode(codes) == batch).all(-1).sum().item()
+        counts += torch.bincount(codes.flatten().cpu(), minlength=vqvae.config.codebook_size).float()
+    probabilities = counts / counts.sum()
+    entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+    return {"pixel_exact": correct / (len(images) * 28 * 28),
+            "code_usage": (counts > 0).float().mean().item(),
+            "code_perplexity": entropy.exp().item()}
+
+
+def train_vqvae(config: RunConfig, train_images: np.ndarray, test_images: np.ndarray, run_dir: Path,
+                device: torch.device, resume: bool = False, progress: bool = True) -> VQVAE:
+    """Train (or resume) the tokenizer; writes vqvae.safetensors and vqvae_metrics.json each epoch."""
+    settings = config.vq_train
+    torch.manual_seed(config.train.seed)
+    vqvae = VQVAE(config.vq).to(device)
+    optimizer = torch.optim.Adam(vqvae.parameters(), lr=settings.lr)
+    steps_per_epoch = len(train_images) // settings.batch_size
+    total_steps = settings.epochs * steps_per_epoch
+    state = load_state(run_dir / STATE_FILE) if resume else None
+    start_epoch, step_log, epoch_log = 0, [], []
+    if state:
+        vqvae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step_log, epoch_log = state["epoch"], state["steps"], state["epochs"]
+        print(f"vqvae: resuming after epoch {start_epoch}")
+    images = torch.from_numpy(train_images).to(device)  # the whole split lives on the device
+    test_subset = test_images[:2000]  # per-epoch check; the full test split is reported at the end
+    started = time.time()
+    for epoch in range(start_epoch, settings.epochs):
+        vqvae.train()
+        generator = torch.Generator().manual_seed(config.train.seed * 1000 + epoch)
+        order = torch.randperm(len(images), generator=generator).to(device)
+        bar = tqdm(range(steps_per_epoch), desc=f"vqvae epoch {epoch + 1}/{settings.epochs}",
+                   disable=not progress, leave=False)
+        for batch_index in bar:
+            step = epoch * steps_per_epoch + batch_index
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr * warmup_cosine(step, total_steps, settings.warmup_steps)
+            batch = images[order[batch_index * settings.batch_size:(batch_index + 1) * settings.batch_size]]
+            _, _, loss = vqvae(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_log.append({"step": step, "epoch": epoch, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+            if batch_index % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        metrics = reconstruction_metrics(vqvae, test_subset, device=device)
+        epoch_log.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, **metrics,
+                          "elapsed_s": time.time() - started})
+        print(f"vqvae epoch {epoch + 1}/{settings.epochs}: loss {np.mean([r['loss'] for r in step_log[-steps_per_epoch:]]):.4f}"
+              f" | test pixel-exact {metrics['pixel_exact']:.4f} | codes used {metrics['code_usage']:.1%}"
+              f" | perplexity {metrics['code_perplexity']:.1f} | {time.time() - started:.0f}s", flush=True)
+        save_weights(vqvae, run_dir / VQVAE_FILE)
+        save_state(run_dir / STATE_FILE, {"model": vqvae.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "epoch": epoch + 1, "steps": step_log, "epochs": epoch_log})
+        write_history(run_dir, "vqvae", step_log, epoch_log)
+    return vqvae.eval()
