@@ -262,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.filterwarnings("default")
-    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        return args.handler(args) or 0
+        with warnings.catch_warnings():
+            # Warnings meant for the user (e.g. an off-palette color) print as one plain line.
+            warnings.simplefilter("default", UserWarning)
+            warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
+            return args.handler(args) or 0
     except TinyChameleonError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,154 @@
+"""Every CLI form, driven through main(argv) in-process and once as a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinychameleon.cli import main
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_one_prompt(tiny_run, tmp_path, capsys):
+    code, out, _ = run(["generate", "dark green eight on bright cyan", "-n", 3, "--out", tmp_path,
+                        "--checkpoint", tiny_run, "--seed", 1], capsys)
+    assert code == 0 and "wrote 3 images" in out
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(row["prompt"] == "dark green eight on bright cyan" for row in rows)
+    for row in rows:
+        image = Image.open(tmp_path / row["file"])
+        assert image.size == (28, 28) and image.mode == "RGB"
+        assert set(np.unique(np.asarray(image))) <= {0, 85, 170, 255}
+
+
+def test_generate_prompts_file_is_reproducible(tiny_run, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("dark green eight on bright cyan\n\nplain white one on plain black\n")
+    for name in ("a", "b"):
+        code, _, _ = run(["generate", "--prompts-file", prompts, "--samples-per-prompt", 2, "--out", tmp_path / name,
+                          "--checkpoint", tiny_run, "--seed", 5], capsys)
+        assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "a" / "manifest.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == ["dark green eight on bright cyan"] * 2 + ["plain white one on plain black"] * 2
+    for row in rows:
+        assert (tmp_path / "a" / row["file"]).read_bytes() == (tmp_path / "b" / row["file"]).read_bytes()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["generate", "dark green eigth on bright cyan"], "did you mean eight"),
+    (["generate", "dark green eight"], "expected 6"),
+    (["generate"], "give a prompt"),
+    (["generate", "--prompts-file", "/nonexistent/prompts.txt"], "cannot read prompts file"),
+    (["generate", "dark green eight on bright cyan", "-n", "0"], "at least 1"),
+])
+def test_generate_errors(tiny_run, tmp_path, capsys, argv, fragment):
+    code, _, err = run(argv + ["--out", tmp_path / "out", "--checkpoint", tiny_run], capsys)
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_off_palette_prompt_warns_but_works(tiny_run, tmp_path, capsys):
+    code, _, err = run(["generate", "bright red eight on bright cyan", "--out", tmp_path, "--checkpoint", tiny_run],
+                       capsys)
+    assert code == 0 and "normal red, dark red" in err
+
+
+def test_caption_any_image_kind(tiny_run, tmp_path, capsys):
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[8:20, 12:16] = (255, 255, 255)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).convert("RGBA").resize((100, 100)).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("L").resize((56, 40)).save(tmp_path / "gray.png")
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg")
+    code, out, _ = run(["caption", tmp_path, "--json", "--checkpoint", tiny_run], capsys)
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 4 and all(len(row["caption"].split()) == 6 for row in rows)
+    assert {row["image"].rsplit("/", 1)[-1] for row in rows} == {"rgb.png", "rgba.png", "gray.png", "photo.jpg"}
+    code, out, _ = run(["caption", tmp_path / "rgb.png", "--checkpoint", tiny_run], capsys)
+    assert code == 0 and out.startswith(str(tmp_path / "rgb.png") + ": ")
+
+
+@pytest.mark.parametrize("content", [b"this is not an image", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"])
+def test_caption_unreadable_image(tiny_run, tmp_path, capsys, content):
+    (tmp_path / "bad.png").write_bytes(content)
+    code, out, err = run(["caption", tmp_path / "bad.png", "--checkpoint", tiny_run], capsys)
+    assert code == 2 and "not a readable image" in err and out == ""
+
+
+def test_caption_missing_file(tiny_run, tmp_path, capsys):
+    code, _, err = run(["caption", tmp_path / "nope.png", "--checkpoint", tiny_run], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_sample(tiny_run, tmp_path, capsys):
+    code, out, _ = run(["sample", "-n", 5, "--out", tmp_path, "--checkpoint", tiny_run], capsys)
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(len(row["caption"].split()) == 6 and (tmp_path / row["file"]).exists()
+                                  for row in rows)
+
+
+def test_report(tiny_run, tmp_path, capsys):
+    code, out, _ = run(["report", "--out", tmp_path, "--checkpoint", tiny_run], capsys)
+    assert code == 0
+    for name in ("training_curve.png", "text_to_image.png", "image_to_text.png", "unconditional.png"):
+        assert Image.open(tmp_path / name).size[0] > 100, name
+
+
+@pytest.mark.parametrize("make_checkpoint, fragment", [
+    (lambda path: None, "does not exist"),
+    (lambda path: path.mkdir(), "config.json is missing"),
+    (lambda path: (path.mkdir(), (path / "config.json").write_text("{oops")), "corrupt"),
+])
+def test_missing_or_corrupt_checkpoint(tmp_path, capsys, make_checkpoint, fragment):
+    checkpoint = tmp_path / "checkpoint"
+    make_checkpoint(checkpoint)
+    code, _, err = run(["sample", "-n", 1, "--out", tmp_path / "o", "--checkpoint", checkpoint], capsys)
+    assert code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_truncated_weights(tiny_run, tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    for path in tiny_run.iterdir():
+        if path.is_file():
+            (checkpoint / path.name).write_bytes(path.read_bytes())
+    data = (checkpoint / "model.safetensors").read_bytes()
+    (checkpoint / "model.safetensors").write_bytes(data[: len(data) // 2])
+    code, _, err = run(["sample", "-n", 1, "--out", tmp_path / "o", "--checkpoint", checkpoint], capsys)
+    assert code == 2 and "corrupt" in err
+
+
+def test_train_refuses_to_overwrite_a_run(tiny_run, capsys):
+    code, _, err = run(["train", "--preset", "tiny", "--out", tiny_run], capsys)
+    assert code == 2 and "--resume" in err
+
+
+def test_unknown_preset(tmp_path, capsys):
+    code, _, err = run(["train", "--preset", "huge", "--out", tmp_path / "r"], capsys)
+    assert code == 2 and "unknown preset" in err
+
+
+def test_every_flag_has_help():
+    from tinychameleon.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_console_entry_point_runs_as_a_process(tiny_run, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tinychameleon", "caption", str(tmp_path / "missing.png"),
+                             "--checkpoint", str(tiny_run)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
