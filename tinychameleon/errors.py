@@ -19,3 +19,7 @@ class DataError(TinyChameleonError):
 
 class ImageInputError(TinyChameleonError, ValueError):
     """An image file that cannot be read as a picture."""
+
+
+class ImageTooLargeError(ImageInputError):
+    """An image with more pixels than allowed (e.g. a decompression bomb)."""

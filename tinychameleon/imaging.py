@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from .errors import ImageInputError
+from .errors import ImageInputError, ImageTooLargeError
 
 LEVEL_SCALE = 85  # level 0..3 -> channel value 0..255
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
@@ -47,12 +47,15 @@ def read_image(source: str | Path | bytes) -> np.ndarray:
             image = Image.open(handle)
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise ImageInputError(f"{name} is {width}x{height} pixels, more than the {MAX_PIXELS} allowed")
+                raise ImageTooLargeError(f"{name} is {width}x{height} pixels, more than the {MAX_PIXELS} allowed")
             image.load()
             return pil_to_levels(image)
         except ImageInputError:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageTooLargeError(f"{name} claims more pixels than the {MAX_PIXELS} allowed "
+                                     "(a decompression bomb?)") from None
+        except UnidentifiedImageError as error:
             raise ImageInputError(f"{name} is not a readable image ({type(error).__name__})") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageInputError(f"{name} is not a readable image: {error}") from None

@@ -1,0 +1,135 @@
+"""A real uvicorn server on loopback: a browser test (Playwright + Debian Chromium) and a load test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tinychameleon", "serve", "--checkpoint", str(tiny_run),
+                                "--port", str(port), "--queue-size", "8", "--max-samples", "16"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("server did not start: " + (process.stdout.read() if process.stdout else ""))
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; `make browser`)")
+def test_browser_uses_all_three_panels(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1000, "height": 1300})
+        page.goto(server)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('model:')")
+
+        # Text -> image: pick a color with the pickers, then type a prompt and draw.
+        page.select_option("#fg-hue", "yellow")
+        assert page.input_value("#prompt").startswith("dark yellow eight on")
+        page.fill("#prompt", "plain white seven on dark blue")
+        page.fill("#count", "4")
+        page.click("#generate-button")
+        page.wait_for_function("document.querySelectorAll('#generated img').length === 4")
+        assert page.locator("#generated figcaption").first.inner_text() == "plain white seven on dark blue"
+
+        # A bad prompt shows the tokenizer's message instead of images.
+        page.fill("#prompt", "plain white sevn on dark blue")
+        page.click("#generate-button")
+        page.wait_for_function("document.getElementById('generate-message').textContent.includes('did you mean')")
+
+        # Image -> text: draw a stroke on the canvas and caption it.
+        box = page.locator("#canvas").bounding_box()
+        page.mouse.move(box["x"] + 140, box["y"] + 40)
+        page.mouse.down()
+        for step in range(1, 20):
+            page.mouse.move(box["x"] + 140, box["y"] + 40 + 10 * step)
+        page.mouse.up()
+        page.click("#caption-button")
+        page.wait_for_function("document.getElementById('caption-result').textContent.split(' ').length === 6")
+        assert page.get_attribute("#seen", "src").startswith("data:image/png")
+
+        # Surprise me: unconditional pairs.
+        page.click("#sample-button")
+        page.wait_for_function("document.querySelectorAll('#samples figure').length === 8")
+        page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+        browser.close()
+    assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000
+
+
+def test_load_200_requests_from_16_clients(server, tiny_pipeline):
+    """Bounded load on loopback: only 200 or the documented 503; every 200 matches its own request."""
+    prompts = ["dark green eight on bright cyan", "plain white one on plain black", "light pink four on dark blue",
+               "bright yellow zero on dark purple"]
+    expected = {prompt: tiny_pipeline.generate_images([prompt] * 2, n=1, seed=7) for prompt in prompts}
+    latencies, statuses, mismatches = [], [], []
+
+    async def client(worker: int):
+        async with httpx.AsyncClient(base_url=server, timeout=30) as http:
+            for index in range(worker, 200, 16):
+                prompt = prompts[index % len(prompts)]
+                started = time.perf_counter()
+                response = await http.post("/api/generate", json={"prompt": prompt, "n": 2, "seed": 7})
+                latencies.append(time.perf_counter() - started)
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    body = response.json()
+                    from test_web import decode
+
+                    images = np.stack([decode(url) // 85 for url in body["images"]])
+                    if body["prompt"] != prompt or not np.array_equal(images, expected[prompt]):
+                        mismatches.append(index)
+
+    async def main():
+        await asyncio.gather(*(client(worker) for worker in range(16)))
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    elapsed = time.perf_counter() - started
+    assert len(statuses) == 200
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 50 and not mismatches
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    report = (f"load: 200 requests, 16 clients, {elapsed:.1f}s; ok {statuses.count(200)}, 503 {statuses.count(503)}; "
+              f"latency p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    print(report)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "load-test.txt").write_text(report + "\n")

@@ -1,0 +1,161 @@
+"""The HTTP API through FastAPI's test client: every endpoint and every bad-input case."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tinychameleon.web.server import ServerSettings, create_app
+
+
+@pytest.fixture(scope="module")
+def client(tiny_pipeline):
+    app = create_app(tiny_pipeline, ServerSettings(max_samples=16, max_upload_bytes=200_000))
+    with TestClient(app) as client:
+        yield client
+
+
+def png(array: np.ndarray, format="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def decode(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "Text → image" in page.text and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_health_vocabulary_and_schema(client):
+    assert client.get("/api/health").json()["status"] == "ok"
+    vocabulary = client.get("/api/vocabulary").json()
+    assert len(vocabulary["colors"]) == 31 and "eight" in vocabulary["digits"]
+    schema = client.get("/openapi.json").json()
+    assert {"/api/generate", "/api/caption", "/api/sample", "/api/health"} <= set(schema["paths"])
+
+
+def test_generate(client):
+    response = client.post("/api/generate", json={"prompt": "Dark green EIGHT on bright cyan", "n": 3, "seed": 1})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["prompt"] == "dark green eight on bright cyan" and len(body["images"]) == 3
+    assert decode(body["images"][0]).shape == (28, 28, 3)
+    again = client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 3, "seed": 1})
+    assert again.json()["images"] == body["images"]  # a seed fixes the result
+
+
+def test_generate_off_palette_warns(client):
+    body = client.post("/api/generate", json={"prompt": "bright red one on plain black", "n": 1}).json()
+    assert "normal red, dark red" in body["warnings"][0]
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    ({"prompt": "dark green eigth on bright cyan"}, "did you mean eight"),
+    ({"prompt": "dark green eight"}, "expected 6"),
+    ({"prompt": "dark green eight on bright cyan", "n": 17}, "more than the 16"),
+    ({"prompt": "dark green eight on bright cyan", "n": 0}, "greater than or equal"),
+    ({"prompt": "dark green eight on bright cyan", "temperature": -1}, "greater than or equal"),
+    ({"n": 2}, "Field required"),
+    ({"prompt": 12}, "string"),
+])
+def test_generate_bad_input_is_422(client, payload, fragment):
+    response = client.post("/api/generate", json=payload)
+    assert response.status_code == 422 and fragment in str(response.json()["detail"])
+
+
+def test_generate_malformed_json_is_422(client):
+    response = client.post("/api/generate", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_caption_returns_the_image_the_model_saw(client):
+    image = np.zeros((200, 150, 4), np.uint8)
+    image[..., 3] = 255
+    image[50:150, 60:90, :3] = 250
+    response = client.post("/api/caption", files={"file": ("digit.png", png(image), "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["caption"].split()) == 6
+    seen = decode(body["seen"])
+    assert seen.shape == (28, 28, 3) and set(np.unique(seen)) <= {0, 85, 170, 255}
+
+
+def test_caption_grayscale_jpeg(client):
+    gray = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    response = client.post("/api/caption", files={"file": ("x.jpg", png(gray, "JPEG"), "image/jpeg")})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("content, status, fragment", [
+    (b"hello, not an image", 415, "not a readable image"),
+    (b"", 400, "empty"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 415, "not a readable image"),
+    (b"x" * 200_001, 413, "larger than"),
+])
+def test_caption_bad_uploads(client, content, status, fragment):
+    response = client.post("/api/caption", files={"file": ("f.png", content, "image/png")})
+    assert response.status_code == status and fragment in response.json()["detail"]
+
+
+def test_caption_truncated_png(client):
+    data = png(np.full((64, 64, 3), 200, np.uint8))
+    response = client.post("/api/caption", files={"file": ("t.png", data[: len(data) // 2], "image/png")})
+    assert response.status_code == 415
+
+
+def test_caption_decompression_bomb(client):
+    # A small file that claims a huge canvas: refused before it is decoded.
+    bomb = Image.new("1", (20_000, 20_000))
+    buffer = io.BytesIO()
+    bomb.save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 200_000
+    response = client.post("/api/caption", files={"file": ("bomb.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 413 and "pixels" in response.json()["detail"]
+
+
+def test_caption_requires_a_file(client):
+    assert client.post("/api/caption").status_code == 422
+
+
+def test_sample(client):
+    body = client.post("/api/sample", json={"n": 4, "seed": 3}).json()
+    assert len(body["samples"]) == 4
+    assert all(len(s["caption"].split()) == 6 and decode(s["image"]).shape == (28, 28, 3) for s in body["samples"])
+    assert client.post("/api/sample", json={"n": 100}).status_code == 422
+
+
+def test_request_paths_never_reach_the_file_system(client):
+    assert client.get("/static/../../pyproject.toml").status_code == 404
+    assert client.get("/static/%2e%2e/server.py").status_code == 404
+
+
+def test_full_queue_answers_503(tiny_pipeline):
+    import asyncio
+
+    from tinychameleon.web.worker import InferenceWorker, Job, QueueFull
+
+    async def scenario():
+        worker = InferenceWorker(tiny_pipeline, queue_size=1)  # not started: nothing drains the queue
+        first = asyncio.ensure_future(worker.submit(Job("sample", {}, [None]), timeout=5))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await worker.submit(Job("sample", {}, [None]), timeout=5)
+        first.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_slow_request_times_out_with_504(tiny_pipeline):
+    app = create_app(tiny_pipeline, ServerSettings(timeout_s=0.001))
+    with TestClient(app) as client:
+        response = client.post("/api/sample", json={"n": 16})
+        assert response.status_code == 504 and "cancelled" in response.json()["detail"]

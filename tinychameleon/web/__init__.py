@@ -1,0 +1,1 @@
+"""The web interface: a FastAPI app (JSON API + one static page) on top of the Pipeline."""

@@ -1,0 +1,132 @@
+// The page only calls the JSON API; no build step.
+const $ = (id) => document.getElementById(id);
+let vocabulary = null;
+
+function fill(select, options, value) {
+  select.innerHTML = options.map((o) => `<option value="${o}">${o}</option>`).join("");
+  if (value) select.value = value;
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) {
+    const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
+    throw new Error(detail || `HTTP ${response.status}`);
+  }
+  return body;
+}
+
+function figure(src, text) {
+  const item = document.createElement("figure");
+  const image = document.createElement("img");
+  image.src = src;
+  image.alt = text;
+  const caption = document.createElement("figcaption");
+  caption.textContent = text;
+  item.append(image, caption);
+  return item;
+}
+
+function promptFromPickers() {
+  $("prompt").value = [$("fg-adjective").value, $("fg-hue").value, $("digit").value, "on",
+    $("bg-adjective").value, $("bg-hue").value].join(" ");
+}
+
+async function generate(event) {
+  event.preventDefault();
+  $("generate-message").textContent = "";
+  $("generate-button").disabled = true;
+  try {
+    const body = await api("/api/generate", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt: $("prompt").value, n: Number($("count").value),
+                             temperature: Number($("temperature").value) }),
+    });
+    $("generated").replaceChildren(...body.images.map((src) => figure(src, body.prompt)));
+    $("generate-message").textContent = body.warnings.join(" ");
+  } catch (error) {
+    $("generated").replaceChildren();
+    $("generate-message").textContent = error.message;
+  } finally {
+    $("generate-button").disabled = false;
+  }
+}
+
+// Drawing: a 280x280 canvas, ink and paper chosen from the palette.
+const canvas = $("canvas");
+const context = canvas.getContext("2d");
+let drawing = false;
+
+function clearCanvas() {
+  context.fillStyle = $("paper").value;
+  context.fillRect(0, 0, canvas.width, canvas.height);
+}
+
+function stroke(event) {
+  if (!drawing) return;
+  const box = canvas.getBoundingClientRect();
+  const x = (event.clientX - box.left) * (canvas.width / box.width);
+  const y = (event.clientY - box.top) * (canvas.height / box.height);
+  context.fillStyle = $("ink").value;
+  context.beginPath();
+  context.arc(x, y, 14, 0, 2 * Math.PI);
+  context.fill();
+}
+
+async function captionBlob(blob) {
+  $("caption-result").textContent = "…";
+  const form = new FormData();
+  form.append("file", blob, "drawing.png");
+  try {
+    const body = await api("/api/caption", { method: "POST", body: form });
+    $("caption-result").textContent = body.caption;
+    $("seen").src = body.seen;
+  } catch (error) {
+    $("caption-result").textContent = error.message;
+  }
+}
+
+async function sample() {
+  $("sample-message").textContent = "";
+  try {
+    const body = await api("/api/sample", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ n: 8 }),
+    });
+    $("samples").replaceChildren(...body.samples.map((s) => figure(s.image, s.caption)));
+  } catch (error) {
+    $("sample-message").textContent = error.message;
+  }
+}
+
+async function start() {
+  vocabulary = await api("/api/vocabulary");
+  fill($("fg-adjective"), vocabulary.adjectives, "dark");
+  fill($("fg-hue"), vocabulary.hues, "green");
+  fill($("digit"), vocabulary.digits, "eight");
+  fill($("bg-adjective"), vocabulary.adjectives, "bright");
+  fill($("bg-hue"), vocabulary.hues, "cyan");
+  const colorOptions = vocabulary.colors.map((c) => `<option value="rgb(${c.rgb.join(",")})">${c.name}</option>`);
+  $("ink").innerHTML = colorOptions.join("");
+  $("paper").innerHTML = colorOptions.join("");
+  $("ink").selectedIndex = vocabulary.colors.findIndex((c) => c.name === "plain white");
+  $("paper").selectedIndex = vocabulary.colors.findIndex((c) => c.name === "dark blue");
+  const prompts = [];
+  for (const color of vocabulary.colors) for (const digit of vocabulary.digits) prompts.push(`${color.name} ${digit} on`);
+  $("palette-prompts").innerHTML = prompts.map((p) => `<option value="${p}">`).join("");
+  for (const id of ["fg-adjective", "fg-hue", "digit", "bg-adjective", "bg-hue"]) $(id).addEventListener("change", promptFromPickers);
+  clearCanvas();
+  const health = await api("/api/health");
+  $("status").textContent = `model: ${health.checkpoint}`;
+}
+
+$("generate-form").addEventListener("submit", generate);
+$("sample-button").addEventListener("click", sample);
+$("clear-button").addEventListener("click", clearCanvas);
+$("paper").addEventListener("change", clearCanvas);
+$("caption-button").addEventListener("click", () => canvas.toBlob(captionBlob, "image/png"));
+$("upload").addEventListener("change", (event) => { if (event.target.files[0]) captionBlob(event.target.files[0]); });
+canvas.addEventListener("pointerdown", (event) => { drawing = true; stroke(event); });
+canvas.addEventListener("pointermove", stroke);
+window.addEventListener("pointerup", () => { drawing = false; });
+start().catch((error) => { $("status").textContent = `error: ${error.message}`; });
