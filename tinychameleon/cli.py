@@ -54,7 +54,8 @@ def command_train(args) -> int:
     overrides = {"train": {}, "vq_train": {}}
     for key, section, field in (("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
                                 ("lr", "train", "lr"), ("vq_epochs", "vq_train", "epochs"),
-                                ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed")):
+                                ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed"),
+                                ("max_train_examples", "train", "max_train_examples")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     try:
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vq-epochs", type=int, help="VQ-VAE epochs (overrides the preset)")
     train.add_argument("--holdout-pairs", type=int, help="hold this many color pairs out of training")
     train.add_argument("--train-seed", type=int, help="seed of initialisation and batch order")
+    train.add_argument("--max-train-examples", type=int, help="use only the first N training images (quick trials)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     train.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     train.add_argument("--cache-dir", help="data cache directory")

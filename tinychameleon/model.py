@@ -50,9 +50,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.d_model % config.n_head == 0, "d_model must be divisible by n_head"
         self.n_head = config.n_head
-        self.query = nn.Linear(config.d_model, config.d_model)
-        self.key = nn.Linear(config.d_model, config.d_model)
-        self.value = nn.Linear(config.d_model, config.d_model)
+        # The query, key and value projections as one matmul: one kernel instead of three per layer.
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
         self.fused = True  # use F.scaled_dot_product_attention; False runs the hand-written path
@@ -61,9 +60,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         head_dim = C // self.n_head
         # (B, T, C) -> (B, nh, T, hs)
-        q = self.query(x).view(B, T, self.n_head, head_dim).transpose(1, 2)
-        k = self.key(x).view(B, T, self.n_head, head_dim).transpose(1, 2)
-        v = self.value(x).view(B, T, self.n_head, head_dim).transpose(1, 2)
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_head, head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, head_dim).transpose(1, 2)
         past = 0
         if kv_cache is not None:
             past = kv_cache.position
@@ -72,6 +72,9 @@ class CausalSelfAttention(nn.Module):
         if self.fused:
             if past == 0:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            elif T == 1:
+                # One new token sees every cached key: no mask to build at each decoding step.
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             else:
                 # New query i sits at absolute position past + i and may see keys 0..past + i.
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, x.device),

@@ -18,15 +18,18 @@ from tqdm import tqdm
 from ..data.colored import ColoredMNIST
 from ..training.checkpoint import load_weights, save_weights
 
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2
 
 
 class Judge(nn.Module):
     def __init__(self, width: int = 32) -> None:
         super().__init__()
+        # One-hot levels (12 channels) make "same color as the background" easy to see for any palette.
         self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),           # (B, w, 14, 14)
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # (B, 2w, 7, 7)
+            nn.Conv2d(12, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),  # (B, w, 14, 14)
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),                                                                       # (B, 2w, 7, 7)
             nn.Flatten(), nn.Linear(2 * width * 49, 128), nn.ReLU())
         self.digit = nn.Linear(128, 10)
         self.foreground = nn.Linear(128, 31)
@@ -34,7 +37,9 @@ class Judge(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 28, 28, 3) levels -> (B, 128) features (also used for the Frechet distance)."""
-        return self.features(images.float().permute(0, 3, 1, 2) / 3.0)
+        one_hot = F.one_hot(images.long(), 4).float()  # (B, 28, 28, 3, 4)
+        B = one_hot.shape[0]
+        return self.features(one_hot.view(B, 28, 28, 12).permute(0, 3, 1, 2))
 
     def forward(self, images: torch.Tensor):
         features = self.embed(images)
@@ -55,7 +60,7 @@ class Judge(nn.Module):
         return {key: np.concatenate(value) if value else np.zeros(0) for key, value in outputs.items()}
 
 
-def train_judge(train: ColoredMNIST, epochs: int = 2, batch_size: int = 128, seed: int = 0,
+def train_judge(train: ColoredMNIST, epochs: int = 3, batch_size: int = 128, seed: int = 0,
                 progress: bool = True) -> Judge:
     torch.manual_seed(seed)
     judge = Judge()

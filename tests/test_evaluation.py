@@ -1,0 +1,64 @@
+import json
+
+import numpy as np
+import pytest
+
+from tinychameleon.cli import main
+from tinychameleon.evaluation.judge import attribute_accuracy, load_or_train_judge
+from tinychameleon.evaluation.metrics import caption_accuracy, frechet_distance, unconditional_metrics
+
+
+def test_frechet_distance_basics():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, b) < 0.1
+    assert frechet_distance(a, b + 2) == pytest.approx(32, rel=0.05)  # ||mu||^2 = 8 * 2^2
+
+
+def test_caption_accuracy_counts_each_attribute():
+    captions = ["dark green eight on bright cyan", "dark green seven on bright cyan", "garbage words here"]
+    result = caption_accuracy(captions, np.array([8, 8, 8]), np.array([15, 15, 15]), np.array([18, 18, 18]))
+    assert result == {"digit": pytest.approx(1 / 3), "foreground": pytest.approx(2 / 3),
+                      "background": pytest.approx(2 / 3), "exact": pytest.approx(1 / 3)}
+
+
+@pytest.fixture(scope="module")
+def judge(colored, cache_dir):
+    return load_or_train_judge(colored[0], cache_dir, data_seed=0, progress=False)
+
+
+def test_judge_reads_real_images_and_rejects_shuffled_captions(judge, colored):
+    _, test = colored
+    judged = judge.predict(test.images[:2000])
+    real = attribute_accuracy(judged, test.digits[:2000], test.foreground[:2000], test.background[:2000])
+    assert real["all"] > 0.95 and real["foreground"] > 0.99
+    shuffled = np.random.default_rng(0).permutation(2000)
+    wrong = attribute_accuracy(judged, test.digits[shuffled], test.foreground[shuffled], test.background[shuffled])
+    assert wrong["all"] < 0.05
+    agreement = unconditional_metrics(judged, [c for c in np.array(test.captions()[:2000])])["agreement"]
+    assert agreement == pytest.approx(real["all"])
+
+
+def test_judge_features_separate_real_from_noise(judge, colored):
+    _, test = colored
+    real_a = judge.predict(test.images[:1000])["features"]
+    real_b = judge.predict(test.images[1000:2000])["features"]
+    noise = judge.predict(np.random.default_rng(0).integers(0, 4, (1000, 28, 28, 3), dtype=np.uint8))["features"]
+    assert frechet_distance(real_a, real_b) * 10 < frechet_distance(real_a, noise)
+
+
+def test_evaluate_quick_on_a_tiny_checkpoint(tiny_run, tmp_path, capsys, judge):
+    code = main(["evaluate", "--quick", "--checkpoint", str(tiny_run), "--out", str(tmp_path)])
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["samples"] == 64 and metrics["nll"]["examples"] == 500
+    for section in ("text_to_image", "image_to_text", "unconditional", "frechet", "vqvae", "judge_on_real_test"):
+        assert section in metrics
+    assert metrics["judge_on_real_test"]["all"] > 0.9
+    assert 0 < metrics["nll"]["test_image_nll"] < 10 and metrics["unconditional"]["well_formed"] == 1.0
+    assert 0 <= metrics["text_to_image"]["all"] <= 1
+    assert metrics["frechet"]["real_test_halves"] < metrics["frechet"]["generated_vs_real"]  # a 1-epoch toy model
+    report = (tmp_path / "report.md").read_text()
+    assert "text -> image" in report and "![text_to_image.png]" in report
+    assert (tmp_path / "text_to_image.png").exists()

@@ -1,0 +1,164 @@
+"""`tinychameleon bench`: training and sampling speed, side by side with a plain reference.
+
+Training: the project's step (fused attention, token tensors on the device, bf16 autocast and
+fused AdamW on CUDA) against a naive reference step (hand-written attention, fp32, batches
+built example by example in Python on the host, then copied to the device). Sampling:
+text -> image with the static KV cache against recomputing the whole prefix each step.
+Models have the seed shape (4 layers, d 128) with random weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+from .config import make_config
+from .io_utils import write_json
+from .sampling import ModalityRules, generate
+from .sequences import build_sequences, text_prefix
+from .tokenizers.vocab import Vocab
+from .training.checkpoint import build_transformer
+from .training.device import autocast, resolve_device
+from .training.lm_trainer import sequence_loss
+
+SLOW_UNCACHED_ROWS = 256  # on CPU, uncached decoding above this batch takes minutes: skipped unless --full
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    function()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def training_case(device, batch_size: int, reference: bool, repeats: int, data_size: int = 8192) -> dict:
+    config = make_config("seed")
+    vocab = Vocab(config.vq.codebook_size)
+    torch.manual_seed(0)
+    model = build_transformer(config).to(device)
+    words = torch.randint(0, vocab.num_words, (data_size, 6))
+    codes = torch.randint(0, vocab.codebook_size, (data_size, 49))
+    if reference:
+        model.set_fused_attention(False)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        host_words, host_codes = words.tolist(), codes.tolist()
+
+        def step():
+            rows = np.random.randint(0, data_size, batch_size)
+            sequences = []
+            for position, row in enumerate(rows):  # the per-example host work a plain loop does
+                text = [vocab.word_offset + w for w in host_words[row]]
+                if position % 2 == 0:
+                    sequences.append([vocab.bos, vocab.end_of_image, *text, vocab.end_of_text, *host_codes[row]])
+                else:
+                    sequences.append([vocab.bos, vocab.end_of_text, *host_codes[row], vocab.end_of_image, *text])
+            batch = torch.tensor(sequences, device=device)
+            loss = sequence_loss(model, batch, vocab)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+        words, codes = words.to(device), codes.to(device)
+
+        def step():
+            rows = torch.randint(0, data_size, (batch_size,), device=device)
+            orders = (torch.arange(batch_size, device=device) % 2)
+            batch = build_sequences(vocab, words[rows], codes[rows], orders)
+            with autocast(device):
+                loss = sequence_loss(model, batch, vocab)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    seconds = timed(step, device, repeats)
+    return {"batch": batch_size, "ms_per_step": seconds * 1000, "tokens_per_s": batch_size * 57 / seconds,
+            "peak_memory_mb": peak_memory_mb(device)}
+
+
+def sampling_case(device, batch_size: int, use_cache: bool, repeats: int) -> dict:
+    config = make_config("seed")
+    vocab = Vocab(config.vq.codebook_size)
+    torch.manual_seed(0)
+    model = build_transformer(config).to(device).eval()
+    rules = ModalityRules(vocab)
+    prefix = text_prefix(vocab, torch.randint(0, vocab.num_words, (batch_size, 6))).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def run():
+        with autocast(device):
+            generate(model, prefix, rules, generator=generator, use_cache=use_cache)
+
+    seconds = timed(run, device, repeats)
+    return {"batch": batch_size, "ms_per_batch": seconds * 1000, "images_per_s": batch_size / seconds,
+            "ms_per_image": seconds * 1000 / batch_size, "ms_per_token": seconds * 1000 / 49,
+            "peak_memory_mb": peak_memory_mb(device)}
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return "\n".join(lines)
+
+
+def run_bench(args) -> dict:
+    device = resolve_device(args.device)
+    train_batches = [int(b) for b in args.train_batches.split(",")]
+    sample_batches = [int(b) for b in args.batches.split(",")]
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+               or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "training": [], "sampling": []}
+    print(f"device: {results['device']} ({device}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+          flush=True)
+    rows = [["training batch", "reference tok/s", "project tok/s", "speed-up", "project ms/step", "peak MB"]]
+    for batch in train_batches:
+        reference = training_case(device, batch, True, args.repeats)
+        project = training_case(device, batch, False, args.repeats)
+        results["training"].append({"batch": batch, "reference": reference, "project": project})
+        rows.append([str(batch), f"{reference['tokens_per_s']:,.0f}", f"{project['tokens_per_s']:,.0f}",
+                     f"{project['tokens_per_s'] / reference['tokens_per_s']:.2f}x", f"{project['ms_per_step']:.1f}",
+                     f"{project['peak_memory_mb']:.0f}"])
+        print(f"training batch {batch}: reference {reference['tokens_per_s']:,.0f} tok/s, "
+              f"project {project['tokens_per_s']:,.0f} tok/s", flush=True)
+    print("\n" + table(rows) + "\n")
+    rows = [["sampling batch", "no cache img/s", "KV cache img/s", "speed-up", "KV ms/image", "KV ms/token", "peak MB"]]
+    for batch in sample_batches:
+        cached = sampling_case(device, batch, True, args.repeats)
+        skip = device.type == "cpu" and batch > SLOW_UNCACHED_ROWS
+        uncached = None if skip else sampling_case(device, batch, False, max(1, args.repeats // 2))
+        results["sampling"].append({"batch": batch, "kv_cache": cached, "no_cache": uncached})
+        rows.append([str(batch), f"{uncached['images_per_s']:,.1f}" if uncached else "skipped (minutes on CPU)",
+                     f"{cached['images_per_s']:,.1f}",
+                     f"{uncached['ms_per_batch'] / cached['ms_per_batch']:.2f}x" if uncached else "-",
+                     f"{cached['ms_per_image']:.2f}", f"{cached['ms_per_token']:.2f}", f"{cached['peak_memory_mb']:.0f}"])
+        print(f"sampling batch {batch}: KV cache {cached['images_per_s']:,.1f} img/s"
+              + (f", no cache {uncached['images_per_s']:,.1f} img/s" if uncached else ""), flush=True)
+    print("\n" + table(rows))
+    if args.json:
+        write_json(args.json, results)
+    return results
+
+
+__all__ = ["run_bench"]
