@@ -71,26 +71,23 @@ def build_transformer(config: RunConfig) -> Transformer:
     return Transformer(config.model)
 
 
-def load_vqvae(run_dir: str | Path, config: RunConfig | None = None) -> VQVAE:
+def _load_module(run_dir, config, filename: str, build, what: str):
     run_dir = Path(run_dir)
     config = config or load_config(run_dir)
-    path = run_dir / VQVAE_FILE
+    path = run_dir / filename
     if not path.exists():
-        raise CheckpointError(f"{run_dir} has no trained image tokenizer ({VQVAE_FILE} is missing)")
-    vqvae = build_vqvae(config)
-    load_weights(vqvae, path)
-    return vqvae.eval()
+        raise CheckpointError(f"{run_dir} has no trained {what} ({filename} is missing)")
+    module = build(config)
+    load_weights(module, path)
+    return module.eval()
+
+
+def load_vqvae(run_dir: str | Path, config: RunConfig | None = None) -> VQVAE:
+    return _load_module(run_dir, config, VQVAE_FILE, build_vqvae, "image tokenizer")
 
 
 def load_transformer(run_dir: str | Path, config: RunConfig | None = None) -> Transformer:
-    run_dir = Path(run_dir)
-    config = config or load_config(run_dir)
-    path = run_dir / MODEL_FILE
-    if not path.exists():
-        raise CheckpointError(f"{run_dir} has no trained transformer ({MODEL_FILE} is missing)")
-    model = build_transformer(config)
-    load_weights(model, path)
-    return model.eval()
+    return _load_module(run_dir, config, MODEL_FILE, build_transformer, "transformer")
 
 
 def module_hash(module: torch.nn.Module) -> str:
@@ -114,3 +111,24 @@ def load_state(path: Path) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated state file should say so, not crash deep in torch
         raise CheckpointError(f"cannot resume: {path} is corrupt ({error}); delete it to start over") from None
+
+
+def resume_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list, list]:
+    """Restore model and optimizer from a state file; return (epochs done, step log, epoch log)."""
+    state = load_state(path)
+    if not state:
+        return 0, [], []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"], state["steps"], state["epochs"]
+
+
+def save_epoch(run_dir: Path, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               weights_file: str, state_file: str, step_log: list, epoch_log: list) -> None:
+    """End of an epoch: weights, resume state and history, each written atomically."""
+    from .logs import write_history
+
+    save_weights(model, run_dir / weights_file)
+    save_state(run_dir / state_file, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "epoch": epoch_log[-1]["epoch"], "steps": step_log, "epochs": epoch_log})
+    write_history(run_dir, stage, step_log, epoch_log)

@@ -19,9 +19,9 @@ from ..config import RunConfig
 from ..model import Transformer
 from ..sequences import build_sequences, target_kinds
 from ..tokenizers.vocab import Vocab
-from .checkpoint import MODEL_FILE, build_transformer, load_state, save_state, save_weights
+from .checkpoint import MODEL_FILE, build_transformer, resume_from, save_epoch
 from .device import Distributed, autocast
-from .logs import plot_curve, write_history
+from .logs import plot_curve
 from .schedule import warmup_cosine
 
 STATE_FILE = "train_state.pt"
@@ -88,14 +88,9 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
     steps_per_epoch = len(train_codes) // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
-    state = load_state(run_dir / STATE_FILE) if resume else None
-    start_epoch, step_log, epoch_log = 0, [], []
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step_log, epoch_log = state["epoch"], state["steps"], state["epochs"]
-        if world.is_main:
-            print(f"transformer: resuming after epoch {start_epoch}")
+    start_epoch, step_log, epoch_log = resume_from(run_dir / STATE_FILE, model, optimizer) if resume else (0, [], [])
+    if start_epoch and world.is_main:
+        print(f"transformer: resuming after epoch {start_epoch}")
     train_model = model
     if world.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -142,10 +137,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             print(f"transformer epoch {epoch + 1}/{settings.epochs}: train {epoch_log[-1]['train_loss']:.4f}"
                   f" | test {metrics['test_nll']:.4f} (text {metrics['test_text_nll']:.4f},"
                   f" image {metrics['test_image_nll']:.4f}) | {time.time() - started:.0f}s", flush=True)
-            save_weights(model, run_dir / MODEL_FILE)
-            save_state(run_dir / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "epoch": epoch + 1, "steps": step_log, "epochs": epoch_log})
-            write_history(run_dir, "transformer", step_log, epoch_log)
+            save_epoch(run_dir, "transformer", model, optimizer, MODEL_FILE, STATE_FILE, step_log, epoch_log)
             plot_curve(run_dir, step_log, epoch_log)
         world.barrier()
     return model.eval()

@@ -11,8 +11,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..tokenizers.vqvae import VQVAE
-from .checkpoint import VQVAE_FILE, load_state, save_state, save_weights
-from .logs import write_history
+from .checkpoint import VQVAE_FILE, resume_from, save_epoch
 from .schedule import warmup_cosine
 
 STATE_FILE = "vqvae_state.pt"
@@ -45,12 +44,8 @@ def train_vqvae(config: RunConfig, train_images: np.ndarray, test_images: np.nda
     optimizer = torch.optim.Adam(vqvae.parameters(), lr=settings.lr)
     steps_per_epoch = len(train_images) // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
-    state = load_state(run_dir / STATE_FILE) if resume else None
-    start_epoch, step_log, epoch_log = 0, [], []
-    if state:
-        vqvae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step_log, epoch_log = state["epoch"], state["steps"], state["epochs"]
+    start_epoch, step_log, epoch_log = resume_from(run_dir / STATE_FILE, vqvae, optimizer) if resume else (0, [], [])
+    if start_epoch:
         print(f"vqvae: resuming after epoch {start_epoch}")
     images = torch.from_numpy(train_images).to(device)  # the whole split lives on the device
     test_subset = test_images[:2000]  # per-epoch check; the full test split is reported at the end
@@ -79,8 +74,5 @@ def train_vqvae(config: RunConfig, train_images: np.ndarray, test_images: np.nda
         print(f"vqvae epoch {epoch + 1}/{settings.epochs}: loss {np.mean([r['loss'] for r in step_log[-steps_per_epoch:]]):.4f}"
               f" | test pixel-exact {metrics['pixel_exact']:.4f} | codes used {metrics['code_usage']:.1%}"
               f" | perplexity {metrics['code_perplexity']:.1f} | {time.time() - started:.0f}s", flush=True)
-        save_weights(vqvae, run_dir / VQVAE_FILE)
-        save_state(run_dir / STATE_FILE, {"model": vqvae.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "epoch": epoch + 1, "steps": step_log, "epochs": epoch_log})
-        write_history(run_dir, "vqvae", step_log, epoch_log)
+        save_epoch(run_dir, "vqvae", vqvae, optimizer, VQVAE_FILE, STATE_FILE, step_log, epoch_log)
     return vqvae.eval()
