@@ -60,6 +60,10 @@ def command_train(args) -> int:
             overrides[section][field] = getattr(args, key)
     try:
         config = make_config(args.preset, **overrides)
+        if args.scale_lr and args.batch_size and args.lr is None:
+            # Large-batch recipe: square-root learning-rate scaling from the preset's batch size.
+            base = make_config(args.preset).train
+            config.train.lr = base.lr * (args.batch_size / base.batch_size) ** 0.5
     except ValueError as error:
         raise TinyChameleonError(str(error)) from None
     train(config, out, resume=args.resume, vqvae_from=args.vqvae_from, device_name=args.device,
@@ -199,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="transformer epochs (overrides the preset)")
     train.add_argument("--batch-size", type=int, help="transformer global batch size (overrides the preset)")
     train.add_argument("--lr", type=float, help="transformer peak learning rate (overrides the preset)")
+    train.add_argument("--scale-lr", action="store_true",
+                       help="with --batch-size: scale the preset's learning rate by sqrt(new batch / preset batch)")
     train.add_argument("--vq-epochs", type=int, help="VQ-VAE epochs (overrides the preset)")
     train.add_argument("--holdout-pairs", type=int, help="hold this many color pairs out of training")
     train.add_argument("--train-seed", type=int, help="seed of initialisation and batch order")

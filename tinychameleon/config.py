@@ -129,6 +129,7 @@ def make_config(preset: str = "seed", **overrides) -> RunConfig:
 @dataclass
 class SamplingConfig:
     temperature: float = 1.0
+    caption_temperature: float = 0.0  # image -> text wants the single best caption: greedy by default
     top_k: int = 0                # 0 = no top-k filtering
     guidance: float = 1.0         # classifier-free guidance scale for conditional modes (1 = off)
     grammar: bool = True          # word slots follow the caption template (False: any word in any slot)

@@ -99,6 +99,8 @@ class Pipeline:
             return []
         codes = self.vqvae.encode(torch.from_numpy(images).to(self.device))
         settings = self._settings(sampling)
+        if sampling.get("temperature") is None:
+            settings = replace(settings, temperature=settings.caption_temperature)
         sequences = self._generate(image_prefix(self.vocab, codes), settings, self._generator(seed))
         words, _ = split_sequences(self.vocab, sequences)
         return [self.tokenizer.decode(row) for row in words.cpu()]

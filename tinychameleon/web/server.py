@@ -36,15 +36,16 @@ class ServerSettings:
 
 
 class Sampling(BaseModel):
-    temperature: float = Field(1.0, ge=0.0, le=5.0, description="0 = greedy")
-    top_k: int = Field(0, ge=0, le=2048, description="0 = no top-k filtering")
+    temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 = greedy; default: the checkpoint's")
+    top_k: int | None = Field(None, ge=0, le=2048, description="0 = no top-k filtering; default: the checkpoint's")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="fix the random stream")
 
 
 class GenerateRequest(Sampling):
     prompt: str = Field(..., max_length=200, examples=["dark green eight on bright cyan"])
     n: int = Field(4, ge=1, description="number of images")
-    guidance: float = Field(1.0, ge=0.0, le=10.0, description="classifier-free guidance scale (1 = off)")
+    guidance: float | None = Field(None, ge=0.0, le=10.0,
+                                   description="classifier-free guidance scale (1 = off); default: the checkpoint's")
 
 
 class SampleRequest(Sampling):
@@ -116,9 +117,9 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/api/caption")
     async def caption(request: Request, file: UploadFile = File(..., description="an image of any size"),
-                      temperature: float = 0.0, seed: int | None = None):
+                      temperature: float | None = None, seed: int | None = None):
         """Image -> text: upload an image; returns its caption and the 2-bit 28x28 image the model saw."""
-        if not 0.0 <= temperature <= 5.0:
+        if temperature is not None and not 0.0 <= temperature <= 5.0:
             raise HTTPException(422, "temperature must be between 0 and 5")
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:

@@ -1,0 +1,63 @@
+"""The fast paths: encoded-dataset cache, the benchmark harness, bf16 and torch.compile."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from tinychameleon.config import make_config
+from tinychameleon.training.checkpoint import build_transformer, load_vqvae
+from tinychameleon.training.run import cached_codes, encode_images
+
+
+def test_encoded_dataset_is_cached_by_tokenizer_hash(tiny_run, colored, tmp_path):
+    vqvae = load_vqvae(tiny_run)
+    split = colored[1].subset(slice(0, 300))
+    first = cached_codes(vqvae, split, "test", "k", tmp_path, torch.device("cpu"))
+    files = list((tmp_path / "codes").iterdir())
+    assert len(files) == 1 and first.shape == (300, 49)
+    stamp = files[0].stat().st_mtime_ns
+    again = cached_codes(vqvae, split, "test", "k", tmp_path, torch.device("cpu"))
+    assert torch.equal(first, again) and files[0].stat().st_mtime_ns == stamp  # read, not recomputed
+    assert torch.equal(first, encode_images(vqvae, split.images, torch.device("cpu")).long())
+    with torch.no_grad():
+        vqvae.quantizer.codebook.add_(0.01)  # other weights -> another cache entry
+    cached_codes(vqvae, split, "test", "k", tmp_path, torch.device("cpu"))
+    assert len(list((tmp_path / "codes").iterdir())) == 2
+
+
+def test_bench_prints_side_by_side_table(tmp_path, capsys):
+    from tinychameleon.bench import run_bench
+
+    args = argparse.Namespace(device="cpu", train_batches="4", batches="1,2", repeats=1, json=str(tmp_path / "b.json"))
+    results = run_bench(args)
+    out = capsys.readouterr().out
+    assert "reference tok/s" in out and "KV cache img/s" in out
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["training"][0]["project"]["tokens_per_s"] > 0
+    assert [row["batch"] for row in results["sampling"]] == [1, 2]
+    assert all(row["no_cache"] is not None for row in results["sampling"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is the CUDA path; no CUDA GPU here")
+def test_bf16_training_step_on_cuda():
+    from tinychameleon.tokenizers.vocab import Vocab
+    from tinychameleon.training.device import autocast
+    from tinychameleon.training.lm_trainer import sequence_loss
+
+    device = torch.device("cuda")
+    model = build_transformer(make_config("tiny")).to(device)
+    sequences = torch.randint(0, 30, (8, 58), device=device)
+    with autocast(device):
+        loss = sequence_loss(model, sequences, Vocab(32))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager():
+    model = build_transformer(make_config("tiny")).eval()
+    ids = torch.randint(0, 30, (2, 58))
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(ids), model(ids), atol=1e-4, rtol=1e-4)
