@@ -95,7 +95,7 @@ PRESETS: dict[str, dict] = {
         "vq": {"codebook_size": 512, "hidden": 96},
         "vq_train": {"epochs": 12, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
-        "train": {"epochs": 9, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300},
+        "train": {"epochs": 7, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300},
     },
     # A few seconds end to end: for tests only.
     "tiny": {
