@@ -56,7 +56,7 @@ def test_evaluate_quick_on_a_tiny_checkpoint(tiny_run, tmp_path, capsys, judge):
     for section in ("text_to_image", "image_to_text", "unconditional", "frechet", "vqvae", "judge_on_real_test"):
         assert section in metrics
     assert metrics["judge_on_real_test"]["all"] > 0.9
-    assert 0 < metrics["nll"]["test_image_nll"] < 10 and metrics["unconditional"]["well_formed"] == 1.0
+    assert 0 < metrics["nll"]["test_image_nll"] < 10 and metrics["unconditional"]["fits_template"] == 1.0
     assert 0 <= metrics["text_to_image"]["all"] <= 1
     assert metrics["frechet"]["real_test_halves"] < metrics["frechet"]["generated_vs_real"]  # a 1-epoch toy model
     report = (tmp_path / "report.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.colored import parse_caption
+from ..tokenizers.text import WordTokenizer
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -29,13 +30,18 @@ def caption_accuracy(captions: list[str], digits, foreground, background) -> dic
 
 
 def unconditional_metrics(judged: dict, captions: list[str]) -> dict[str, float]:
-    """Agreement of each sample's image with its own caption, well-formedness and variety."""
+    """Agreement of each sample's image with its own caption, well-formedness and variety.
+
+    fits_template: six words in the caption template; well_formed: also two palette colors.
+    """
     parsed = [parse_caption(caption) for caption in captions]
     well_formed = np.array([p is not None for p in parsed])
     attributes = np.array([p if p is not None else (-1, -1, -1) for p in parsed]).reshape(-1, 3)
     agree = ((judged["digit"] == attributes[:, 0]) & (judged["foreground"] == attributes[:, 1])
              & (judged["background"] == attributes[:, 2]))
+    fits_template = [WordTokenizer().fits_template(caption) for caption in captions]
     return {"agreement": float(agree.mean()), "well_formed": float(well_formed.mean()),
+            "fits_template": float(np.mean(fits_template)),
             "distinct_captions": float(len(set(captions)) / max(1, len(captions))),
             "digits_covered": int(len(set(attributes[well_formed, 0]))),
             "foreground_colors_covered": int(len(set(attributes[well_formed, 1]))),

@@ -36,7 +36,8 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"{percent(i2t['background'])} | {percent(i2t['exact'])} |", "",
         "## Unconditional samples", "",
         f"- image agrees with its own caption: {percent(unc['agreement'])}",
-        f"- well-formed captions: {percent(unc['well_formed'])}; distinct captions: {percent(unc['distinct_captions'])}",
+        f"- captions in the six-word template: {percent(unc['fits_template'])}; with two palette colors "
+        f"(well-formed): {percent(unc['well_formed'])}; distinct captions: {percent(unc['distinct_captions'])}",
         f"- coverage: {unc['digits_covered']}/10 digits, {unc['foreground_colors_covered']}/31 foreground and "
         f"{unc['background_colors_covered']}/31 background colors", "",
         "## Frechet distance in the judge's feature space (lower is closer)", "",

@@ -57,6 +57,10 @@ class WordTokenizer:
                               f"{', '.join(same_hue)}", PaletteWarning, stacklevel=3)
         return words
 
+    def fits_template(self, caption: str) -> bool:
+        words = self.normalize(caption)
+        return len(words) == len(SLOTS) and all(word in allowed for word, (_, allowed) in zip(words, SLOTS))
+
     def closest(self, word: str) -> list[str]:
         return difflib.get_close_matches(word, self.words, n=3, cutoff=0.5)
 
