@@ -2,14 +2,17 @@ import pytest
 import torch
 
 from tinychameleon.config import ModelConfig
+from tinychameleon.data.colored import parse_caption
 from tinychameleon.model import Transformer
 from tinychameleon.sampling import ModalityRules, generate
 from tinychameleon.sequences import (IMAGE_FIRST, TEXT_FIRST, build_sequences, image_prefix, split_sequences,
                                      text_prefix)
-from tinychameleon.tokenizers.text import SLOTS
+from tinychameleon.tokenizers.text import SLOTS, WordTokenizer
 from tinychameleon.tokenizers.vocab import WORDS, Vocab
 
 VOCAB = Vocab(16)
+PROMPTS = torch.tensor([WordTokenizer().encode("dark green eight on bright cyan"),
+                        WordTokenizer().encode("plain white one on plain black")])
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,8 @@ def assert_well_formed(sequences: torch.Tensor, grammar: bool = True):
         if grammar:
             for word, (_, allowed) in zip(words, SLOTS):
                 assert WORDS[word - VOCAB.word_offset] in allowed
+            caption = " ".join(WORDS[w - VOCAB.word_offset] for w in words)
+            assert parse_caption(caption) is not None, caption  # both colors are palette colors
 
 
 @pytest.mark.parametrize("grammar", [True, False])
@@ -46,7 +51,7 @@ def test_unconditional_sampling_never_leaves_its_modality(model, grammar):
 
 def test_text_to_image_and_image_to_text_complete_their_prompts(model):
     rules = ModalityRules(VOCAB)
-    words = torch.tensor([[2, 9, 20, 30, 0, 5]] * 4)
+    words = PROMPTS.repeat(2, 1)
     sequences = generate(model, text_prefix(VOCAB, words), rules, top_k=5)
     assert_well_formed(sequences)
     assert (sequences[:, :9] == text_prefix(VOCAB, words)).all()
@@ -59,7 +64,7 @@ def test_text_to_image_and_image_to_text_complete_their_prompts(model):
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
 def test_cached_and_uncached_decoding_agree(model, guidance):
     rules = ModalityRules(VOCAB)
-    prefix = text_prefix(VOCAB, torch.tensor([[2, 9, 20, 30, 0, 5], [1, 8, 21, 30, 3, 7]]))
+    prefix = text_prefix(VOCAB, PROMPTS)
     cached = generate(model, prefix, rules, temperature=0, guidance=guidance, use_cache=True)
     uncached = generate(model, prefix, rules, temperature=0, guidance=guidance, use_cache=False)
     assert torch.equal(cached, uncached)

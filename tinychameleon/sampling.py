@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .model import KVCache, Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST
+from .data.colored import ADJECTIVES, HUES, PALETTE
 from .tokenizers.text import SLOTS
 from .tokenizers.vocab import SEQUENCE_LENGTH, WORDS, Vocab
 
@@ -37,10 +38,20 @@ class ModalityRules:
                 choices = slot_words if grammar else WORDS
                 allowed[order, first_word + slot, [vocab.word_offset + WORDS.index(w) for w in choices]] = True
         self.allowed = allowed
+        # follows[previous, token]: with grammar, an adjective admits only the hues it has in the palette,
+        # so "bright black" cannot be written. Everything else may follow anything the table allows.
+        follows = torch.ones(vocab.size, vocab.size, dtype=torch.bool)
+        if grammar:
+            hues = [vocab.word_offset + WORDS.index(hue) for hue in HUES]
+            for adjective in ADJECTIVES:
+                row = vocab.word_offset + WORDS.index(adjective)
+                follows[row, hues] = False
+                follows[row, [vocab.word_offset + WORDS.index(h) for a, h in PALETTE if a == adjective]] = True
+        self.follows = follows
 
-    def mask(self, orders: torch.Tensor, position: int) -> torch.Tensor:
-        """(B,) orders -> (B, vocab) booleans for the token at `position`."""
-        return self.allowed.to(orders.device)[orders, position]
+    def mask(self, orders: torch.Tensor, position: int, previous: torch.Tensor) -> torch.Tensor:
+        """(B,) orders and previous tokens -> (B, vocab) booleans for the token at `position`."""
+        return self.allowed.to(orders.device)[orders, position] & self.follows.to(orders.device)[previous]
 
     def order_of(self, marker: torch.Tensor) -> torch.Tensor:
         """The token after <bos> -> TEXT_FIRST / IMAGE_FIRST."""
@@ -95,7 +106,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
             conditional, unconditional = F.log_softmax(logits.float(), -1), F.log_softmax(free_logits.float(), -1)
             logits = unconditional + guidance * (conditional - unconditional)
         step_orders = orders if orders is not None else torch.zeros(B, dtype=torch.long, device=device)
-        allowed = rules.mask(step_orders, position)
+        allowed = rules.mask(step_orders, position, sequences[:, position - 1])
         token = pick(filter_logits(logits, allowed, temperature, top_k), temperature, generator)
         sequences[:, position] = token
         if position == 1:
