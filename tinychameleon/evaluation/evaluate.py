@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="run directory to evaluate (default: the shipped checkpoint)")
     parser.add_argument("--out", default="evaluation", help="folder for metrics.json, report.md and grids")
     parser.add_argument("--samples", type=int, default=1000, help="samples per direction (default 1000)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="use test examples from this index on for the sampled metrics (e.g. tune on 5000+, "
+                             "report on 0+)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     parser.add_argument("--temperature", type=float, help="sampling temperature (default: the checkpoint's)")
@@ -46,7 +49,7 @@ def stage(name: str, started: float) -> None:
 
 
 def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, seed: int = 0, cache_dir=None,
-             sampling: dict | None = None, out_dir: Path | None = None) -> dict:
+             sampling: dict | None = None, out_dir: Path | None = None, offset: int = 0) -> dict:
     """Run the whole evaluation on a loaded pipeline; returns the metrics dictionary."""
     started = time.time()
     sampling = {key: value for key, value in (sampling or {}).items() if value is not None}
@@ -55,9 +58,9 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     train, test = load_colored_mnist(config.data_seed, cache_dir)
     judge = load_or_train_judge(train, cache_dir, config.data_seed)
     stage("judge ready", started)
-    samples = min(samples, len(test))
-    subset = test.subset(slice(0, samples))
-    metrics: dict = {"checkpoint": pipeline.source, "samples": samples, "seed": seed,
+    samples = min(samples, len(test) - offset)
+    subset = test.subset(slice(offset, offset + samples))
+    metrics: dict = {"checkpoint": pipeline.source, "samples": samples, "offset": offset, "seed": seed,
                      "sampling": {**pipeline.sampling.__dict__, **sampling}}
 
     real = judge.predict(test.images)
@@ -93,11 +96,12 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
 
     half = samples // 2
     reference = judge.predict(train.images[:samples])["features"]
+    real_features = real["features"][offset:offset + samples]
     metrics["frechet"] = {
-        "generated_vs_real": frechet_distance(judged["features"], real["features"][:samples]),
-        "real_train_vs_real_test": frechet_distance(reference, real["features"][:samples]),
-        "real_test_halves": frechet_distance(real["features"][:half], real["features"][half:samples]),
-        "unconditional_vs_real": frechet_distance(judge.predict(sampled)["features"], real["features"][:samples]),
+        "generated_vs_real": frechet_distance(judged["features"], real_features),
+        "real_train_vs_real_test": frechet_distance(reference, real_features),
+        "real_test_halves": frechet_distance(real_features[:half], real_features[half:]),
+        "unconditional_vs_real": frechet_distance(judge.predict(sampled)["features"], real_features),
     }
     stage("Frechet distances done", started)
 
@@ -143,7 +147,8 @@ def run_evaluation(args) -> dict:
     samples, nll_examples = (64, 500) if args.quick else (args.samples, 0)
     out = Path(args.out)
     metrics = evaluate(pipeline, samples, nll_examples, args.seed, args.cache_dir,
-                       {"temperature": args.temperature, "top_k": args.top_k, "guidance": args.guidance}, out)
+                       {"temperature": args.temperature, "top_k": args.top_k, "guidance": args.guidance}, out,
+                       args.offset)
     print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional")},
                      indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
