@@ -1,0 +1,53 @@
+"""The public API on the shipped checkpoint: it loads by itself and does all three things well."""
+
+import numpy as np
+import pytest
+
+from tinychameleon.data.colored import parse_caption
+from tinychameleon.errors import PromptError
+from tinychameleon.pipeline import PRETRAINED_DIR, Pipeline
+
+
+def dominant_color(image: np.ndarray) -> tuple:
+    colors, counts = np.unique(image.reshape(-1, 3), axis=0, return_counts=True)
+    return tuple(int(v) for v in colors[counts.argmax()])
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Pipeline.from_pretrained()
+
+
+def test_shipped_checkpoint_is_complete():
+    for name in ("config.json", "vocab.json", "vqvae.safetensors", "model.safetensors", "sampling.json",
+                 "MODEL_CARD.md"):
+        assert (PRETRAINED_DIR / name).exists(), name
+
+
+def test_shipped_model_captions_real_test_images(shipped, colored):
+    _, test = colored
+    captions = shipped.caption(test.images[:40])
+    correct = np.mean([c == truth for c, truth in zip(captions, test.captions()[:40])])
+    assert correct >= 0.75  # measured 90 % on 1000 images
+
+
+def test_shipped_model_draws_what_it_reads(shipped):
+    prompts = ["plain white seven on dark blue", "normal red one on plain white"]
+    images = shipped.generate_images(prompts, n=2, seed=0)
+    assert images.shape == (4, 28, 28, 3) and images.max() <= 3
+    # Colors are right almost always: the most common level triple is the background color.
+    assert [dominant_color(image) for image in images] == [(0, 0, 2), (0, 0, 2), (3, 3, 3), (3, 3, 3)]
+    readback = shipped.caption(images)
+    assert sum(parse_caption(c)[1:] == parse_caption(p)[1:] for c, p in zip(readback, np.repeat(prompts, 2))) >= 3
+
+
+def test_unconditional_samples_are_well_formed_and_seeded(shipped):
+    images, captions = shipped.sample(6, seed=4)
+    again, captions_again = shipped.sample(6, seed=4)
+    assert np.array_equal(images, again) and captions == captions_again
+    assert all(parse_caption(c) is not None for c in captions)
+
+
+def test_bad_prompt_raises_prompt_error(shipped):
+    with pytest.raises(PromptError, match="did you mean"):
+        shipped.generate_images(["dark grene eight on bright cyan"])
