@@ -17,18 +17,29 @@ from .errors import TinyChameleonError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="run directory to load (default: the shipped checkpoint)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default 0)")
+def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
+    """How to sample; each defaults to the checkpoint's sampling.json, else SamplingConfig."""
     parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     parser.add_argument("--top-k", type=int, help="keep only the k most likely tokens (0 = all)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--candidates", type=int, dest="image_candidates",
+                        help="text -> image: draw this many images per prompt, keep the one the model captions best")
+    parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, dest="rerank_captions",
+                        help="image -> text: choose the digit word by Bayes re-ranking in both orders")
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="run directory to load (default: the shipped checkpoint)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default 0)")
+    add_sampler_flags(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
 
 
+SAMPLER_SETTINGS = ("temperature", "top_k", "guidance", "image_candidates", "rerank_captions")
+
+
 def sampling_overrides(args) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k,
-            "guidance": getattr(args, "guidance", None)}
+    return {name: getattr(args, name, None) for name in SAMPLER_SETTINGS}
 
 
 def load_pipeline(args):
@@ -134,7 +145,8 @@ def command_sample(args) -> int:
 
     if args.n < 1:
         raise TinyChameleonError("-n must be at least 1")
-    images, captions = load_pipeline(args).sample(args.n, seed=args.seed, **sampling_overrides(args))
+    images, captions = load_pipeline(args).sample(args.n, seed=args.seed, first=args.first, ancestral=args.ancestral,
+                                                  **sampling_overrides(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -233,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="unconditional: sample image + caption pairs")
     sample.add_argument("-n", type=int, default=9, help="number of pairs (default 9)")
     sample.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
+    sample.add_argument("--first", choices=["text", "image", "model"], default="text",
+                        help="modality drawn freely first; the other follows as a conditional request (default text)")
+    sample.add_argument("--ancestral", action="store_true",
+                        help="one plain pass through the model: no guidance, candidates or re-ranking")
     add_sampling_flags(sample)
     sample.set_defaults(handler=command_sample)
 
@@ -246,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a checkpoint: NLL, judged accuracy, diversity, FD")
     add_evaluate_arguments(evaluate)
+    add_sampler_flags(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
     serve = commands.add_parser("serve", help="serve the web page and JSON API")

@@ -133,4 +133,6 @@ class SamplingConfig:
     top_k: int = 0                # 0 = no top-k filtering
     guidance: float = 1.0         # classifier-free guidance scale for conditional modes (1 = off)
     grammar: bool = True          # word slots follow the caption template (False: any word in any slot)
+    image_candidates: int = 1     # text -> image: draw this many per prompt, keep the one the model captions best
+    rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
     batch_size: int = 1024        # rows decoded together; bounds memory

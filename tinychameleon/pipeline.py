@@ -18,14 +18,19 @@ import torch
 
 from .config import RunConfig, SamplingConfig
 from .errors import PromptError
+from .reranking import best_images, rerank_digits
 from .sampling import ModalityRules, generate
 from .sequences import image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
-from .tokenizers.vocab import Vocab
+from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
 from .training.checkpoint import load_config, load_transformer, load_vqvae
 from .training.device import resolve_device
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+# sample(first=...): the marker after <bos> names the modality that has *ended*, so text first
+# is "<bos> <end of image>".
+FIRST_MODALITY = {"text": lambda vocab: vocab.end_of_image, "image": lambda vocab: vocab.end_of_text,
+                  "model": None}
 
 
 class Pipeline:
@@ -61,13 +66,35 @@ class Pipeline:
             return None
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator) -> torch.Tensor:
+    def _generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator,
+                  length: int = SEQUENCE_LENGTH) -> torch.Tensor:
         outputs = []
         for start in range(0, len(prefix), settings.batch_size):
             chunk = prefix[start:start + settings.batch_size].to(self.device)
             outputs.append(generate(self.model, chunk, self.rules, settings.temperature, settings.top_k or None,
-                                    settings.guidance, generator))
+                                    settings.guidance, generator, length=length))
         return torch.cat(outputs)
+
+    def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator) -> torch.Tensor:
+        """(B, 6) word ids -> (B, 49) codes; the best of `image_candidates` draws per row."""
+        candidates = max(1, settings.image_candidates)
+        repeated = words.repeat_interleave(candidates, dim=0)
+        _, codes = split_sequences(self.vocab, self._generate(text_prefix(self.vocab, repeated), settings,
+                                                              generator))
+        if candidates > 1:
+            codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
+        return codes
+
+    def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator) -> torch.Tensor:
+        """(B, 49) codes -> (B, 6) caption word ids, at the caption temperature unless one was asked for."""
+        words, _ = split_sequences(self.vocab, self._generate(image_prefix(self.vocab, codes), settings, generator))
+        if settings.rerank_captions and settings.temperature <= 0:
+            # Only greedy captions are re-ranked: a sampled caption should stay a sample.
+            words = rerank_digits(self.model, self.vocab, words, codes)
+        return words
+
+    def _decode_words(self, words: torch.Tensor) -> list[str]:
+        return [self.tokenizer.decode(row) for row in words.cpu()]
 
     def encode_prompts(self, prompts: list[str], strict_palette: bool = False) -> torch.Tensor:
         if isinstance(prompts, str):
@@ -86,9 +113,13 @@ class Pipeline:
         words = self.encode_prompts(prompts).repeat_interleave(n, dim=0)
         if len(words) == 0:
             return np.zeros((0, 28, 28, 3), dtype=np.uint8)
-        sequences = self._generate(text_prefix(self.vocab, words), settings, self._generator(seed))
-        _, codes = split_sequences(self.vocab, sequences)
-        return self.vqvae.decode(codes).cpu().numpy()
+        return self.vqvae.decode(self._draw_codes(words, settings, self._generator(seed))).cpu().numpy()
+
+    def _caption_settings(self, sampling: dict) -> SamplingConfig:
+        settings = self._settings(sampling)
+        if sampling.get("temperature") is None:
+            settings = replace(settings, temperature=settings.caption_temperature)
+        return settings
 
     def caption(self, images: np.ndarray, seed: int | None = None, **sampling) -> list[str]:
         """Image -> text: (B, 28, 28, 3) levels 0..3 -> B captions."""
@@ -98,18 +129,45 @@ class Pipeline:
         if len(images) == 0:
             return []
         codes = self.vqvae.encode(torch.from_numpy(images).to(self.device))
-        settings = self._settings(sampling)
-        if sampling.get("temperature") is None:
-            settings = replace(settings, temperature=settings.caption_temperature)
-        sequences = self._generate(image_prefix(self.vocab, codes), settings, self._generator(seed))
-        words, _ = split_sequences(self.vocab, sequences)
-        return [self.tokenizer.decode(row) for row in words.cpu()]
+        words = self._write_words(codes, self._caption_settings(sampling), self._generator(seed))
+        return self._decode_words(words)
 
-    def sample(self, n: int, seed: int | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
-        """Unconditional: n (image, caption) pairs, each drawn in whichever order the model picks."""
-        settings = self._settings({**sampling, "guidance": 1.0})
-        prefix = torch.full((n, 1), self.vocab.bos, dtype=torch.long)
-        sequences = self._generate(prefix, settings, self._generator(seed))
-        words, codes = split_sequences(self.vocab, sequences)
-        images = self.vqvae.decode(codes).cpu().numpy()
-        return images, [self.tokenizer.decode(row) for row in words.cpu()]
+    def sample(self, n: int, seed: int | None = None, first: str = "text", ancestral: bool = False, **sampling
+               ) -> tuple[np.ndarray, list[str]]:
+        """Unconditional: n (image, caption) pairs from nothing.
+
+        first: the modality drawn freely from the model: "text" (default), "image", or "model" (the
+        model picks each row's order, as in training). The second is then made exactly like a
+        conditional request (guidance and candidates for images; greedy, re-ranked captions).
+        Caption-first is the default because the model's free-running images are its weakest output
+        (often ill-formed digits no caption can match), while its guided images are its best.
+        ancestral=True draws every token in one plain pass instead (no guidance, no re-ranking):
+        samples of the model's joint distribution as it stands.
+        """
+        if first not in FIRST_MODALITY:
+            raise ValueError(f"first must be one of {', '.join(FIRST_MODALITY)}, got {first!r}")
+        settings = self._settings(sampling)
+        generator = self._generator(seed)
+        heads = torch.full((n, 2), self.vocab.bos, dtype=torch.long)                 # <bos> <marker>
+        if first == "model":
+            heads = self._generate(heads[:, :1], settings, generator, length=2)
+        else:
+            heads[:, 1] = FIRST_MODALITY[first](self.vocab)
+        if ancestral:
+            words, codes = split_sequences(self.vocab, self._generate(heads, replace(settings, guidance=1.0),
+                                                                      generator))
+            return self.vqvae.decode(codes).cpu().numpy(), self._decode_words(words)
+        heads = heads.to(self.device)
+        image_first = heads[:, 1] == self.vocab.end_of_text
+        words = torch.zeros(n, TEXT_LENGTH, dtype=torch.long, device=self.device)
+        codes = torch.zeros(n, IMAGE_LENGTH, dtype=torch.long, device=self.device)
+        text_rows, image_rows = (~image_first).nonzero().squeeze(1), image_first.nonzero().squeeze(1)
+        if len(text_rows):
+            drawn = self._generate(heads[text_rows], settings, generator, length=2 + TEXT_LENGTH)
+            words[text_rows] = drawn[:, 2:] - self.vocab.word_offset
+            codes[text_rows] = self._draw_codes(words[text_rows].cpu(), settings, generator)
+        if len(image_rows):
+            drawn = self._generate(heads[image_rows], settings, generator, length=2 + IMAGE_LENGTH)
+            codes[image_rows] = drawn[:, 2:]
+            words[image_rows] = self._write_words(drawn[:, 2:], self._caption_settings(sampling), generator)
+        return self.vqvae.decode(codes).cpu().numpy(), self._decode_words(words)

@@ -80,8 +80,9 @@ def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
 @torch.no_grad()
 def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, temperature: float = 1.0,
              top_k: int | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
-    """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, 58) sequences.
+             use_cache: bool = True, length: int = SEQUENCE_LENGTH) -> torch.Tensor:
+    """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
+    (length < 58 stops early, e.g. after the first modality).
 
     guidance > 1 applies classifier-free guidance to the second modality: the unconditional
     stream is the other ordering, `<bos> <marker>`, which starts with that same modality.
@@ -89,7 +90,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     model.eval()
     B, P = prefix.shape
     device = prefix.device
-    sequences = torch.empty(B, SEQUENCE_LENGTH, dtype=torch.long, device=device)
+    sequences = torch.empty(B, length, dtype=torch.long, device=device)
     sequences[:, :P] = prefix
     guided = guidance != 1.0 and P >= 3
     cache = KVCache(model.config, B, device=device) if use_cache else None
@@ -101,7 +102,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
         free_logits = model(free, kv_cache=free_cache)[:, -1]
         offset = P - 2  # conditional position p == unconditional position p - offset
     orders = rules.order_of(prefix[:, 1]) if P >= 2 else None
-    for position in range(P, SEQUENCE_LENGTH):
+    for position in range(P, length):
         if guided:
             conditional, unconditional = F.log_softmax(logits.float(), -1), F.log_softmax(free_logits.float(), -1)
             logits = unconditional + guidance * (conditional - unconditional)
@@ -111,7 +112,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
         sequences[:, position] = token
         if position == 1:
             orders = rules.order_of(token)
-        if position == SEQUENCE_LENGTH - 1:
+        if position == length - 1:
             break
         if use_cache:
             logits = model(token[:, None], kv_cache=cache)[:, -1]

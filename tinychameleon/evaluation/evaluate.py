@@ -37,9 +37,6 @@ def add_arguments(parser) -> None:
                              "report on 0+)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature (default: the checkpoint's)")
-    parser.add_argument("--top-k", type=int, help="top-k filtering (default: the checkpoint's)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
     parser.add_argument("--cache-dir", help="data and judge cache directory")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
 
@@ -89,10 +86,13 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     metrics["image_to_text"] = caption_accuracy(captions, subset.digits, subset.foreground, subset.background)
     stage(f"image -> text exact {metrics['image_to_text']['exact']:.3f}", started)
 
-    sampled, sampled_captions = pipeline.sample(samples, seed=seed, **{k: v for k, v in sampling.items()
-                                                                       if k != "guidance"})
+    sampled, sampled_captions = pipeline.sample(samples, seed=seed, **sampling)
     metrics["unconditional"] = unconditional_metrics(judge.predict(sampled), sampled_captions)
     stage(f"unconditional agreement {metrics['unconditional']['agreement']:.3f}", started)
+    # The model's joint distribution as it stands: one pass, order picked by the model, nothing added.
+    plain, plain_captions = pipeline.sample(samples, seed=seed, first="model", ancestral=True, **sampling)
+    metrics["unconditional_ancestral"] = unconditional_metrics(judge.predict(plain), plain_captions)
+    stage(f"ancestral unconditional agreement {metrics['unconditional_ancestral']['agreement']:.3f}", started)
 
     half = samples // 2
     reference = judge.predict(train.images[:samples])["features"]
@@ -142,14 +142,16 @@ def compositional(pipeline, judge, test, holdout_pairs: int, samples: int, seed:
 
 
 def run_evaluation(args) -> dict:
+    from ..cli import sampling_overrides
+
     torch.manual_seed(args.seed)
     pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
     samples, nll_examples = (64, 500) if args.quick else (args.samples, 0)
     out = Path(args.out)
     metrics = evaluate(pipeline, samples, nll_examples, args.seed, args.cache_dir,
-                       {"temperature": args.temperature, "top_k": args.top_k, "guidance": args.guidance}, out,
-                       args.offset)
-    print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional")},
+                       sampling_overrides(args), out, args.offset)
+    print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional",
+                                                   "unconditional_ancestral")},
                      indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return metrics

@@ -35,7 +35,9 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"| image -> text (exact caption) | {percent(i2t['digit'])} | {percent(i2t['foreground'])} | "
         f"{percent(i2t['background'])} | {percent(i2t['exact'])} |", "",
         "## Unconditional samples", "",
-        f"- image agrees with its own caption: {percent(unc['agreement'])}",
+        f"- image agrees with its own caption: {percent(unc['agreement'])} (caption drawn first, then its image as "
+        f"a text -> image request); plain ancestral samples, order picked by the model: "
+        f"{percent(metrics['unconditional_ancestral']['agreement'])}",
         f"- captions in the six-word template: {percent(unc['fits_template'])}; with two palette colors "
         f"(well-formed): {percent(unc['well_formed'])}; distinct captions: {percent(unc['distinct_captions'])}",
         f"- coverage: {unc['digits_covered']}/10 digits, {unc['foreground_colors_covered']}/31 foreground and "

@@ -1,0 +1,76 @@
+"""Self-reranking: the model scores its own candidates, in either reading direction.
+
+One network has learnt both p(caption | image) (image-first sequences) and p(caption, image)
+(text-first sequences), so it can check its own work, like DALL-E's CLIP reranking but with
+no second model:
+
+- text -> image: draw several images per prompt and keep the one whose prompt the model
+  finds most likely as its caption, log p(prompt | image).
+- image -> text: the greedy caption reads colors almost perfectly but misreads digits. For each
+  digit word d, score the caption with d by Bayes' rule in both directions,
+  log p(caption_d | image) + log p(caption_d, image), and keep the best. The text-first term is
+  a generative classifier: it asks which digit's caption best *explains* the image's 49 codes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data.colored import DIGIT_WORDS
+from .model import Transformer
+from .sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, target_kinds
+from .tokenizers.text import SLOTS
+from .tokenizers.vocab import WORDS, Vocab
+
+DIGIT_SLOT = [name for name, _ in SLOTS].index("digit")
+DIGIT_WORD_IDS = [WORDS.index(word) for word in DIGIT_WORDS]
+
+
+@torch.no_grad()
+def token_log_probs(model: Transformer, sequences: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """(B, 58) sequences -> (B, 57) log-probability the model gives each next token."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        log_probs = F.log_softmax(model(chunk[:, :-1]).float(), dim=-1)
+        chunks.append(log_probs.gather(-1, chunk[:, 1:, None]).squeeze(-1))
+    return torch.cat(chunks)
+
+
+def caption_given_image(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor
+                        ) -> torch.Tensor:
+    """log p(caption | image) from the image-first reading: (B, 6) word ids, (B, 49) codes -> (B,)."""
+    orders = torch.full((len(codes),), IMAGE_FIRST, dtype=torch.long)
+    sequences = build_sequences(vocab, word_ids, codes, orders)
+    log_probs = token_log_probs(model, sequences)
+    is_text, _ = target_kinds(vocab, sequences[:, 1:])
+    return (log_probs * is_text).sum(dim=1)
+
+
+def joint(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """log p(caption, image) from the text-first reading: (B,)."""
+    orders = torch.full((len(codes),), TEXT_FIRST, dtype=torch.long)
+    return token_log_probs(model, build_sequences(vocab, word_ids, codes, orders)).sum(dim=1)
+
+
+def best_images(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
+                candidates: int) -> torch.Tensor:
+    """Keep one of each prompt's `candidates` images (rows prompt-major): (B*n, 49) -> (B, 49)."""
+    scores = caption_given_image(model, vocab, word_ids, codes).view(-1, candidates)  # (B, n)
+    best = scores.argmax(dim=1)
+    return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best]
+
+
+def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor
+                  ) -> torch.Tensor:
+    """Replace each caption's digit word by the Bayes-best one: (B, 6) word ids, (B, 49) codes -> (B, 6)."""
+    B, digits = len(word_ids), len(DIGIT_WORD_IDS)
+    candidates = word_ids[:, None, :].repeat(1, digits, 1)                        # (B, 10, 6)
+    candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)
+    candidates = candidates.view(B * digits, -1)
+    repeated_codes = codes.repeat_interleave(digits, dim=0)                       # (B*10, 49)
+    scores = (caption_given_image(model, vocab, candidates, repeated_codes)
+              + joint(model, vocab, candidates, repeated_codes)).view(B, digits)
+    return candidates.view(B, digits, -1)[torch.arange(B), scores.argmax(dim=1)]
