@@ -97,6 +97,22 @@ def test_sample(tiny_run, tmp_path, capsys):
                                   for row in rows)
 
 
+def test_sampler_flags(tiny_run, tmp_path, capsys):
+    code, _, _ = run(["sample", "-n", 3, "--out", tmp_path / "a", "--checkpoint", tiny_run, "--first", "image",
+                      "--ancestral"], capsys)
+    assert code == 0 and len((tmp_path / "a" / "manifest.jsonl").read_text().splitlines()) == 3
+    code, _, _ = run(["generate", "plain white one on plain black", "--candidates", 3, "--out", tmp_path / "b",
+                      "--checkpoint", tiny_run], capsys)
+    assert code == 0
+    image = tmp_path / "b" / json.loads((tmp_path / "b" / "manifest.jsonl").read_text().splitlines()[0])["file"]
+    for flag in ("--rerank", "--no-rerank"):
+        code, out, _ = run(["caption", image, flag, "--checkpoint", tiny_run], capsys)
+        assert code == 0 and len(out.split(": ")[1].split()) == 6
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "-n", "2", "--out", str(tmp_path / "c"), "--first", "caption"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
 def test_report(tiny_run, tmp_path, capsys):
     code, out, _ = run(["report", "--out", tmp_path, "--checkpoint", tiny_run], capsys)
     assert code == 0

@@ -87,3 +87,11 @@ def test_build_and_split_sequences_round_trip():
     assert_well_formed(sequences, grammar=False)
     got_words, got_codes = split_sequences(VOCAB, sequences)
     assert torch.equal(got_words, words) and torch.equal(got_codes, codes)
+
+
+def test_length_stops_early_with_the_same_tokens(model):
+    rules = ModalityRules(VOCAB)
+    prefix = torch.full((6, 1), VOCAB.bos)
+    full = generate(model, prefix, rules, generator=torch.Generator().manual_seed(3))
+    head = generate(model, prefix, rules, generator=torch.Generator().manual_seed(3), length=9)
+    assert head.shape == (6, 9) and torch.equal(head, full[:, :9])

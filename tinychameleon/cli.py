@@ -22,7 +22,7 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     parser.add_argument("--top-k", type=int, help="keep only the k most likely tokens (0 = all)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--candidates", type=int, dest="image_candidates",
+    parser.add_argument("--candidates", type=int, dest="image_candidates", metavar="N",
                         help="text -> image: draw this many images per prompt, keep the one the model captions best")
     parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, dest="rerank_captions",
                         help="image -> text: choose the digit word by Bayes re-ranking in both orders")
@@ -66,7 +66,8 @@ def command_train(args) -> int:
     for key, section, field in (("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
                                 ("lr", "train", "lr"), ("vq_epochs", "vq_train", "epochs"),
                                 ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed"),
-                                ("max_train_examples", "train", "max_train_examples")):
+                                ("max_train_examples", "train", "max_train_examples"),
+                                ("warmup_steps", "train", "warmup_steps"), ("init_from", "train", "init_from")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     try:
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="transformer peak learning rate (overrides the preset)")
     train.add_argument("--scale-lr", action="store_true",
                        help="with --batch-size: scale the preset's learning rate by sqrt(new batch / preset batch)")
+    train.add_argument("--warmup-steps", type=int, help="transformer warmup steps (overrides the preset)")
+    train.add_argument("--init-from", help="fine-tune: start the transformer from this run directory's weights "
+                                           "(its tokenizer and model shape are used)")
     train.add_argument("--vq-epochs", type=int, help="VQ-VAE epochs (overrides the preset)")
     train.add_argument("--holdout-pairs", type=int, help="hold this many color pairs out of training")
     train.add_argument("--train-seed", type=int, help="seed of initialisation and batch order")

@@ -52,6 +52,7 @@ class TrainConfig:
     max_train_examples: int = 0   # 0 = all 60k; small values make test runs fast
     max_test_examples: int = 0    # 0 = all 10k
     holdout_pairs: int = 0        # hold out this many (fg, bg) color pairs from training (generalisation study)
+    init_from: str = ""           # fine-tune: start from this run's transformer (its tokenizer and shape come too)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ..config import RunConfig
 from ..model import Transformer
 from ..sequences import build_sequences, target_kinds
 from ..tokenizers.vocab import Vocab
-from .checkpoint import MODEL_FILE, build_transformer, resume_from, save_epoch
+from .checkpoint import MODEL_FILE, build_transformer, load_transformer, resume_from, save_epoch
 from .device import Distributed, autocast
 from .logs import plot_curve
 from .schedule import warmup_cosine
@@ -91,6 +91,10 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     start_epoch, step_log, epoch_log = resume_from(run_dir / STATE_FILE, model, optimizer) if resume else (0, [], [])
     if start_epoch and world.is_main:
         print(f"transformer: resuming after epoch {start_epoch}")
+    elif settings.init_from:
+        model.load_state_dict(load_transformer(settings.init_from, config).state_dict())
+        if world.is_main:
+            print(f"transformer: starting from the weights of {settings.init_from}")
     train_model = model
     if world.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(

@@ -70,6 +70,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if resume and (run_dir / "config.json").exists():
         config = load_config(run_dir)  # the run's own config wins over command-line presets
+    if config.train.init_from:
+        # Fine-tuning continues another run's transformer: its shape and its tokenizer come with it.
+        config.model = load_config(config.train.init_from).model
+        vqvae_from = vqvae_from or config.train.init_from
     if vqvae_from:
         # Reuse another run's tokenizer: the codebook must match, so take its VQ config too.
         source = load_config(vqvae_from)

@@ -1,0 +1,107 @@
+"""Self-reranking: the scores are the model's own log-probabilities, and they pick the right thing."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinychameleon.config import ModelConfig
+from tinychameleon.data.colored import COLOR_RGB, parse_caption
+from tinychameleon.model import KVCache, Transformer
+from tinychameleon.pipeline import Pipeline
+from tinychameleon.reranking import DIGIT_SLOT, best_images, caption_given_image, joint, rerank_digits
+from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences
+from tinychameleon.tokenizers.vocab import Vocab
+
+VOCAB = Vocab(16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=VOCAB.size, n_layer=2, n_head=2, d_model=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Pipeline.from_pretrained()
+
+
+def stepwise_log_probs(model, sequences):
+    """Token by token through the KV cache: an independent path to the same numbers."""
+    cache = KVCache(model.config, len(sequences))
+    steps = []
+    with torch.no_grad():
+        for position in range(sequences.shape[1] - 1):
+            logits = model(sequences[:, position:position + 1], kv_cache=cache)[:, -1]
+            steps.append(F.log_softmax(logits.float(), -1).gather(1, sequences[:, position + 1, None]))
+    return torch.cat(steps, dim=1)
+
+
+def test_scores_are_the_model_log_probabilities(model):
+    generator = torch.Generator().manual_seed(1)
+    words = torch.randint(0, VOCAB.num_words, (3, 6), generator=generator)
+    codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    image_first = stepwise_log_probs(model, build_sequences(VOCAB, words, codes, torch.full((3,), IMAGE_FIRST)))
+    text_first = stepwise_log_probs(model, build_sequences(VOCAB, words, codes, torch.full((3,), TEXT_FIRST)))
+    # Image first: the six words are the last six predictions.
+    torch.testing.assert_close(caption_given_image(model, VOCAB, words, codes), image_first[:, -6:].sum(1),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(joint(model, VOCAB, words, codes), text_first.sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_rerank_digits_changes_only_the_digit_and_never_lowers_the_score(model):
+    generator = torch.Generator().manual_seed(2)
+    words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3]])
+    codes = torch.randint(0, VOCAB.codebook_size, (2, 49), generator=generator)
+    reranked = rerank_digits(model, VOCAB, words, codes)
+    keep = [slot for slot in range(6) if slot != DIGIT_SLOT]
+    assert torch.equal(reranked[:, keep], words[:, keep])
+
+    def score(rows):
+        return caption_given_image(model, VOCAB, rows, codes) + joint(model, VOCAB, rows, codes)
+
+    assert (score(reranked) >= score(words) - 1e-4).all()
+
+
+def test_best_images_picks_the_image_that_fits_the_prompt(shipped, colored):
+    _, test = colored
+    rows = np.arange(8)
+    prompts = test.captions()[:8]
+    words = shipped.encode_prompts(prompts).repeat_interleave(2, dim=0)
+    # Each prompt's candidates: a real image of another caption, then its own real image.
+    images = np.stack([test.images[(rows + 1) % 8], test.images[rows]], axis=1).reshape(16, 28, 28, 3)
+    codes = shipped.vqvae.encode(torch.from_numpy(images))
+    chosen = best_images(shipped.model, shipped.vocab, words, codes, candidates=2)
+    assert torch.equal(chosen, codes.view(8, 2, 49)[:, 1])
+
+
+def test_reranked_captions_read_digits_better(shipped, colored):
+    _, test = colored
+    images, truth = test.images[:120], test.captions()[:120]
+    plain = shipped.caption(images, rerank_captions=False)
+    reranked = shipped.caption(images, rerank_captions=True)
+    plain_right = np.mean([c == t for c, t in zip(plain, truth)])
+    reranked_right = np.mean([c == t for c, t in zip(reranked, truth)])
+    assert reranked_right >= plain_right and reranked_right >= 0.93  # measured 89 % -> 98 % on 1000 images
+
+
+def test_caption_first_samples_agree_with_their_images(shipped):
+    images, captions = shipped.sample(12, seed=3)
+    for image, caption in zip(images, captions):
+        _, _, background = parse_caption(caption)
+        colors, counts = np.unique(image.reshape(-1, 3), axis=0, return_counts=True)
+        # The most common level triple is the background color.
+        assert tuple(colors[counts.argmax()]) == tuple(COLOR_RGB[background]), caption
+
+
+def test_sample_orders_and_ancestral(tiny_pipeline):
+    for first in ("text", "image", "model"):
+        for ancestral in (False, True):
+            images, captions = tiny_pipeline.sample(5, seed=1, first=first, ancestral=ancestral)
+            assert images.shape == (5, 28, 28, 3) and len(captions) == 5
+            assert all(len(caption.split()) == 6 for caption in captions)
+    again = tiny_pipeline.sample(5, seed=1, first="image", ancestral=True)
+    assert tiny_pipeline.sample(5, seed=1, first="image", ancestral=True)[1] == again[1]
+    with pytest.raises(ValueError, match="first must be one of"):
+        tiny_pipeline.sample(2, first="caption")
