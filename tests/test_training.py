@@ -90,3 +90,18 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache_dir, monkeypatch):
     finished = checkpoint.load_transformer(uninterrupted).state_dict()
     for key, value in checkpoint.load_transformer(interrupted).state_dict().items():
         torch.testing.assert_close(value, finished[key])  # same weights as if never interrupted
+
+
+def test_init_from_fine_tunes_another_run(tiny_run, tmp_path, cache_dir):
+    from tinychameleon.training.run import train
+
+    source = json.loads((tiny_run / "transformer_metrics.json").read_text())["epochs"][-1]
+    # A different preset shape on purpose: the source run's shape and tokenizer must win.
+    config = make_config("tiny", model={"n_layer": 3}, train={"init_from": str(tiny_run), "lr": 1e-3})
+    train(config, tmp_path / "tuned", cache_dir=cache_dir, progress=False, device_name="cpu")
+    tuned = json.loads((tmp_path / "tuned" / "transformer_metrics.json").read_text())["epochs"]
+    assert tuned[0]["test_nll"] == pytest.approx(source["test_nll"], rel=1e-5)  # starts where the source ended
+    assert tuned[-1]["test_nll"] < tuned[0]["test_nll"]
+    saved = checkpoint.load_config(tmp_path / "tuned")
+    assert saved.model.n_layer == 1 and saved.train.init_from == str(tiny_run)
+    assert (tmp_path / "tuned" / "vqvae.safetensors").read_bytes() == (tiny_run / "vqvae.safetensors").read_bytes()

@@ -51,6 +51,9 @@ def test_generate(client):
     assert decode(body["images"][0]).shape == (28, 28, 3)
     again = client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 3, "seed": 1})
     assert again.json()["images"] == body["images"]  # a seed fixes the result
+    best_of_3 = client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 2, "seed": 1,
+                                                   "candidates": 3})
+    assert best_of_3.status_code == 200 and len(best_of_3.json()["images"]) == 2
 
 
 def test_generate_off_palette_warns(client):
@@ -64,6 +67,7 @@ def test_generate_off_palette_warns(client):
     ({"prompt": "dark green eight on bright cyan", "n": 17}, "more than the 16"),
     ({"prompt": "dark green eight on bright cyan", "n": 0}, "greater than or equal"),
     ({"prompt": "dark green eight on bright cyan", "temperature": -1}, "greater than or equal"),
+    ({"prompt": "dark green eight on bright cyan", "candidates": 17}, "less than or equal"),
     ({"n": 2}, "Field required"),
     ({"prompt": 12}, "string"),
 ])

@@ -46,6 +46,8 @@ class GenerateRequest(Sampling):
     n: int = Field(4, ge=1, description="number of images")
     guidance: float | None = Field(None, ge=0.0, le=10.0,
                                    description="classifier-free guidance scale (1 = off); default: the checkpoint's")
+    candidates: int | None = Field(None, ge=1, le=16, description="images drawn per image shown; the model keeps "
+                                   "the one it captions best; default: the checkpoint's")
 
 
 class SampleRequest(Sampling):
@@ -110,7 +112,8 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
         prompt = " ".join(request.prompt.lower().split())
-        sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance}
+        sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
+                    "image_candidates": request.candidates}
         images = await run(Job("generate", sampling, [prompt] * request.n, request.seed))
         return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
                 "images": [data_url(image) for image in images]}
