@@ -27,10 +27,11 @@ def test_encoded_dataset_is_cached_by_tokenizer_hash(tiny_run, colored, tmp_path
     assert len(list((tmp_path / "codes").iterdir())) == 2
 
 
-def test_bench_prints_side_by_side_table(tmp_path, capsys):
+def test_bench_prints_side_by_side_table(tmp_path, capsys, tiny_run):
     from tinychameleon.bench import run_bench
 
-    args = argparse.Namespace(device="cpu", train_batches="4", batches="1,2", repeats=1, json=str(tmp_path / "b.json"))
+    args = argparse.Namespace(device="cpu", train_batches="4", batches="1,2", repeats=1, json=str(tmp_path / "b.json"),
+                              checkpoint=str(tiny_run))
     results = run_bench(args)
     out = capsys.readouterr().out
     assert "reference tok/s" in out and "KV cache img/s" in out
@@ -38,6 +39,10 @@ def test_bench_prints_side_by_side_table(tmp_path, capsys):
     assert saved["training"][0]["project"]["tokens_per_s"] > 0
     assert [row["batch"] for row in results["sampling"]] == [1, 2]
     assert all(row["no_cache"] is not None for row in results["sampling"])
+    assert "one request (batch 1)" in out
+    assert [(row["request"], row["settings"]) for row in saved["pipeline"]] == [
+        ("text -> image", "plain"), ("text -> image", "checkpoint"), ("image -> text", "plain"),
+        ("image -> text", "checkpoint")] and all(row["ms"] > 0 for row in saved["pipeline"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is the CUDA path; no CUDA GPU here")

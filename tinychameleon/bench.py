@@ -116,6 +116,23 @@ def sampling_case(device, batch_size: int, use_cache: bool, repeats: int) -> dic
             "peak_memory_mb": peak_memory_mb(device)}
 
 
+def pipeline_cases(device, checkpoint: str | None, repeats: int) -> list[dict]:
+    """One request at a time through the Pipeline, plain vs the checkpoint's own settings
+    (guidance, best-of-n images, re-ranked captions): what a user of the API or web page waits."""
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline.from_pretrained(checkpoint, device=str(device))
+    prompt = "dark green eight on bright cyan"
+    image = pipeline.generate_images([prompt], seed=0)
+    plain = {"guidance": 1.0, "image_candidates": 1, "rerank_captions": False}
+    cases = [("text -> image", "plain", lambda: pipeline.generate_images([prompt], seed=0, **plain)),
+             ("text -> image", "checkpoint", lambda: pipeline.generate_images([prompt], seed=0)),
+             ("image -> text", "plain", lambda: pipeline.caption(image, **plain)),
+             ("image -> text", "checkpoint", lambda: pipeline.caption(image))]
+    return [{"request": request, "settings": name, "ms": timed(call, device, repeats) * 1000}
+            for request, name, call in cases]
+
+
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows]
@@ -155,7 +172,11 @@ def run_bench(args) -> dict:
                      f"{cached['ms_per_image']:.2f}", f"{cached['ms_per_token']:.2f}", f"{cached['peak_memory_mb']:.0f}"])
         print(f"sampling batch {batch}: KV cache {cached['images_per_s']:,.1f} img/s"
               + (f", no cache {uncached['images_per_s']:,.1f} img/s" if uncached else ""), flush=True)
-    print("\n" + table(rows))
+    print("\n" + table(rows) + "\n")
+    results["pipeline"] = pipeline_cases(device, args.checkpoint, args.repeats)
+    rows = [["one request (batch 1)", "settings", "ms"]]
+    rows += [[case["request"], case["settings"], f"{case['ms']:.1f}"] for case in results["pipeline"]]
+    print(table(rows))
     if args.json:
         write_json(args.json, results)
     return results

@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-batches", default="32,256", help="comma-separated training batch sizes")
     bench.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement")
     bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.add_argument("--checkpoint", help="run directory for the one-request timings (default: the shipped one)")
     bench.set_defaults(handler=command_bench)
     return parser
 
