@@ -27,10 +27,7 @@ from .training.checkpoint import load_config, load_transformer, load_vqvae
 from .training.device import resolve_device
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-# sample(first=...): the marker after <bos> names the modality that has *ended*, so text first
-# is "<bos> <end of image>".
-FIRST_MODALITY = {"text": lambda vocab: vocab.end_of_image, "image": lambda vocab: vocab.end_of_text,
-                  "model": None}
+FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
 
 
 class Pipeline:
@@ -152,7 +149,8 @@ class Pipeline:
         if first == "model":
             heads = self._generate(heads[:, :1], settings, generator, length=2)
         else:
-            heads[:, 1] = FIRST_MODALITY[first](self.vocab)
+            # The marker after <bos> names the modality that has *ended*: text first is <bos> <end of image>.
+            heads[:, 1] = self.vocab.end_of_image if first == "text" else self.vocab.end_of_text
         if ancestral:
             words, codes = split_sequences(self.vocab, self._generate(heads, replace(settings, guidance=1.0),
                                                                       generator))
