@@ -85,3 +85,21 @@ def test_offline_without_cache_gives_one_clear_error(tmp_path, monkeypatch):
 def test_cache_dir_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYCHAMELEON_CACHE", str(tmp_path))
     assert mnist.default_cache_dir() == tmp_path
+
+
+def test_recolored_draws_keep_digits_and_change_colors(colored, cache_dir):
+    train, _ = colored
+    assert colored_module.recolored_train(0, 0, cache_dir).captions()[:50] == train.captions()[:50]
+    draw = colored_module.recolored_train(1, 0, cache_dir)
+    assert np.array_equal(draw.digits, train.digits)
+    assert (draw.foreground != train.foreground).mean() > 0.9  # a fresh draw, not the train colors
+    assert draw.captions()[:50] == colored_module.recolored_train(1, 0, cache_dir).captions()[:50]
+    assert draw.captions()[:50] != colored_module.recolored_train(2, 0, cache_dir).captions()[:50]
+
+    def digit_pixels(split, count=200):
+        foreground_rgb = colored_module.COLOR_RGB[split.foreground[:count]][:, None, None, :]
+        return (split.images[:count] == foreground_rgb).all(-1)
+    assert np.array_equal(digit_pixels(draw), digit_pixels(train))  # same shapes, new colors
+    held = {tuple(p) for p in colored_module.VALID_PAIRS[colored_module.holdout_pair_ids(20)]}
+    held_draw = colored_module.recolored_train(1, 0, cache_dir, holdout_pairs=20)
+    assert not held & set(zip(held_draw.foreground.tolist(), held_draw.background.tolist()))

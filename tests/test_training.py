@@ -105,3 +105,28 @@ def test_init_from_fine_tunes_another_run(tiny_run, tmp_path, cache_dir):
     saved = checkpoint.load_config(tmp_path / "tuned")
     assert saved.model.n_layer == 1 and saved.train.init_from == str(tiny_run)
     assert (tmp_path / "tuned" / "vqvae.safetensors").read_bytes() == (tiny_run / "vqvae.safetensors").read_bytes()
+
+
+def test_colorings_cycle_over_epochs(tiny_run, tmp_path, cache_dir, monkeypatch):
+    from tinychameleon.data.colored import recolored_train
+    from tinychameleon.training import lm_trainer
+    from tinychameleon.training.run import caption_word_ids, train
+
+    seen = []  # the first batch's word ids of every epoch, as the trainer builds them
+    original = lm_trainer.build_sequences
+
+    def spy(vocab, words, codes, orders):
+        if codes.shape[0] == 32:  # a training batch (test NLL batches are larger)
+            seen.append(words.clone())
+        return original(vocab, words, codes, orders)
+
+    monkeypatch.setattr(lm_trainer, "build_sequences", spy)
+    config = make_config("tiny", train={"epochs": 3, "colorings": 2, "max_train_examples": 64})
+    train(config, tmp_path / "colors", vqvae_from=tiny_run, cache_dir=cache_dir, progress=False, device_name="cpu")
+    firsts = [seen[0], seen[2], seen[4]]  # 64 examples / batch 32 = 2 batches per epoch
+    rows = [list(lm_trainer.epoch_batches(64, 32, 0, epoch))[0][0] for epoch in range(3)]
+    draws = [caption_word_ids(recolored_train(d, 0, cache_dir).subset(slice(0, 64))) for d in (0, 1)]
+    for epoch in range(3):
+        assert torch.equal(firsts[epoch], draws[epoch % 2][rows[epoch]])  # epoch e uses draw e % 2
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.equal(draws[0][:, 2], draws[1][:, 2])  # the digit word is the same in every draw

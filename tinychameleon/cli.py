@@ -67,9 +67,12 @@ def command_train(args) -> int:
                                 ("lr", "train", "lr"), ("vq_epochs", "vq_train", "epochs"),
                                 ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed"),
                                 ("max_train_examples", "train", "max_train_examples"),
-                                ("warmup_steps", "train", "warmup_steps"), ("init_from", "train", "init_from")):
+                                ("warmup_steps", "train", "warmup_steps"), ("init_from", "train", "init_from"),
+                                ("colorings", "train", "colorings")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
+    if args.colorings is not None and args.colorings < 1:
+        raise TinyChameleonError("--colorings must be at least 1")
     try:
         config = make_config(args.preset, **overrides)
         if args.scale_lr and args.batch_size and args.lr is None:
@@ -221,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-steps", type=int, help="transformer warmup steps (overrides the preset)")
     train.add_argument("--init-from", help="fine-tune: start the transformer from this run directory's weights "
                                            "(its tokenizer and model shape are used)")
+    train.add_argument("--colorings", type=int,
+                       help="color-pair draws of the training images, cycled over epochs (default 1: fixed colors)")
     train.add_argument("--vq-epochs", type=int, help="VQ-VAE epochs (overrides the preset)")
     train.add_argument("--holdout-pairs", type=int, help="hold this many color pairs out of training")
     train.add_argument("--train-seed", type=int, help="seed of initialisation and batch order")

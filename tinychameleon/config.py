@@ -53,6 +53,7 @@ class TrainConfig:
     max_test_examples: int = 0    # 0 = all 10k
     holdout_pairs: int = 0        # hold out this many (fg, bg) color pairs from training (generalisation study)
     init_from: str = ""           # fine-tune: start from this run's transformer (its tokenizer and shape come too)
+    colorings: int = 1            # distinct color-pair draws of the training images; epoch e uses draw e % colorings
 
 
 @dataclass

@@ -81,7 +81,7 @@ class ColoredMNIST:
         return ColoredMNIST(self.images[index], self.digits[index], self.foreground[index], self.background[index])
 
 
-def make_split(digit_images: np.ndarray, labels: np.ndarray, seed: int, allowed_pairs: np.ndarray | None = None
+def make_split(digit_images: np.ndarray, labels: np.ndarray, seed: int | list[int], allowed_pairs: np.ndarray | None = None
                ) -> ColoredMNIST:
     """Draw a valid color pair per image, uniformly and reproducibly from `seed`."""
     pairs = VALID_PAIRS if allowed_pairs is None else VALID_PAIRS[allowed_pairs]
@@ -91,16 +91,34 @@ def make_split(digit_images: np.ndarray, labels: np.ndarray, seed: int, allowed_
                         labels.astype(np.int64), foreground.astype(np.int64), background.astype(np.int64))
 
 
+def training_pairs(holdout_pairs: int) -> np.ndarray | None:
+    """Indices into VALID_PAIRS that training may use (None = all of them)."""
+    if not holdout_pairs:
+        return None
+    return np.setdiff1d(np.arange(len(VALID_PAIRS)), holdout_pair_ids(holdout_pairs))
+
+
 def load_colored_mnist(seed: int = 0, cache_dir: str | Path | None = None, holdout_pairs: int = 0
                        ) -> tuple[ColoredMNIST, ColoredMNIST]:
     """(train, test) colored splits. With `holdout_pairs`, train never sees those color pairs."""
     mnist = load_mnist(cache_dir)
-    train_pairs = None
-    if holdout_pairs:
-        train_pairs = np.setdiff1d(np.arange(len(VALID_PAIRS)), holdout_pair_ids(holdout_pairs))
-    train = make_split(mnist["train_images"], mnist["train_labels"], seed, train_pairs)
+    train = make_split(mnist["train_images"], mnist["train_labels"], seed, training_pairs(holdout_pairs))
     test = make_split(mnist["test_images"], mnist["test_labels"], seed + 1)
     return train, test
+
+
+def recolored_train(draw: int, seed: int = 0, cache_dir: str | Path | None = None, holdout_pairs: int = 0
+                    ) -> ColoredMNIST:
+    """The training digits under color draw number `draw` (0 is the train split of load_colored_mnist).
+
+    Same digits, fresh color pairs: the transformer then sees each digit shape under several
+    colorings, which regularises its reading of shape apart from color. Draws k >= 1 use the
+    seed sequence [seed, k], so they never coincide with the test split's seed + 1.
+    """
+    if draw == 0:
+        return load_colored_mnist(seed, cache_dir, holdout_pairs)[0]
+    mnist = load_mnist(cache_dir)
+    return make_split(mnist["train_images"], mnist["train_labels"], [seed, draw], training_pairs(holdout_pairs))
 
 
 COLOR_ID = {name: index for index, name in enumerate(COLOR_NAMES)}

@@ -86,7 +86,10 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                                   weight_decay=settings.weight_decay, fused=fused)
     if settings.batch_size % world.world_size:
         raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
-    steps_per_epoch = len(train_codes) // settings.batch_size
+    if train_codes.dim() == 2:  # one coloring of the training set: (N, 49) -> (1, N, 49)
+        train_words, train_codes = train_words[None], train_codes[None]
+    num_examples = train_codes.shape[1]
+    steps_per_epoch = num_examples // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
     start_epoch, step_log, epoch_log = resume_from(run_dir / STATE_FILE, model, optimizer) if resume else (0, [], [])
     if start_epoch and world.is_main:
@@ -109,7 +112,9 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     started = time.time()
     for epoch in range(start_epoch, settings.epochs):
         model.train()
-        bar = tqdm(epoch_batches(len(train_codes), settings.batch_size, settings.seed, epoch, world),
+        # Epoch e trains on color draw e % D (same digits, fresh color pairs when D > 1).
+        epoch_words, epoch_codes = train_words[epoch % len(train_codes)], train_codes[epoch % len(train_codes)]
+        bar = tqdm(epoch_batches(num_examples, settings.batch_size, settings.seed, epoch, world),
                    total=steps_per_epoch, desc=f"transformer epoch {epoch + 1}/{settings.epochs}",
                    disable=not (progress and world.is_main), leave=False)
         epoch_losses = []
@@ -119,7 +124,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             rows = rows.to(device)
-            sequences = build_sequences(vocab, train_words[rows], train_codes[rows], orders.to(device))
+            sequences = build_sequences(vocab, epoch_words[rows], epoch_codes[rows], orders.to(device))
             with autocast(device):
                 loss = sequence_loss(train_model, sequences, vocab)
             optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.colored import ColoredMNIST, load_colored_mnist
+from ..data.colored import ColoredMNIST, load_colored_mnist, recolored_train
 from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
@@ -57,6 +57,22 @@ def cached_codes(vqvae: VQVAE, split: ColoredMNIST, name: str, data_key: str, ca
 
 def limit(split: ColoredMNIST, count: int) -> ColoredMNIST:
     return split.subset(slice(0, count)) if count else split
+
+
+def colorings(config: RunConfig, vqvae: VQVAE, train_split: ColoredMNIST, train_codes: torch.Tensor, data_key: str,
+              cache_dir: Path, device: torch.device, world) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word ids (D, N, 6) and codes (D, N, 49) of the D = train.colorings color draws of the training set."""
+    words, codes = [caption_word_ids(train_split)], [train_codes]
+    for draw in range(1, config.train.colorings):
+        split = limit(recolored_train(draw, config.data_seed, cache_dir, config.train.holdout_pairs),
+                      config.train.max_train_examples)
+        key = f"{data_key}-draw{draw}"
+        if world.is_main:
+            cached_codes(vqvae, split, "train", key, cache_dir, device)
+        world.barrier()
+        words.append(caption_word_ids(split))
+        codes.append(cached_codes(vqvae, split, "train", key, cache_dir, device)[:len(split)])
+    return torch.stack(words), torch.stack(codes)
 
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_from: str | Path | None = None,
@@ -110,7 +126,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
         print(f"{run_dir} is already fully trained; nothing to resume")
         return run_dir
-    train_transformer(config, caption_word_ids(train_split), train_codes, caption_word_ids(test_split), test_codes,
+    train_words, train_codes = colorings(config, vqvae, train_split, train_codes, data_key, cache_dir, device, world)
+    train_transformer(config, train_words, train_codes, caption_word_ids(test_split), test_codes,
                       run_dir, device, resume, progress, world, compile_model)
     if world.is_main:
         (run_dir / "train_state.pt").unlink(missing_ok=True)
