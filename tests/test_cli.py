@@ -105,8 +105,8 @@ def test_sampler_flags(tiny_run, tmp_path, capsys):
                       "--checkpoint", tiny_run], capsys)
     assert code == 0
     image = tmp_path / "b" / json.loads((tmp_path / "b" / "manifest.jsonl").read_text().splitlines()[0])["file"]
-    for flag in ("--rerank", "--no-rerank"):
-        code, out, _ = run(["caption", image, flag, "--checkpoint", tiny_run], capsys)
+    for flags in (["--rerank"], ["--no-rerank"], ["--rerank", "--views", 3]):
+        code, out, _ = run(["caption", image, *flags, "--checkpoint", tiny_run], capsys)
         assert code == 0 and len(out.split(": ")[1].split()) == 6
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "-n", "2", "--out", str(tmp_path / "c"), "--first", "caption"])

@@ -103,3 +103,11 @@ def test_recolored_draws_keep_digits_and_change_colors(colored, cache_dir):
     held = {tuple(p) for p in colored_module.VALID_PAIRS[colored_module.holdout_pair_ids(20)]}
     held_draw = colored_module.recolored_train(1, 0, cache_dir, holdout_pairs=20)
     assert not held & set(zip(held_draw.foreground.tolist(), held_draw.background.tolist()))
+
+
+def test_recolor_gives_the_same_digit_in_other_colors(cache_dir, colored):
+    train, _ = colored
+    digits = mnist.load_mnist(cache_dir)["train_images"][:50]
+    recolored = colored_module.recolor(train.images[:50], 4, 20)  # normal red on plain blue
+    expected = colored_module.colorize(digits, np.full(50, 4), np.full(50, 20))
+    assert recolored.dtype == np.uint8 and np.array_equal(recolored, expected)

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from tinychameleon.config import ModelConfig
-from tinychameleon.data.colored import COLOR_RGB, parse_caption
+from tinychameleon.data.colored import COLOR_NAMES, COLOR_RGB, VALID_PAIRS, parse_caption, recolor
 from tinychameleon.model import KVCache, Transformer
 from tinychameleon.pipeline import Pipeline
-from tinychameleon.reranking import DIGIT_SLOT, best_images, caption_given_image, joint, rerank_digits
+from tinychameleon.reranking import (DIGIT_SLOT, best_images, caption_given_image, digit_scores, joint,
+                                     rerank_digits, view_pairs)
 from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences
 from tinychameleon.tokenizers.vocab import Vocab
 
@@ -62,6 +63,42 @@ def test_rerank_digits_changes_only_the_digit_and_never_lowers_the_score(model):
         return caption_given_image(model, VOCAB, rows, codes) + joint(model, VOCAB, rows, codes)
 
     assert (score(reranked) >= score(words) - 1e-4).all()
+
+
+def test_views_add_their_digit_scores(model):
+    generator = torch.Generator().manual_seed(3)
+    words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2]])
+    codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    other_words = torch.tensor([[3, 6, 11, 26, 5, 8]] * 3)
+    other_codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    # The same reading twice doubles every score: the choice cannot change.
+    assert torch.equal(rerank_digits(model, VOCAB, words, codes, [(words, codes)]), rerank_digits(model, VOCAB, words, codes))
+    candidates, own = digit_scores(model, VOCAB, words, codes)
+    _, other = digit_scores(model, VOCAB, other_words, other_codes)
+    expected = candidates[torch.arange(3), (own + other).argmax(dim=1)]
+    assert torch.equal(rerank_digits(model, VOCAB, words, codes, [(other_words, other_codes)]), expected)
+
+
+def test_view_pairs_are_fixed_distinct_valid_pairs():
+    pairs = view_pairs(6)
+    assert len(pairs) == 5 and len({tuple(pair) for pair in pairs}) == 5
+    assert {tuple(pair) for pair in pairs} <= {tuple(pair) for pair in VALID_PAIRS}
+    assert np.array_equal(view_pairs(6), pairs) and np.array_equal(view_pairs(3), pairs[:2])
+    assert len(view_pairs(1)) == 0 and len(view_pairs(0)) == 0
+
+
+def test_recolored_images_are_read_in_their_new_colors(shipped, colored):
+    _, test = colored
+    images = test.images[:6]
+    foreground, background = view_pairs(2)[0]
+    captions = shipped.caption(recolor(images, foreground, background), rerank_captions=False)
+    for caption in captions:
+        words = caption.split()
+        assert " ".join(words[:2]) == COLOR_NAMES[foreground] and " ".join(words[4:]) == COLOR_NAMES[background]
+    # Views change only how the digit is scored: the colors come from the image as given.
+    with_views = shipped.caption(images, rerank_captions=True, caption_views=3)
+    assert [c.split()[:2] + c.split()[3:] for c in with_views] == [
+        t.split()[:2] + t.split()[3:] for t in test.captions()[:6]]
 
 
 def test_best_images_picks_the_image_that_fits_the_prompt(shipped, colored):

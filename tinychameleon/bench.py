@@ -124,7 +124,7 @@ def pipeline_cases(device, checkpoint: str | None, repeats: int) -> list[dict]:
     pipeline = Pipeline.from_pretrained(checkpoint, device=str(device))
     prompt = "dark green eight on bright cyan"
     image = pipeline.generate_images([prompt], seed=0)
-    plain = {"guidance": 1.0, "image_candidates": 1, "rerank_captions": False}
+    plain = {"guidance": 1.0, "image_candidates": 1, "rerank_captions": False, "caption_views": 1}
     cases = [("text -> image", "plain", lambda: pipeline.generate_images([prompt], seed=0, **plain)),
              ("text -> image", "checkpoint", lambda: pipeline.generate_images([prompt], seed=0)),
              ("image -> text", "plain", lambda: pipeline.caption(image, **plain)),

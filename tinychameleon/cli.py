@@ -26,6 +26,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                         help="text -> image: draw this many images per prompt, keep the one the model captions best")
     parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, dest="rerank_captions",
                         help="image -> text: choose the digit word by Bayes re-ranking in both orders")
+    parser.add_argument("--views", type=int, dest="caption_views", metavar="N",
+                        help="with --rerank: score the digit on the image and N-1 recolorings of it (1 = image only)")
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +37,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
 
 
-SAMPLER_SETTINGS = ("temperature", "top_k", "guidance", "image_candidates", "rerank_captions")
+SAMPLER_SETTINGS = ("temperature", "top_k", "guidance", "image_candidates", "rerank_captions", "caption_views")
 
 
 def sampling_overrides(args) -> dict:

@@ -137,4 +137,5 @@ class SamplingConfig:
     grammar: bool = True          # word slots follow the caption template (False: any word in any slot)
     image_candidates: int = 1     # text -> image: draw this many per prompt, keep the one the model captions best
     rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
+    caption_views: int = 1        # with rerank_captions: sum the digit scores over the image and views - 1 recolorings
     batch_size: int = 1024        # rows decoded together; bounds memory

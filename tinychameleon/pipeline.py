@@ -18,7 +18,8 @@ import torch
 
 from .config import RunConfig, SamplingConfig
 from .errors import PromptError
-from .reranking import best_images, rerank_digits
+from .data.colored import caption_of, recolor
+from .reranking import best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, generate
 from .sequences import image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
@@ -82,13 +83,28 @@ class Pipeline:
             codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
         return codes
 
-    def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator) -> torch.Tensor:
-        """(B, 49) codes -> (B, 6) caption word ids, at the caption temperature unless one was asked for."""
+    def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator,
+                     images: np.ndarray | None = None) -> torch.Tensor:
+        """(B, 49) codes -> (B, 6) caption word ids, at the caption temperature unless one was asked for.
+
+        With `images` (the pixels behind `codes`) and caption_views > 1, the digit is re-ranked
+        on recolorings of them too.
+        """
         words, _ = split_sequences(self.vocab, self._generate(image_prefix(self.vocab, codes), settings, generator))
         if settings.rerank_captions and settings.temperature <= 0:
             # Only greedy captions are re-ranked: a sampled caption should stay a sample.
-            words = rerank_digits(self.model, self.vocab, words, codes)
+            views = [] if images is None else self._recolored_views(images, settings.caption_views)
+            words = rerank_digits(self.model, self.vocab, words, codes, views)
         return words
+
+    def _recolored_views(self, images: np.ndarray, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(word ids, codes) of each recoloring of `images`; the digit word is a placeholder."""
+        readings = []
+        for foreground, background in view_pairs(views):
+            pixels = torch.from_numpy(recolor(images, foreground, background)).to(self.device)
+            words = torch.tensor(self.tokenizer.encode(caption_of(0, foreground, background)), device=self.device)
+            readings.append((words.repeat(len(images), 1), self.vqvae.encode(pixels)))
+        return readings
 
     def _decode_words(self, words: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row) for row in words.cpu()]
@@ -126,7 +142,7 @@ class Pipeline:
         if len(images) == 0:
             return []
         codes = self.vqvae.encode(torch.from_numpy(images).to(self.device))
-        words = self._write_words(codes, self._caption_settings(sampling), self._generator(seed))
+        words = self._write_words(codes, self._caption_settings(sampling), self._generator(seed), images)
         return self._decode_words(words)
 
     def sample(self, n: int, seed: int | None = None, first: str = "text", ancestral: bool = False, **sampling

@@ -10,14 +10,18 @@ no second model:
   digit word d, score the caption with d by Bayes' rule in both directions,
   log p(caption_d | image) + log p(caption_d, image), and keep the best. The text-first term is
   a generative classifier: it asks which digit's caption best *explains* the image's 49 codes.
+  With views, the same scores are also taken on recolorings of the image (same digit pixels,
+  other color pairs, each read with its own color words) and summed: low-contrast pairs
+  quantize the digit's outline less cleanly, and every recoloring gives other codes for it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.colored import DIGIT_WORDS
+from .data.colored import DIGIT_WORDS, VALID_PAIRS
 from .model import Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, target_kinds
 from .tokenizers.text import SLOTS
@@ -63,14 +67,33 @@ def best_images(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes:
     return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best]
 
 
-def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor
-                  ) -> torch.Tensor:
-    """Replace each caption's digit word by the Bayes-best one: (B, 6) word ids, (B, 49) codes -> (B, 6)."""
+def view_pairs(views: int, seed: int = 123) -> np.ndarray:
+    """The (foreground, background) color ids of the `views - 1` recolorings: fixed, seeded draws."""
+    order = np.random.default_rng(seed).permutation(len(VALID_PAIRS))
+    return VALID_PAIRS[order[:max(0, views - 1)]]
+
+
+def digit_scores(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bayes score of every digit word in each caption: -> candidates (B, 10, 6) and scores (B, 10)."""
     B, digits = len(word_ids), len(DIGIT_WORD_IDS)
     candidates = word_ids[:, None, :].repeat(1, digits, 1)                        # (B, 10, 6)
     candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)
-    candidates = candidates.view(B * digits, -1)
+    flat = candidates.view(B * digits, -1)
     repeated_codes = codes.repeat_interleave(digits, dim=0)                       # (B*10, 49)
-    scores = (caption_given_image(model, vocab, candidates, repeated_codes)
-              + joint(model, vocab, candidates, repeated_codes)).view(B, digits)
-    return candidates.view(B, digits, -1)[torch.arange(B), scores.argmax(dim=1)]
+    scores = (caption_given_image(model, vocab, flat, repeated_codes)
+              + joint(model, vocab, flat, repeated_codes)).view(B, digits)
+    return candidates, scores
+
+
+def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
+                  views: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+    """Replace each caption's digit word by the Bayes-best one: (B, 6) word ids, (B, 49) codes -> (B, 6).
+
+    `views` are extra (word ids, codes) readings of the same images (recolorings with their own
+    color words); their digit scores are added to the image's own.
+    """
+    candidates, scores = digit_scores(model, vocab, word_ids, codes)
+    for view_words, view_codes in views:
+        scores = scores + digit_scores(model, vocab, view_words, view_codes)[1]
+    return candidates[torch.arange(len(word_ids)), scores.argmax(dim=1)]
