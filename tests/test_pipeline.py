@@ -28,7 +28,7 @@ def test_shipped_model_captions_real_test_images(shipped, colored):
     _, test = colored
     captions = shipped.caption(test.images[:40])
     correct = np.mean([c == truth for c, truth in zip(captions, test.captions()[:40])])
-    assert correct >= 0.85  # measured 95.9 % on 1000 images (91.7 % without reranking)
+    assert correct >= 0.9  # measured 98.2 % on 1000 images (93.9 % with a plain greedy caption)
 
 
 def test_shipped_model_draws_what_it_reads(shipped):

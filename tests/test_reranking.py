@@ -117,10 +117,10 @@ def test_reranked_captions_read_digits_better(shipped, colored):
     _, test = colored
     images, truth = test.images[:120], test.captions()[:120]
     plain = shipped.caption(images, rerank_captions=False)
-    reranked = shipped.caption(images, rerank_captions=True)
+    reranked = shipped.caption(images, rerank_captions=True, caption_views=1)  # views: tested below, and slow
     plain_right = np.mean([c == t for c, t in zip(plain, truth)])
     reranked_right = np.mean([c == t for c, t in zip(reranked, truth)])
-    assert reranked_right >= plain_right and reranked_right >= 0.93  # measured 89 % -> 98 % on 1000 images
+    assert reranked_right >= plain_right and reranked_right >= 0.93  # measured 93.9 % -> 97.3 % on 1000 images
 
 
 def test_caption_first_samples_agree_with_their_images(shipped):
