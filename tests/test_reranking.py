@@ -9,8 +9,8 @@ from tinychameleon.config import ModelConfig
 from tinychameleon.data.colored import COLOR_NAMES, COLOR_RGB, VALID_PAIRS, parse_caption, recolor
 from tinychameleon.model import KVCache, Transformer
 from tinychameleon.pipeline import Pipeline
-from tinychameleon.reranking import (DIGIT_SLOT, best_images, caption_given_image, digit_scores, joint,
-                                     rerank_digits, view_pairs)
+from tinychameleon.reranking import (DIGIT_SLOT, DIGIT_WORD_IDS, best_images, caption_given_image,
+                                     caption_given_image_per_digit, digit_scores, joint, rerank_digits, view_pairs)
 from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences
 from tinychameleon.tokenizers.vocab import Vocab
 
@@ -142,3 +142,14 @@ def test_sample_orders_and_ancestral(tiny_pipeline):
     assert tiny_pipeline.sample(5, seed=1, first="image", ancestral=True)[1] == again[1]
     with pytest.raises(ValueError, match="first must be one of"):
         tiny_pipeline.sample(2, first="caption")
+
+
+def test_shared_prefix_digit_scores_equal_full_sequences(model):
+    generator = torch.Generator().manual_seed(4)
+    words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2]])
+    codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    candidates = words[:, None, :].repeat(1, 10, 1)
+    candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS)
+    full = caption_given_image(model, VOCAB, candidates.view(30, 6), codes.repeat_interleave(10, dim=0)).view(3, 10)
+    shared = caption_given_image_per_digit(model, VOCAB, words, codes, batch_size=2)  # two chunks
+    torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-4)

@@ -44,6 +44,14 @@ class KVCache:
     def advance(self, steps: int) -> None:
         self.position += steps
 
+    def repeat_rows(self, times: int) -> "KVCache":
+        """A cache whose row b * times + j is a copy of row b: continue `times` ways from one prefix."""
+        repeated = KVCache.__new__(KVCache)
+        repeated.keys = self.keys.repeat_interleave(times, dim=1)
+        repeated.values = self.values.repeat_interleave(times, dim=1)
+        repeated.position = self.position
+        return repeated
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:

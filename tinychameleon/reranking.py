@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .data.colored import DIGIT_WORDS, VALID_PAIRS
-from .model import Transformer
+from .model import KVCache, Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, target_kinds
 from .tokenizers.text import SLOTS
-from .tokenizers.vocab import WORDS, Vocab
+from .tokenizers.vocab import IMAGE_LENGTH, WORDS, Vocab
 
 DIGIT_SLOT = [name for name, _ in SLOTS].index("digit")
 DIGIT_WORD_IDS = [WORDS.index(word) for word in DIGIT_WORDS]
@@ -73,16 +73,49 @@ def view_pairs(views: int, seed: int = 123) -> np.ndarray:
     return VALID_PAIRS[order[:max(0, views - 1)]]
 
 
+@torch.no_grad()
+def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
+                                  batch_size: int = 128) -> torch.Tensor:
+    """log p(caption with digit d | image) for all 10 digits d: (B, 6), (B, 49) -> (B, 10).
+
+    Equals caption_given_image on the 10 candidates, but the image-first reading shares everything
+    before the digit word (54 of 57 predictions' context), so the prefix runs once per image through
+    the KV cache and only the last three tokens run once per digit: about 7x less work.
+    """
+    model.eval()
+    digits = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device) + vocab.word_offset
+    D = len(digits)
+    digit_position = 2 + IMAGE_LENGTH + 1 + DIGIT_SLOT                              # 54
+    orders = torch.full((len(codes),), IMAGE_FIRST, dtype=torch.long)
+    sequences = build_sequences(vocab, word_ids, codes, orders)                   # (B, 58)
+    chunks = []
+    for start in range(0, len(sequences), batch_size):
+        rows = sequences[start:start + batch_size]
+        B = len(rows)
+        parameter = next(model.parameters())
+        cache = KVCache(model.config, B, device=parameter.device, dtype=parameter.dtype)
+        prefix = F.log_softmax(model(rows[:, :digit_position], kv_cache=cache)[:, -3:].float(), dim=-1)
+        # Positions 51, 52 predict the two words before the digit; position 53 predicts the digit.
+        before = prefix[:, :2].gather(-1, rows[:, digit_position - 2:digit_position, None]).sum(dim=(1, 2))
+        digit = prefix[:, 2, digits]                                              # (B, 10)
+        suffix = rows[:, digit_position:-1].repeat_interleave(D, dim=0)           # (B*10, 3): digit, w4, w5
+        suffix[:, 0] = digits.repeat(B)
+        after = F.log_softmax(model(suffix, kv_cache=cache.repeat_rows(D)).float(), dim=-1)
+        targets = rows[:, digit_position + 1:].repeat_interleave(D, dim=0)        # (B*10, 3): w4, w5, w6
+        after = after.gather(-1, targets[..., None]).sum(dim=(1, 2)).view(B, D)
+        chunks.append(before[:, None] + digit + after)
+    return torch.cat(chunks)
+
+
 def digit_scores(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bayes score of every digit word in each caption: -> candidates (B, 10, 6) and scores (B, 10)."""
     B, digits = len(word_ids), len(DIGIT_WORD_IDS)
     candidates = word_ids[:, None, :].repeat(1, digits, 1)                        # (B, 10, 6)
     candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)
-    flat = candidates.view(B * digits, -1)
     repeated_codes = codes.repeat_interleave(digits, dim=0)                       # (B*10, 49)
-    scores = (caption_given_image(model, vocab, flat, repeated_codes)
-              + joint(model, vocab, flat, repeated_codes)).view(B, digits)
+    scores = (caption_given_image_per_digit(model, vocab, word_ids, codes)
+              + joint(model, vocab, candidates.view(B * digits, -1), repeated_codes).view(B, digits))
     return candidates, scores
 
 
