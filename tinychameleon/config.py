@@ -19,6 +19,7 @@ class VQConfig:
     beta: float = 0.25            # commitment loss weight
     ema_decay: float = 0.99       # EMA codebook update; dead codes are restarted from encoder outputs
     dead_code_threshold: float = 1.0  # a code with EMA count below this is restarted
+    two_color_decode: bool = True  # decode into the likeliest valid color pair (no stray colors); False: per channel
 
 
 @dataclass

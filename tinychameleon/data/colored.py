@@ -55,19 +55,33 @@ def colorize(digit_images: np.ndarray, foreground: np.ndarray, background: np.nd
     return np.where(mask, COLOR_RGB[foreground][:, None, None, :], COLOR_RGB[background][:, None, None, :])
 
 
-def recolor(images: np.ndarray, foreground: int, background: int) -> np.ndarray:
-    """The same digit pixels under another color pair: (N, 28, 28, 3) levels -> (N, 28, 28, 3).
-
-    A pixel counts as a digit pixel when it differs from its image's most common color (the
-    background covers ~80 % of every colored MNIST image).
-    """
+def color_keys(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28, 3) levels -> (N, 784) one id 0..63 per pixel color."""
     flat = images.reshape(len(images), -1, 3).astype(np.int64)
-    keys = (flat[..., 0] * 4 + flat[..., 1]) * 4 + flat[..., 2]                   # (N, 784) color ids 0..63
+    return (flat[..., 0] * 4 + flat[..., 1]) * 4 + flat[..., 2]
+
+
+def color_counts(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28, 3) levels -> (N, 64) pixels of each of the 64 colors, per image."""
+    keys = color_keys(images)
     counts = np.zeros((len(images), 64), dtype=np.int64)
     np.add.at(counts, (np.arange(len(images))[:, None], keys), 1)
-    digit_pixels = (keys != counts.argmax(axis=1)[:, None]).reshape(len(images), 28, 28)
+    return counts
+
+
+def digit_pixels(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28, 3) levels -> (N, 28, 28) bool: the pixels that differ from the image's most common color.
+
+    The background covers ~80 % of every colored MNIST image, so this is the digit's shape.
+    """
+    keys = color_keys(images)
+    return (keys != color_counts(images).argmax(axis=1)[:, None]).reshape(len(images), 28, 28)
+
+
+def recolor(images: np.ndarray, foreground: int, background: int) -> np.ndarray:
+    """The same digit pixels under another color pair: (N, 28, 28, 3) levels -> (N, 28, 28, 3)."""
     ids = np.full(len(images), foreground), np.full(len(images), background)
-    return colorize(digit_pixels.astype(np.uint8) * 255, *ids).astype(np.uint8)
+    return colorize(digit_pixels(images).astype(np.uint8) * 255, *ids).astype(np.uint8)
 
 
 def holdout_pair_ids(count: int, seed: int = 1234) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.colored import VALID_PAIRS, holdout_pair_ids, load_colored_mnist
+from ..data.colored import VALID_PAIRS, holdout_pair_ids, load_colored_mnist, parse_caption
 from ..data.mnist import default_cache_dir
 from ..imaging import caption_grid
 from ..io_utils import atomic_path, write_json
@@ -24,7 +24,9 @@ from ..training.lm_trainer import test_nll
 from ..training.run import caption_word_ids, encode_images
 from ..training.vqvae_trainer import reconstruction_metrics
 from .judge import attribute_accuracy, load_or_train_judge
-from .metrics import caption_accuracy, frechet_distance, unconditional_metrics
+from .metrics import caption_accuracy, frechet_distance, shape_realism, stray_pixels, unconditional_metrics
+
+SHAPE_REFERENCE = 5000  # real training shapes that span each digit's manifold for shape realism
 from .report import write_report
 
 
@@ -62,6 +64,15 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
 
     real = judge.predict(test.images)
     metrics["judge_on_real_test"] = attribute_accuracy(real, test.digits, test.foreground, test.background)
+    reference = judge.shape_features(train.images[:SHAPE_REFERENCE]), train.digits[:SHAPE_REFERENCE]
+
+    def looks(images, digits, foreground=None, background=None) -> dict:
+        """What a person sees: stray pixels and shape realism (improved precision / recall)."""
+        return {"stray": stray_pixels(images, foreground, background),
+                "shape": shape_realism(*reference, judge.shape_features(images), digits)}
+
+    # The ceiling, measured the same way: real test images of the sampled slice.
+    metrics["real_test_looks"] = looks(subset.images, subset.digits, subset.foreground, subset.background)
 
     nll_split = test if not nll_examples else test.subset(slice(0, nll_examples))
     codes = encode_images(pipeline.vqvae, nll_split.images, pipeline.device).long().to(pipeline.device)
@@ -73,13 +84,15 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
                                             .to(pipeline.device)).cpu().numpy()
     metrics["vqvae"] = {**reconstruction_metrics(pipeline.vqvae, test.images, device=pipeline.device),
                         "judge_on_reconstructions": attribute_accuracy(judge.predict(reconstructions), subset.digits,
-                                                                       subset.foreground, subset.background)}
+                                                                       subset.foreground, subset.background),
+                        "looks": looks(reconstructions, subset.digits, subset.foreground, subset.background)}
     stage("VQ-VAE measured", started)
 
     prompts = subset.captions()
     generated = pipeline.generate_images(prompts, n=1, seed=seed, **sampling)
     judged = judge.predict(generated)
     metrics["text_to_image"] = attribute_accuracy(judged, subset.digits, subset.foreground, subset.background)
+    metrics["text_to_image"]["looks"] = looks(generated, subset.digits, subset.foreground, subset.background)
     stage(f"text -> image all-three {metrics['text_to_image']['all']:.3f}", started)
 
     captions = pipeline.caption(subset.images, seed=seed, **sampling)
@@ -88,6 +101,7 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
 
     sampled, sampled_captions = pipeline.sample(samples, seed=seed, **sampling)
     metrics["unconditional"] = unconditional_metrics(judge.predict(sampled), sampled_captions)
+    metrics["unconditional"]["looks"] = looks(sampled, caption_digits(sampled_captions))
     stage(f"unconditional agreement {metrics['unconditional']['agreement']:.3f}", started)
     # The model's joint distribution as it stands: one pass, order picked by the model, nothing added.
     plain, plain_captions = pipeline.sample(samples, seed=seed, first="model", ancestral=True, **sampling)
@@ -121,6 +135,11 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
         write_json(out_dir / "metrics.json", metrics)
         write_report(metrics, out_dir / "report.md", list(grids))
     return metrics
+
+
+def caption_digits(captions: list[str]) -> np.ndarray:
+    """The digit each caption names (-1 where it names none): what an unconditional sample should show."""
+    return np.array([(parse_caption(caption) or (-1,))[0] for caption in captions])
 
 
 def compositional(pipeline, judge, test, holdout_pairs: int, samples: int, seed: int, sampling: dict) -> dict:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.colored import ColoredMNIST
+from ..data.colored import COLOR_ID, ColoredMNIST, colorize, digit_pixels
 from ..training.checkpoint import load_weights, save_weights
 
 JUDGE_VERSION = 2
@@ -58,6 +58,13 @@ class Judge(nn.Module):
                                ("background", self.background)):
                 outputs[name].append(head(features).argmax(-1).numpy())
         return {key: np.concatenate(value) if value else np.zeros(0) for key, value in outputs.items()}
+
+    def shape_features(self, images: np.ndarray) -> np.ndarray:
+        """Features of the digit's shape alone: the image's digit pixels redrawn plain white on plain black,
+        so two images with the same strokes in different colors embed the same."""
+        shapes = digit_pixels(np.asarray(images)).astype(np.uint8) * 255
+        ids = np.full(len(shapes), COLOR_ID["plain white"]), np.full(len(shapes), COLOR_ID["plain black"])
+        return self.predict(colorize(shapes, *ids).astype(np.uint8))["features"]
 
 
 def train_judge(train: ColoredMNIST, epochs: int = 3, batch_size: int = 128, seed: int = 0,

@@ -1,10 +1,11 @@
-"""Metrics over samples: judged attribute accuracy, caption exactness, diversity, Frechet distance."""
+"""Metrics over samples: judged attribute accuracy, caption exactness, diversity, Frechet distance,
+and the two that see what a person sees: stray pixels (speckle) and shape realism."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..data.colored import parse_caption
+from ..data.colored import COLOR_RGB, color_counts, color_keys, parse_caption
 from ..tokenizers.text import WordTokenizer
 
 
@@ -46,3 +47,57 @@ def unconditional_metrics(judged: dict, captions: list[str]) -> dict[str, float]
             "digits_covered": int(len(set(attributes[well_formed, 0]))),
             "foreground_colors_covered": int(len(set(attributes[well_formed, 1]))),
             "background_colors_covered": int(len(set(attributes[well_formed, 2])))}
+
+
+def stray_pixels(images: np.ndarray, foreground=None, background=None) -> dict[str, float]:
+    """Pixels that are neither the image's foreground nor its background color (real data has none).
+
+    With color ids given (a prompt's, or the source image's), those two colors are the expected
+    ones; without, each image's own two most common colors are.
+    """
+    images = np.asarray(images)
+    if len(images) == 0:
+        return {"stray_per_image": 0.0, "clean": 1.0, "stray_p90": 0.0}
+    keys = color_keys(images)                                                      # (N, 784)
+    if foreground is None:
+        expected = np.argsort(-color_counts(images), axis=1)[:, :2]               # (N, 2) color keys
+    else:
+        rgb = COLOR_RGB.astype(np.int64)
+        to_key = lambda ids: (rgb[np.asarray(ids), 0] * 4 + rgb[np.asarray(ids), 1]) * 4 + rgb[np.asarray(ids), 2]
+        expected = np.stack([to_key(foreground), to_key(background)], axis=1)
+    stray = ((keys != expected[:, :1]) & (keys != expected[:, 1:])).sum(1)
+    return {"stray_per_image": float(stray.mean()), "clean": float((stray == 0).mean()),
+            "stray_p90": float(np.percentile(stray, 90))}
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+    return np.sqrt(np.clip(squared, 0, None))
+
+
+def manifold_coverage(reference: np.ndarray, queries: np.ndarray, k: int = 3) -> np.ndarray:
+    """Improved precision's test (Kynkaanniemi et al. 2019): is each query inside some reference
+    point's ball of radius = distance to that point's k-th nearest reference neighbour?"""
+    radii = np.sort(_pairwise(reference, reference), axis=1)[:, k]                # column 0 is the point itself
+    return (_pairwise(queries, reference) <= radii[None, :]).any(axis=1)
+
+
+def shape_realism(reference_features: np.ndarray, reference_digits, features: np.ndarray, digits,
+                  k: int = 3) -> dict[str, float]:
+    """Improved precision and recall of digit shapes, per digit, averaged over samples.
+
+    precision: share of samples whose shape falls on the manifold of real shapes of the digit they
+    stand for; recall: share of real shapes (as many per digit as samples) on the samples' manifold.
+    Features are shape embeddings (see evaluation.judge.Judge.shape_features).
+    """
+    reference_digits, digits = np.asarray(reference_digits), np.asarray(digits)
+    inside, covered = np.zeros(len(digits), dtype=bool), []
+    for digit in np.unique(digits):
+        rows, real = np.flatnonzero(digits == digit), reference_features[reference_digits == digit]
+        if len(real) <= k:
+            continue
+        inside[rows] = manifold_coverage(real, features[rows], k)
+        if len(rows) > k:
+            covered.append(manifold_coverage(features[rows], real[:len(rows)], k))
+    return {"precision": float(inside.mean()) if len(digits) else 0.0,
+            "recall": float(np.concatenate(covered).mean()) if covered else 0.0, "k": k}

@@ -11,6 +11,12 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def looks_row(name: str, looks: dict) -> str:
+    stray, shape = looks["stray"], looks["shape"]
+    return (f"| {name} | {percent(stray['clean'])} | {stray['stray_per_image']:.2f} | {stray['stray_p90']:.0f} | "
+            f"{shape['precision']:.3f} | {shape['recall']:.3f} |")
+
+
 def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
     nll, vq = metrics["nll"], metrics["vqvae"]
     t2i, i2t, unc, fd = metrics["text_to_image"], metrics["image_to_text"], metrics["unconditional"], metrics["frechet"]
@@ -47,6 +53,16 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"- unconditional samples vs real test: {fd['unconditional_vs_real']:.2f}",
         f"- reference, real train vs real test: {fd['real_train_vs_real_test']:.2f}; "
         f"two halves of real test: {fd['real_test_halves']:.2f}", "",
+        "## What a person sees: speckle and shape", "",
+        "Stray pixels are neither the expected foreground nor background color (the prompt's or source's colors; "
+        "for unconditional samples the image's own two most common). Shape realism is improved precision / recall "
+        f"(k = {metrics['real_test_looks']['shape']['k']}) of digit shapes against real training shapes of the "
+        "digit asked for.", "",
+        "| images | no stray pixel | stray pixels per image | 90th percentile | shape precision | shape recall |",
+        "|---|---|---|---|---|---|",
+        *[looks_row(name, looks) for name, looks in (
+            ("real test images (ceiling)", metrics["real_test_looks"]), ("VQ-VAE reconstructions", vq["looks"]),
+            ("text -> image", t2i["looks"]), ("unconditional", unc["looks"]))], "",
         "## Image tokenizer (VQ-VAE, whole test split)", "",
         f"- pixel-exact reconstruction: {percent(vq['pixel_exact'])}",
         f"- codes in use: {percent(vq['code_usage'])}; code perplexity {vq['code_perplexity']:.1f}", "",

@@ -4,6 +4,12 @@ Encoder: a 4x4 patch embedding to the 7x7 grid, then residual 3x3 convs. Quantiz
 codebook with a straight-through estimator, commitment loss (beta) and restart of dead codes
 from recent encoder outputs. Decoder: residual convs on the grid, a pixel shuffle back to
 28x28 and a 3x3 conv that predicts 4 logits (levels 0..3) for each of the 3 channels.
+
+Decoding ("two-color", the default): every colored-MNIST image is one valid palette pair,
+foreground on background. Reading each channel's argmax on its own mixes channels at
+stroke edges into colors no image has (speckle). `two_color_levels` instead picks the
+valid (foreground, background) pair under which the decoder's logits are most likely, then
+paints each pixel with the likelier of the two, so a decoded image never has a stray color.
 """
 
 from __future__ import annotations
@@ -13,10 +19,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import VQConfig
+from ..data.colored import COLOR_RGB, VALID_PAIRS
 
 LEVELS = 4  # 2 bits per channel
 GRID = 7
 PATCH = 4
+
+
+# Unordered valid color pairs (a < b): a two-color image is the same whichever color is called foreground.
+COLOR_PAIRS = torch.as_tensor(VALID_PAIRS[VALID_PAIRS[:, 0] < VALID_PAIRS[:, 1]], dtype=torch.long)  # (365, 2)
+
+
+def per_channel_levels(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 4, 28, 28) level logits -> (B, 28, 28, 3) levels, each channel's argmax on its own."""
+    return logits.argmax(dim=2).permute(0, 2, 3, 1).to(torch.uint8)
+
+
+@torch.no_grad()
+def two_color_levels(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """(B, 3, 4, 28, 28) level logits -> (B, 28, 28, 3) levels in exactly one valid palette pair.
+
+    log p(pixel has color c) is the sum of its three channels' level log-probabilities; the pair
+    (a, b) maximising sum over pixels of max(log p(a), log p(b)) is the most likely two-color
+    image, and each pixel takes the likelier of its two colors.
+    """
+    rgb = torch.as_tensor(COLOR_RGB, dtype=torch.long, device=logits.device)  # (31, 3)
+    pairs = COLOR_PAIRS.to(logits.device)
+    outputs = []
+    for start in range(0, len(logits), chunk):
+        log_levels = F.log_softmax(logits[start:start + chunk].float(), dim=2)   # (B, 3, 4, H, W)
+        B, _, _, H, W = log_levels.shape
+        color_log_prob = sum(log_levels[:, channel, rgb[:, channel]] for channel in range(3))  # (B, 31, H, W)
+        flat = color_log_prob.flatten(2)                                          # (B, 31, H*W)
+        first, second = flat[:, pairs[:, 0]], flat[:, pairs[:, 1]]                # (B, 365, H*W)
+        best = torch.maximum(first, second).sum(-1).argmax(-1)                    # (B,)
+        color_a, color_b = pairs[best, 0], pairs[best, 1]                         # (B,)
+        rows = torch.arange(B, device=logits.device)
+        take_a = flat[rows, color_a] >= flat[rows, color_b]                       # (B, H*W)
+        colors = torch.where(take_a, color_a[:, None], color_b[:, None])          # (B, H*W) palette ids
+        outputs.append(rgb[colors].view(B, H, W, 3).to(torch.uint8))
+    return torch.cat(outputs) if outputs else torch.zeros(0, GRID * PATCH, GRID * PATCH, 3, dtype=torch.uint8)
 
 
 class ResidualBlock(nn.Module):
@@ -133,8 +175,10 @@ class VQVAE(nn.Module):
         return self.quantizer.nearest(flat).view(B, GRID * GRID)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, 49) code indices -> (B, 28, 28, 3) uint8 levels."""
+    def decode(self, codes: torch.Tensor, two_color: bool | None = None) -> torch.Tensor:
+        """(B, 49) code indices -> (B, 28, 28, 3) uint8 levels (two-color unless the config says otherwise)."""
         B = codes.shape[0]
         quantized = self.quantizer.codebook[codes.long()].view(B, GRID, GRID, -1).permute(0, 3, 1, 2)
-        return self.decode_latent(quantized).argmax(dim=2).permute(0, 2, 3, 1).to(torch.uint8)
+        logits = self.decode_latent(quantized)
+        two_color = self.config.two_color_decode if two_color is None else two_color
+        return two_color_levels(logits) if two_color else per_channel_levels(logits)
