@@ -31,7 +31,7 @@ def test_two_process_step_matches_single_process_step(tmp_path, cache_dir):
         torch.testing.assert_close(after[key], before[key], atol=2e-5, rtol=1e-4)
     # The step really changed the weights (so the comparison is not trivially equal at init).
     from tinychameleon.config import make_config
-    from tinychameleon.training.checkpoint import build_transformer
+    from tinychameleon.checkpoint import build_transformer
 
     torch.manual_seed(0)
     initial = build_transformer(make_config("tiny")).state_dict()

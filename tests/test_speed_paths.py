@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinychameleon.config import make_config
-from tinychameleon.training.checkpoint import build_transformer, load_vqvae
+from tinychameleon.checkpoint import build_transformer, load_vqvae
 from tinychameleon.training.run import cached_codes, encode_images
 
 
@@ -48,7 +48,7 @@ def test_bench_prints_side_by_side_table(tmp_path, capsys, tiny_run):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is the CUDA path; no CUDA GPU here")
 def test_bf16_training_step_on_cuda():
     from tinychameleon.tokenizers.vocab import Vocab
-    from tinychameleon.training.device import autocast
+    from tinychameleon.device import autocast
     from tinychameleon.training.lm_trainer import sequence_loss
 
     device = torch.device("cuda")

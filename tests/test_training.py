@@ -5,7 +5,7 @@ import torch
 
 from tinychameleon.config import RunConfig, make_config
 from tinychameleon.errors import CheckpointError
-from tinychameleon.training import checkpoint
+from tinychameleon import checkpoint
 from tinychameleon.training.lm_trainer import epoch_batches
 from tinychameleon.training.schedule import warmup_cosine
 

@@ -162,4 +162,4 @@ def test_slow_request_times_out_with_504(tiny_pipeline):
     app = create_app(tiny_pipeline, ServerSettings(timeout_s=0.001))
     with TestClient(app) as client:
         response = client.post("/api/sample", json={"n": 16})
-        assert response.status_code == 504 and "cancelled" in response.json()["detail"]
+        assert response.status_code == 504 and "stopped" in response.json()["detail"]

@@ -21,8 +21,8 @@ from .io_utils import write_json
 from .sampling import ModalityRules, generate
 from .sequences import build_sequences, text_prefix
 from .tokenizers.vocab import Vocab
-from .training.checkpoint import build_transformer
-from .training.device import autocast, resolve_device
+from .checkpoint import build_transformer
+from .device import autocast, resolve_device
 from .training.lm_trainer import sequence_loss
 
 SLOW_UNCACHED_ROWS = 256  # on CPU, uncached decoding above this batch takes minutes: skipped unless --full
@@ -140,10 +140,11 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args) -> dict:
-    device = resolve_device(args.device)
-    train_batches = [int(b) for b in args.train_batches.split(",")]
-    sample_batches = [int(b) for b in args.batches.split(",")]
+def run_bench(device: str = "auto", batches: list[int] = (1, 64, 1024), train_batches: list[int] = (32, 256),
+              repeats: int = 3, json_path: str | None = None, checkpoint: str | None = None) -> dict:
+    """Time training and sampling against the plain reference; print tables, optionally write JSON."""
+    device = resolve_device(device)
+    sample_batches = list(batches)
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "training": [], "sampling": []}
@@ -151,8 +152,8 @@ def run_bench(args) -> dict:
           flush=True)
     rows = [["training batch", "reference tok/s", "project tok/s", "speed-up", "project ms/step", "peak MB"]]
     for batch in train_batches:
-        reference = training_case(device, batch, True, args.repeats)
-        project = training_case(device, batch, False, args.repeats)
+        reference = training_case(device, batch, True, repeats)
+        project = training_case(device, batch, False, repeats)
         results["training"].append({"batch": batch, "reference": reference, "project": project})
         rows.append([str(batch), f"{reference['tokens_per_s']:,.0f}", f"{project['tokens_per_s']:,.0f}",
                      f"{project['tokens_per_s'] / reference['tokens_per_s']:.2f}x", f"{project['ms_per_step']:.1f}",
@@ -162,9 +163,9 @@ def run_bench(args) -> dict:
     print("\n" + table(rows) + "\n")
     rows = [["sampling batch", "no cache img/s", "KV cache img/s", "speed-up", "KV ms/image", "KV ms/token", "peak MB"]]
     for batch in sample_batches:
-        cached = sampling_case(device, batch, True, args.repeats)
+        cached = sampling_case(device, batch, True, repeats)
         skip = device.type == "cpu" and batch > SLOW_UNCACHED_ROWS
-        uncached = None if skip else sampling_case(device, batch, False, max(1, args.repeats // 2))
+        uncached = None if skip else sampling_case(device, batch, False, max(1, repeats // 2))
         results["sampling"].append({"batch": batch, "kv_cache": cached, "no_cache": uncached})
         rows.append([str(batch), f"{uncached['images_per_s']:,.1f}" if uncached else "skipped (minutes on CPU)",
                      f"{cached['images_per_s']:,.1f}",
@@ -173,12 +174,12 @@ def run_bench(args) -> dict:
         print(f"sampling batch {batch}: KV cache {cached['images_per_s']:,.1f} img/s"
               + (f", no cache {uncached['images_per_s']:,.1f} img/s" if uncached else ""), flush=True)
     print("\n" + table(rows) + "\n")
-    results["pipeline"] = pipeline_cases(device, args.checkpoint, args.repeats)
+    results["pipeline"] = pipeline_cases(device, checkpoint, repeats)
     rows = [["one request (batch 1)", "settings", "ms"]]
     rows += [[case["request"], case["settings"], f"{case['ms']:.1f}"] for case in results["pipeline"]]
     print(table(rows))
-    if args.json:
-        write_json(args.json, results)
+    if json_path:
+        write_json(json_path, results)
     return results
 
 

@@ -1,53 +1,121 @@
 """The `tinychameleon` command: subcommands on top of the Python API. `main(argv)` is testable.
 
-Errors caused by the user (bad prompt, missing checkpoint, unreadable image, no data) print
-one line on stderr and exit with status 2; they never print a traceback.
+Errors caused by the user (bad prompt, missing checkpoint, unreadable image, no data, a flag
+out of range, an output folder that cannot be written) print one line on stderr and exit
+with status 2; they never print a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
-from .errors import TinyChameleonError
+from .config import SamplingConfig
+from .errors import ConfigError, OutputError, TinyChameleonError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_SEED = 2**63 - 1
+
+# Sampler flags: (flag, SamplingConfig field, help). The field name is the one used by the Python API,
+# the web API and sampling.json; ranges come from SamplingConfig.RANGES.
+SAMPLER_FLAGS = [
+    ("--temperature", "temperature", "sampling temperature (0 = greedy)"),
+    ("--top-k", "top_k", "keep only the k most likely tokens (0 = all)"),
+    ("--guidance", "guidance", "classifier-free guidance scale (1 = off)"),
+    ("--candidates", "image_candidates", "text -> image: draw this many images per prompt, keep the one the "
+                                         "model captions best"),
+    ("--views", "caption_views", "with --rerank: score the digit on the image and N-1 recolorings of it "
+                                 "(1 = image only)"),
+]
+
+
+def number(kind):
+    """An argparse type: a finite int or float, so 'nan', 'inf' and '1e309' are refused with exit 2."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a{'n integer' if kind is int else ' number'}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a finite number")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     """How to sample; each defaults to the checkpoint's sampling.json, else SamplingConfig."""
-    parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
-    parser.add_argument("--top-k", type=int, help="keep only the k most likely tokens (0 = all)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--candidates", type=int, dest="image_candidates", metavar="N",
-                        help="text -> image: draw this many images per prompt, keep the one the model captions best")
+    for flag, field, text in SAMPLER_FLAGS:
+        kind = int if isinstance(getattr(SamplingConfig(), field), int) else float
+        low, high = SamplingConfig.RANGES[field]
+        parser.add_argument(flag, type=number(kind), dest=field, metavar="N" if kind is int else "X",
+                            help=f"{text}; {low}..{high}")
     parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, dest="rerank_captions",
                         help="image -> text: choose the digit word by Bayes re-ranking in both orders")
-    parser.add_argument("--views", type=int, dest="caption_views", metavar="N",
-                        help="with --rerank: score the digit on the image and N-1 recolorings of it (1 = image only)")
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="run directory to load (default: the shipped checkpoint)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default 0)")
+    parser.add_argument("--seed", type=number(int), default=0, help="random seed of the sampler (default 0)")
     add_sampler_flags(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
 
 
-SAMPLER_SETTINGS = ("temperature", "top_k", "guidance", "image_candidates", "rerank_captions", "caption_views")
-
-
 def sampling_overrides(args) -> dict:
-    return {name: getattr(args, name, None) for name in SAMPLER_SETTINGS}
+    """The sampler flags that were given, validated before any work (ConfigError names the bad one)."""
+    overrides = {field: getattr(args, field, None) for _, field, _ in SAMPLER_FLAGS}
+    overrides["rerank_captions"] = getattr(args, "rerank_captions", None)
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        replace(SamplingConfig(), **overrides).validate()
+    except ConfigError as error:  # name the flag the user typed, not the field behind it
+        message = str(error).removeprefix("sampling.")
+        for flag, field, _ in SAMPLER_FLAGS:
+            if message.startswith(field + " "):
+                message = flag + message[len(field):]
+        raise ConfigError(message) from None
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be between 0 and {MAX_SEED}, got {str(seed)[:40]}")
+    return overrides
+
+
+def prepare_output(out: str | Path) -> Path:
+    """Check an output folder before any work: it can be created and written to."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write to {out}: {error.strerror or error}") from None
+    return out
 
 
 def load_pipeline(args):
     from .pipeline import Pipeline
 
     return Pipeline.from_pretrained(args.checkpoint, device=args.device)
+
+
+def write_outputs(out: Path, images, rows: list[dict]) -> None:
+    """PNGs then the manifest, each written atomically; a failing disk gives one clear error."""
+    from .imaging import save_png
+
+    try:
+        for image, row in zip(images, rows):
+            save_png(image, out / row["file"])
+        write_manifest(out, rows)
+    except OSError as error:
+        raise OutputError(f"writing to {out} failed: {error.strerror or error}") from None
 
 
 def write_manifest(out_dir: Path, rows: list[dict]) -> None:
@@ -83,13 +151,14 @@ def command_train(args) -> int:
             config.train.lr = base.lr * (args.batch_size / base.batch_size) ** 0.5
     except ValueError as error:
         raise TinyChameleonError(str(error)) from None
+    prepare_output(out)
     train(config, out, resume=args.resume, vqvae_from=args.vqvae_from, device_name=args.device,
           cache_dir=args.cache_dir, progress=not args.no_progress, compile_model=args.compile)
     return 0
 
 
 def command_generate(args) -> int:
-    from .imaging import save_png
+    from .tokenizers.text import normalize_prompt
 
     if args.prompts_file:
         try:
@@ -101,24 +170,23 @@ def command_generate(args) -> int:
         prompts, count = args.prompt, args.n
     if not prompts:
         raise TinyChameleonError("give a prompt, e.g. tinychameleon generate \"dark green eight on bright cyan\"")
-    if count < 1:
-        raise TinyChameleonError("the number of samples must be at least 1")
+    if not 1 <= count <= 100_000:
+        raise TinyChameleonError("the number of samples must be at least 1 (and at most 100000)")
+    sampling = sampling_overrides(args)
+    out = prepare_output(args.out)
     pipeline = load_pipeline(args)
-    images = pipeline.generate_images(prompts, n=count, seed=args.seed, **sampling_overrides(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index, image in enumerate(images):
-        prompt = prompts[index // count]
-        name = f"{index // count:04d}_{index % count:03d}.png"
-        save_png(image, out / name)
-        rows.append({"prompt": " ".join(prompt.lower().split()), "file": name, "sample": index % count})
-    write_manifest(out, rows)
+    pipeline.encode_prompts(prompts)  # every prompt is checked before any drawing
+    images = pipeline.generate_images(prompts, n=count, seed=args.seed, **sampling)
+    rows = [{"prompt": normalize_prompt(prompts[index // count]), "file": f"{index // count:04d}_{index % count:03d}.png",
+             "sample": index % count} for index in range(len(images))]
+    write_outputs(out, images, rows)
     print(f"wrote {len(rows)} images and manifest.jsonl to {out}")
     return 0
 
 
 def collect_images(paths: list[str]) -> list[Path]:
+    from .imaging import IMAGE_SUFFIXES
+
     files = []
     for name in paths:
         path = Path(name)
@@ -134,33 +202,45 @@ def collect_images(paths: list[str]) -> list[Path]:
 
 
 def command_caption(args) -> int:
+    """Caption every readable file; each unreadable one is reported on stderr (and in --json output) and
+    skipped. Exit 2 if nothing could be read, or with --strict if anything was skipped."""
     import numpy as np
 
+    from .errors import ImageInputError
     from .imaging import read_image
 
+    sampling = sampling_overrides(args)
     files = collect_images(args.images)
-    images = np.stack([read_image(path) for path in files])  # fails on the first unreadable file, before work
-    captions = load_pipeline(args).caption(images, seed=args.seed, **sampling_overrides(args))
-    for path, caption in zip(files, captions):
+    readable, images, skipped = [], [], []
+    for path in files:
+        try:
+            images.append(read_image(path))
+            readable.append(path)
+        except ImageInputError as error:
+            skipped.append((path, str(error)))
+            print(f"skipped: {error}", file=sys.stderr)
+    if skipped and args.strict:
+        raise TinyChameleonError(f"{len(skipped)} of {len(files)} images could not be read (--strict)")
+    if not images:
+        raise TinyChameleonError(f"none of the {len(files)} images could be read")
+    captions = load_pipeline(args).caption(np.stack(images), seed=args.seed, **sampling)
+    for path, caption in zip(readable, captions):
         print(json.dumps({"image": str(path), "caption": caption}) if args.json else f"{path}: {caption}")
+    if args.json:
+        for path, error in skipped:
+            print(json.dumps({"image": str(path), "caption": None, "error": error}))
     return 0
 
 
 def command_sample(args) -> int:
-    from .imaging import save_png
-
-    if args.n < 1:
-        raise TinyChameleonError("-n must be at least 1")
+    if not 1 <= args.n <= 100_000:
+        raise TinyChameleonError("-n must be at least 1 (and at most 100000)")
+    sampling = sampling_overrides(args)
+    out = prepare_output(args.out)
     images, captions = load_pipeline(args).sample(args.n, seed=args.seed, first=args.first, ancestral=args.ancestral,
-                                                  **sampling_overrides(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index, (image, caption) in enumerate(zip(images, captions)):
-        name = f"{index:04d}.png"
-        save_png(image, out / name)
-        rows.append({"caption": caption, "file": name})
-    write_manifest(out, rows)
+                                                  **sampling)
+    rows = [{"caption": caption, "file": f"{index:04d}.png"} for index, caption in enumerate(captions)]
+    write_outputs(out, images, rows)
     print(f"wrote {len(rows)} samples and manifest.jsonl to {out}")
     return 0
 
@@ -168,7 +248,8 @@ def command_sample(args) -> int:
 def command_report(args) -> int:
     from .evaluation.figures import write_figures
 
-    written = write_figures(load_pipeline(args), args.out, seed=args.seed, cache_dir=args.cache_dir)
+    sampling_overrides(args)
+    written = write_figures(load_pipeline(args), prepare_output(args.out), seed=args.seed, cache_dir=args.cache_dir)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -177,21 +258,39 @@ def command_report(args) -> int:
 def command_evaluate(args) -> int:
     from .evaluation.evaluate import run_evaluation
 
-    run_evaluation(args)
+    sampling = sampling_overrides(args)
+    if not 1 <= args.samples <= 10_000 or not 0 <= args.offset < 10_000:
+        raise TinyChameleonError("--samples must be 1..10000 and --offset 0..9999")
+    run_evaluation(checkpoint=args.checkpoint, out=prepare_output(args.out), samples=args.samples,
+                   offset=args.offset, quick=args.quick, seed=args.seed, cache_dir=args.cache_dir,
+                   device=args.device, sampling=sampling)
     return 0
 
 
 def command_serve(args) -> int:
-    from .web.server import serve
+    from .web.server import ServerSettings, serve
 
-    serve(args)
+    if not 0 <= args.port <= 65535:
+        raise TinyChameleonError(f"--port must be 0..65535, got {args.port}")
+    if args.max_samples < 1 or args.queue_size < 1 or not 0 < args.timeout <= 3600:
+        raise TinyChameleonError("--max-samples and --queue-size must be at least 1, --timeout 0..3600 seconds")
+    settings = ServerSettings(max_samples=args.max_samples, queue_size=args.queue_size, timeout_s=args.timeout)
+    serve(checkpoint=args.checkpoint, host=args.host, port=args.port, settings=settings)
     return 0
 
 
 def command_bench(args) -> int:
     from .bench import run_bench
 
-    run_bench(args)
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+        train_batches = [int(b) for b in args.train_batches.split(",")]
+    except ValueError:
+        raise TinyChameleonError("--batches and --train-batches are comma-separated integers, e.g. 1,64") from None
+    if min(batches + train_batches) < 1 or args.repeats < 1:
+        raise TinyChameleonError("batch sizes and --repeats must be at least 1")
+    run_bench(device=args.device, batches=batches, train_batches=train_batches, repeats=args.repeats,
+              json_path=args.json, checkpoint=args.checkpoint)
     return 0
 
 
@@ -218,20 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--vqvae-from", help="reuse the image tokenizer of another run directory")
-    train.add_argument("--epochs", type=int, help="transformer epochs (overrides the preset)")
-    train.add_argument("--batch-size", type=int, help="transformer global batch size (overrides the preset)")
-    train.add_argument("--lr", type=float, help="transformer peak learning rate (overrides the preset)")
+    train.add_argument("--epochs", type=number(int), help="transformer epochs (overrides the preset)")
+    train.add_argument("--batch-size", type=number(int), help="transformer global batch size (overrides the preset)")
+    train.add_argument("--lr", type=number(float), help="transformer peak learning rate (overrides the preset)")
     train.add_argument("--scale-lr", action="store_true",
                        help="with --batch-size: scale the preset's learning rate by sqrt(new batch / preset batch)")
-    train.add_argument("--warmup-steps", type=int, help="transformer warmup steps (overrides the preset)")
+    train.add_argument("--warmup-steps", type=number(int), help="transformer warmup steps (overrides the preset)")
     train.add_argument("--init-from", help="fine-tune: start the transformer from this run directory's weights "
                                            "(its tokenizer and model shape are used)")
-    train.add_argument("--colorings", type=int,
+    train.add_argument("--colorings", type=number(int),
                        help="color-pair draws of the training images, cycled over epochs (default 1: fixed colors)")
-    train.add_argument("--vq-epochs", type=int, help="VQ-VAE epochs (overrides the preset)")
-    train.add_argument("--holdout-pairs", type=int, help="hold this many color pairs out of training")
-    train.add_argument("--train-seed", type=int, help="seed of initialisation and batch order")
-    train.add_argument("--max-train-examples", type=int, help="use only the first N training images (quick trials)")
+    train.add_argument("--vq-epochs", type=number(int), help="VQ-VAE epochs (overrides the preset)")
+    train.add_argument("--holdout-pairs", type=number(int), help="hold this many color pairs out of training")
+    train.add_argument("--train-seed", type=number(int), help="seed of initialisation and batch order")
+    train.add_argument("--max-train-examples", type=number(int), help="use only the first N training images (quick trials)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     train.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     train.add_argument("--cache-dir", help="data cache directory")
@@ -241,20 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="text -> image: draw images for captions")
     generate.add_argument("prompt", nargs="*", help='captions like "dark green eight on bright cyan"')
     generate.add_argument("--prompts-file", help="a file with one caption per line")
-    generate.add_argument("-n", type=int, default=1, help="images per prompt (default 1)")
-    generate.add_argument("--samples-per-prompt", type=int, default=1, help="images per prompt with --prompts-file")
+    generate.add_argument("-n", type=number(int), default=1, help="images per prompt (default 1)")
+    generate.add_argument("--samples-per-prompt", type=number(int), default=1, help="images per prompt with --prompts-file")
     generate.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     add_sampling_flags(generate)
     generate.set_defaults(handler=command_generate)
 
     caption = commands.add_parser("caption", help="image -> text: caption images (any size, RGB/RGBA/gray)")
     caption.add_argument("images", nargs="+", help="image files or folders of images")
-    caption.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    caption.add_argument("--json", action="store_true", help="one JSON object per image on stdout (skipped files "
+                                                             "with \"caption\": null and an \"error\")")
+    caption.add_argument("--strict", action="store_true", help="exit 2 if any image cannot be read (default: "
+                                                               "report it on stderr, caption the rest)")
     add_sampling_flags(caption)
     caption.set_defaults(handler=command_caption)
 
     sample = commands.add_parser("sample", help="unconditional: sample image + caption pairs")
-    sample.add_argument("-n", type=int, default=9, help="number of pairs (default 9)")
+    sample.add_argument("-n", type=number(int), default=9, help="number of pairs (default 9)")
     sample.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     sample.add_argument("--first", choices=["text", "image", "model"], default="text",
                         help="modality drawn freely first; the other follows as a conditional request (default text)")
@@ -269,27 +371,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(report)
     report.set_defaults(handler=command_report)
 
-    from .evaluation.evaluate import add_arguments as add_evaluate_arguments
-
-    evaluate = commands.add_parser("evaluate", help="measure a checkpoint: NLL, judged accuracy, diversity, FD")
-    add_evaluate_arguments(evaluate)
+    evaluate = commands.add_parser("evaluate", help="measure a checkpoint: NLL, judged accuracy, diversity, FD, "
+                                                    "speckle and shape realism")
+    evaluate.add_argument("--checkpoint", help="run directory to evaluate (default: the shipped checkpoint)")
+    evaluate.add_argument("--out", default="evaluation", help="folder for metrics.json, report.md and grids")
+    evaluate.add_argument("--samples", type=number(int), default=1000, help="samples per direction (default 1000)")
+    evaluate.add_argument("--offset", type=number(int), default=0,
+                          help="use test examples from this index on for the sampled metrics")
+    evaluate.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
+    evaluate.add_argument("--seed", type=number(int), default=0, help="sampler seed (default 0)")
+    evaluate.add_argument("--cache-dir", help="data and judge cache directory")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     add_sampler_flags(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
     serve = commands.add_parser("serve", help="serve the web page and JSON API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=number(int), default=8000, help="port (default 8000)")
     serve.add_argument("--checkpoint", help="run directory to load (default: the shipped checkpoint)")
-    serve.add_argument("--max-samples", type=int, default=64, help="most images one request may ask for")
-    serve.add_argument("--queue-size", type=int, default=32, help="requests waiting before 503s are returned")
-    serve.add_argument("--timeout", type=float, default=10.0, help="seconds before a request is cancelled")
+    serve.add_argument("--max-samples", type=number(int), default=64, help="most images one request may ask for")
+    serve.add_argument("--queue-size", type=number(int), default=32, help="requests waiting before 503s are returned")
+    serve.add_argument("--timeout", type=number(float), default=10.0, help="seconds before a request is cancelled")
     serve.set_defaults(handler=command_serve)
 
     bench = commands.add_parser("bench", help="time training and sampling against a plain reference")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     bench.add_argument("--batches", default="1,64,1024", help="comma-separated sampling batch sizes")
     bench.add_argument("--train-batches", default="32,256", help="comma-separated training batch sizes")
-    bench.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement")
+    bench.add_argument("--repeats", type=number(int), default=3, help="timed repetitions per measurement")
     bench.add_argument("--json", help="also write the results to this JSON file")
     bench.add_argument("--checkpoint", help="run directory for the one-request timings (default: the shipped one)")
     bench.set_defaults(handler=command_bench)
@@ -307,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args) or 0
     except TinyChameleonError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the environment failed us (full disk, permissions): say so in one line
+        print(f"error: {error.strerror or error}" + (f": {error.filename}" if error.filename else ""),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished epochs are saved (use --resume to continue training)", file=sys.stderr)

@@ -7,7 +7,37 @@ is trained. Presets are plain dicts of overrides, minGPT-style, applied by `make
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+FIELD_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_types(section: str, config) -> None:
+    """Every field holds its declared type (bool is not an int here; an int is a fine float)."""
+    for item in dataclasses.fields(config):
+        value, allowed = getattr(config, item.name), FIELD_TYPES.get(str(item.type))
+        if allowed is None:
+            continue
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            raise ConfigError(f"{section}.{item.name} must be {item.type}, got {type(value).__name__} "
+                              f"{short(repr(value))}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{item.name} must be a finite number, got {value}")
+
+
+def check_range(name: str, value, low=None, high=None) -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if low is not None and high is not None else (
+            f"at least {low}" if low is not None else f"at most {high}")
+        raise ConfigError(f"{name} must be {bounds}, got {value}")
+
+
+def short(text: str, limit: int = 60) -> str:
+    """Echo at most `limit` characters of user input back in a message."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 @dataclass
@@ -22,12 +52,28 @@ class VQConfig:
     two_color_decode: bool = True  # decode into the likeliest valid color pair (no stray colors); False: per channel
 
 
+    def validate(self) -> None:
+        check_types("vq", self)
+        for name in ("codebook_size", "code_dim", "hidden", "pixel_channels"):
+            check_range(f"vq.{name}", getattr(self, name), 1, 65536)
+        check_range("vq.beta", self.beta, 0.0)
+        check_range("vq.ema_decay", self.ema_decay, 0.0, 1.0)
+
+
 @dataclass
 class VQTrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 200
+
+
+    def validate(self, section: str = "vq_train") -> None:
+        check_types(section, self)
+        check_range(f"{section}.epochs", self.epochs, 0, 10_000)
+        check_range(f"{section}.batch_size", self.batch_size, 1, 1 << 20)
+        check_range(f"{section}.lr", self.lr, 0.0, 10.0)
+        check_range(f"{section}.warmup_steps", self.warmup_steps, 0)
 
 
 @dataclass
@@ -38,6 +84,18 @@ class ModelConfig:
     n_head: int = 4
     d_model: int = 128
     dropout: float = 0.0
+
+
+    def validate(self) -> None:
+        check_types("model", self)
+        check_range("model.vocab_size", self.vocab_size, 0, 1 << 20)
+        check_range("model.block_size", self.block_size, 1, 1 << 16)
+        check_range("model.n_layer", self.n_layer, 1, 256)
+        check_range("model.n_head", self.n_head, 1, 256)
+        check_range("model.d_model", self.d_model, 1, 1 << 16)
+        check_range("model.dropout", self.dropout, 0.0, 1.0)
+        if self.d_model % self.n_head:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be a multiple of model.n_head ({self.n_head})")
 
 
 @dataclass
@@ -57,6 +115,17 @@ class TrainConfig:
     colorings: int = 1            # distinct color-pair draws of the training images; epoch e uses draw e % colorings
 
 
+    def validate(self) -> None:
+        VQTrainConfig.validate(self, "train")
+        check_range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range("train.weight_decay", self.weight_decay, 0.0)
+        check_range("train.grad_clip", self.grad_clip, 0.0)
+        check_range("train.seed", self.seed, 0, 2**63 - 1)
+        for name in ("max_train_examples", "max_test_examples", "holdout_pairs"):
+            check_range(f"train.{name}", getattr(self, name), 0)
+        check_range("train.colorings", self.colorings, 1, 1000)
+
+
 @dataclass
 class RunConfig:
     preset: str = "seed"
@@ -71,17 +140,33 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        """Rebuild a config from its JSON form; unknown keys, wrong types and bad values raise ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run config must be a JSON object, got {type(data).__name__}")
         sections = {"vq": VQConfig, "vq_train": VQTrainConfig, "model": ModelConfig, "train": TrainConfig}
         kwargs = {}
         for key, value in data.items():
-            if key not in known:
-                continue
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(f"unknown setting {short(str(key))!r}")
             if key in sections:
-                section_fields = {f.name for f in dataclasses.fields(sections[key])}
-                value = sections[key](**{k: v for k, v in value.items() if k in section_fields})
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key} must be a JSON object, got {type(value).__name__}")
+                known = {f.name for f in dataclasses.fields(sections[key])}
+                unknown = [name for name in value if name not in known]
+                if unknown:
+                    raise ConfigError(f"unknown setting {key}.{short(str(unknown[0]))}")
+                value = sections[key](**value)
             kwargs[key] = value
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def validate(self) -> "RunConfig":
+        check_types("config", self)
+        for section in (self.vq, self.vq_train, self.model, self.train):
+            section.validate()
+        check_range("data_seed", self.data_seed, 0, 2**32 - 1)
+        return self
 
 
 # Presets: overrides per section. `seed` is the seed recipe (Adam, lr 1e-3, batch 32, 30 epochs).
@@ -126,7 +211,10 @@ def make_config(preset: str = "seed", **overrides) -> RunConfig:
                 if not hasattr(target, key):
                     raise ValueError(f"unknown setting {section}.{key}")
                 setattr(target, key, value)
-    return config
+    try:
+        return config.validate()
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
 
 
 @dataclass
@@ -140,3 +228,29 @@ class SamplingConfig:
     rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
     caption_views: int = 1        # with rerank_captions: sum the digit scores over the image and views - 1 recolorings
     batch_size: int = 1024        # rows decoded together; bounds memory
+
+    # The allowed range of each numeric setting: one table for the CLI, the web API and sampling.json.
+    RANGES = {"temperature": (0.0, 100.0), "caption_temperature": (0.0, 100.0), "top_k": (0, 1 << 20),
+              "guidance": (0.0, 100.0), "image_candidates": (1, 64), "caption_views": (1, 32),
+              "batch_size": (1, 1 << 16)}
+    MIN_TEMPERATURE = 0.01        # below this (but above 0, greedy) logits / temperature overflow
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SamplingConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"sampling settings must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [key for key in data if key not in known]
+        if unknown:
+            raise ConfigError(f"unknown sampling setting {short(str(unknown[0]))!r}; known: {', '.join(sorted(known))}")
+        return cls(**data).validate()
+
+    def validate(self) -> "SamplingConfig":
+        check_types("sampling", self)
+        for name, (low, high) in self.RANGES.items():
+            check_range(name, getattr(self, name), low, high)
+        for name in ("temperature", "caption_temperature"):
+            value = getattr(self, name)
+            if 0 < value < self.MIN_TEMPERATURE:
+                raise ConfigError(f"{name} must be 0 (greedy) or at least {self.MIN_TEMPERATURE}, got {value}")
+        return self

@@ -23,3 +23,15 @@ class ImageInputError(TinyChameleonError, ValueError):
 
 class ImageTooLargeError(ImageInputError):
     """An image with more pixels than allowed (e.g. a decompression bomb)."""
+
+
+class ConfigError(TinyChameleonError, ValueError):
+    """A run config, sampling setting or flag of the wrong type or out of its range."""
+
+
+class OutputError(TinyChameleonError):
+    """An output location that cannot be written."""
+
+
+class DeadlineExceeded(TinyChameleonError):
+    """Work abandoned because its time limit passed (the server's request timeout)."""

@@ -7,12 +7,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from .errors import ImageInputError, ImageTooLargeError
+from .io_utils import atomic_path
 
 LEVEL_SCALE = 85  # level 0..3 -> channel value 0..255
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
+# The formats read; anything else (EPS, which PIL would hand to Ghostscript, PDF, ...) is refused unopened.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def levels_to_pil(levels: np.ndarray, scale: int = 1) -> Image.Image:
@@ -22,7 +26,15 @@ def levels_to_pil(levels: np.ndarray, scale: int = 1) -> Image.Image:
 
 
 def pil_to_levels(image: Image.Image) -> np.ndarray:
-    """Any PIL image (RGB, RGBA, grayscale, palette; any size) -> (28, 28, 3) uint8 levels."""
+    """Any PIL image (RGB, RGBA, grayscale, palette, 16-bit or float; any size) -> (28, 28, 3) uint8 levels."""
+    image = ImageOps.exif_transpose(image)  # a phone photo is read the way it is shown
+    if image.mode in ("F", "I", "I;16", "I;16B", "I;16L"):
+        # 16-bit and float images: scale their own range to 0..255 (a plain convert would clip to black).
+        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+        image = Image.fromarray(scaled.astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent pixels read as black
@@ -44,7 +56,7 @@ def read_image(source: str | Path | bytes) -> np.ndarray:
     with handle, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(handle)
+            image = Image.open(handle, formats=ACCEPTED_FORMATS)
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageTooLargeError(f"{name} is {width}x{height} pixels, more than the {MAX_PIXELS} allowed")
@@ -56,13 +68,16 @@ def read_image(source: str | Path | bytes) -> np.ndarray:
             raise ImageTooLargeError(f"{name} claims more pixels than the {MAX_PIXELS} allowed "
                                      "(a decompression bomb?)") from None
         except UnidentifiedImageError as error:
-            raise ImageInputError(f"{name} is not a readable image ({type(error).__name__})") from None
+            raise ImageInputError(f"{name} is not a readable image (accepted: "
+                                  f"{', '.join(ACCEPTED_FORMATS)})") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageInputError(f"{name} is not a readable image: {error}") from None
 
 
 def save_png(levels: np.ndarray, path: str | Path) -> None:
-    levels_to_pil(levels).save(path, format="PNG")
+    """Write atomically: a failed write (full or read-only disk) leaves no partial file behind."""
+    with atomic_path(path) as temp:
+        levels_to_pil(levels).save(temp, format="PNG")
 
 
 def png_bytes(levels: np.ndarray, scale: int = 1) -> bytes:

@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,15 +20,15 @@ import numpy as np
 import torch
 
 from .config import RunConfig, SamplingConfig
-from .errors import PromptError
+from .errors import ConfigError, DeadlineExceeded, PromptError
 from .data.colored import caption_of, recolor
 from .reranking import best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, generate
 from .sequences import image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
 from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
-from .training.checkpoint import load_config, load_transformer, load_vqvae
-from .training.device import resolve_device
+from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_vqvae
+from .device import resolve_device
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
@@ -40,6 +43,7 @@ class Pipeline:
         self.rules = ModalityRules(self.vocab, grammar=self.sampling.grammar)
         self.tokenizer = WordTokenizer()
         self.source = source
+        self._limits = threading.local()  # per-thread deadline set by time_limit()
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
@@ -50,27 +54,52 @@ class Pipeline:
         torch_device = resolve_device(device)
         vqvae = load_vqvae(path, config).to(torch_device)
         model = load_transformer(path, config).to(torch_device)
-        if sampling is None and (path / "sampling.json").exists():
-            import json
-
-            sampling = SamplingConfig(**json.loads((path / "sampling.json").read_text()))
+        if sampling is None and (path / SAMPLING_FILE).exists():
+            sampling = load_sampling(path / SAMPLING_FILE)
         return cls(config, vqvae, model, torch_device, sampling, str(path))
 
-    def _settings(self, overrides: dict) -> SamplingConfig:
-        return replace(self.sampling, **{key: value for key, value in overrides.items() if value is not None})
+    def resolve_settings(self, overrides: dict) -> SamplingConfig:
+        """The pipeline's settings with per-call overrides, validated (ConfigError names a bad one)."""
+        known = {f for f in SamplingConfig.__dataclass_fields__}
+        unknown = [key for key in overrides if key not in known]
+        if unknown:
+            raise ConfigError(f"unknown sampling setting {unknown[0]!r}")
+        return replace(self.sampling, **{key: value for key, value in overrides.items() if value is not None}).validate()
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
             return None
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"seed must be an integer between 0 and 2**63 - 1, got {str(seed)[:40]}")
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    @contextmanager
+    def time_limit(self, seconds: float | None):
+        """Within this block, work on this thread stops with DeadlineExceeded once `seconds` have passed
+        (checked between decode steps and batches), so abandoned requests free the CPU."""
+        previous = getattr(self._limits, "deadline", None)
+        self._limits.deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._limits.deadline = previous
+
+    def _expired(self) -> bool:
+        deadline = getattr(self._limits, "deadline", None)
+        return deadline is not None and time.monotonic() > deadline
+
+    def _check_time(self) -> None:
+        if self._expired():
+            raise DeadlineExceeded("stopped: the time limit passed")
 
     def _generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator,
                   length: int = SEQUENCE_LENGTH) -> torch.Tensor:
         outputs = []
         for start in range(0, len(prefix), settings.batch_size):
+            self._check_time()
             chunk = prefix[start:start + settings.batch_size].to(self.device)
             outputs.append(generate(self.model, chunk, self.rules, settings.temperature, settings.top_k or None,
-                                    settings.guidance, generator, length=length))
+                                    settings.guidance, generator, length=length, should_stop=self._expired))
         return torch.cat(outputs)
 
     def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator) -> torch.Tensor:
@@ -80,6 +109,7 @@ class Pipeline:
         _, codes = split_sequences(self.vocab, self._generate(text_prefix(self.vocab, repeated), settings,
                                                               generator))
         if candidates > 1:
+            self._check_time()
             codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
         return codes
 
@@ -93,6 +123,7 @@ class Pipeline:
         words, _ = split_sequences(self.vocab, self._generate(image_prefix(self.vocab, codes), settings, generator))
         if settings.rerank_captions and settings.temperature <= 0:
             # Only greedy captions are re-ranked: a sampled caption should stay a sample.
+            self._check_time()
             views = [] if images is None else self._recolored_views(images, settings.caption_views)
             words = rerank_digits(self.model, self.vocab, words, codes, views)
         return words
@@ -122,14 +153,14 @@ class Pipeline:
 
     def generate_images(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, **sampling) -> np.ndarray:
         """Text -> image: (len(prompts) * n, 28, 28, 3) uint8 levels, prompt-major order."""
-        settings = self._settings(sampling)
+        settings = self.resolve_settings(sampling)
         words = self.encode_prompts(prompts).repeat_interleave(n, dim=0)
         if len(words) == 0:
             return np.zeros((0, 28, 28, 3), dtype=np.uint8)
         return self.vqvae.decode(self._draw_codes(words, settings, self._generator(seed))).cpu().numpy()
 
     def _caption_settings(self, sampling: dict) -> SamplingConfig:
-        settings = self._settings(sampling)
+        settings = self.resolve_settings(sampling)
         if sampling.get("temperature") is None:
             settings = replace(settings, temperature=settings.caption_temperature)
         return settings
@@ -159,7 +190,7 @@ class Pipeline:
         """
         if first not in FIRST_MODALITY:
             raise ValueError(f"first must be one of {', '.join(FIRST_MODALITY)}, got {first!r}")
-        settings = self._settings(sampling)
+        settings = self.resolve_settings(sampling)
         generator = self._generator(seed)
         heads = torch.full((n, 2), self.vocab.bos, dtype=torch.long)                 # <bos> <marker>
         if first == "model":

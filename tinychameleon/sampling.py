@@ -8,8 +8,12 @@ batch is one table lookup per step.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from .errors import DeadlineExceeded
 
 from .model import KVCache, Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST
@@ -80,12 +84,15 @@ def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
 @torch.no_grad()
 def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, temperature: float = 1.0,
              top_k: int | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
-             use_cache: bool = True, length: int = SEQUENCE_LENGTH) -> torch.Tensor:
+             use_cache: bool = True, length: int = SEQUENCE_LENGTH,
+             should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
     (length < 58 stops early, e.g. after the first modality).
 
     guidance > 1 applies classifier-free guidance to the second modality: the unconditional
     stream is the other ordering, `<bos> <marker>`, which starts with that same modality.
+    should_stop is asked before every decode step; when it answers True the work is abandoned
+    with DeadlineExceeded (a server request whose client has stopped waiting).
     """
     model.eval()
     B, P = prefix.shape
@@ -103,6 +110,8 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
         offset = P - 2  # conditional position p == unconditional position p - offset
     orders = rules.order_of(prefix[:, 1]) if P >= 2 else None
     for position in range(P, length):
+        if should_stop is not None and should_stop():
+            raise DeadlineExceeded("sampling stopped: the time limit passed")
         if guided:
             conditional, unconditional = F.log_softmax(logits.float(), -1), F.log_softmax(free_logits.float(), -1)
             logits = unconditional + guidance * (conditional - unconditional)

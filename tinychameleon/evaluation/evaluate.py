@@ -30,19 +30,6 @@ SHAPE_REFERENCE = 5000  # real training shapes that span each digit's manifold f
 from .report import write_report
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", help="run directory to evaluate (default: the shipped checkpoint)")
-    parser.add_argument("--out", default="evaluation", help="folder for metrics.json, report.md and grids")
-    parser.add_argument("--samples", type=int, default=1000, help="samples per direction (default 1000)")
-    parser.add_argument("--offset", type=int, default=0,
-                        help="use test examples from this index on for the sampled metrics (e.g. tune on 5000+, "
-                             "report on 0+)")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    parser.add_argument("--cache-dir", help="data and judge cache directory")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-
-
 def stage(name: str, started: float) -> None:
     print(f"[{time.time() - started:6.1f}s] {name}", flush=True)
 
@@ -160,17 +147,16 @@ def compositional(pipeline, judge, test, holdout_pairs: int, samples: int, seed:
     return results
 
 
-def run_evaluation(args) -> dict:
-    from ..cli import sampling_overrides
-
-    torch.manual_seed(args.seed)
-    pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
-    samples, nll_examples = (64, 500) if args.quick else (args.samples, 0)
-    out = Path(args.out)
-    metrics = evaluate(pipeline, samples, nll_examples, args.seed, args.cache_dir,
-                       sampling_overrides(args), out, args.offset)
+def run_evaluation(checkpoint: str | None = None, out: str | Path = "evaluation", samples: int = 1000,
+                   offset: int = 0, quick: bool = False, seed: int = 0, cache_dir=None, device: str = "cpu",
+                   sampling: dict | None = None) -> dict:
+    """Load a run directory, evaluate it, write metrics.json / report.md / grids into `out`."""
+    torch.manual_seed(seed)
+    pipeline = Pipeline.from_pretrained(checkpoint, device=device)
+    samples, nll_examples = (64, 500) if quick else (samples, 0)
+    out = Path(out)
+    metrics = evaluate(pipeline, samples, nll_examples, seed, cache_dir, sampling, out, offset)
     print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional",
-                                                   "unconditional_ancestral")},
-                     indent=1))
+                                                   "unconditional_ancestral")}, indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return metrics

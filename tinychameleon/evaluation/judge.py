@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.colored import COLOR_ID, ColoredMNIST, colorize, digit_pixels
-from ..training.checkpoint import load_weights, save_weights
+from ..checkpoint import load_weights, save_weights
 
 JUDGE_VERSION = 2
 

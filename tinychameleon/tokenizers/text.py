@@ -10,6 +10,18 @@ from ..errors import PromptError
 from .vocab import WORDS
 
 TEMPLATE = "<adjective> <color> <digit> on <adjective> <color>"
+EXAMPLE = "dark green eight on bright cyan"
+MAX_PROMPT_CHARACTERS = 200  # longer input is refused before any processing, and never echoed back in full
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """repr() of user text, cut to a short prefix for error messages."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def normalize_prompt(prompt: str) -> str:
+    """The one normal form of a caption: lower case, single spaces."""
+    return " ".join(prompt.lower().split())
 # Which words may stand in each of the six slots.
 SLOTS: list[tuple[str, list[str]]] = [
     ("adjective", ADJECTIVES), ("color", HUES), ("digit", DIGIT_WORDS),
@@ -31,24 +43,27 @@ class WordTokenizer:
     def normalize(self, prompt: str) -> list[str]:
         if not isinstance(prompt, str):
             raise PromptError(f"a prompt must be text, got {type(prompt).__name__}")
-        return prompt.lower().split()
+        if len(prompt) > MAX_PROMPT_CHARACTERS:
+            raise PromptError(f"a prompt of {len(prompt)} characters is too long: at most {MAX_PROMPT_CHARACTERS} "
+                              f"({TEMPLATE}, e.g. '{EXAMPLE}')")
+        return normalize_prompt(prompt).split()
 
     def check(self, prompt: str) -> list[str]:
         """Validate a prompt against the template; return its words. Raises PromptError."""
         words = self.normalize(prompt)
         unknown = [word for word in words if word not in self.word_to_id]
         if unknown:
-            hints = "; ".join(f"{word!r}: did you mean {', '.join(self.closest(word)) or 'nothing close'}?"
-                              for word in unknown)
-            raise PromptError(f"unknown word{'s' if len(unknown) > 1 else ''} in {prompt!r} ({hints}). "
-                              f"Expected: {TEMPLATE}, e.g. 'dark green eight on bright cyan'")
+            hints = "; ".join(f"{quoted(word, 30)}: did you mean {', '.join(self.closest(word)) or 'nothing close'}?"
+                              for word in unknown[:3])
+            raise PromptError(f"unknown word{'s' if len(unknown) > 1 else ''} in {quoted(prompt)} ({hints}). "
+                              f"Expected: {TEMPLATE}, e.g. '{EXAMPLE}'")
         if len(words) != len(SLOTS):
-            raise PromptError(f"{prompt!r} has {len(words)} words, expected 6: {TEMPLATE}, "
-                              f"e.g. 'dark green eight on bright cyan'")
+            raise PromptError(f"{quoted(prompt)} has {len(words)} words, expected 6: {TEMPLATE}, "
+                              f"e.g. '{EXAMPLE}'")
         for position, (word, (slot, allowed)) in enumerate(zip(words, SLOTS)):
             if word not in allowed:
                 options = ", ".join(difflib.get_close_matches(word, allowed, n=3, cutoff=0) or allowed[:3])
-                raise PromptError(f"word {position + 1} of {prompt!r} is {word!r} but should be a {slot} "
+                raise PromptError(f"word {position + 1} of {quoted(prompt)} is {word!r} but should be a {slot} "
                                   f"(closest: {options}). Expected: {TEMPLATE}")
         for adjective, hue in ((words[0], words[1]), (words[4], words[5])):
             if (adjective, hue) not in PALETTE:

@@ -19,8 +19,9 @@ from ..config import RunConfig
 from ..model import Transformer
 from ..sequences import build_sequences, target_kinds
 from ..tokenizers.vocab import Vocab
-from .checkpoint import MODEL_FILE, build_transformer, load_transformer, resume_from, save_epoch
-from .device import Distributed, autocast
+from ..checkpoint import MODEL_FILE, build_transformer, load_transformer
+from .state import resume_from, save_epoch
+from ..device import Distributed, autocast
 from .logs import plot_curve
 from .schedule import warmup_cosine
 

@@ -19,8 +19,8 @@ from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
 from ..tokenizers.vqvae import VQVAE
-from .checkpoint import VQVAE_FILE, load_config, load_vqvae, module_hash, save_config
-from .device import init_distributed
+from ..checkpoint import VQVAE_FILE, load_config, load_vqvae, module_hash, save_config
+from ..device import init_distributed
 from .lm_trainer import train_transformer
 from .vqvae_trainer import STATE_FILE as VQ_STATE_FILE
 from .vqvae_trainer import reconstruction_metrics, train_vqvae

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..tokenizers.vqvae import VQVAE
-from .checkpoint import VQVAE_FILE, resume_from, save_epoch
+from ..checkpoint import VQVAE_FILE
+from .state import resume_from, save_epoch
 from .schedule import warmup_cosine
 
 STATE_FILE = "vqvae_state.pt"

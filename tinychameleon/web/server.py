@@ -1,8 +1,11 @@
 """`tinychameleon serve`: the JSON API and the single page, on FastAPI + uvicorn.
 
 The model is loaded once. Every request goes through the bounded InferenceWorker queue;
-bad input is answered with a 4xx and a reason, a full queue with 503, a slow request with
-504. Nothing a request sends is ever used as a file system path.
+bad input is answered with a 4xx and a short reason that never echoes more than a prefix of
+what was sent, a full queue with 503, a request past its time limit with 504 (and its work is
+stopped). Bodies over a size limit get 413; a request whose cost (images x candidates x guidance
+streams) is over the budget gets 422 before any work. Images are decoded off the event loop.
+Nothing a request sends is ever used as a file system path.
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES, PALETTE
-from ..errors import ImageInputError, ImageTooLargeError, PromptError
+from ..config import short
+from ..errors import ConfigError, DeadlineExceeded, ImageInputError, ImageTooLargeError, PromptError
+from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
 from .worker import InferenceWorker, Job, QueueFull
 
 STATIC = Path(__file__).parent / "static"
+MAX_SEED = 2**31 - 1
 
 
 @dataclass
@@ -33,25 +40,90 @@ class ServerSettings:
     queue_size: int = 32
     timeout_s: float = 10.0
     max_upload_bytes: int = 2 * 1024 * 1024
+    max_cost: int = 512           # decoded rows one request may cost: images x candidates x guidance streams
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_upload_bytes + 64 * 1024  # an upload plus its multipart envelope
 
 
 class Sampling(BaseModel):
+    # Strict numbers: `true` is not 1, `"3"` is not 3, and NaN / Infinity are refused.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 = greedy; default: the checkpoint's")
-    top_k: int | None = Field(None, ge=0, le=2048, description="0 = no top-k filtering; default: the checkpoint's")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="fix the random stream")
+    top_k: StrictInt | None = Field(None, ge=0, le=2048, description="0 = no top-k filtering; default: the checkpoint's")
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED, description="fix the random stream")
 
 
 class GenerateRequest(Sampling):
-    prompt: str = Field(..., max_length=200, examples=["dark green eight on bright cyan"])
-    n: int = Field(4, ge=1, description="number of images")
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARACTERS, examples=["dark green eight on bright cyan"])
+    n: StrictInt = Field(4, ge=1, description="number of images")
     guidance: float | None = Field(None, ge=0.0, le=10.0,
                                    description="classifier-free guidance scale (1 = off); default: the checkpoint's")
-    candidates: int | None = Field(None, ge=1, le=16, description="images drawn per image shown; the model keeps "
-                                   "the one it captions best; default: the checkpoint's")
+    candidates: StrictInt | None = Field(None, ge=1, le=16, description="images drawn per image shown; the model "
+                                         "keeps the one it captions best; default: the checkpoint's")
 
 
 class SampleRequest(Sampling):
-    n: int = Field(6, ge=1, description="number of image + caption pairs")
+    n: StrictInt = Field(6, ge=1, description="number of image + caption pairs")
+
+
+def validation_message(error: RequestValidationError) -> str:
+    """Pydantic's errors as one short line per field, without echoing the input back."""
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+        parts.append(f"{short(where, 40)}: {short(str(item.get('msg', 'invalid')), 120)}")
+    return "; ".join(parts)
+
+
+def safe_text(text: str, limit: int = 300) -> str:
+    """A message that is valid UTF-8 (lone surrogates escaped) and short."""
+    return short(str(text), limit).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over `limit` bytes get 413 before they are read into memory."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self.refuse(send)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self.refuse(send)
+
+    async def refuse(self, send):
+        response = JSONResponse({"detail": f"the request body is larger than {self.limit} bytes"}, status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 def data_url(levels, scale: int = 1) -> str:
@@ -72,18 +144,33 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
                   description="One transformer for text and images of colored MNIST digits.")
     app.state.worker = worker
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     async def run(job: Job):
         try:
             return await worker.submit(job, settings.timeout_s)
         except QueueFull:
             raise HTTPException(503, "the server is busy: too many requests are waiting; retry shortly") from None
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"the request took longer than {settings.timeout_s:g}s and was cancelled") from None
+        except (asyncio.TimeoutError, DeadlineExceeded):
+            raise HTTPException(504, f"the request took longer than {settings.timeout_s:g}s; its work was "
+                                     "stopped") from None
+        except ConfigError as error:
+            raise HTTPException(422, str(error)) from None
 
-    def check_count(n: int) -> None:
+    def check_cost(n: int, sampling: dict, candidates_used: bool = True) -> None:
+        """Refuse up front what would cost more than the budget: images x candidates x guidance streams."""
         if n > settings.max_samples:
             raise HTTPException(422, f"n={n} is more than the {settings.max_samples} samples one request may ask for")
+        try:
+            chosen = pipeline.resolve_settings(sampling)
+        except ConfigError as error:
+            raise HTTPException(422, str(error)) from None
+        candidates = chosen.image_candidates if candidates_used else 1
+        cost = n * candidates * (2 if chosen.guidance != 1.0 else 1)
+        if cost > settings.max_cost:
+            raise HTTPException(422, f"this request would decode {cost} rows (n {n} x candidates {candidates} x "
+                                     f"{2 if chosen.guidance != 1.0 else 1} guidance streams); the limit is "
+                                     f"{settings.max_cost}")
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -99,38 +186,38 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         """The words and palette colors, for building prompts."""
         return {"adjectives": ADJECTIVES, "hues": HUES, "digits": DIGIT_WORDS,
                 "colors": [{"name": f"{a} {h}", "rgb": [v * 85 for v in rgb]} for (a, h), rgb in PALETTE.items()],
-                "template": "<adjective> <color> <digit> on <adjective> <color>"}
+                "template": TEMPLATE}
 
     @app.post("/api/generate")
     async def generate(request: GenerateRequest):
         """Text -> image: `n` images for one caption."""
-        check_count(request.n)
+        sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
+                    "image_candidates": request.candidates}
+        check_cost(request.n, sampling)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 pipeline.encode_prompts([request.prompt])
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
-        prompt = " ".join(request.prompt.lower().split())
-        sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
-                    "image_candidates": request.candidates}
+        prompt = normalize_prompt(request.prompt)
         images = await run(Job("generate", sampling, [prompt] * request.n, request.seed))
         return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
                 "images": [data_url(image) for image in images]}
 
     @app.post("/api/caption")
     async def caption(request: Request, file: UploadFile = File(..., description="an image of any size"),
-                      temperature: float | None = None, seed: int | None = None):
+                      temperature: float | None = Query(None, ge=0.0, le=5.0, allow_inf_nan=False),
+                      seed: int | None = Query(None, ge=0, le=MAX_SEED)):
         """Image -> text: upload an image; returns its caption and the 2-bit 28x28 image the model saw."""
-        if temperature is not None and not 0.0 <= temperature <= 5.0:
-            raise HTTPException(422, "temperature must be between 0 and 5")
+        check_cost(1, {"temperature": temperature}, candidates_used=False)
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
         if not data:
             raise HTTPException(400, "the upload is empty")
         try:
-            levels = read_image(data)
+            levels = await asyncio.to_thread(read_image, data)  # decoding is CPU work: keep the loop free
         except ImageTooLargeError as error:
             raise HTTPException(413, str(error)) from None
         except ImageInputError as error:
@@ -141,24 +228,28 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
     @app.post("/api/sample")
     async def sample(request: SampleRequest):
         """Unconditional: `n` image + caption pairs."""
-        check_count(request.n)
         sampling = {"temperature": request.temperature, "top_k": request.top_k}
+        check_cost(request.n, sampling)
         pairs = await run(Job("sample", sampling, [None] * request.n, request.seed))
         return {"samples": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        return JSONResponse({"detail": safe_text(error.detail)}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        return JSONResponse({"detail": safe_text(validation_message(error))}, status_code=422)
 
     return app
 
 
-def serve(args) -> None:
+def serve(checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServerSettings | None = None) -> None:
     import uvicorn
 
     from ..pipeline import Pipeline
 
-    pipeline = Pipeline.from_pretrained(args.checkpoint)
-    settings = ServerSettings(max_samples=args.max_samples, queue_size=args.queue_size, timeout_s=args.timeout)
-    print(f"serving {pipeline.source} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(create_app(pipeline, settings), host=args.host, port=args.port, log_level="warning")
+    pipeline = Pipeline.from_pretrained(checkpoint)
+    print(f"serving {pipeline.source} on http://{host}:{port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="warning")

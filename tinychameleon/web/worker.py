@@ -3,13 +3,17 @@
 Requests become jobs on an asyncio queue of fixed size; a full queue is refused at once
 (the server answers 503). One worker task drains the queue, merges compatible jobs (same
 kind and sampling settings, no fixed seed) into one batched pipeline call, and runs it in a
-single inference thread. A job whose client stopped waiting (time limit) is skipped.
+single inference thread. Each job carries its deadline: a job whose client stopped waiting or
+whose deadline passed is dropped before it starts, and running work is stopped between decode
+steps once every job in its batch has expired (Pipeline.time_limit), so abandoned heavy
+requests free the CPU instead of running to the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +30,11 @@ class Job:
     payload: list                  # one item per output row: prompts, images, or None (sample)
     seed: int | None = None
     future: asyncio.Future = field(default=None, repr=False)
+    deadline: float = float("inf")  # time.monotonic() after which nobody waits for the result
+
+    @property
+    def abandoned(self) -> bool:
+        return self.future.done() or time.monotonic() >= self.deadline
 
     @property
     def batch_key(self):
@@ -41,7 +50,6 @@ class InferenceWorker:
         self.max_batch_rows = max_batch_rows
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.task: asyncio.Task | None = None
-        self.batches_run = 0
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -58,6 +66,7 @@ class InferenceWorker:
     async def submit(self, job: Job, timeout: float):
         """Queue a job and wait for its result; QueueFull or asyncio.TimeoutError otherwise."""
         job.future = asyncio.get_running_loop().create_future()
+        job.deadline = time.monotonic() + timeout
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -80,7 +89,11 @@ class InferenceWorker:
             self.queue.put_nowait(job)
         return batch
 
-    def _compute(self, kind: str, settings: dict, payload: list, seed: int | None):
+    def _compute(self, kind: str, settings: dict, payload: list, seed: int | None, deadline: float):
+        with self.pipeline.time_limit(max(0.0, deadline - time.monotonic())):
+            return self._call(kind, settings, payload, seed)
+
+    def _call(self, kind: str, settings: dict, payload: list, seed: int | None):
         if kind == "generate":
             return list(self.pipeline.generate_images(payload, n=1, seed=seed, **settings))
         if kind == "caption":
@@ -92,14 +105,16 @@ class InferenceWorker:
         loop = asyncio.get_running_loop()
         while True:
             first = await self.queue.get()
-            if first.future.done():  # cancelled while waiting: skip the work
+            if first.abandoned:  # timed out or cancelled while waiting: skip the work
                 continue
-            batch = [job for job in self._take_batch(first) if not job.future.done()]
+            batch = [job for job in self._take_batch(first) if not job.abandoned]
+            if not batch:
+                continue
             payload = [item for job in batch for item in job.payload]
+            deadline = max(job.deadline for job in batch)  # stop once the last waiting client gave up
             try:
                 results = await loop.run_in_executor(self.executor, self._compute, first.kind, first.settings,
-                                                     payload, first.seed)
-                self.batches_run += 1
+                                                     payload, first.seed, deadline)
             except Exception as error:  # hand the failure to every waiting request
                 for job in batch:
                     if not job.future.done():

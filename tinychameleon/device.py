@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """A device name -> torch.device; ConfigError for names torch does not know or hardware that is absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", str(name)):
+        raise ConfigError(f"unknown device {str(name)[:40]!r}; choose {DEVICE_NAMES}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
     return torch.device(name)
 
 

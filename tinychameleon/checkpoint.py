@@ -3,9 +3,10 @@
 A run directory holds everything needed to rebuild the models:
   config.json         RunConfig (both stages)
   vocab.json          the joint id layout
+  sampling.json       default sampler settings (optional)
   vqvae.safetensors   image tokenizer weights (stage 1)
   model.safetensors   transformer weights (stage 2)
-  *_state.pt          optimizer + progress, for --resume
+  *_state.pt          optimizer + progress, for --resume (training/state.py)
   metrics.json/.csv, training_curve.png
 """
 
@@ -19,15 +20,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import RunConfig
-from ..errors import CheckpointError
-from ..io_utils import atomic_path, write_json
-from ..model import Transformer
-from ..tokenizers.vocab import Vocab
-from ..tokenizers.vqvae import VQVAE
+from .config import RunConfig, SamplingConfig
+from .errors import CheckpointError, ConfigError
+from .io_utils import atomic_path, write_json
+from .model import Transformer
+from .tokenizers.vocab import Vocab
+from .tokenizers.vqvae import VQVAE
 
 CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.json"
 VQVAE_FILE, MODEL_FILE = "vqvae.safetensors", "model.safetensors"
+SAMPLING_FILE = "sampling.json"  # the run's default sampler settings (SamplingConfig fields)
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
@@ -51,15 +53,21 @@ def save_config(run_dir: Path, config: RunConfig) -> None:
 
 def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a checkpoint directory")
     if not run_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {run_dir} does not exist")
     path = run_dir / CONFIG_FILE
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir} is not a checkpoint: {CONFIG_FILE} is missing") from None
-    except (json.JSONDecodeError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path} is corrupt: {error}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
+    except (ConfigError, TypeError) as error:
+        raise CheckpointError(f"{path} is invalid: {error}") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def build_vqvae(config: RunConfig) -> VQVAE:
@@ -99,36 +107,13 @@ def module_hash(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_state(path: Path, state: dict) -> None:
-    with atomic_path(path) as temp:
-        torch.save(state, temp)
-
-
-def load_state(path: Path) -> dict | None:
-    if not path.exists():
-        return None
+def load_sampling(path: Path) -> SamplingConfig:
+    """A run's sampling.json, validated; CheckpointError names what is wrong."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated state file should say so, not crash deep in torch
-        raise CheckpointError(f"cannot resume: {path} is corrupt ({error}); delete it to start over") from None
-
-
-def resume_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list, list]:
-    """Restore model and optimizer from a state file; return (epochs done, step log, epoch log)."""
-    state = load_state(path)
-    if not state:
-        return 0, [], []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return state["epoch"], state["steps"], state["epochs"]
-
-
-def save_epoch(run_dir: Path, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               weights_file: str, state_file: str, step_log: list, epoch_log: list) -> None:
-    """End of an epoch: weights, resume state and history, each written atomically."""
-    from .logs import write_history
-
-    save_weights(model, run_dir / weights_file)
-    save_state(run_dir / state_file, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "epoch": epoch_log[-1]["epoch"], "steps": step_log, "epochs": epoch_log})
-    write_history(run_dir, stage, step_log, epoch_log)
+        return SamplingConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
+    except (ConfigError, TypeError) as error:
+        raise CheckpointError(f"{path} is invalid: {error}") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
