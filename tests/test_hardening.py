@@ -344,7 +344,7 @@ def test_expired_request_stops_its_work(tiny_pipeline):
     with TestClient(app) as client:
         assert client.post("/api/generate", json=heavy).status_code == 504
         started = time.perf_counter()
-        app.state.worker.executor.submit(lambda: None).result()  # waits until the inference thread is free
+        app.state.worker.lanes["heavy"].executor.submit(lambda: None).result()  # waits until the inference thread is free
         freed = time.perf_counter() - started
         assert client.get("/api/health").status_code == 200
     assert freed < 0.3 * unstopped, (freed, unstopped)

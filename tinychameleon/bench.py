@@ -25,7 +25,7 @@ from .checkpoint import build_transformer
 from .device import autocast, resolve_device
 from .training.lm_trainer import sequence_loss
 
-SLOW_UNCACHED_ROWS = 256  # on CPU, uncached decoding above this batch takes minutes: skipped unless --full
+SLOW_UNCACHED_ROWS = 256  # on CPU, uncached decoding above this batch takes minutes: skipped
 
 
 def synchronize(device: torch.device) -> None:

@@ -67,7 +67,7 @@ def read_image(source: str | Path | bytes) -> np.ndarray:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageTooLargeError(f"{name} claims more pixels than the {MAX_PIXELS} allowed "
                                      "(a decompression bomb?)") from None
-        except UnidentifiedImageError as error:
+        except UnidentifiedImageError:
             raise ImageInputError(f"{name} is not a readable image (accepted: "
                                   f"{', '.join(ACCEPTED_FORMATS)})") from None
         except (OSError, ValueError, SyntaxError) as error:

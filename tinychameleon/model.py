@@ -162,9 +162,6 @@ class Transformer(nn.Module):
         for block in self.blocks:
             block.attention.fused = fused
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, vocab). With a cache, ids are the next T tokens."""
         B, T = ids.shape

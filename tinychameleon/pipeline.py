@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .config import RunConfig, SamplingConfig
-from .errors import ConfigError, DeadlineExceeded, PromptError
+from .errors import ConfigError, DeadlineExceeded
 from .data.colored import caption_of, recolor
 from .reranking import best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, generate
@@ -74,17 +74,23 @@ class Pipeline:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     @contextmanager
-    def time_limit(self, seconds: float | None):
+    def time_limit(self, seconds: float | None, pause: Callable[[], None] | None = None):
         """Within this block, work on this thread stops with DeadlineExceeded once `seconds` have passed
-        (checked between decode steps and batches), so abandoned requests free the CPU."""
-        previous = getattr(self._limits, "deadline", None)
+        (checked between decode steps and batches), so abandoned requests free the CPU. `pause`, if given,
+        is called at each of those checks and may block: the server uses it to let light requests run
+        before a heavy one takes its next step."""
+        previous = getattr(self._limits, "deadline", None), getattr(self._limits, "pause", None)
         self._limits.deadline = None if seconds is None else time.monotonic() + seconds
+        self._limits.pause = pause
         try:
             yield
         finally:
-            self._limits.deadline = previous
+            self._limits.deadline, self._limits.pause = previous
 
     def _expired(self) -> bool:
+        pause = getattr(self._limits, "pause", None)
+        if pause is not None:
+            pause()
         deadline = getattr(self._limits, "deadline", None)
         return deadline is not None and time.monotonic() > deadline
 
@@ -140,16 +146,11 @@ class Pipeline:
     def _decode_words(self, words: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row) for row in words.cpu()]
 
-    def encode_prompts(self, prompts: list[str], strict_palette: bool = False) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Captions -> (B, 6) word ids; PromptError for one that does not fit the template."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        with warnings.catch_warnings():
-            if strict_palette:
-                warnings.simplefilter("error")
-            try:
-                return torch.tensor([self.tokenizer.encode(prompt) for prompt in prompts], dtype=torch.long)
-            except UserWarning as warning:
-                raise PromptError(str(warning)) from None
+        return torch.tensor([self.tokenizer.encode(prompt) for prompt in prompts], dtype=torch.long)
 
     def generate_images(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, **sampling) -> np.ndarray:
         """Text -> image: (len(prompts) * n, 28, 28, 3) uint8 levels, prompt-major order."""

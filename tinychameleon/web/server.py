@@ -157,7 +157,7 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         except ConfigError as error:
             raise HTTPException(422, str(error)) from None
 
-    def check_cost(n: int, sampling: dict, candidates_used: bool = True) -> None:
+    def check_cost(n: int, sampling: dict, candidates_used: bool = True) -> int:
         """Refuse up front what would cost more than the budget: images x candidates x guidance streams."""
         if n > settings.max_samples:
             raise HTTPException(422, f"n={n} is more than the {settings.max_samples} samples one request may ask for")
@@ -171,6 +171,7 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
             raise HTTPException(422, f"this request would decode {cost} rows (n {n} x candidates {candidates} x "
                                      f"{2 if chosen.guidance != 1.0 else 1} guidance streams); the limit is "
                                      f"{settings.max_cost}")
+        return cost
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -178,7 +179,7 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/api/health")
     async def health():
-        return {"status": "ok", "checkpoint": Path(pipeline.source).name, "queued": worker.queue.qsize(),
+        return {"status": "ok", "checkpoint": Path(pipeline.source).name, "queued": worker.queued,
                 "max_samples": settings.max_samples}
 
     @app.get("/api/vocabulary")
@@ -193,7 +194,7 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         """Text -> image: `n` images for one caption."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
                     "image_candidates": request.candidates}
-        check_cost(request.n, sampling)
+        cost = check_cost(request.n, sampling)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -201,7 +202,7 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
         prompt = normalize_prompt(request.prompt)
-        images = await run(Job("generate", sampling, [prompt] * request.n, request.seed))
+        images = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost))
         return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
                 "images": [data_url(image) for image in images]}
 
@@ -210,7 +211,7 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
                       temperature: float | None = Query(None, ge=0.0, le=5.0, allow_inf_nan=False),
                       seed: int | None = Query(None, ge=0, le=MAX_SEED)):
         """Image -> text: upload an image; returns its caption and the 2-bit 28x28 image the model saw."""
-        check_cost(1, {"temperature": temperature}, candidates_used=False)
+        cost = check_cost(1, {"temperature": temperature}, candidates_used=False)
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
@@ -222,15 +223,15 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
             raise HTTPException(413, str(error)) from None
         except ImageInputError as error:
             raise HTTPException(415, str(error)) from None
-        result = await run(Job("caption", {"temperature": temperature}, [levels], seed))
+        result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost))
         return {"caption": result[0], "seen": data_url(levels)}
 
     @app.post("/api/sample")
     async def sample(request: SampleRequest):
         """Unconditional: `n` image + caption pairs."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k}
-        check_cost(request.n, sampling)
-        pairs = await run(Job("sample", sampling, [None] * request.n, request.seed))
+        cost = check_cost(request.n, sampling)
+        pairs = await run(Job("sample", sampling, [None] * request.n, request.seed, cost))
         return {"samples": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
     @app.exception_handler(HTTPException)

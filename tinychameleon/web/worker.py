@@ -1,9 +1,11 @@
-"""A bounded inference queue with micro-batching, so the server stays responsive under load.
+"""Bounded inference queues with micro-batching, so the server stays responsive under load.
 
 Requests become jobs on an asyncio queue of fixed size; a full queue is refused at once
-(the server answers 503). One worker task drains the queue, merges compatible jobs (same
-kind and sampling settings, no fixed seed) into one batched pipeline call, and runs it in a
-single inference thread. Each job carries its deadline: a job whose client stopped waiting or
+(the server answers 503). There are two lanes, each a queue drained by one task into its own
+inference thread: light jobs (cost at most `light_cost` decoded rows) never wait behind heavy
+ones. Each lane merges compatible jobs (same kind and sampling settings, no fixed seed) into
+one batched pipeline call. While a light batch runs, the heavy lane pauses before its next
+decode step, so light requests get the whole CPU. Each job carries its deadline: a job whose client stopped waiting or
 whose deadline passed is dropped before it starts, and running work is stopped between decode
 steps once every job in its batch has expired (Pipeline.time_limit), so abandoned heavy
 requests free the CPU instead of running to the end.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +32,7 @@ class Job:
     settings: dict                 # sampling overrides; jobs with equal settings can share a batch
     payload: list                  # one item per output row: prompts, images, or None (sample)
     seed: int | None = None
+    cost: int = 1                  # decoded rows (images x candidates x guidance streams): picks the lane
     future: asyncio.Future = field(default=None, repr=False)
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for the result
 
@@ -43,55 +47,82 @@ class Job:
         return (self.kind, tuple(sorted(self.settings.items())))
 
 
-class InferenceWorker:
-    def __init__(self, pipeline, queue_size: int = 32, max_batch_rows: int = 256) -> None:
-        self.pipeline = pipeline
+class Lane:
+    """One queue and the single thread that runs its jobs."""
+
+    def __init__(self, name: str, queue_size: int) -> None:
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
-        self.max_batch_rows = max_batch_rows
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"inference-{name}")
         self.task: asyncio.Task | None = None
 
+
+class InferenceWorker:
+    def __init__(self, pipeline, queue_size: int = 32, max_batch_rows: int = 256, light_cost: int = 16) -> None:
+        self.pipeline = pipeline
+        self.max_batch_rows, self.light_cost = max_batch_rows, light_cost
+        self.lanes = {"light": Lane("light", queue_size), "heavy": Lane("heavy", queue_size)}
+        self.light_idle = threading.Event()
+        self.light_idle.set()
+
+    @property
+    def queued(self) -> int:
+        return sum(lane.queue.qsize() for lane in self.lanes.values())
+
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        for lane in self.lanes.values():
+            lane.task = asyncio.get_running_loop().create_task(self._run(lane))
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for lane in self.lanes.values():
+            if lane.task:
+                lane.task.cancel()
+                try:
+                    await lane.task
+                except asyncio.CancelledError:
+                    pass
+            lane.executor.shutdown(wait=False, cancel_futures=True)
+
+    def lane_of(self, job: Job) -> Lane:
+        return self.lanes["light" if job.cost <= self.light_cost else "heavy"]
 
     async def submit(self, job: Job, timeout: float):
         """Queue a job and wait for its result; QueueFull or asyncio.TimeoutError otherwise."""
         job.future = asyncio.get_running_loop().create_future()
         job.deadline = time.monotonic() + timeout
         try:
-            self.queue.put_nowait(job)
+            self.lane_of(job).queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFull from None
         return await asyncio.wait_for(job.future, timeout)  # on timeout the future is cancelled
 
-    def _take_batch(self, first: Job) -> list[Job]:
+    def _take_batch(self, queue: asyncio.Queue, first: Job) -> list[Job]:
         batch, rows = [first], len(first.payload)
         if first.batch_key is None:
             return batch
         kept = []
-        while not self.queue.empty():
-            job = self.queue.get_nowait()
+        while not queue.empty():
+            job = queue.get_nowait()
             if job.batch_key == first.batch_key and rows + len(job.payload) <= self.max_batch_rows:
                 batch.append(job)
                 rows += len(job.payload)
             else:
                 kept.append(job)
         for job in kept:  # put the rest back in their original order
-            self.queue.put_nowait(job)
+            queue.put_nowait(job)
         return batch
 
-    def _compute(self, kind: str, settings: dict, payload: list, seed: int | None, deadline: float):
-        with self.pipeline.time_limit(max(0.0, deadline - time.monotonic())):
-            return self._call(kind, settings, payload, seed)
+    def _compute(self, lane: Lane, kind: str, settings: dict, payload: list, seed: int | None, deadline: float):
+        light = lane is self.lanes["light"]
+        if light:
+            self.light_idle.clear()
+        try:
+            # A heavy batch waits (up to a second at a time) while a light one runs; its deadline still holds.
+            pause = None if light else (lambda: self.light_idle.wait(1.0))
+            with self.pipeline.time_limit(max(0.0, deadline - time.monotonic()), pause=pause):
+                return self._call(kind, settings, payload, seed)
+        finally:
+            if light:
+                self.light_idle.set()
 
     def _call(self, kind: str, settings: dict, payload: list, seed: int | None):
         if kind == "generate":
@@ -101,19 +132,19 @@ class InferenceWorker:
         images, captions = self.pipeline.sample(len(payload), seed=seed, **settings)
         return list(zip(images, captions))
 
-    async def _run(self) -> None:
+    async def _run(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self.queue.get()
+            first = await lane.queue.get()
             if first.abandoned:  # timed out or cancelled while waiting: skip the work
                 continue
-            batch = [job for job in self._take_batch(first) if not job.abandoned]
+            batch = [job for job in self._take_batch(lane.queue, first) if not job.abandoned]
             if not batch:
                 continue
             payload = [item for job in batch for item in job.payload]
             deadline = max(job.deadline for job in batch)  # stop once the last waiting client gave up
             try:
-                results = await loop.run_in_executor(self.executor, self._compute, first.kind, first.settings,
+                results = await loop.run_in_executor(lane.executor, self._compute, lane, first.kind, first.settings,
                                                      payload, first.seed, deadline)
             except Exception as error:  # hand the failure to every waiting request
                 for job in batch:
