@@ -82,9 +82,13 @@ def test_sampling_settings_are_validated(settings, fragment):
     (b"[1, 2]", "JSON object"),
 ])
 def test_bad_config_json_is_one_clear_error(tiny_run, tmp_path, capsys, config_text, fragment):
+    assert_damaged_file_is_reported(tiny_run, tmp_path, capsys, "config.json", config_text, fragment)
+
+
+def assert_damaged_file_is_reported(tiny_run, tmp_path, capsys, name: str, content: bytes, fragment: str):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
-    (run_dir / "config.json").write_bytes(config_text)
+    (run_dir / name).write_bytes(content)
     code, _, err = run(["generate", PROMPT, "--out", tmp_path / "out", "--checkpoint", run_dir], capsys)
     assert code == 2 and fragment in err and "Traceback" not in err
 
@@ -94,11 +98,7 @@ def test_bad_config_json_is_one_clear_error(tiny_run, tmp_path, capsys, config_t
     ('{"bogus": 1}', "unknown sampling setting"), ('{"temperature": 1e-300}', "at least 0.01"),
 ])
 def test_bad_sampling_json_is_one_clear_error(tiny_run, tmp_path, capsys, sampling_text, fragment):
-    run_dir = tmp_path / "run"
-    shutil.copytree(tiny_run, run_dir)
-    (run_dir / "sampling.json").write_text(sampling_text)
-    code, _, err = run(["generate", PROMPT, "--out", tmp_path / "out", "--checkpoint", run_dir], capsys)
-    assert code == 2 and fragment in err and "Traceback" not in err
+    assert_damaged_file_is_reported(tiny_run, tmp_path, capsys, "sampling.json", sampling_text.encode(), fragment)
 
 
 class Exploit:

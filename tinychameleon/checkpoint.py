@@ -57,11 +57,15 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{run_dir} is a file, not a checkpoint directory")
     if not run_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {run_dir} does not exist")
-    path = run_dir / CONFIG_FILE
+    if not (run_dir / CONFIG_FILE).exists():
+        raise CheckpointError(f"{run_dir} is not a checkpoint: {CONFIG_FILE} is missing")
+    return read_json_config(run_dir / CONFIG_FILE, RunConfig.from_dict)
+
+
+def read_json_config(path: Path, build):
+    """Parse a JSON settings file with `build` (a validating from_dict); one CheckpointError for any fault."""
     try:
-        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_dir} is not a checkpoint: {CONFIG_FILE} is missing") from None
+        return build(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     except (ConfigError, TypeError) as error:
@@ -109,11 +113,4 @@ def module_hash(module: torch.nn.Module) -> str:
 
 def load_sampling(path: Path) -> SamplingConfig:
     """A run's sampling.json, validated; CheckpointError names what is wrong."""
-    try:
-        return SamplingConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
-    except (ConfigError, TypeError) as error:
-        raise CheckpointError(f"{path} is invalid: {error}") from None
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    return read_json_config(path, SamplingConfig.from_dict)

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from .config import RunConfig, SamplingConfig
-from .errors import ConfigError, DeadlineExceeded
-from .data.colored import caption_of, recolor
+from .errors import ConfigError, DeadlineExceeded, PromptError
+from .regions import erase_outside, keep_mask, kept_tokens
+from .data.colored import COLOR_ID, COLOR_RGB, caption_of, parse_caption, recolor
 from .reranking import best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, generate
 from .sequences import image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
-from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
+from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, WORDS, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_vqvae
 from .device import resolve_device
 
@@ -99,21 +100,30 @@ class Pipeline:
             raise DeadlineExceeded("stopped: the time limit passed")
 
     def _generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator,
-                  length: int = SEQUENCE_LENGTH) -> torch.Tensor:
+                  length: int = SEQUENCE_LENGTH, forced: torch.Tensor | None = None) -> torch.Tensor:
+        """Complete prefixes in chunks of settings.batch_size; `forced` (B, length) keeps tokens (-1: draw)."""
         outputs = []
         for start in range(0, len(prefix), settings.batch_size):
             self._check_time()
-            chunk = prefix[start:start + settings.batch_size].to(self.device)
-            outputs.append(generate(self.model, chunk, self.rules, settings.temperature, settings.top_k or None,
-                                    settings.guidance, generator, length=length, should_stop=self._expired))
+            rows = slice(start, start + settings.batch_size)
+            outputs.append(generate(self.model, prefix[rows].to(self.device), self.rules, settings.temperature,
+                                    settings.top_k or None, settings.guidance, generator, length=length,
+                                    should_stop=self._expired,
+                                    forced=None if forced is None else forced[rows].to(self.device)))
         return torch.cat(outputs)
 
-    def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator) -> torch.Tensor:
-        """(B, 6) word ids -> (B, 49) codes; the best of `image_candidates` draws per row."""
+    def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator,
+                    kept: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 6) word ids -> (B, 49) codes; the best of `image_candidates` draws per row.
+        kept (B, 49): image tokens to keep (-1 where the model draws)."""
         candidates = max(1, settings.image_candidates)
         repeated = words.repeat_interleave(candidates, dim=0)
+        forced = None
+        if kept is not None:
+            forced = torch.full((len(repeated), SEQUENCE_LENGTH), -1, dtype=torch.long)
+            forced[:, SEQUENCE_LENGTH - IMAGE_LENGTH:] = kept.cpu().repeat_interleave(candidates, dim=0)
         _, codes = split_sequences(self.vocab, self._generate(text_prefix(self.vocab, repeated), settings,
-                                                              generator))
+                                                              generator, forced=forced))
         if candidates > 1:
             self._check_time()
             codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
@@ -154,11 +164,112 @@ class Pipeline:
 
     def generate_images(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, **sampling) -> np.ndarray:
         """Text -> image: (len(prompts) * n, 28, 28, 3) uint8 levels, prompt-major order."""
+        return self.draw(prompts, n, seed, **sampling)[0]
+
+    def draw(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, **sampling
+             ) -> tuple[np.ndarray, list[str]]:
+        """Text -> image with the captions drawn for: a prompt may leave words blank ("dark green * on * *");
+        the model fills each sample's blanks first (within the grammar and palette), then draws its image."""
         settings = self.resolve_settings(sampling)
-        words = self.encode_prompts(prompts).repeat_interleave(n, dim=0)
-        if len(words) == 0:
-            return np.zeros((0, 28, 28, 3), dtype=np.uint8)
-        return self.vqvae.decode(self._draw_codes(words, settings, self._generator(seed))).cpu().numpy()
+        generator = self._generator(seed)
+        partial = self.encode_partial(prompts).repeat_interleave(n, dim=0)
+        if len(partial) == 0:
+            return np.zeros((0, 28, 28, 3), dtype=np.uint8), []
+        words = self.fill_blanks(partial, settings, generator)
+        images = self.vqvae.decode(self._draw_codes(words, settings, generator)).cpu().numpy()
+        return images, self._decode_words(words)
+
+    def encode_partial(self, prompts: list[str] | str) -> torch.Tensor:
+        """Captions that may hold "*" blanks -> (B, 6) word ids, -1 at each blank."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return torch.tensor([self.tokenizer.encode_partial(prompt) for prompt in prompts], dtype=torch.long
+                            ).view(-1, TEXT_LENGTH)
+
+    def fill_blanks(self, partial: torch.Tensor, settings: SamplingConfig, generator,
+                    codes: torch.Tensor | None = None, tries: int = 8) -> torch.Tensor:
+        """(B, 6) word ids with -1 blanks -> (B, 6) complete word ids.
+
+        Without `codes` the caption is drawn text-first at the sampling temperature (a prompt); with
+        codes (B, 49) it is read image-first at the caption temperature, so the words fit that image.
+        The grammar decides word classes left to right, so a blank adjective before a given hue may
+        name a color the palette lacks ("bright black"): such rows are drawn again.
+        """
+        blank = partial < 0
+        if not blank.any():
+            return partial
+        words = partial.clone()
+        offset = SEQUENCE_LENGTH - TEXT_LENGTH if codes is not None else 2
+        for attempt in range(tries):
+            rows = blank.any(1) if attempt == 0 else blank.any(1) & ~self._valid_colors(words)
+            if not rows.any():
+                break
+            forced = torch.full((int(rows.sum()), SEQUENCE_LENGTH), -1, dtype=torch.long)
+            forced[:, offset:offset + TEXT_LENGTH] = torch.where(partial[rows] >= 0, partial[rows] + self.vocab.word_offset,
+                                                                 torch.tensor(-1))
+            if codes is None:
+                prefix = torch.full((len(forced), 2), self.vocab.bos, dtype=torch.long)
+                prefix[:, 1] = self.vocab.end_of_image                   # text first
+                drawn = self._generate(prefix, replace(settings, guidance=1.0), generator, length=offset + TEXT_LENGTH,
+                                       forced=forced[:, :offset + TEXT_LENGTH])
+            else:
+                read = replace(settings, guidance=1.0, temperature=settings.caption_temperature)
+                drawn = self._generate(image_prefix(self.vocab, codes[rows.to(codes.device)]), read, generator,
+                                       forced=forced)
+            words[rows] = drawn[:, offset:offset + TEXT_LENGTH].cpu() - self.vocab.word_offset
+        return words
+
+    def _valid_colors(self, words: torch.Tensor) -> torch.Tensor:
+        """(B, 6) word ids -> (B,) whether both colors are palette colors."""
+        return torch.tensor([parse_caption(self.tokenizer.decode(row)) is not None for row in words])
+
+    def complete(self, images: np.ndarray, keep: str | np.ndarray = "top", prompts: list[str] | str | None = None,
+                 n: int = 1, seed: int | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
+        """Fill the part of each image outside `keep` ('top' | 'bottom' | 'left' | 'right' or a (28, 28) mask).
+
+        The region is drawn text first for a caption (guided, best of `image_candidates`), with the
+        tokens of fully kept 4x4 patches held fixed, and every kept pixel is pasted back unchanged.
+        The caption is the prompt (one per image, or one for all; "*" blanks are read off the kept
+        part); without prompts it is read off the kept part first, and the completed image is
+        captioned afterwards. Nothing outside `keep` is ever looked at. Returns len(images) * n
+        images, image-major, and their captions.
+        """
+        settings = self.resolve_settings(sampling)
+        generator = self._generator(seed)
+        images = np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28, 3)
+        mask = keep_mask(keep)
+        given = erase_outside(images, mask)
+        codes = self.vqvae.encode(torch.from_numpy(given).to(self.device)).cpu()
+        kept = torch.where(torch.from_numpy(kept_tokens(mask)), codes, torch.tensor(-1)).repeat_interleave(n, dim=0)
+        if prompts is None:
+            partial = torch.full((len(images), TEXT_LENGTH), -1, dtype=torch.long)
+        else:
+            prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+            if len(prompts) != len(images):
+                raise PromptError(f"{len(prompts)} prompts for {len(images)} images: give one per image, or one")
+            partial = self.encode_partial(prompts)
+            self._check_kept_colors(images, mask, partial)
+        words = self.fill_blanks(partial.repeat_interleave(n, dim=0), settings, generator,
+                                 codes=codes.repeat_interleave(n, dim=0))
+        completed = self.vqvae.decode(self._draw_codes(words, settings, generator, kept=kept).to(self.device))
+        completed = completed.cpu().numpy()
+        completed[:, mask] = np.repeat(images, n, axis=0)[:, mask]                       # kept pixels, exactly
+        if prompts is None:  # caption what was drawn, as an image -> text request
+            completed_codes = self.vqvae.encode(torch.from_numpy(completed).to(self.device))
+            words = self._write_words(completed_codes, self._caption_settings(sampling), generator, completed)
+        return completed, self._decode_words(words)
+
+    def _check_kept_colors(self, images: np.ndarray, mask: np.ndarray, partial: torch.Tensor) -> None:
+        """A prompt's colors must be able to paint the kept pixels."""
+        for index, (image, row) in enumerate(zip(images, partial)):
+            named = {tuple(COLOR_RGB[COLOR_ID[" ".join(WORDS[int(w)] for w in row[slots])]])
+                     for slots in (slice(0, 2), slice(4, 6)) if (row[slots] >= 0).all()}
+            if len(named) < 2:
+                continue  # a blank color: the model chooses it to fit
+            present = {tuple(color) for color in image[mask].reshape(-1, 3)}
+            if not present <= named:
+                raise PromptError(f"the prompt's colors do not match the kept part of image {index}: it shows "
+                                  f"{len(present - named)} other color(s)")
 
     def _caption_settings(self, sampling: dict) -> SamplingConfig:
         settings = self.resolve_settings(sampling)

@@ -85,12 +85,14 @@ def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
 def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, temperature: float = 1.0,
              top_k: int | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
              use_cache: bool = True, length: int = SEQUENCE_LENGTH,
-             should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+             should_stop: Callable[[], bool] | None = None, forced: torch.Tensor | None = None) -> torch.Tensor:
     """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
     (length < 58 stops early, e.g. after the first modality).
 
     guidance > 1 applies classifier-free guidance to the second modality: the unconditional
     stream is the other ordering, `<bos> <marker>`, which starts with that same modality.
+    forced (B, length) holds a token id to keep at each position, or -1 where the model draws:
+    completion and infilling (kept image tokens, given caption words) fed through the same cache.
     should_stop is asked before every decode step; when it answers True the work is abandoned
     with DeadlineExceeded (a server request whose client has stopped waiting).
     """
@@ -118,6 +120,8 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
         step_orders = orders if orders is not None else torch.zeros(B, dtype=torch.long, device=device)
         allowed = rules.mask(step_orders, position, sequences[:, position - 1])
         token = pick(filter_logits(logits, allowed, temperature, top_k), temperature, generator)
+        if forced is not None:
+            token = torch.where(forced[:, position] >= 0, forced[:, position], token)
         sequences[:, position] = token
         if position == 1:
             orders = rules.order_of(token)

@@ -11,7 +11,8 @@ from .vocab import WORDS
 
 TEMPLATE = "<adjective> <color> <digit> on <adjective> <color>"
 EXAMPLE = "dark green eight on bright cyan"
-MAX_PROMPT_CHARACTERS = 200  # longer input is refused before any processing, and never echoed back in full
+MAX_PROMPT_CHARACTERS = 200
+BLANK = "*"  # a word for the model to fill: "dark green * on bright cyan"  # longer input is refused before any processing, and never echoed back in full
 
 
 def quoted(text: str, limit: int = 60) -> str:
@@ -48,10 +49,11 @@ class WordTokenizer:
                               f"({TEMPLATE}, e.g. '{EXAMPLE}')")
         return normalize_prompt(prompt).split()
 
-    def check(self, prompt: str) -> list[str]:
-        """Validate a prompt against the template; return its words. Raises PromptError."""
+    def check(self, prompt: str, blanks: bool = False) -> list[str]:
+        """Validate a prompt against the template; return its words. Raises PromptError.
+        With blanks=True a word may be BLANK ("*"), to be filled by the model."""
         words = self.normalize(prompt)
-        unknown = [word for word in words if word not in self.word_to_id]
+        unknown = [word for word in words if word not in self.word_to_id and not (blanks and word == BLANK)]
         if unknown:
             hints = "; ".join(f"{quoted(word, 30)}: did you mean {', '.join(self.closest(word)) or 'nothing close'}?"
                               for word in unknown[:3])
@@ -61,12 +63,12 @@ class WordTokenizer:
             raise PromptError(f"{quoted(prompt)} has {len(words)} words, expected 6: {TEMPLATE}, "
                               f"e.g. '{EXAMPLE}'")
         for position, (word, (slot, allowed)) in enumerate(zip(words, SLOTS)):
-            if word not in allowed:
+            if word not in allowed and word != BLANK:
                 options = ", ".join(difflib.get_close_matches(word, allowed, n=3, cutoff=0) or allowed[:3])
                 raise PromptError(f"word {position + 1} of {quoted(prompt)} is {word!r} but should be a {slot} "
                                   f"(closest: {options}). Expected: {TEMPLATE}")
         for adjective, hue in ((words[0], words[1]), (words[4], words[5])):
-            if (adjective, hue) not in PALETTE:
+            if BLANK not in (adjective, hue) and (adjective, hue) not in PALETTE:
                 same_hue = [name for name in COLOR_NAMES if name.endswith(" " + hue)]
                 warnings.warn(f"'{adjective} {hue}' is not a palette color; palette colors of hue {hue}: "
                               f"{', '.join(same_hue)}", PaletteWarning, stacklevel=3)
@@ -81,6 +83,10 @@ class WordTokenizer:
 
     def encode(self, prompt: str) -> list[int]:
         return [self.word_to_id[word] for word in self.check(prompt)]
+
+    def encode_partial(self, prompt: str) -> list[int]:
+        """Like encode, but each BLANK word becomes -1 (the model fills it)."""
+        return [-1 if word == BLANK else self.word_to_id[word] for word in self.check(prompt, blanks=True)]
 
     def decode(self, ids) -> str:
         return " ".join(self.words[int(index)] for index in ids)
