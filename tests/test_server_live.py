@@ -87,6 +87,19 @@ def test_browser_uses_all_three_panels(server):
         page.wait_for_function("document.getElementById('caption-result').textContent.split(' ').length === 6")
         assert page.get_attribute("#seen", "src").startswith("data:image/png")
 
+        # Complete: keep the top half of the drawing, let the model fill the rest for a caption with blanks.
+        page.select_option("#keep", "top")
+        page.fill("#complete-prompt", "* * seven on * *")
+        page.fill("#complete-n", "3")
+        page.click("#complete-button")
+        page.wait_for_function("document.querySelectorAll('#completions figure').length === 3")
+        for text in page.locator("#completions figcaption").all_inner_texts():
+            assert len(text.split()) == 6 and text.split()[2] == "seven" and "*" not in text
+        # A caption whose colors contradict the kept half gets the server's message, not images.
+        page.fill("#complete-prompt", "plain white seven on plain black")
+        page.click("#complete-button")
+        page.wait_for_function("document.getElementById('complete-message').textContent.includes('colors')")
+
         # Surprise me: unconditional pairs.
         page.click("#sample-button")
         page.wait_for_function("document.querySelectorAll('#samples figure').length === 8")

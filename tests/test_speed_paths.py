@@ -1,6 +1,5 @@
 """The fast paths: encoded-dataset cache, the benchmark harness, bf16 and torch.compile."""
 
-import argparse
 import json
 
 import pytest
@@ -30,9 +29,8 @@ def test_encoded_dataset_is_cached_by_tokenizer_hash(tiny_run, colored, tmp_path
 def test_bench_prints_side_by_side_table(tmp_path, capsys, tiny_run):
     from tinychameleon.bench import run_bench
 
-    args = argparse.Namespace(device="cpu", train_batches="4", batches="1,2", repeats=1, json=str(tmp_path / "b.json"),
-                              checkpoint=str(tiny_run))
-    results = run_bench(args)
+    results = run_bench(device="cpu", train_batches=[4], batches=[1, 2], repeats=1, json_path=str(tmp_path / "b.json"),
+                        checkpoint=str(tiny_run))
     out = capsys.readouterr().out
     assert "reference tok/s" in out and "KV cache img/s" in out
     saved = json.loads((tmp_path / "b.json").read_text())

@@ -160,10 +160,7 @@ def command_generate(args) -> int:
     from .tokenizers.text import normalize_prompt
 
     if args.prompts_file:
-        try:
-            prompts = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as error:
-            raise TinyChameleonError(f"cannot read prompts file {args.prompts_file}: {error}") from None
+        prompts = read_prompts_file(args.prompts_file)
         count = args.samples_per_prompt
     else:
         prompts, count = args.prompt, args.n
@@ -174,10 +171,10 @@ def command_generate(args) -> int:
     sampling = sampling_overrides(args)
     out = prepare_output(args.out)
     pipeline = load_pipeline(args)
-    pipeline.encode_prompts(prompts)  # every prompt is checked before any drawing
-    images = pipeline.generate_images(prompts, n=count, seed=args.seed, **sampling)
+    pipeline.encode_partial(prompts)  # every prompt is checked before any drawing ("*" blanks allowed)
+    images, captions = pipeline.draw(prompts, n=count, seed=args.seed, **sampling)
     rows = [{"prompt": normalize_prompt(prompts[index // count]), "file": f"{index // count:04d}_{index % count:03d}.png",
-             "sample": index % count} for index in range(len(images))]
+             "sample": index % count, "caption": captions[index]} for index in range(len(images))]
     write_outputs(out, images, rows)
     print(f"wrote {len(rows)} images and manifest.jsonl to {out}")
     return 0
@@ -228,6 +225,42 @@ def command_caption(args) -> int:
     if args.json:
         for path, error in skipped:
             print(json.dumps({"image": str(path), "caption": None, "error": error}))
+    return 0
+
+
+def read_prompts_file(path: str) -> list[str]:
+    try:
+        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise TinyChameleonError(f"cannot read prompts file {path}: {error}") from None
+
+
+def command_complete(args) -> int:
+    """Keep part of each image, let the model draw the rest (for a prompt, or reading one off the kept part)."""
+    import numpy as np
+
+    from .imaging import read_image
+    from .regions import KEEP_REGIONS, mask_from_levels
+
+    if not 1 <= args.n <= 1000:
+        raise TinyChameleonError("-n must be at least 1 (and at most 1000)")
+    sampling = sampling_overrides(args)
+    if args.keep not in KEEP_REGIONS and not Path(args.keep).is_file():
+        raise TinyChameleonError(f"--keep must be {', '.join(KEEP_REGIONS)} or a mask image file; got {args.keep[:60]!r}")
+    keep = args.keep if args.keep in KEEP_REGIONS else mask_from_levels(read_image(args.keep))
+    files = collect_images(args.images)
+    prompts = read_prompts_file(args.prompts_file) if args.prompts_file else args.prompt
+    if isinstance(prompts, list) and len(prompts) != len(files):
+        raise TinyChameleonError(f"{args.prompts_file} has {len(prompts)} prompts for {len(files)} images: "
+                                 "line i goes with the i-th image in sorted name order")
+    images = np.stack([read_image(path) for path in files])
+    out = prepare_output(args.out)
+    completed, captions = load_pipeline(args).complete(images, keep=keep, prompts=prompts, n=args.n,
+                                                       seed=args.seed, **sampling)
+    rows = [{"source": str(files[index // args.n]), "file": f"{index // args.n:04d}_{index % args.n:03d}.png",
+             "caption": caption} for index, caption in enumerate(captions)]
+    write_outputs(out, completed, rows)
+    print(f"wrote {len(rows)} completed images and manifest.jsonl to {out}")
     return 0
 
 
@@ -337,13 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=command_train)
 
     generate = commands.add_parser("generate", help="text -> image: draw images for captions")
-    generate.add_argument("prompt", nargs="*", help='captions like "dark green eight on bright cyan"')
+    generate.add_argument("prompt", nargs="*", help='captions like "dark green eight on bright cyan"; a "*" word is '
+                                                    'a blank the model fills (the manifest\'s "caption")')
     generate.add_argument("--prompts-file", help="a file with one caption per line")
     generate.add_argument("-n", type=number(int), default=1, help="images per prompt (default 1)")
     generate.add_argument("--samples-per-prompt", type=number(int), default=1, help="images per prompt with --prompts-file")
     generate.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     add_sampling_flags(generate)
     generate.set_defaults(handler=command_generate)
+
+    complete = commands.add_parser("complete", help="keep part of each image and let the model draw the rest")
+    complete.add_argument("images", nargs="+", help="image files or folders of images (sorted by name)")
+    complete.add_argument("--keep", required=True, help="top, bottom, left or right (rows / columns 0-13 or 14-27), "
+                                                         "or a 28x28 mask image whose white pixels are kept")
+    given = complete.add_mutually_exclusive_group()
+    given.add_argument("--prompt", help='the caption to draw for, "*" blanks allowed (default: read off the kept part)')
+    given.add_argument("--prompts-file", help="one caption per image, line i for the i-th image")
+    complete.add_argument("-n", type=number(int), default=1, help="completions per image (default 1)")
+    complete.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
+    add_sampling_flags(complete)
+    complete.set_defaults(handler=command_complete)
 
     caption = commands.add_parser("caption", help="image -> text: caption images (any size, RGB/RGBA/gray)")
     caption.add_argument("images", nargs="+", help="image files or folders of images")

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES, PALETTE
 from ..config import short
 from ..errors import ConfigError, DeadlineExceeded, ImageInputError, ImageTooLargeError, PromptError
+from ..regions import KEEP_REGIONS
 from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
 from .worker import InferenceWorker, Job, QueueFull
@@ -154,7 +155,7 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         except (asyncio.TimeoutError, DeadlineExceeded):
             raise HTTPException(504, f"the request took longer than {settings.timeout_s:g}s; its work was "
                                      "stopped") from None
-        except ConfigError as error:
+        except (ConfigError, PromptError) as error:  # e.g. a prompt whose colors contradict a kept half
             raise HTTPException(422, str(error)) from None
 
     def check_cost(n: int, sampling: dict, candidates_used: bool = True) -> int:
@@ -198,13 +199,13 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                pipeline.encode_prompts([request.prompt])
+                pipeline.encode_partial([request.prompt])  # "*" blanks are filled per image
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
         prompt = normalize_prompt(request.prompt)
-        images = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost))
+        pairs = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost))
         return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
-                "images": [data_url(image) for image in images]}
+                "images": [data_url(image) for image, _ in pairs], "captions": [text for _, text in pairs]}
 
     @app.post("/api/caption")
     async def caption(request: Request, file: UploadFile = File(..., description="an image of any size"),
@@ -212,19 +213,44 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
                       seed: int | None = Query(None, ge=0, le=MAX_SEED)):
         """Image -> text: upload an image; returns its caption and the 2-bit 28x28 image the model saw."""
         cost = check_cost(1, {"temperature": temperature}, candidates_used=False)
+        levels = await read_upload(file)
+        result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost))
+        return {"caption": result[0], "seen": data_url(levels)}
+
+    async def read_upload(file: UploadFile):
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
         if not data:
             raise HTTPException(400, "the upload is empty")
         try:
-            levels = await asyncio.to_thread(read_image, data)  # decoding is CPU work: keep the loop free
+            return await asyncio.to_thread(read_image, data)  # decoding is CPU work: keep the loop free
         except ImageTooLargeError as error:
             raise HTTPException(413, str(error)) from None
         except ImageInputError as error:
             raise HTTPException(415, str(error)) from None
-        result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost))
-        return {"caption": result[0], "seen": data_url(levels)}
+
+    @app.post("/api/complete")
+    async def complete(file: UploadFile = File(..., description="the image to complete"),
+                       keep: str = Form("top", description="the half kept: top, bottom, left or right"),
+                       prompt: str | None = Form(None, max_length=MAX_PROMPT_CHARACTERS,
+                                                 description='caption to draw for ("*" blanks allowed); '
+                                                             "default: read off the kept half"),
+                       n: int = Form(4, ge=1), seed: int | None = Form(None, ge=0, le=MAX_SEED)):
+        """Completion: keep one half of an uploaded image, draw the rest; returns the images and captions."""
+        if keep not in KEEP_REGIONS:
+            raise HTTPException(422, f"keep must be one of {', '.join(KEEP_REGIONS)}")
+        prompt = normalize_prompt(prompt) if prompt and prompt.strip() else None
+        cost = check_cost(n, {})
+        if prompt is not None:
+            try:
+                pipeline.encode_partial([prompt])
+            except PromptError as error:
+                raise HTTPException(422, str(error)) from None
+        levels = await read_upload(file)
+        pairs = await run(Job("complete", {}, [(levels, keep, prompt)] * n, seed, cost))
+        return {"keep": keep, "seen": data_url(levels),
+                "completions": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
     @app.post("/api/sample")
     async def sample(request: SampleRequest):

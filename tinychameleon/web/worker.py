@@ -28,7 +28,7 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    kind: str                      # "generate" | "caption" | "sample"
+    kind: str                      # "generate" | "caption" | "sample" | "complete"
     settings: dict                 # sampling overrides; jobs with equal settings can share a batch
     payload: list                  # one item per output row: prompts, images, or None (sample)
     seed: int | None = None
@@ -42,8 +42,8 @@ class Job:
 
     @property
     def batch_key(self):
-        if self.seed is not None:
-            return None  # a fixed seed must see exactly its own random stream
+        if self.seed is not None or self.kind == "complete":
+            return None  # a fixed seed must see exactly its own random stream; a completion has its own image
         return (self.kind, tuple(sorted(self.settings.items())))
 
 
@@ -125,8 +125,11 @@ class InferenceWorker:
                 self.light_idle.set()
 
     def _call(self, kind: str, settings: dict, payload: list, seed: int | None):
-        if kind == "generate":
-            return list(self.pipeline.generate_images(payload, n=1, seed=seed, **settings))
+        if kind == "generate":  # (image, the caption drawn for: prompts may hold blanks)
+            return list(zip(*self.pipeline.draw(payload, n=1, seed=seed, **settings)))
+        if kind == "complete":  # payload: n copies of (image, keep, prompt)
+            levels, keep, prompt = payload[0]
+            return list(zip(*self.pipeline.complete(levels[None], keep, prompt, n=len(payload), seed=seed, **settings)))
         if kind == "caption":
             return self.pipeline.caption(np.stack(payload), seed=seed, **settings)
         images, captions = self.pipeline.sample(len(payload), seed=seed, **settings)

@@ -43,7 +43,8 @@ async function generate(event) {
       body: JSON.stringify({ prompt: $("prompt").value, n: Number($("count").value),
                              temperature: Number($("temperature").value) }),
     });
-    $("generated").replaceChildren(...body.images.map((src) => figure(src, body.prompt)));
+    // Each image under the caption it was drawn for ("*" blanks in the prompt are filled per image).
+    $("generated").replaceChildren(...body.images.map((src, i) => figure(src, body.captions[i])));
     $("generate-message").textContent = body.warnings.join(" ");
   } catch (error) {
     $("generated").replaceChildren();
@@ -87,6 +88,24 @@ async function captionBlob(blob) {
   }
 }
 
+// Completion: the canvas (or an upload) with one half kept; the model draws the other half.
+async function completeBlob(blob) {
+  const form = new FormData();
+  form.append("file", blob, "image.png");
+  form.append("keep", $("keep").value);
+  form.append("n", $("complete-n").value);
+  if ($("complete-prompt").value.trim()) form.append("prompt", $("complete-prompt").value);
+  $("complete-message").textContent = "completing…";
+  try {
+    const body = await api("/api/complete", { method: "POST", body: form });
+    $("complete-message").textContent = "";
+    $("completions").replaceChildren(...body.completions.map((item) => figure(item.image, item.caption)));
+  } catch (error) {
+    $("completions").replaceChildren();
+    $("complete-message").textContent = error.message;
+  }
+}
+
 async function sample() {
   $("sample-message").textContent = "";
   try {
@@ -122,6 +141,11 @@ async function start() {
 
 $("generate-form").addEventListener("submit", generate);
 $("sample-button").addEventListener("click", sample);
+$("complete-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const upload = $("complete-upload").files[0];
+  if (upload) completeBlob(upload); else canvas.toBlob(completeBlob, "image/png");
+});
 $("clear-button").addEventListener("click", clearCanvas);
 $("paper").addEventListener("change", clearCanvas);
 $("caption-button").addEventListener("click", () => canvas.toBlob(captionBlob, "image/png"));
