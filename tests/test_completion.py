@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tinychameleon.cli import main
-from tinychameleon.data.colored import parse_caption
+from tinychameleon.data.colored import VALID_PAIRS, parse_caption
 from tinychameleon.errors import PromptError
 from tinychameleon.regions import RegionError, erase_outside, keep_mask, kept_tokens
 from tinychameleon.sampling import generate
@@ -83,7 +83,9 @@ def test_partial_prompts_fill_every_blank(tiny_pipeline):
     images, captions = tiny_pipeline.draw(prompts, n=8, seed=0)
     assert images.shape == (32, 28, 28, 3) and len(captions) == 32
     for index, caption in enumerate(captions):
-        assert parse_caption(caption) is not None, caption          # well formed, palette colors
+        parsed = parse_caption(caption)
+        assert parsed is not None, caption                           # well formed, palette colors
+        assert any((VALID_PAIRS == parsed[1:]).all(1)), caption      # a color pair the data has
         for given, filled in zip(prompts[index // 8].split(), caption.split()):
             assert given == "*" or given == filled
     with pytest.raises(PromptError, match="word 3"):

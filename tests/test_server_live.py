@@ -146,3 +146,39 @@ def test_load_200_requests_from_16_clients(server, tiny_pipeline):
     print(report)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "load-test.txt").write_text(report + "\n")
+
+
+def test_light_requests_stay_fast_beside_heavy_ones(server):
+    """Heavy requests (at the cost budget) run in their own lane: health checks and light requests
+    keep a bounded latency while they run, and nothing answers 5xx."""
+    heavy = {"prompt": "dark green eight on bright cyan", "n": 16, "candidates": 16}
+    light = {"prompt": "plain white one on plain black", "n": 1, "candidates": 1}
+    health, light_latency, statuses = [], [], []
+
+    async def main():
+        stop_at = time.perf_counter() + 6
+
+        async def heavy_client(http):
+            while time.perf_counter() < stop_at:
+                statuses.append((await http.post("/api/generate", json=heavy)).status_code)
+
+        async def light_client(http, index):
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                response = await (http.get("/api/health") if index % 2 else http.post("/api/generate", json=light))
+                (health if index % 2 else light_latency).append(time.perf_counter() - started)
+                statuses.append(response.status_code)
+                await asyncio.sleep(0.02)
+
+        async with httpx.AsyncClient(base_url=server, timeout=30) as http:
+            await asyncio.gather(*(heavy_client(http) for _ in range(4)), *(light_client(http, i) for i in range(8)))
+
+    asyncio.run(main())
+    assert statuses and max(statuses) < 500, sorted(set(statuses))
+    health_p99, light_p95 = np.percentile(health, 99), np.percentile(light_latency, 95)
+    report = (f"mix: 4 heavy + 8 light clients, 6 s; health p99 {health_p99 * 1000:.0f} ms, light p95 "
+              f"{light_p95 * 1000:.0f} ms; statuses {sorted(set(statuses))}")
+    print(report)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "load-mix.txt").write_text(report + "\n")
+    assert health_p99 < 1.0 and light_p95 < 3.0, report

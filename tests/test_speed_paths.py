@@ -45,7 +45,6 @@ def test_bench_prints_side_by_side_table(tmp_path, capsys, tiny_run):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is the CUDA path; no CUDA GPU here")
 def test_bf16_training_step_on_cuda():
-    from tinychameleon.tokenizers.vocab import Vocab
     from tinychameleon.device import autocast
     from tinychameleon.training.lm_trainer import sequence_loss
 
@@ -53,7 +52,7 @@ def test_bf16_training_step_on_cuda():
     model = build_transformer(make_config("tiny")).to(device)
     sequences = torch.randint(0, 30, (8, 58), device=device)
     with autocast(device):
-        loss = sequence_loss(model, sequences, Vocab(32))
+        loss = sequence_loss(model, sequences)
     loss.backward()
     assert torch.isfinite(loss)
 

@@ -74,7 +74,7 @@ def training_case(device, batch_size: int, reference: bool, repeats: int, data_s
                 else:
                     sequences.append([vocab.bos, vocab.end_of_text, *host_codes[row], vocab.end_of_image, *text])
             batch = torch.tensor(sequences, device=device)
-            loss = sequence_loss(model, batch, vocab)
+            loss = sequence_loss(model, batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -87,7 +87,7 @@ def training_case(device, batch_size: int, reference: bool, repeats: int, data_s
             orders = (torch.arange(batch_size, device=device) % 2)
             batch = build_sequences(vocab, words[rows], codes[rows], orders)
             with autocast(device):
-                loss = sequence_loss(model, batch, vocab)
+                loss = sequence_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -174,3 +174,13 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.head(self.norm(x))
+
+
+def next_token_log_probs(model, sequences: torch.Tensor) -> torch.Tensor:
+    """(B, T) sequences -> (B, T-1) log-probability of each next token under `model` (a Transformer, or
+    one wrapped by DDP / torch.compile). The training loss (its negative mean), the NLL report and the
+    self-reranking scores all come from this one function."""
+    logits = model(sequences[:, :-1]).float()                                          # (B, T-1, vocab)
+    targets = sequences[:, 1:]
+    return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                            reduction="none").view_as(targets)

@@ -22,16 +22,18 @@ import torch
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask, kept_tokens
-from .data.colored import COLOR_ID, COLOR_RGB, caption_of, parse_caption, recolor
+from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption, recolor
 from .reranking import best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, generate
-from .sequences import image_prefix, split_sequences, text_prefix
+from .sequences import (HEADER, IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
+                        TEXT_FIRST_WORDS, header, image_prefix, split_sequences, text_prefix)
 from .tokenizers.text import WordTokenizer
 from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, WORDS, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_vqvae
 from .device import resolve_device
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+VALID_PAIR_SET = {(int(foreground), int(background)) for foreground, background in VALID_PAIRS}
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
 
 
@@ -121,7 +123,7 @@ class Pipeline:
         forced = None
         if kept is not None:
             forced = torch.full((len(repeated), SEQUENCE_LENGTH), -1, dtype=torch.long)
-            forced[:, SEQUENCE_LENGTH - IMAGE_LENGTH:] = kept.cpu().repeat_interleave(candidates, dim=0)
+            forced[:, TEXT_FIRST_CODES] = kept.cpu().repeat_interleave(candidates, dim=0)
         _, codes = split_sequences(self.vocab, self._generate(text_prefix(self.vocab, repeated), settings,
                                                               generator, forced=forced))
         if candidates > 1:
@@ -193,13 +195,14 @@ class Pipeline:
         Without `codes` the caption is drawn text-first at the sampling temperature (a prompt); with
         codes (B, 49) it is read image-first at the caption temperature, so the words fit that image.
         The grammar decides word classes left to right, so a blank adjective before a given hue may
-        name a color the palette lacks ("bright black"): such rows are drawn again.
+        name a color the palette lacks ("bright black"), and two blank colors may be too alike to
+        be a pair of the data: such rows are drawn again.
         """
         blank = partial < 0
         if not blank.any():
             return partial
         words = partial.clone()
-        offset = SEQUENCE_LENGTH - TEXT_LENGTH if codes is not None else 2
+        offset = (IMAGE_FIRST_WORDS if codes is not None else TEXT_FIRST_WORDS).start
         for attempt in range(tries):
             rows = blank.any(1) if attempt == 0 else blank.any(1) & ~self._valid_colors(words)
             if not rows.any():
@@ -208,8 +211,7 @@ class Pipeline:
             forced[:, offset:offset + TEXT_LENGTH] = torch.where(partial[rows] >= 0, partial[rows] + self.vocab.word_offset,
                                                                  torch.tensor(-1))
             if codes is None:
-                prefix = torch.full((len(forced), 2), self.vocab.bos, dtype=torch.long)
-                prefix[:, 1] = self.vocab.end_of_image                   # text first
+                prefix = header(self.vocab, len(forced), TEXT_FIRST)
                 drawn = self._generate(prefix, replace(settings, guidance=1.0), generator, length=offset + TEXT_LENGTH,
                                        forced=forced[:, :offset + TEXT_LENGTH])
             else:
@@ -220,8 +222,10 @@ class Pipeline:
         return words
 
     def _valid_colors(self, words: torch.Tensor) -> torch.Tensor:
-        """(B, 6) word ids -> (B,) whether both colors are palette colors."""
-        return torch.tensor([parse_caption(self.tokenizer.decode(row)) is not None for row in words])
+        """(B, 6) word ids -> (B,) whether the two colors are palette colors that make a pair the data has
+        (far enough apart to tell apart: data.colored.VALID_PAIRS)."""
+        parsed = [parse_caption(self.tokenizer.decode(row)) for row in words]
+        return torch.tensor([p is not None and (p[1], p[2]) in VALID_PAIR_SET for p in parsed])
 
     def complete(self, images: np.ndarray, keep: str | np.ndarray = "top", prompts: list[str] | str | None = None,
                  n: int = 1, seed: int | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
@@ -230,8 +234,8 @@ class Pipeline:
         The region is drawn text first for a caption (guided, best of `image_candidates`), with the
         tokens of fully kept 4x4 patches held fixed, and every kept pixel is pasted back unchanged.
         The caption is the prompt (one per image, or one for all; "*" blanks are read off the kept
-        part); without prompts it is read off the kept part first, and the completed image is
-        captioned afterwards. Nothing outside `keep` is ever looked at. Returns len(images) * n
+        part); without prompts the whole caption is read off the kept part first. Either way the
+        caption returned is the one the region was drawn for. Nothing outside `keep` is ever looked at. Returns len(images) * n
         images, image-major, and their captions.
         """
         settings = self.resolve_settings(sampling)
@@ -254,9 +258,6 @@ class Pipeline:
         completed = self.vqvae.decode(self._draw_codes(words, settings, generator, kept=kept).to(self.device))
         completed = completed.cpu().numpy()
         completed[:, mask] = np.repeat(images, n, axis=0)[:, mask]                       # kept pixels, exactly
-        if prompts is None:  # caption what was drawn, as an image -> text request
-            completed_codes = self.vqvae.encode(torch.from_numpy(completed).to(self.device))
-            words = self._write_words(completed_codes, self._caption_settings(sampling), generator, completed)
         return completed, self._decode_words(words)
 
     def _check_kept_colors(self, images: np.ndarray, mask: np.ndarray, partial: torch.Tensor) -> None:
@@ -304,12 +305,10 @@ class Pipeline:
             raise ValueError(f"first must be one of {', '.join(FIRST_MODALITY)}, got {first!r}")
         settings = self.resolve_settings(sampling)
         generator = self._generator(seed)
-        heads = torch.full((n, 2), self.vocab.bos, dtype=torch.long)                 # <bos> <marker>
         if first == "model":
-            heads = self._generate(heads[:, :1], settings, generator, length=2)
+            heads = self._generate(header(self.vocab, n, None), settings, generator, length=HEADER)
         else:
-            # The marker after <bos> names the modality that has *ended*: text first is <bos> <end of image>.
-            heads[:, 1] = self.vocab.end_of_image if first == "text" else self.vocab.end_of_text
+            heads = header(self.vocab, n, TEXT_FIRST if first == "text" else IMAGE_FIRST)   # <bos> <marker>
         if ancestral:
             words, codes = split_sequences(self.vocab, self._generate(heads, replace(settings, guidance=1.0),
                                                                       generator))
@@ -320,11 +319,11 @@ class Pipeline:
         codes = torch.zeros(n, IMAGE_LENGTH, dtype=torch.long, device=self.device)
         text_rows, image_rows = (~image_first).nonzero().squeeze(1), image_first.nonzero().squeeze(1)
         if len(text_rows):
-            drawn = self._generate(heads[text_rows], settings, generator, length=2 + TEXT_LENGTH)
-            words[text_rows] = drawn[:, 2:] - self.vocab.word_offset
+            drawn = self._generate(heads[text_rows], settings, generator, length=TEXT_FIRST_WORDS.stop)
+            words[text_rows] = drawn[:, TEXT_FIRST_WORDS] - self.vocab.word_offset
             codes[text_rows] = self._draw_codes(words[text_rows].cpu(), settings, generator)
         if len(image_rows):
-            drawn = self._generate(heads[image_rows], settings, generator, length=2 + IMAGE_LENGTH)
-            codes[image_rows] = drawn[:, 2:]
-            words[image_rows] = self._write_words(drawn[:, 2:], self._caption_settings(sampling), generator)
+            drawn = self._generate(heads[image_rows], settings, generator, length=IMAGE_FIRST_CODES.stop)
+            codes[image_rows] = drawn[:, IMAGE_FIRST_CODES]
+            words[image_rows] = self._write_words(codes[image_rows], self._caption_settings(sampling), generator)
         return self.vqvae.decode(codes).cpu().numpy(), self._decode_words(words)

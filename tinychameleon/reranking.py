@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .data.colored import DIGIT_WORDS, VALID_PAIRS
-from .model import KVCache, Transformer
-from .sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, target_kinds
+from .model import KVCache, Transformer, next_token_log_probs
+from .sequences import IMAGE_FIRST, IMAGE_FIRST_WORDS, TEXT_FIRST, build_sequences, target_kinds
 from .tokenizers.text import SLOTS
-from .tokenizers.vocab import IMAGE_LENGTH, WORDS, Vocab
+from .tokenizers.vocab import WORDS, Vocab
 
 DIGIT_SLOT = [name for name, _ in SLOTS].index("digit")
 DIGIT_WORD_IDS = [WORDS.index(word) for word in DIGIT_WORDS]
@@ -37,9 +37,7 @@ def token_log_probs(model: Transformer, sequences: torch.Tensor, batch_size: int
     model.eval()
     chunks = []
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
-        log_probs = F.log_softmax(model(chunk[:, :-1]).float(), dim=-1)
-        chunks.append(log_probs.gather(-1, chunk[:, 1:, None]).squeeze(-1))
+        chunks.append(next_token_log_probs(model, sequences[start:start + batch_size]))
     return torch.cat(chunks)
 
 
@@ -85,7 +83,7 @@ def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: to
     model.eval()
     digits = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device) + vocab.word_offset
     D = len(digits)
-    digit_position = 2 + IMAGE_LENGTH + 1 + DIGIT_SLOT                              # 54
+    digit_position = IMAGE_FIRST_WORDS.start + DIGIT_SLOT                           # 54
     orders = torch.full((len(codes),), IMAGE_FIRST, dtype=torch.long)
     sequences = build_sequences(vocab, word_ids, codes, orders)                   # (B, 58)
     chunks = []

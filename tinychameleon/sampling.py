@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from .errors import DeadlineExceeded
 
 from .model import KVCache, Transformer
-from .sequences import IMAGE_FIRST, TEXT_FIRST
+from .sequences import (IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
+                        TEXT_FIRST_WORDS)
 from .data.colored import ADJECTIVES, HUES, PALETTE
 from .tokenizers.text import SLOTS
 from .tokenizers.vocab import SEQUENCE_LENGTH, WORDS, Vocab
@@ -33,11 +34,11 @@ class ModalityRules:
         codes = slice(0, vocab.codebook_size)
         allowed[:, 0, vocab.bos] = True
         allowed[:, 1, [vocab.end_of_image, vocab.end_of_text]] = True  # either order may start
-        allowed[TEXT_FIRST, 8, vocab.end_of_text] = True
-        allowed[TEXT_FIRST, 9:58, codes] = True
-        allowed[IMAGE_FIRST, 2:51, codes] = True
-        allowed[IMAGE_FIRST, 51, vocab.end_of_image] = True
-        for order, first_word in ((TEXT_FIRST, 2), (IMAGE_FIRST, 52)):
+        allowed[TEXT_FIRST, TEXT_FIRST_WORDS.stop, vocab.end_of_text] = True
+        allowed[TEXT_FIRST, TEXT_FIRST_CODES, codes] = True
+        allowed[IMAGE_FIRST, IMAGE_FIRST_CODES, codes] = True
+        allowed[IMAGE_FIRST, IMAGE_FIRST_CODES.stop, vocab.end_of_image] = True
+        for order, first_word in ((TEXT_FIRST, TEXT_FIRST_WORDS.start), (IMAGE_FIRST, IMAGE_FIRST_WORDS.start)):
             for slot, (_, slot_words) in enumerate(SLOTS):
                 choices = slot_words if grammar else WORDS
                 allowed[order, first_word + slot, [vocab.word_offset + WORDS.index(w) for w in choices]] = True
@@ -98,27 +99,23 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     """
     model.eval()
     B, P = prefix.shape
-    device = prefix.device
-    sequences = torch.empty(B, length, dtype=torch.long, device=device)
+    sequences = torch.empty(B, length, dtype=torch.long, device=prefix.device)
     sequences[:, :P] = prefix
-    guided = guidance != 1.0 and P >= 3
-    cache = KVCache(model.config, B, device=device) if use_cache else None
-    logits = model(prefix, kv_cache=cache)[:, -1]
-    if guided:
+    conditional = Stream(model, prefix, use_cache)
+    logits = conditional.prefill()
+    unconditional = None
+    if guidance != 1.0 and P >= 3:
         # Unconditional stream: <bos>, then the marker that opens the modality being generated.
-        free = torch.stack([prefix[:, 0], prefix[:, -1]], dim=1)
-        free_cache = KVCache(model.config, B, device=device) if use_cache else None
-        free_logits = model(free, kv_cache=free_cache)[:, -1]
-        offset = P - 2  # conditional position p == unconditional position p - offset
-    orders = rules.order_of(prefix[:, 1]) if P >= 2 else None
+        unconditional = Stream(model, torch.stack([prefix[:, 0], prefix[:, -1]], dim=1), use_cache)
+        free_logits = unconditional.prefill()
+    orders = rules.order_of(prefix[:, 1]) if P >= 2 else torch.zeros(B, dtype=torch.long, device=prefix.device)
     for position in range(P, length):
         if should_stop is not None and should_stop():
             raise DeadlineExceeded("sampling stopped: the time limit passed")
-        if guided:
-            conditional, unconditional = F.log_softmax(logits.float(), -1), F.log_softmax(free_logits.float(), -1)
-            logits = unconditional + guidance * (conditional - unconditional)
-        step_orders = orders if orders is not None else torch.zeros(B, dtype=torch.long, device=device)
-        allowed = rules.mask(step_orders, position, sequences[:, position - 1])
+        if unconditional is not None:
+            free = F.log_softmax(free_logits.float(), -1)
+            logits = free + guidance * (F.log_softmax(logits.float(), -1) - free)
+        allowed = rules.mask(orders, position, sequences[:, position - 1])
         token = pick(filter_logits(logits, allowed, temperature, top_k), temperature, generator)
         if forced is not None:
             token = torch.where(forced[:, position] >= 0, forced[:, position], token)
@@ -127,15 +124,30 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
             orders = rules.order_of(token)
         if position == length - 1:
             break
-        if use_cache:
-            logits = model(token[:, None], kv_cache=cache)[:, -1]
-        else:
-            logits = model(sequences[:, :position + 1])[:, -1]
-        if guided:
-            if use_cache:
-                free_logits = model(token[:, None], kv_cache=free_cache)[:, -1]
-            else:
-                free_sequence = torch.cat([free, sequences[:, P:position + 1]], dim=1)
-                free_logits = model(free_sequence)[:, -1]
-            assert free_cache is None or free_cache.position == position + 1 - offset
+        logits = conditional.decode_one_token(token)
+        if unconditional is not None:
+            free_logits = unconditional.decode_one_token(token)
     return sequences
+
+
+class Stream:
+    """One token stream read by the model: prefill the prompt once, then decode one token at a time.
+
+    With use_cache (the default) each step runs only the new token through the static KV cache;
+    without, each step re-reads the whole stream (the reference the cache is tested against).
+    """
+
+    def __init__(self, model: Transformer, prefix: torch.Tensor, use_cache: bool = True) -> None:
+        self.model, self.tokens = model, prefix
+        self.cache = KVCache(model.config, len(prefix), device=prefix.device) if use_cache else None
+
+    def prefill(self) -> torch.Tensor:
+        """Read the prompt; (B, vocab) logits for the token after it."""
+        return self.model(self.tokens, kv_cache=self.cache)[:, -1]
+
+    def decode_one_token(self, token: torch.Tensor) -> torch.Tensor:
+        """Append (B,) tokens; (B, vocab) logits for the next one."""
+        self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
+        if self.cache is not None:
+            return self.model(token[:, None], kv_cache=self.cache)[:, -1]
+        return self.model(self.tokens)[:, -1]

@@ -14,6 +14,13 @@ from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
 
 TEXT_FIRST, IMAGE_FIRST = 0, 1
 
+# Where each part of a sequence sits, derived from the lengths: no other module writes an offset.
+HEADER = 2                                                                         # <bos> <marker>
+TEXT_FIRST_WORDS = slice(HEADER, HEADER + TEXT_LENGTH)                             # 2:8
+TEXT_FIRST_CODES = slice(TEXT_FIRST_WORDS.stop + 1, SEQUENCE_LENGTH)               # 9:58, after <end of text>
+IMAGE_FIRST_CODES = slice(HEADER, HEADER + IMAGE_LENGTH)                           # 2:51
+IMAGE_FIRST_WORDS = slice(IMAGE_FIRST_CODES.stop + 1, SEQUENCE_LENGTH)             # 52:58, after <end of image>
+
 
 def build_sequences(vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor, orders: torch.Tensor
                     ) -> torch.Tensor:
@@ -30,6 +37,15 @@ def build_sequences(vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor, o
     text_first = torch.cat([bos, eoi, words, eot, codes], dim=1)
     image_first = torch.cat([bos, eot, codes, eoi, words], dim=1)
     return torch.where(orders.to(device).bool()[:, None], image_first, text_first)
+
+
+def header(vocab: Vocab, rows: int, order: int | None) -> torch.Tensor:
+    """<bos> and the order's marker, (rows, 2); order None gives <bos> alone, (rows, 1), for the model to choose.
+    The marker names the modality that has *ended*: text first is <bos> <end of image>."""
+    if order is None:
+        return torch.full((rows, 1), vocab.bos, dtype=torch.long)
+    marker = vocab.end_of_image if order == TEXT_FIRST else vocab.end_of_text
+    return torch.tensor([vocab.bos, marker], dtype=torch.long).repeat(rows, 1)
 
 
 def text_prefix(vocab: Vocab, word_ids: torch.Tensor) -> torch.Tensor:
@@ -53,8 +69,8 @@ def image_prefix(vocab: Vocab, codes: torch.Tensor) -> torch.Tensor:
 def split_sequences(vocab: Vocab, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 58) finished sequences -> word ids (B, 6) in 0..30 and codes (B, 49)."""
     image_first = (sequences[:, 1] == vocab.end_of_text)[:, None]
-    words = torch.where(image_first, sequences[:, 52:58], sequences[:, 2:8]) - vocab.word_offset
-    codes = torch.where(image_first, sequences[:, 2:51], sequences[:, 9:58])
+    words = torch.where(image_first, sequences[:, IMAGE_FIRST_WORDS], sequences[:, TEXT_FIRST_WORDS]) - vocab.word_offset
+    codes = torch.where(image_first, sequences[:, IMAGE_FIRST_CODES], sequences[:, TEXT_FIRST_CODES])
     return words, codes
 
 

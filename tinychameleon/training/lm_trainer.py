@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import RunConfig
-from ..model import Transformer
+from ..model import Transformer, next_token_log_probs
 from ..sequences import build_sequences, target_kinds
 from ..tokenizers.vocab import Vocab
 from ..checkpoint import MODEL_FILE, build_transformer, load_transformer
@@ -40,13 +39,9 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, wor
         yield permutation[start:start + batch_size][rows], orders[rows]
 
 
-def sequence_loss(model, sequences: torch.Tensor, vocab: Vocab, reduction: str = "mean"):
-    """Next-token NLL over positions 1..57 (nats per predicted token)."""
-    logits = model(sequences[:, :-1])
-    targets = sequences[:, 1:]
-    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    losses = losses.view_as(targets)
-    return losses.mean() if reduction == "mean" else losses
+def sequence_loss(model, sequences: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over positions 1..57 (nats per predicted token)."""
+    return -next_token_log_probs(model, sequences).mean()
 
 
 @torch.no_grad()
@@ -65,7 +60,7 @@ def test_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torch
             orders = torch.full((len(batch_codes),), order, dtype=torch.long, device=device)
             sequences = build_sequences(vocab, words[start:start + batch_size], batch_codes, orders)
             with autocast(device):
-                losses = sequence_loss(model, sequences, vocab, reduction="none").double()
+                losses = -next_token_log_probs(model, sequences).double()
             is_text, is_image = target_kinds(vocab, sequences[:, 1:])
             for key, mask in (("all", None), (name, None), ("text", is_text), ("image", is_image)):
                 sums[key] += losses.sum() if mask is None else losses[mask].sum()
@@ -127,7 +122,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             rows = rows.to(device)
             sequences = build_sequences(vocab, epoch_words[rows], epoch_codes[rows], orders.to(device))
             with autocast(device):
-                loss = sequence_loss(train_model, sequences, vocab)
+                loss = sequence_loss(train_model, sequences)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
