@@ -319,8 +319,9 @@ class Pipeline:
         codes = torch.zeros(n, IMAGE_LENGTH, dtype=torch.long, device=self.device)
         text_rows, image_rows = (~image_first).nonzero().squeeze(1), image_first.nonzero().squeeze(1)
         if len(text_rows):
-            drawn = self._generate(heads[text_rows], settings, generator, length=TEXT_FIRST_WORDS.stop)
-            words[text_rows] = drawn[:, TEXT_FIRST_WORDS] - self.vocab.word_offset
+            # The caption is drawn like a prompt of blanks: grammar, palette and a color pair the data has.
+            blanks = torch.full((len(text_rows), TEXT_LENGTH), -1, dtype=torch.long)
+            words[text_rows] = self.fill_blanks(blanks, settings, generator).to(self.device)
             codes[text_rows] = self._draw_codes(words[text_rows].cpu(), settings, generator)
         if len(image_rows):
             drawn = self._generate(heads[image_rows], settings, generator, length=IMAGE_FIRST_CODES.stop)
