@@ -95,3 +95,49 @@ def test_length_stops_early_with_the_same_tokens(model):
     full = generate(model, prefix, rules, generator=torch.Generator().manual_seed(3))
     head = generate(model, prefix, rules, generator=torch.Generator().manual_seed(3), length=9)
     assert head.shape == (6, 9) and torch.equal(head, full[:, :9])
+
+
+def test_top_p_keeps_the_smallest_set_with_enough_mass():
+    from tinychameleon.sampling import filter_logits
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]))
+    allowed = torch.ones(2, 4, dtype=torch.bool)
+    kept = filter_logits(logits, allowed, 1.0, None, top_p=0.8) > float("-inf")
+    assert kept[0].tolist() == [True, True, False, False]   # 0.5 + 0.3 reach 0.8
+    assert kept[1].sum() == 4                                # mass before the 4th token is 0.75 < 0.8
+    assert (filter_logits(logits, allowed, 1.0, None, top_p=0.4) > float("-inf")).sum(1).tolist() == [1, 2]
+    assert torch.equal(filter_logits(logits, allowed, 1.0, None, top_p=1.0), logits.float())
+
+
+def test_contrastive_scores_on_a_hand_made_distribution():
+    from tinychameleon.sampling import contrastive_scores
+
+    conditional = torch.log(torch.tensor([[0.40, 0.30, 0.20, 0.06, 0.04]]))
+    unconditional = torch.log(torch.tensor([[0.60, 0.10, 0.10, 0.01, 0.19]]))
+    allowed = torch.ones(1, 5, dtype=torch.bool)
+    # k = 1, alpha = 0.5: candidates have p_cond >= 0.5 * 0.40 = 0.20 -> tokens 0, 1, 2.
+    scores = contrastive_scores(conditional, unconditional, allowed, k=1, alpha=0.5)
+    assert (scores > float("-inf")).tolist() == [[True, True, True, False, False]]
+    expected = torch.log(torch.tensor([0.40 / 0.60, 0.30 / 0.10, 0.20 / 0.10]))
+    assert torch.allclose(scores[0, :3], expected, atol=1e-5)
+    assert scores.argmax().item() == 1                       # ranked by the contrast, not by p_cond
+    # A disallowed token never passes, even when it would be the best contrast.
+    allowed[0, 1] = False
+    scores = contrastive_scores(conditional, unconditional, allowed, k=1, alpha=0.5)
+    assert (scores > float("-inf")).tolist() == [[True, False, True, False, False]]
+    # k = 3, alpha = 0.1: threshold 0.1 * 0.20 = 0.02 -> every allowed token.
+    assert (contrastive_scores(conditional, unconditional, torch.ones(1, 5, dtype=torch.bool), 3, 0.1)
+            > float("-inf")).all()
+
+
+def test_guidance_one_is_plain_conditional_sampling(tiny_pipeline):
+    """At scale 1 the guided mix log p_u + 1 * (log p_c - log p_u) is the conditional distribution: the
+    same draws as no guidance at all."""
+    from tinychameleon.sampling import generate
+    from tinychameleon.sequences import text_prefix
+
+    pipe = tiny_pipeline
+    prefix = text_prefix(pipe.vocab, pipe.encode_prompts(["dark green eight on bright cyan"] * 6))
+    plain = generate(pipe.model, prefix, pipe.rules, 1.0, None, 1.0, torch.Generator().manual_seed(3))
+    mixed = generate(pipe.model, prefix, pipe.rules, 1.0, None, 1.0 + 1e-7, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, mixed)

@@ -26,7 +26,10 @@ MAX_SEED = 2**63 - 1
 SAMPLER_FLAGS = [
     ("--temperature", "temperature", "sampling temperature (0 = greedy)"),
     ("--top-k", "top_k", "keep only the k most likely tokens (0 = all)"),
+    ("--top-p", "top_p", "nucleus sampling: keep the tokens that make up this much probability (1 = off)"),
     ("--guidance", "guidance", "classifier-free guidance scale (1 = off)"),
+    ("--cd-k", "cd_k", "contrastive decoding CD-K instead of guidance (0 = off)"),
+    ("--cd-alpha", "cd_alpha", "with --cd-k: candidates within this factor of the k-th likeliest token"),
     ("--candidates", "image_candidates", "text -> image: draw this many images per prompt, keep the one the "
                                          "model captions best"),
     ("--views", "caption_views", "with --rerank: score the digit on the image and N-1 recolorings of it "

@@ -222,7 +222,10 @@ class SamplingConfig:
     temperature: float = 1.0
     caption_temperature: float = 0.0  # image -> text wants the single best caption: greedy by default
     top_k: int = 0                # 0 = no top-k filtering
+    top_p: float = 1.0            # nucleus sampling: keep the smallest set of tokens with this much mass (1 = off)
     guidance: float = 1.0         # classifier-free guidance scale for conditional modes (1 = off)
+    cd_k: int = 0                 # contrastive decoding CD-K instead of guidance: candidates within cd_alpha of the
+    cd_alpha: float = 0.1         # k-th likeliest conditional token, scored log p_cond - log p_uncond (0 = off)
     grammar: bool = True          # word slots follow the caption template (False: any word in any slot)
     image_candidates: int = 1     # text -> image: draw this many per prompt, keep the one the model captions best
     rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
@@ -231,7 +234,8 @@ class SamplingConfig:
 
     # The allowed range of each numeric setting: one table for the CLI, the web API and sampling.json.
     RANGES = {"temperature": (0.0, 100.0), "caption_temperature": (0.0, 100.0), "top_k": (0, 1 << 20),
-              "guidance": (0.0, 100.0), "image_candidates": (1, 64), "caption_views": (1, 32),
+              "guidance": (0.0, 100.0), "image_candidates": (1, 64),
+              "top_p": (0.01, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
               "batch_size": (1, 1 << 16)}
     MIN_TEMPERATURE = 0.01        # below this (but above 0, greedy) logits / temperature overflow
 

@@ -111,7 +111,8 @@ class Pipeline:
             outputs.append(generate(self.model, prefix[rows].to(self.device), self.rules, settings.temperature,
                                     settings.top_k or None, settings.guidance, generator, length=length,
                                     should_stop=self._expired,
-                                    forced=None if forced is None else forced[rows].to(self.device)))
+                                    forced=None if forced is None else forced[rows].to(self.device),
+                                    top_p=settings.top_p, cd_k=settings.cd_k, cd_alpha=settings.cd_alpha))
         return torch.cat(outputs)
 
     def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator,
@@ -208,14 +209,14 @@ class Pipeline:
             if not rows.any():
                 break
             forced = torch.full((int(rows.sum()), SEQUENCE_LENGTH), -1, dtype=torch.long)
-            forced[:, offset:offset + TEXT_LENGTH] = torch.where(partial[rows] >= 0, partial[rows] + self.vocab.word_offset,
-                                                                 torch.tensor(-1))
+            given = partial[rows]
+            forced[:, offset:offset + TEXT_LENGTH] = torch.where(given >= 0, given + self.vocab.word_offset, -1)
             if codes is None:
                 prefix = header(self.vocab, len(forced), TEXT_FIRST)
-                drawn = self._generate(prefix, replace(settings, guidance=1.0), generator, length=offset + TEXT_LENGTH,
-                                       forced=forced[:, :offset + TEXT_LENGTH])
+                drawn = self._generate(prefix, replace(settings, guidance=1.0, cd_k=0), generator,
+                                       length=offset + TEXT_LENGTH, forced=forced[:, :offset + TEXT_LENGTH])
             else:
-                read = replace(settings, guidance=1.0, temperature=settings.caption_temperature)
+                read = replace(settings, guidance=1.0, cd_k=0, temperature=settings.caption_temperature)
                 drawn = self._generate(image_prefix(self.vocab, codes[rows.to(codes.device)]), read, generator,
                                        forced=forced)
             words[rows] = drawn[:, offset:offset + TEXT_LENGTH].cpu() - self.vocab.word_offset
@@ -330,8 +331,8 @@ class Pipeline:
         else:
             heads = header(self.vocab, n, TEXT_FIRST if first == "text" else IMAGE_FIRST)   # <bos> <marker>
         if ancestral:
-            words, codes = split_sequences(self.vocab, self._generate(heads, replace(settings, guidance=1.0),
-                                                                      generator))
+            plain = replace(settings, guidance=1.0, cd_k=0)
+            words, codes = split_sequences(self.vocab, self._generate(heads, plain, generator))
             return self.vqvae.decode(codes).cpu().numpy(), self._decode_words(words)
         heads = heads.to(self.device)
         image_first = heads[:, 1] == self.vocab.end_of_text

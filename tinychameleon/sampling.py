@@ -8,6 +8,7 @@ batch is one table lookup per step.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -63,8 +64,10 @@ class ModalityRules:
         return (marker == self.vocab.end_of_text).long()
 
 
-def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: float, top_k: int | None
-                  ) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: float, top_k: int | None,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """Mask disallowed tokens, then temperature, top-k and top-p (nucleus: the smallest set of tokens whose
+    probabilities sum to at least top_p)."""
     logits = logits.float().masked_fill(~allowed, float("-inf"))
     if temperature <= 0:
         return logits  # greedy: the caller takes the argmax
@@ -72,7 +75,24 @@ def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: floa
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probabilities = F.softmax(sorted_logits, dim=-1)
+        before = probabilities.cumsum(dim=-1) - probabilities        # mass of the tokens ranked above
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def contrastive_scores(conditional: torch.Tensor, unconditional: torch.Tensor, allowed: torch.Tensor, k: int,
+                       alpha: float) -> torch.Tensor:
+    """CD-K (CM3Leon): among allowed tokens whose conditional probability is at least alpha x the k-th largest,
+    score log p_cond - log p_uncond; every other token gets -inf. Inputs are (B, vocab) logits."""
+    conditional, unconditional = F.log_softmax(conditional.float(), -1), F.log_softmax(unconditional.float(), -1)
+    masked = conditional.masked_fill(~allowed, float("-inf"))
+    kth = torch.topk(masked, min(k, masked.shape[-1]), dim=-1).values[:, -1:]
+    keep = allowed & (masked >= kth + math.log(alpha))
+    return (conditional - unconditional).masked_fill(~keep, float("-inf"))
 
 
 def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -86,12 +106,14 @@ def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
 def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, temperature: float = 1.0,
              top_k: int | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
              use_cache: bool = True, length: int = SEQUENCE_LENGTH,
-             should_stop: Callable[[], bool] | None = None, forced: torch.Tensor | None = None) -> torch.Tensor:
+             should_stop: Callable[[], bool] | None = None, forced: torch.Tensor | None = None,
+             top_p: float = 1.0, cd_k: int = 0, cd_alpha: float = 0.1) -> torch.Tensor:
     """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
     (length < 58 stops early, e.g. after the first modality).
 
     guidance > 1 applies classifier-free guidance to the second modality: the unconditional
-    stream is the other ordering, `<bos> <marker>`, which starts with that same modality.
+    stream is the other ordering, `<bos> <marker>`, which starts with that same modality. With
+    cd_k > 0 the two streams are combined by contrastive decoding (contrastive_scores) instead.
     forced (B, length) holds a token id to keep at each position, or -1 where the model draws:
     completion and infilling (kept image tokens, given caption words) fed through the same cache.
     should_stop is asked before every decode step; when it answers True the work is abandoned
@@ -104,7 +126,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     conditional = Stream(model, prefix, use_cache)
     logits = conditional.prefill()
     unconditional = None
-    if guidance != 1.0 and P >= 3:
+    if (guidance != 1.0 or cd_k) and P >= 3:
         # Unconditional stream: <bos>, then the marker that opens the modality being generated.
         unconditional = Stream(model, torch.stack([prefix[:, 0], prefix[:, -1]], dim=1), use_cache)
         free_logits = unconditional.prefill()
@@ -112,11 +134,13 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     for position in range(P, length):
         if should_stop is not None and should_stop():
             raise DeadlineExceeded("sampling stopped: the time limit passed")
-        if unconditional is not None:
+        allowed = rules.mask(orders, position, sequences[:, position - 1])
+        if unconditional is not None and cd_k:
+            logits = contrastive_scores(logits, free_logits, allowed, cd_k, cd_alpha)
+        elif unconditional is not None:
             free = F.log_softmax(free_logits.float(), -1)
             logits = free + guidance * (F.log_softmax(logits.float(), -1) - free)
-        allowed = rules.mask(orders, position, sequences[:, position - 1])
-        token = pick(filter_logits(logits, allowed, temperature, top_k), temperature, generator)
+        token = pick(filter_logits(logits, allowed, temperature, top_k, top_p), temperature, generator)
         if forced is not None:
             token = torch.where(forced[:, position] >= 0, forced[:, position], token)
         sequences[:, position] = token
