@@ -116,8 +116,28 @@ def test_sampler_flags(tiny_run, tmp_path, capsys):
 def test_report(tiny_run, tmp_path, capsys):
     code, out, _ = run(["report", "--out", tmp_path, "--checkpoint", tiny_run], capsys)
     assert code == 0
-    for name in ("training_curve.png", "text_to_image.png", "image_to_text.png", "unconditional.png"):
+    for name in ("training_curve.png", "text_to_image.png", "image_to_text.png", "unconditional.png",
+                 "temperature_sweep.png"):
         assert Image.open(tmp_path / name).size[0] > 100, name
+    sweep = Image.open(tmp_path / "temperature_sweep.png")
+    assert sweep.size[0] > 5 * 28 * 4  # one column per temperature
+
+
+def test_temperature_sweep_columns_differ_in_variety(tiny_pipeline):
+    """Low temperature repeats itself; high temperature does not (image tokens of 8 draws of one prompt)."""
+    import torch
+
+    from tinychameleon.evaluation.figures import SWEEP_PROMPTS
+    from tinychameleon.sampling import generate
+    from tinychameleon.sequences import text_prefix
+
+    pipe = tiny_pipeline
+    prefix = text_prefix(pipe.vocab, pipe.encode_prompts([SWEEP_PROMPTS[0]] * 8))
+    distinct = {}
+    for temperature in (0.1, 2.0):
+        codes = generate(pipe.model, prefix, pipe.rules, temperature, None, 1.0, torch.Generator().manual_seed(0))
+        distinct[temperature] = len({tuple(row.tolist()) for row in codes})
+    assert distinct[0.1] < distinct[2.0] == 8
 
 
 @pytest.mark.parametrize("make_checkpoint, fragment", [

@@ -1,4 +1,4 @@
-"""The seed design's figures: training curve and three captioned 3x3 sample grids."""
+"""The seed design's figures: training curve, three captioned 3x3 sample grids, a temperature sweep."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from ..imaging import caption_grid
 from ..io_utils import atomic_path
 from ..pipeline import Pipeline
 from ..training.logs import plot_curve
+
+SWEEP_TEMPERATURES = (0.1, 0.5, 1.0, 1.5, 2.0)
+SWEEP_PROMPTS = ("dark green eight on bright cyan", "plain white seven on dark blue", "light pink four on plain black")
 
 
 def save_image(image, path: Path) -> Path:
@@ -41,7 +44,19 @@ def write_figures(pipeline: Pipeline, out_dir: str | Path, seed: int = 0, cache_
     sampled, sampled_captions = pipeline.sample(count, seed=seed)
     written["unconditional"] = save_image(caption_grid(sampled, sampled_captions, title="unconditional"),
                                           out_dir / "unconditional.png")
+    written["temperature_sweep"] = save_image(temperature_sweep(pipeline, seed), out_dir / "temperature_sweep.png")
     return written
+
+
+def temperature_sweep(pipeline: Pipeline, seed: int = 0, per_prompt: int = 2):
+    """One column per temperature, rows = fixed prompts x samples: how sampling temperature trades
+    variety for well-formed digits (the MNIST VQ-GPT seed's figure)."""
+    rows = [prompt for prompt in SWEEP_PROMPTS for _ in range(per_prompt)]
+    columns = [pipeline.generate_images(rows, n=1, seed=seed, temperature=t) for t in SWEEP_TEMPERATURES]
+    images = [column[row] for row in range(len(rows)) for column in columns]
+    captions = [f"t={t}: {' '.join(prompt.split()[:3])}" for prompt in rows for t in SWEEP_TEMPERATURES]
+    return caption_grid(images, captions, columns=len(SWEEP_TEMPERATURES), scale=4,
+                        title="temperature sweep (columns: 0.1, 0.5, 1.0, 1.5, 2.0)")
 
 
 __all__ = ["write_figures"]
