@@ -133,11 +133,17 @@ def test_caption_first_samples_agree_with_their_images(shipped):
 
 
 def test_sample_orders_and_ancestral(tiny_pipeline):
+    from tinychameleon.tokenizers.text import WordTokenizer
+
     for first in ("text", "image", "model"):
         for ancestral in (False, True):
             images, captions = tiny_pipeline.sample(5, seed=1, first=first, ancestral=ancestral)
             assert images.shape == (5, 28, 28, 3) and len(captions) == 5
-            assert all(len(caption.split()) == 6 for caption in captions)
+            assert all(WordTokenizer().fits_template(caption) for caption in captions)  # grammar held
+            # Two-color decoding: every image is exactly one or two palette colors.
+            assert all(len(np.unique(image.reshape(-1, 3), axis=0)) <= 2 for image in images)
+            if first == "text" and not ancestral:  # captions drawn first are checked color pairs
+                assert all(parse_caption(caption) is not None for caption in captions)
     again = tiny_pipeline.sample(5, seed=1, first="image", ancestral=True)
     assert tiny_pipeline.sample(5, seed=1, first="image", ancestral=True)[1] == again[1]
     with pytest.raises(ValueError, match="first must be one of"):
