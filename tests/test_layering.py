@@ -16,10 +16,10 @@ PACKAGE = Path(tinychameleon.__file__).parent
 
 # Lower numbers are lower layers; a module may import only modules of its own layer or below.
 LAYERS = [
-    ("errors", "io_utils", "config"),
+    ("errors", "io_utils", "config", "batching"),
     ("data",),
     ("tokenizers", "imaging"),
-    ("model", "sequences", "device", "checkpoint"),
+    ("model", "sequences", "device", "checkpoint", "regions"),
     ("sampling", "reranking"),
     ("pipeline",),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),

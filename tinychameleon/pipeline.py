@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .batching import batch_slices
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask, kept_tokens
@@ -105,9 +106,8 @@ class Pipeline:
                   length: int = SEQUENCE_LENGTH, forced: torch.Tensor | None = None) -> torch.Tensor:
         """Complete prefixes in chunks of settings.batch_size; `forced` (B, length) keeps tokens (-1: draw)."""
         outputs = []
-        for start in range(0, len(prefix), settings.batch_size):
+        for rows in batch_slices(len(prefix), settings.batch_size):
             self._check_time()
-            rows = slice(start, start + settings.batch_size)
             outputs.append(generate(self.model, prefix[rows].to(self.device), self.rules, settings.temperature,
                                     settings.top_k or None, settings.guidance, generator, length=length,
                                     should_stop=self._expired,

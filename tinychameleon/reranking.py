@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batching import batch_slices
 from .data.colored import DIGIT_WORDS, VALID_PAIRS
 from .model import KVCache, Transformer, next_token_log_probs
 from .sequences import IMAGE_FIRST, IMAGE_FIRST_WORDS, TEXT_FIRST, build_sequences, target_kinds
@@ -36,8 +37,8 @@ def token_log_probs(model: Transformer, sequences: torch.Tensor, batch_size: int
     """(B, 58) sequences -> (B, 57) log-probability the model gives each next token."""
     model.eval()
     chunks = []
-    for start in range(0, len(sequences), batch_size):
-        chunks.append(next_token_log_probs(model, sequences[start:start + batch_size]))
+    for rows in batch_slices(len(sequences), batch_size):
+        chunks.append(next_token_log_probs(model, sequences[rows]))
     return torch.cat(chunks)
 
 
@@ -87,8 +88,8 @@ def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: to
     orders = torch.full((len(codes),), IMAGE_FIRST, dtype=torch.long)
     sequences = build_sequences(vocab, word_ids, codes, orders)                   # (B, 58)
     chunks = []
-    for start in range(0, len(sequences), batch_size):
-        rows = sequences[start:start + batch_size]
+    for batch in batch_slices(len(sequences), batch_size):
+        rows = sequences[batch]
         B = len(rows)
         parameter = next(model.parameters())
         cache = KVCache(model.config, B, device=parameter.device, dtype=parameter.dtype)

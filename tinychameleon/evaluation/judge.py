@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..batching import batch_slices
 from ..data.colored import COLOR_ID, ColoredMNIST, colorize, digit_pixels
 from ..checkpoint import load_weights, save_weights
 
@@ -50,8 +51,8 @@ class Judge(nn.Module):
         """Predicted digit / foreground / background ids and features for (N, 28, 28, 3) levels."""
         self.eval()
         outputs = {"digit": [], "foreground": [], "background": [], "features": []}
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.asarray(images[start:start + batch_size]))
+        for rows in batch_slices(len(images), batch_size):
+            batch = torch.from_numpy(np.asarray(images[rows]))
             features = self.embed(batch)
             outputs["features"].append(features.numpy())
             for name, head in (("digit", self.digit), ("foreground", self.foreground),

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..batching import batch_slices
 from ..config import VQConfig
 from ..data.colored import COLOR_RGB, VALID_PAIRS
 
@@ -46,8 +47,8 @@ def two_color_levels(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     rgb = torch.as_tensor(COLOR_RGB, dtype=torch.long, device=logits.device)  # (31, 3)
     pairs = COLOR_PAIRS.to(logits.device)
     outputs = []
-    for start in range(0, len(logits), chunk):
-        log_levels = F.log_softmax(logits[start:start + chunk].float(), dim=2)   # (B, 3, 4, H, W)
+    for rows in batch_slices(len(logits), chunk):
+        log_levels = F.log_softmax(logits[rows].float(), dim=2)   # (B, 3, 4, H, W)
         B, _, _, H, W = log_levels.shape
         color_log_prob = sum(log_levels[:, channel, rgb[:, channel]] for channel in range(3))  # (B, 31, H, W)
         flat = color_log_prob.flatten(2)                                          # (B, 31, H*W)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..batching import batch_slices
 from ..config import RunConfig
 from ..model import Transformer, next_token_log_probs
 from ..sequences import build_sequences, target_kinds
@@ -55,10 +56,9 @@ def test_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torch
             for key in ("all", "text", "image", "text_first", "image_first")}
     counts = {key: 0 for key in sums}
     for order, name in ((0, "text_first"), (1, "image_first")):
-        for start in range(0, len(codes), batch_size):
-            batch_codes = codes[start:start + batch_size]
-            orders = torch.full((len(batch_codes),), order, dtype=torch.long, device=device)
-            sequences = build_sequences(vocab, words[start:start + batch_size], batch_codes, orders)
+        for rows in batch_slices(len(codes), batch_size):
+            orders = torch.full((len(codes[rows]),), order, dtype=torch.long, device=device)
+            sequences = build_sequences(vocab, words[rows], codes[rows], orders)
             with autocast(device):
                 losses = -next_token_log_probs(model, sequences).double()
             is_text, is_image = target_kinds(vocab, sequences[:, 1:])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..batching import batch_slices
 from ..config import RunConfig
 from ..data.colored import ColoredMNIST, load_colored_mnist, recolored_train
 from ..data.mnist import default_cache_dir
@@ -34,8 +35,8 @@ def caption_word_ids(split: ColoredMNIST) -> torch.Tensor:
 @torch.no_grad()
 def encode_images(vqvae: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
     vqvae = vqvae.to(device).eval()
-    chunks = [vqvae.encode(torch.from_numpy(images[start:start + batch_size]).to(device)).cpu()
-              for start in range(0, len(images), batch_size)]
+    chunks = [vqvae.encode(torch.from_numpy(images[rows]).to(device)).cpu()
+              for rows in batch_slices(len(images), batch_size)]
     return torch.cat(chunks).to(torch.int16)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..batching import batch_slices
 from ..config import RunConfig
 from ..tokenizers.vqvae import VQVAE
 from ..checkpoint import VQVAE_FILE
@@ -24,8 +25,8 @@ def reconstruction_metrics(vqvae: VQVAE, images: np.ndarray, batch_size: int = 1
     """Pixel-exact accuracy (all 3 channels right) and codebook usage on a split."""
     vqvae.eval()
     correct, counts = 0, torch.zeros(vqvae.config.codebook_size)
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start:start + batch_size]).to(device)
+    for rows in batch_slices(len(images), batch_size):
+        batch = torch.from_numpy(images[rows]).to(device)
         codes = vqvae.encode(batch)
         correct += (vqvae.decode(codes) == batch).all(-1).sum().item()
         counts += torch.bincount(codes.flatten().cpu(), minlength=vqvae.config.codebook_size).float()
