@@ -386,11 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("images", nargs="+", help="image files or folders of images (sorted by name)")
     complete.add_argument("--keep", required=True, help="top, bottom, left or right (rows / columns 0-13 or 14-27), "
                                                          "or a 28x28 mask image whose white pixels are kept")
+    complete.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
+    complete.add_argument("-n", type=number(int), default=1, help="completions per image (default 1)")
     given = complete.add_mutually_exclusive_group()
     given.add_argument("--prompt", help='the caption to draw for, "*" blanks allowed (default: read off the kept part)')
     given.add_argument("--prompts-file", help="one caption per image, line i for the i-th image")
-    complete.add_argument("-n", type=number(int), default=1, help="completions per image (default 1)")
-    complete.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     add_sampling_flags(complete)
     complete.set_defaults(handler=command_complete)
 
