@@ -24,7 +24,7 @@ from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask, kept_tokens
 from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption, recolor
-from .reranking import DIGIT_SLOT, DIGIT_WORD_IDS, best_images, joint, rerank_digits, view_pairs
+from .reranking import best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, generate
 from .sequences import (HEADER, IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
                         TEXT_FIRST_WORDS, header, image_prefix, split_sequences, text_prefix)
@@ -235,9 +235,8 @@ class Pipeline:
         The region is drawn text first for a caption (guided, best of `image_candidates`), with the
         tokens of fully kept 4x4 patches held fixed, and every kept pixel is pasted back unchanged.
         The caption is the prompt (one per image, or one for all; "*" blanks are read off the kept
-        part, except a blank digit: the region is drawn for each digit and the likeliest whole is kept);
-        without prompts the caption is read off the kept part the same way. Either way the caption
-        returned is the one the region was drawn for. Nothing outside `keep` is ever looked at. Returns len(images) * n
+        part); without prompts a caption is read off the kept part to draw for, and the completed
+        image is then captioned as an image -> text request (with the prompt, the prompt is returned). Nothing outside `keep` is ever looked at. Returns len(images) * n
         images, image-major, and their captions.
         """
         settings = self.resolve_settings(sampling)
@@ -258,28 +257,12 @@ class Pipeline:
         partial = partial.repeat_interleave(n, dim=0)
         words = self.fill_blanks(partial, settings, generator, codes=codes.repeat_interleave(n, dim=0))
         drawn = self._draw_codes(words, settings, generator, kept=kept)
-        open_digit = partial[:, DIGIT_SLOT] < 0
-        if open_digit.any():
-            words[open_digit], drawn[open_digit] = self._best_digit(words[open_digit], kept[open_digit], settings,
-                                                                    generator)
         completed = self.vqvae.decode(drawn.to(self.device)).cpu().numpy()
         completed[:, mask] = np.repeat(images, n, axis=0)[:, mask]                       # kept pixels, exactly
+        if prompts is None:  # caption what was drawn, as an image -> text request
+            completed_codes = self.vqvae.encode(torch.from_numpy(completed).to(self.device))
+            words = self._write_words(completed_codes, self._caption_settings(sampling), generator, completed)
         return completed, self._decode_words(words)
-
-    def _best_digit(self, words: torch.Tensor, kept: torch.Tensor, settings: SamplingConfig, generator
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """For a blank digit, half a digit is not enough to read it: draw the completion for each of the
-        10 digit words and keep the one the model finds most likely as a whole, log p(caption, image)
-        (text first), which counts how well the drawn part fits the kept tokens. (B, 6), (B, 49) ->
-        the chosen (B, 6) words and (B, 49) codes."""
-        B, D = len(words), len(DIGIT_WORD_IDS)
-        variants = words.repeat_interleave(D, dim=0)                                     # (B*10, 6)
-        variants[:, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS).repeat(B)
-        codes = self._draw_codes(variants, settings, generator, kept=kept.repeat_interleave(D, dim=0))
-        self._check_time()
-        scores = joint(self.model, self.vocab, variants.to(self.device), codes.to(self.device)).view(B, D)
-        best = scores.argmax(dim=1).cpu() + torch.arange(B) * D
-        return variants[best], codes.cpu()[best]
 
     def _check_kept_colors(self, images: np.ndarray, mask: np.ndarray, partial: torch.Tensor) -> None:
         """A prompt's colors must be able to paint the kept pixels."""
