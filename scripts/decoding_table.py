@@ -29,6 +29,8 @@ METHODS = {
     "CD-K (k 5, alpha 0.1)": {"cd_k": 5, "cd_alpha": 0.1, "image_candidates": 1},
     "CD-K (k 5, alpha 0.1), best of 4": {"cd_k": 5, "cd_alpha": 0.1, "image_candidates": 4},
     "guidance 2, best of 4 (shipped)": {"guidance": 2.0, "image_candidates": 4},
+    "guidance 2, top-p 0.8": {"guidance": 2.0, "image_candidates": 1, "top_p": 0.8},
+    "guidance 2, top-p 0.9, best of 4": {"guidance": 2.0, "image_candidates": 4, "top_p": 0.9},
 }
 
 
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--offset", type=int, default=5000)
     parser.add_argument("--out", default="runs/decoding.json")
+    parser.add_argument("--only", nargs="*", help="run only the methods whose name contains one of these")
     args = parser.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
     train, test = load_colored_mnist(0)
@@ -47,6 +50,8 @@ def main() -> None:
     prompts = split.captions()
     rows = []
     for name, settings in METHODS.items():
+        if args.only and not any(part in name for part in args.only):
+            continue
         started = time.perf_counter()
         images = pipe.generate_images(prompts, seed=0, **settings)
         ms = 1000 * (time.perf_counter() - started) / len(prompts)

@@ -51,3 +51,14 @@ def test_unconditional_samples_are_well_formed_and_seeded(shipped):
 def test_bad_prompt_raises_prompt_error(shipped):
     with pytest.raises(PromptError, match="did you mean"):
         shipped.generate_images(["dark grene eight on bright cyan"])
+
+
+def test_shipped_images_have_no_stray_pixels(shipped):
+    """Two-color decoding: every drawn pixel is the prompt's foreground or background color."""
+    from tinychameleon.data.colored import COLOR_ID
+    from tinychameleon.evaluation.metrics import stray_pixels
+
+    images = shipped.generate_images(["dark green eight on bright cyan"], n=6, seed=0)
+    result = stray_pixels(images, [COLOR_ID["dark green"]] * 6, [COLOR_ID["bright cyan"]] * 6)
+    assert result == {"stray_per_image": 0.0, "clean": 1.0, "stray_p90": 0.0}
+    assert shipped.vqvae.config.two_color_decode  # the default for every checkpoint
