@@ -74,6 +74,8 @@ def test_completion_errors(tiny_pipeline, colored):
         tiny_pipeline.complete(images[:1], "top", "plain white seven on plain black"
                                if colored[1].captions()[0].split()[:2] != ["plain", "white"] else
                                "plain red seven on plain black")
+    with pytest.raises(PromptError, match="'bright red' is not a palette color"):
+        tiny_pipeline.complete(images[:1], "top", "bright red seven on plain black")
     with pytest.raises(PromptError, match="3 prompts for 2 images"):
         tiny_pipeline.complete(images, "top", ["dark green eight on bright cyan"] * 3)
 

@@ -239,6 +239,11 @@ class SamplingConfig:
               "batch_size": (1, 1 << 16)}
     MIN_TEMPERATURE = 0.01        # below this (but above 0, greedy) logits / temperature overflow
 
+    @property
+    def streams(self) -> int:
+        """Token streams a conditional request decodes: 2 when guidance or CD-K reads the unconditional one."""
+        return 2 if self.guidance != 1.0 or self.cd_k else 1
+
     @classmethod
     def from_dict(cls, data: dict) -> "SamplingConfig":
         if not isinstance(data, dict):

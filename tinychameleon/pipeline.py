@@ -267,8 +267,13 @@ class Pipeline:
     def _check_kept_colors(self, images: np.ndarray, mask: np.ndarray, partial: torch.Tensor) -> None:
         """A prompt's colors must be able to paint the kept pixels."""
         for index, (image, row) in enumerate(zip(images, partial)):
-            named = {tuple(COLOR_RGB[COLOR_ID[" ".join(WORDS[int(w)] for w in row[slots])]])
-                     for slots in (slice(0, 2), slice(4, 6)) if (row[slots] >= 0).all()}
+            names = [" ".join(WORDS[int(w)] for w in row[slots]) for slots in (slice(0, 2), slice(4, 6))
+                     if (row[slots] >= 0).all()]
+            off_palette = [name for name in names if name not in COLOR_ID]
+            if off_palette:  # generate only warns; here the color must paint the kept pixels, so it must exist
+                raise PromptError(f"'{off_palette[0]}' is not a palette color, so it cannot match the kept part "
+                                  f"of image {index}")
+            named = {tuple(COLOR_RGB[COLOR_ID[name]]) for name in names}
             if len(named) < 2:
                 continue  # a blank color: the model chooses it to fit
             present = {tuple(color) for color in image[mask].reshape(-1, 3)}

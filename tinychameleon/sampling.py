@@ -171,7 +171,7 @@ class Stream:
 
     def decode_one_token(self, token: torch.Tensor) -> torch.Tensor:
         """Append (B,) tokens; (B, vocab) logits for the next one."""
-        self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
-        if self.cache is not None:
+        if self.cache is not None:  # the cache holds the past: only the new token runs
             return self.model(token[:, None], kv_cache=self.cache)[:, -1]
+        self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
         return self.model(self.tokens)[:, -1]

@@ -62,9 +62,8 @@ def stray_pixels(images: np.ndarray, foreground=None, background=None) -> dict[s
     if foreground is None:
         expected = np.argsort(-color_counts(images), axis=1)[:, :2]               # (N, 2) color keys
     else:
-        rgb = COLOR_RGB.astype(np.int64)
-        to_key = lambda ids: (rgb[np.asarray(ids), 0] * 4 + rgb[np.asarray(ids), 1]) * 4 + rgb[np.asarray(ids), 2]
-        expected = np.stack([to_key(foreground), to_key(background)], axis=1)
+        expected = np.concatenate([color_keys(COLOR_RGB[np.asarray(foreground)][:, None]),             # (N, 1)
+                                   color_keys(COLOR_RGB[np.asarray(background)][:, None])], axis=1)
     stray = ((keys != expected[:, :1]) & (keys != expected[:, 1:])).sum(1)
     return {"stray_per_image": float(stray.mean()), "clean": float((stray == 0).mean()),
             "stray_p90": float(np.percentile(stray, 90))}

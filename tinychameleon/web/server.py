@@ -167,11 +167,10 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         except ConfigError as error:
             raise HTTPException(422, str(error)) from None
         candidates = chosen.image_candidates if candidates_used else 1
-        cost = n * candidates * (2 if chosen.guidance != 1.0 else 1)
+        cost = n * candidates * chosen.streams
         if cost > settings.max_cost:
             raise HTTPException(422, f"this request would decode {cost} rows (n {n} x candidates {candidates} x "
-                                     f"{2 if chosen.guidance != 1.0 else 1} guidance streams); the limit is "
-                                     f"{settings.max_cost}")
+                                     f"{chosen.streams} guidance streams); the limit is {settings.max_cost}")
         return cost
 
     @app.get("/", include_in_schema=False)

@@ -5,8 +5,8 @@ Requests become jobs on an asyncio queue of fixed size; a full queue is refused 
 inference thread: light jobs (cost at most `light_cost` decoded rows) never wait behind heavy
 ones. Each lane merges compatible jobs (same kind and sampling settings, no fixed seed) into
 one batched pipeline call. While a light batch runs, the heavy lane pauses before its next
-decode step, so light requests get the whole CPU. Each job carries its deadline: a job whose client stopped waiting or
-whose deadline passed is dropped before it starts, and running work is stopped between decode
+decode step, so light requests get the whole CPU. Each job carries its deadline: a job whose
+client stopped waiting or whose deadline passed is dropped before it starts, and running work is stopped between decode
 steps once every job in its batch has expired (Pipeline.time_limit), so abandoned heavy
 requests free the CPU instead of running to the end.
 """
