@@ -49,6 +49,26 @@ def test_splits_are_reproducible_and_sized(colored):
     assert len(pairs) == 730  # uniform over valid pairs: all appear among 60k draws
 
 
+def test_validation_split_is_disjoint_stable_and_sized(cache_dir):
+    rows = colored_module.validation_rows()
+    assert len(rows) == 5000 and len(set(rows.tolist())) == 5000
+    assert np.array_equal(rows, colored_module.validation_rows())  # the same digits in every run
+    assert not set(rows.tolist()) & set(colored_module.training_rows().tolist())
+    assert len(colored_module.training_rows()) == 55_000
+    splits = colored_module.load_splits(0, cache_dir)
+    other_seed = colored_module.load_splits(1, cache_dir)
+    assert len(splits.train) == 55_000 and len(splits.validation) == 5000 and len(splits.test) == 10_000
+    assert np.array_equal(splits.validation.digits, other_seed.validation.digits)  # digits fixed, colors seeded
+    full_train, _ = colored_module.load_colored_mnist(0, cache_dir)
+    assert np.array_equal(splits.validation.images, full_train.images[rows])
+    train_rows = colored_module.training_rows()
+    assert np.array_equal(splits.train.images[:100], full_train.images[train_rows[:100]])
+    for draw in (0, 3):  # every color draw the recipe trains on leaves the validation digits out
+        assert len(colored_module.recolored_train(draw, 0, cache_dir)) == 55_000
+    with pytest.raises(KeyError):
+        splits["train2"]
+
+
 def test_holdout_pairs_are_absent_from_train(cache_dir):
     train, test = colored_module.load_colored_mnist(0, cache_dir, holdout_pairs=20)
     held = {tuple(p) for p in colored_module.VALID_PAIRS[colored_module.holdout_pair_ids(20)]}
@@ -89,6 +109,7 @@ def test_cache_dir_env_override(tmp_path, monkeypatch):
 
 def test_recolored_draws_keep_digits_and_change_colors(colored, cache_dir):
     train, _ = colored
+    train = colored_module.load_splits(0, cache_dir).train
     assert colored_module.recolored_train(0, 0, cache_dir).captions()[:50] == train.captions()[:50]
     draw = colored_module.recolored_train(1, 0, cache_dir)
     assert np.array_equal(draw.digits, train.digits)

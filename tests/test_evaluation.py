@@ -56,7 +56,7 @@ def test_evaluate_quick_on_a_tiny_checkpoint(tiny_run, tmp_path, capsys, judge):
     for section in ("text_to_image", "image_to_text", "unconditional", "frechet", "vqvae", "judge_on_real_test"):
         assert section in metrics
     assert metrics["judge_on_real_test"]["all"] > 0.9
-    assert 0 < metrics["nll"]["test_image_nll"] < 10 and metrics["unconditional"]["fits_template"] == 1.0
+    assert metrics["split"] == "test" and 0 < metrics["nll"]["test_image_nll"] < 10 and metrics["unconditional"]["fits_template"] == 1.0
     t2i = metrics["text_to_image"]
     assert t2i["all"] <= min(t2i["digit"], t2i["foreground"], t2i["background"])
     # Real images and two-color decodes have no stray pixel; real shapes sit on their own manifold.
@@ -67,3 +67,15 @@ def test_evaluate_quick_on_a_tiny_checkpoint(tiny_run, tmp_path, capsys, judge):
     report = (tmp_path / "report.md").read_text()
     assert "text -> image" in report and "![text_to_image.png]" in report
     assert (tmp_path / "text_to_image.png").exists()
+
+
+def test_evaluate_on_the_validation_split(tiny_run, tmp_path, judge):
+    code = main(["evaluate", "--quick", "--split", "validation", "--checkpoint", str(tiny_run), "--out", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert code == 0 and metrics["split"] == "validation"
+    assert 0 < metrics["nll"]["validation_nll"] < 10 and "test_nll" not in metrics["nll"]
+    assert "**validation**" in (tmp_path / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--split", "train", "--checkpoint", str(tiny_run), "--out", str(tmp_path)])
+    assert main(["evaluate", "--split", "validation", "--offset", "5000", "--checkpoint", str(tiny_run),
+                 "--out", str(tmp_path)]) == 2

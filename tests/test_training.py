@@ -40,8 +40,12 @@ def test_tiny_run_writes_a_self_describing_checkpoint(tiny_run):
         assert (tiny_run / name).exists(), name
     history = json.loads((tiny_run / "transformer_metrics.json").read_text())
     epochs = history["epochs"]
-    assert epochs[0]["epoch"] == 0 and epochs[-1]["test_nll"] < epochs[0]["test_nll"]  # it learned
-    assert {"test_text_nll", "test_image_nll", "test_text_first_nll", "test_image_first_nll"} <= set(epochs[-1])
+    assert epochs[0]["epoch"] == 0 and epochs[-1]["validation_nll"] < epochs[0]["validation_nll"]  # it learned
+    assert {"validation_text_nll", "validation_image_nll", "validation_text_first_nll",
+            "validation_image_first_nll"} <= set(epochs[-1])
+    assert not any(key.startswith("test") for key in epochs[-1])  # training never looks at the test split
+    info = json.loads((tiny_run / "run_info.json").read_text())
+    assert info["wall_time_s"] > 0 and info["cpu_count"] >= 1 and "torch" in info
     assert len(history["steps"]) == 512 // 32  # one train loss per minibatch
     model = checkpoint.load_transformer(tiny_run)
     assert model.config.n_layer == 1
@@ -100,8 +104,8 @@ def test_init_from_fine_tunes_another_run(tiny_run, tmp_path, cache_dir):
     config = make_config("tiny", model={"n_layer": 3}, train={"init_from": str(tiny_run), "lr": 1e-3})
     train(config, tmp_path / "tuned", cache_dir=cache_dir, progress=False, device_name="cpu")
     tuned = json.loads((tmp_path / "tuned" / "transformer_metrics.json").read_text())["epochs"]
-    assert tuned[0]["test_nll"] == pytest.approx(source["test_nll"], rel=1e-5)  # starts where the source ended
-    assert tuned[-1]["test_nll"] < tuned[0]["test_nll"]
+    assert tuned[0]["validation_nll"] == pytest.approx(source["validation_nll"], rel=1e-5)  # starts where it ended
+    assert tuned[-1]["validation_nll"] < tuned[0]["validation_nll"]
     saved = checkpoint.load_config(tmp_path / "tuned")
     assert saved.model.n_layer == 1 and saved.train.init_from == str(tiny_run)
     assert (tmp_path / "tuned" / "vqvae.safetensors").read_bytes() == (tiny_run / "vqvae.safetensors").read_bytes()
@@ -130,3 +134,46 @@ def test_colorings_cycle_over_epochs(tiny_run, tmp_path, cache_dir, monkeypatch)
         assert torch.equal(firsts[epoch], draws[epoch % 2][rows[epoch]])  # epoch e uses draw e % 2
     assert not torch.equal(draws[0], draws[1])
     assert torch.equal(draws[0][:, 2], draws[1][:, 2])  # the digit word is the same in every draw
+
+
+def test_early_stopping_rules():
+    from tinychameleon.config import TrainConfig
+    from tinychameleon.training.lm_trainer import is_best, should_stop
+
+    log = [{"epoch": 0, "validation_nll": 9.0}] + [{"epoch": e + 1, "validation_nll": v}
+                                                  for e, v in enumerate([3.0, 2.0, 2.5, 2.4])]
+    assert should_stop(TrainConfig(patience=0), log) == ""
+    assert should_stop(TrainConfig(patience=3), log) == ""            # only 2 epochs since the best
+    assert "2 epochs" in should_stop(TrainConfig(patience=2), log)
+    assert "target" in should_stop(TrainConfig(stop_at_nll=2.45), log)
+    assert should_stop(TrainConfig(stop_at_nll=2.3), log) == ""
+    assert not is_best(log) and is_best(log[:3])
+
+
+def test_early_stopping_keeps_the_best_epoch_weights(tmp_path, cache_dir):
+    """A target the first epoch meets: training stops after it, however many epochs were asked for."""
+    from tinychameleon.training.run import train
+
+    run = train(make_config("tiny", train={"epochs": 4, "stop_at_nll": 50.0}), tmp_path / "stop",
+                cache_dir=cache_dir, progress=False, device_name="cpu", command="tinychameleon train --preset tiny")
+    epochs = json.loads((run / "transformer_metrics.json").read_text())["epochs"]
+    assert [row["epoch"] for row in epochs] == [0, 1]
+    assert json.loads((run / "run_info.json").read_text())["command"] == "tinychameleon train --preset tiny"
+
+
+def test_bf16_autocast_on_cpu_matches_fp32(tiny_run):
+    """The bf16 training path (train.precision) computes the same loss as fp32 within bf16's precision."""
+    from tinychameleon.device import autocast
+    from tinychameleon.training.lm_trainer import sequence_loss
+
+    model = checkpoint.load_transformer(tiny_run)
+    sequences = torch.randint(0, 32, (16, 58))
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        full = sequence_loss(model, sequences)
+        with autocast(cpu, precision="bf16"):
+            half = sequence_loss(model, sequences)
+        with autocast(cpu, precision="fp32"):
+            plain = sequence_loss(model, sequences)
+    assert plain.item() == full.item()
+    assert half.item() == pytest.approx(full.item(), rel=0.02) and half.item() != full.item()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import warnings
@@ -154,8 +155,9 @@ def command_train(args) -> int:
     except ValueError as error:
         raise TinyChameleonError(str(error)) from None
     prepare_output(out)
+    command = " ".join(["tinychameleon"] + [shlex.quote(word) for word in sys.argv[1:]])
     train(config, out, resume=args.resume, vqvae_from=args.vqvae_from, device_name=args.device,
-          cache_dir=args.cache_dir, progress=not args.no_progress, compile_model=args.compile)
+          cache_dir=args.cache_dir, progress=not args.no_progress, compile_model=args.compile, command=command)
     return 0
 
 
@@ -293,12 +295,15 @@ def command_report(args) -> int:
 def command_evaluate(args) -> int:
     from .evaluation.evaluate import run_evaluation
 
+    from .data.colored import VALIDATION_SIZE
+
     sampling = sampling_overrides(args)
-    if not 1 <= args.samples <= 10_000 or not 0 <= args.offset < 10_000:
-        raise TinyChameleonError("--samples must be 1..10000 and --offset 0..9999")
+    size = VALIDATION_SIZE if args.split == "validation" else 10_000
+    if not 1 <= args.samples <= size or not 0 <= args.offset < size:
+        raise TinyChameleonError(f"--samples must be 1..{size} and --offset 0..{size - 1} on the {args.split} split")
     run_evaluation(checkpoint=args.checkpoint, out=prepare_output(args.out), samples=args.samples,
                    offset=args.offset, quick=args.quick, seed=args.seed, cache_dir=args.cache_dir,
-                   device=args.device, sampling=sampling)
+                   device=args.device, sampling=sampling, split=args.split)
     return 0
 
 
@@ -426,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=number(int), default=1000, help="samples per direction (default 1000)")
     evaluate.add_argument("--offset", type=number(int), default=0,
                           help="use test examples from this index on for the sampled metrics")
+    evaluate.add_argument("--split", choices=("test", "validation"), default="test",
+                          help="test (the final report, default) or validation (where settings are chosen)")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
     evaluate.add_argument("--seed", type=number(int), default=0, help="sampler seed (default 0)")
     evaluate.add_argument("--cache-dir", help="data and judge cache directory")

@@ -136,18 +136,55 @@ def load_colored_mnist(seed: int = 0, cache_dir: str | Path | None = None, holdo
     return train, test
 
 
+# The validation split: 5000 of the 60k MNIST training digits, the same ones in every run (their own
+# fixed seed, whatever the data seed). Training never sees them; every choice is made on them, and
+# the test split is kept for the final report.
+VALIDATION_SIZE = 5000
+VALIDATION_SEED = 20_261_123
+MNIST_TRAIN_SIZE = 60_000
+
+
+def validation_rows() -> np.ndarray:
+    """Sorted indices of the validation digits among the 60k training digits."""
+    return np.sort(np.random.default_rng(VALIDATION_SEED).choice(MNIST_TRAIN_SIZE, VALIDATION_SIZE, replace=False))
+
+
+def training_rows() -> np.ndarray:
+    """Sorted indices of the 55k digits the recipe trains on (all training digits but the validation ones)."""
+    return np.setdiff1d(np.arange(MNIST_TRAIN_SIZE), validation_rows())
+
+
+@dataclass
+class Splits:
+    train: ColoredMNIST        # 55k: what the tokenizer and the transformer learn from
+    validation: ColoredMNIST   # 5k of the training digits, never trained on: every choice is made here
+    test: ColoredMNIST         # 10k MNIST test digits: the final report only
+
+    def __getitem__(self, name: str) -> ColoredMNIST:
+        if name not in ("train", "validation", "test"):
+            raise KeyError(f"unknown split {name!r}; choose train, validation or test")
+        return getattr(self, name)
+
+
+def load_splits(seed: int = 0, cache_dir: str | Path | None = None, holdout_pairs: int = 0) -> Splits:
+    """Train / validation / test. Colors come from `load_colored_mnist`, so a digit keeps its coloring."""
+    full_train, test = load_colored_mnist(seed, cache_dir, holdout_pairs)
+    return Splits(full_train.subset(training_rows()), full_train.subset(validation_rows()), test)
+
+
 def recolored_train(draw: int, seed: int = 0, cache_dir: str | Path | None = None, holdout_pairs: int = 0
                     ) -> ColoredMNIST:
-    """The training digits under color draw number `draw` (0 is the train split of load_colored_mnist).
+    """The 55k training digits (validation excluded) under color draw number `draw` (0: `load_splits().train`).
 
     Same digits, fresh color pairs: the transformer then sees each digit shape under several
     colorings, which regularises its reading of shape apart from color. Draws k >= 1 use the
     seed sequence [seed, k], so they never coincide with the test split's seed + 1.
     """
     if draw == 0:
-        return load_colored_mnist(seed, cache_dir, holdout_pairs)[0]
+        return load_splits(seed, cache_dir, holdout_pairs).train
     mnist = load_mnist(cache_dir)
-    return make_split(mnist["train_images"], mnist["train_labels"], [seed, draw], training_pairs(holdout_pairs))
+    full = make_split(mnist["train_images"], mnist["train_labels"], [seed, draw], training_pairs(holdout_pairs))
+    return full.subset(training_rows())
 
 
 COLOR_ID = {name: index for index, name in enumerate(COLOR_NAMES)}

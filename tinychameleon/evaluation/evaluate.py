@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.colored import VALID_PAIRS, holdout_pair_ids, load_colored_mnist, parse_caption
+from ..data.colored import VALID_PAIRS, holdout_pair_ids, load_colored_mnist, load_splits, parse_caption
 from ..data.mnist import default_cache_dir
 from ..imaging import caption_grid
 from ..io_utils import atomic_path, write_json
 from ..pipeline import Pipeline
-from ..training.lm_trainer import test_nll
+from ..training.lm_trainer import split_nll
 from ..training.run import caption_word_ids, encode_images
 from ..training.vqvae_trainer import reconstruction_metrics
 from .judge import attribute_accuracy, load_or_train_judge
@@ -35,18 +35,24 @@ def stage(name: str, started: float) -> None:
 
 
 def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, seed: int = 0, cache_dir=None,
-             sampling: dict | None = None, out_dir: Path | None = None, offset: int = 0) -> dict:
-    """Run the whole evaluation on a loaded pipeline; returns the metrics dictionary."""
+             sampling: dict | None = None, out_dir: Path | None = None, offset: int = 0, split: str = "test") -> dict:
+    """Run the whole evaluation on a loaded pipeline; returns the metrics dictionary.
+
+    `split` is "test" (the final report) or "validation" (5k training digits no run trains on:
+    where epochs and sampler settings are chosen).
+    """
     started = time.time()
     sampling = {key: value for key, value in (sampling or {}).items() if value is not None}
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     config = pipeline.config
-    train, test = load_colored_mnist(config.data_seed, cache_dir)
-    judge = load_or_train_judge(train, cache_dir, config.data_seed)
+    # The judge is an instrument, not a model under test: it reads all 60k colored training digits.
+    judge = load_or_train_judge(load_colored_mnist(config.data_seed, cache_dir)[0], cache_dir, config.data_seed)
+    splits = load_splits(config.data_seed, cache_dir)
+    train, test = splits.train, splits[split]
     stage("judge ready", started)
     samples = min(samples, len(test) - offset)
     subset = test.subset(slice(offset, offset + samples))
-    metrics: dict = {"checkpoint": pipeline.source, "samples": samples, "offset": offset, "seed": seed,
+    metrics: dict = {"checkpoint": pipeline.source, "split": split, "samples": samples, "offset": offset, "seed": seed,
                      "sampling": {**pipeline.sampling.__dict__, **sampling}}
 
     real = judge.predict(test.images)
@@ -63,9 +69,10 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
 
     nll_split = test if not nll_examples else test.subset(slice(0, nll_examples))
     codes = encode_images(pipeline.vqvae, nll_split.images, pipeline.device).long().to(pipeline.device)
-    metrics["nll"] = test_nll(pipeline.model, pipeline.vocab, caption_word_ids(nll_split).to(pipeline.device), codes)
+    metrics["nll"] = split_nll(pipeline.model, pipeline.vocab, caption_word_ids(nll_split).to(pipeline.device), codes,
+                               split=split)
     metrics["nll"]["examples"] = len(nll_split)
-    stage(f"test NLL {metrics['nll']['test_nll']:.4f}", started)
+    stage(f"{split} NLL {metrics['nll'][f'{split}_nll']:.4f}", started)
 
     reconstructions = pipeline.vqvae.decode(encode_images(pipeline.vqvae, subset.images, pipeline.device).long()
                                             .to(pipeline.device)).cpu().numpy()
@@ -149,13 +156,13 @@ def compositional(pipeline, judge, test, holdout_pairs: int, samples: int, seed:
 
 def run_evaluation(checkpoint: str | None = None, out: str | Path = "evaluation", samples: int = 1000,
                    offset: int = 0, quick: bool = False, seed: int = 0, cache_dir=None, device: str = "cpu",
-                   sampling: dict | None = None) -> dict:
+                   sampling: dict | None = None, split: str = "test") -> dict:
     """Load a run directory, evaluate it, write metrics.json / report.md / grids into `out`."""
     torch.manual_seed(seed)
     pipeline = Pipeline.from_pretrained(checkpoint, device=device)
     samples, nll_examples = (64, 500) if quick else (samples, 0)
     out = Path(out)
-    metrics = evaluate(pipeline, samples, nll_examples, seed, cache_dir, sampling, out, offset)
+    metrics = evaluate(pipeline, samples, nll_examples, seed, cache_dir, sampling, out, offset, split)
     print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional",
                                                    "unconditional_ancestral")}, indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")

@@ -19,19 +19,21 @@ def looks_row(name: str, looks: dict) -> str:
 
 def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
     nll, vq = metrics["nll"], metrics["vqvae"]
+    split = metrics.get("split", "test")  # key names keep "real_test" for the real images of the evaluated split
+    nll = {key.replace(f"{split}_", "", 1): value for key, value in nll.items()}
     t2i, i2t, unc, fd = metrics["text_to_image"], metrics["image_to_text"], metrics["unconditional"], metrics["frechet"]
     judge = metrics["judge_on_real_test"]
     lines = [
         f"# Evaluation of `{metrics['checkpoint']}`", "",
         f"{metrics['samples']} samples per direction, sampler seed {metrics['seed']}, sampling {metrics['sampling']}; "
-        f"NLL on {nll['examples']} test examples in both orders. Took {metrics['elapsed_s']:.0f}s.", "",
+        f"Split: **{split}**; NLL on {nll['examples']} {split} examples in both orders. Took {metrics['elapsed_s']:.0f}s.", "",
         "## Likelihood (nats per token)", "",
         "| overall | text positions | image positions | text-first | image-first |", "|---|---|---|---|---|",
-        f"| {nll['test_nll']:.4f} | {nll['test_text_nll']:.4f} | {nll['test_image_nll']:.4f} | "
-        f"{nll['test_text_first_nll']:.4f} | {nll['test_image_first_nll']:.4f} |", "",
+        f"| {nll['nll']:.4f} | {nll['text_nll']:.4f} | {nll['image_nll']:.4f} | "
+        f"{nll['text_first_nll']:.4f} | {nll['image_first_nll']:.4f} |", "",
         "## Judged accuracy", "",
         "| | digit | foreground | background | all |", "|---|---|---|---|---|",
-        f"| judge on real test images (ceiling) | {percent(judge['digit'])} | {percent(judge['foreground'])} | "
+        f"| judge on real {split} images (ceiling) | {percent(judge['digit'])} | {percent(judge['foreground'])} | "
         f"{percent(judge['background'])} | {percent(judge['all'])} |",
         f"| judge on VQ-VAE reconstructions | {percent(vq['judge_on_reconstructions']['digit'])} | "
         f"{percent(vq['judge_on_reconstructions']['foreground'])} | "

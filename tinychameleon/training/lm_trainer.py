@@ -46,9 +46,12 @@ def sequence_loss(model, sequences: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torch.Tensor,
-             batch_size: int = 1000) -> dict:
-    """Mean NLL on a whole split in both orders: overall, text / image positions, per order."""
+def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torch.Tensor,
+              split: str = "validation", batch_size: int = 1000) -> dict:
+    """Mean NLL on a whole split in both orders (fp32): overall, text / image positions, per order.
+
+    Keys name the split: validation_nll, validation_text_nll, ... (test_nll, ... for the final report).
+    """
     was_training = model.training
     model.eval()
     device = codes.device
@@ -66,11 +69,32 @@ def test_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torch
                 sums[key] += losses.sum() if mask is None else losses[mask].sum()
                 counts[key] += losses.numel() if mask is None else int(mask.sum())
     model.train(was_training)
-    return {("test_nll" if key == "all" else f"test_{key}_nll"): (sums[key] / counts[key]).item() for key in sums}
+    return {(f"{split}_nll" if key == "all" else f"{split}_{key}_nll"): (sums[key] / counts[key]).item()
+            for key in sums}
+
+
+def should_stop(settings, epoch_log: list[dict]) -> str:
+    """Why training stops after the last logged epoch ('' = go on): validation NLL at the target,
+    or `patience` epochs without a better one."""
+    history = [row["validation_nll"] for row in epoch_log if row["epoch"] > 0 and "validation_nll" in row]
+    if not history:
+        return ""
+    if settings.stop_at_nll and history[-1] <= settings.stop_at_nll:
+        return f"validation NLL {history[-1]:.4f} reached the target {settings.stop_at_nll}"
+    best_epoch = min(range(len(history)), key=history.__getitem__)
+    if settings.patience and len(history) - 1 - best_epoch >= settings.patience:
+        return f"no better validation NLL for {settings.patience} epochs (best {history[best_epoch]:.4f})"
+    return ""
+
+
+def is_best(epoch_log: list[dict]) -> bool:
+    """Whether the last logged epoch has the lowest validation NLL so far (its weights are the ones kept)."""
+    history = [row["validation_nll"] for row in epoch_log if row["epoch"] > 0 and "validation_nll" in row]
+    return bool(history) and history[-1] <= min(history)
 
 
 def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes: torch.Tensor,
-                      test_words: torch.Tensor, test_codes: torch.Tensor, run_dir: Path, device: torch.device,
+                      validation_words: torch.Tensor, validation_codes: torch.Tensor, run_dir: Path, device: torch.device,
                       resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
                       compile_model: bool = False) -> Transformer:
     settings = config.train
@@ -101,12 +125,14 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     if compile_model:
         train_model = torch.compile(train_model)
     train_words, train_codes = train_words.to(device), train_codes.to(device)
-    test_words, test_codes = test_words.to(device), test_codes.to(device)
+    validation_words, validation_codes = validation_words.to(device), validation_codes.to(device)
     if not epoch_log and world.is_main:
-        epoch_log.append({"epoch": 0, "step": 0, **test_nll(model, vocab, test_words, test_codes)})
-        print(f"transformer epoch 0: test nll {epoch_log[0]['test_nll']:.4f}", flush=True)
+        epoch_log.append({"epoch": 0, "step": 0, **split_nll(model, vocab, validation_words, validation_codes)})
+        print(f"transformer epoch 0: validation nll {epoch_log[0]['validation_nll']:.4f}", flush=True)
     started = time.time()
     for epoch in range(start_epoch, settings.epochs):
+        if should_stop(settings, epoch_log):
+            break
         model.train()
         # Epoch e trains on color draw e % D (same digits, fresh color pairs when D > 1).
         epoch_words, epoch_codes = train_words[epoch % len(train_codes)], train_codes[epoch % len(train_codes)]
@@ -121,7 +147,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                 group["lr"] = lr
             rows = rows.to(device)
             sequences = build_sequences(vocab, epoch_words[rows], epoch_codes[rows], orders.to(device))
-            with autocast(device):
+            with autocast(device, precision=settings.precision):
                 loss = sequence_loss(train_model, sequences)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,13 +162,19 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         step_log.extend({"step": epoch * steps_per_epoch + i, "epoch": epoch, "loss": value}
                         for i, value in enumerate(losses))
         if world.is_main:
-            metrics = test_nll(model, vocab, test_words, test_codes)
+            metrics = split_nll(model, vocab, validation_words, validation_codes)
             epoch_log.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                               "train_loss": sum(losses) / len(losses), **metrics, "elapsed_s": time.time() - started})
             print(f"transformer epoch {epoch + 1}/{settings.epochs}: train {epoch_log[-1]['train_loss']:.4f}"
-                  f" | test {metrics['test_nll']:.4f} (text {metrics['test_text_nll']:.4f},"
-                  f" image {metrics['test_image_nll']:.4f}) | {time.time() - started:.0f}s", flush=True)
-            save_epoch(run_dir, "transformer", model, optimizer, MODEL_FILE, STATE_FILE, step_log, epoch_log)
+                  f" | validation {metrics['validation_nll']:.4f} (text {metrics['validation_text_nll']:.4f},"
+                  f" image {metrics['validation_image_nll']:.4f}) | {time.time() - started:.0f}s", flush=True)
+            # The weights file keeps the best validation epoch; the resume state always holds the latest.
+            save_epoch(run_dir, "transformer", model, optimizer, MODEL_FILE, STATE_FILE, step_log, epoch_log,
+                       keep_weights=is_best(epoch_log))
             plot_curve(run_dir, step_log, epoch_log)
-        world.barrier()
+        reason = should_stop(settings, epoch_log) if world.is_main else ""
+        if world.agree(bool(reason), device):  # every rank stops together under torchrun
+            if world.is_main:
+                print(f"transformer: stopping early after epoch {epoch + 1}: {reason}", flush=True)
+            break
     return model.eval()

@@ -1,4 +1,4 @@
-"""Training records: per-minibatch losses (CSV), per-epoch test losses (JSON), and the curve (PNG)."""
+"""Training records: per-minibatch losses (CSV), per-epoch validation losses (JSON), and the curve (PNG)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def write_history(run_dir: Path, stage: str, steps: list[dict], epochs: list[dic
 
 
 def plot_curve(run_dir: Path, steps: list[dict], epochs: list[dict], path: Path | None = None) -> Path:
-    """Train loss per minibatch (light) and its running mean, test loss per epoch (markers)."""
+    """Train loss per minibatch (light) and its running mean, validation loss per epoch (markers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +35,11 @@ def plot_curve(run_dir: Path, steps: list[dict], epochs: list[dict], path: Path 
         smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
                   for i in range(len(losses))]
         axis.plot(xs, smooth, color="tab:blue", linewidth=1.5, label="train (running mean)")
-    for key, color, label in (("test_nll", "black", "test"), ("test_text_nll", "tab:green", "test, text"),
+    # Runs before the validation split logged the test split each epoch; both are drawn when present.
+    for key, color, label in (("validation_nll", "black", "validation"),
+                              ("validation_text_nll", "tab:green", "validation, text"),
+                              ("validation_image_nll", "tab:red", "validation, image"),
+                              ("test_nll", "black", "test"), ("test_text_nll", "tab:green", "test, text"),
                               ("test_image_nll", "tab:red", "test, image")):
         points = [(row["step"], row[key]) for row in epochs if key in row]
         if points:

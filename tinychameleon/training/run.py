@@ -6,6 +6,8 @@ are complete is skipped, so `--resume` after an interruption continues where it 
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 
 from ..batching import batch_slices
 from ..config import RunConfig
-from ..data.colored import ColoredMNIST, load_colored_mnist, recolored_train
+from ..data.colored import ColoredMNIST, load_splits, recolored_train
 from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
@@ -76,9 +78,27 @@ def colorings(config: RunConfig, vqvae: VQVAE, train_split: ColoredMNIST, train_
     return torch.stack(words), torch.stack(codes)
 
 
+def run_info(started: float, device: torch.device, world, command: str) -> dict:
+    """What reproducing this run needs to know: the command, the wall time and the machine it ran on."""
+    return {"command": command, "wall_time_s": round(time.time() - started, 1), "device": str(device),
+            "world_size": world.world_size, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_from: str | Path | None = None,
           device_name: str = "auto", cache_dir: str | Path | None = None, progress: bool = True,
-          compile_model: bool = False) -> Path:
+          compile_model: bool = False, command: str = "") -> Path:
     """Train both stages into run_dir (config, weights, vocab, metrics, curve); returns run_dir."""
     run_dir = Path(run_dir)
     # Tiny gradients in the VQ-VAE become denormal floats, which CPUs process ~3x slower; flush them to zero.
@@ -99,9 +119,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir, config)
-    train_split, test_split = load_colored_mnist(config.data_seed, cache_dir, config.train.holdout_pairs)
-    train_split = limit(train_split, config.train.max_train_examples)
-    test_split = limit(test_split, config.train.max_test_examples)
+    splits = load_splits(config.data_seed, cache_dir, config.train.holdout_pairs)
+    train_split = limit(splits.train, config.train.max_train_examples)
+    validation_split = limit(splits.validation, config.train.max_validation_examples)  # the test split stays unseen
 
     # Stage 1: the image tokenizer (trained by rank 0 only; the others wait, then load it).
     vq_done = (run_dir / VQVAE_FILE).exists() and not (run_dir / VQ_STATE_FILE).exists()
@@ -109,30 +129,31 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
         shutil.copyfile(Path(vqvae_from) / VQVAE_FILE, run_dir / VQVAE_FILE)
         vq_done = True
     if not vq_done and world.is_main:
-        train_vqvae(config, train_split.images, test_split.images, run_dir, device, resume, progress)
-        metrics = reconstruction_metrics(load_vqvae(run_dir, config).to(device), test_split.images, device=device)
-        write_json(run_dir / "vqvae_test_metrics.json", metrics)
+        train_vqvae(config, train_split.images, validation_split.images, run_dir, device, resume, progress)
+        metrics = reconstruction_metrics(load_vqvae(run_dir, config).to(device), validation_split.images,
+                                         device=device)
+        write_json(run_dir / "vqvae_validation_metrics.json", metrics)
         (run_dir / VQ_STATE_FILE).unlink(missing_ok=True)  # marks stage 1 complete
     world.barrier()
     vqvae = load_vqvae(run_dir, config)
 
     # Stage 2: the transformer on cached token tensors.
-    data_key = f"seed{config.data_seed}-hold{config.train.holdout_pairs}"
+    data_key = f"seed{config.data_seed}-hold{config.train.holdout_pairs}-val"
     if world.is_main:
         train_codes = cached_codes(vqvae, train_split, "train", data_key, cache_dir, device)
-        test_codes = cached_codes(vqvae, test_split, "test", data_key, cache_dir, device)
+        validation_codes = cached_codes(vqvae, validation_split, "validation", data_key, cache_dir, device)
     world.barrier()
     train_codes = cached_codes(vqvae, train_split, "train", data_key, cache_dir, device)[:len(train_split)]
-    test_codes = cached_codes(vqvae, test_split, "test", data_key, cache_dir, device)[:len(test_split)]
+    validation_codes = cached_codes(vqvae, validation_split, "validation", data_key, cache_dir,
+                                    device)[:len(validation_split)]
     if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
         print(f"{run_dir} is already fully trained; nothing to resume")
         return run_dir
     train_words, train_codes = colorings(config, vqvae, train_split, train_codes, data_key, cache_dir, device, world)
-    train_transformer(config, train_words, train_codes, caption_word_ids(test_split), test_codes,
+    train_transformer(config, train_words, train_codes, caption_word_ids(validation_split), validation_codes,
                       run_dir, device, resume, progress, world, compile_model)
     if world.is_main:
         (run_dir / "train_state.pt").unlink(missing_ok=True)
-        write_json(run_dir / "run_info.json", {"wall_time_s": time.time() - started, "device": str(device),
-                                               "world_size": world.world_size, "torch": torch.__version__})
+        write_json(run_dir / "run_info.json", run_info(started, device, world, command))
         print(f"done in {time.time() - started:.0f}s: checkpoint in {run_dir}")
     return run_dir

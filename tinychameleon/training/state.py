@@ -41,9 +41,10 @@ def resume_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def save_epoch(run_dir: Path, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               weights_file: str, state_file: str, step_log: list, epoch_log: list) -> None:
-    """End of an epoch: weights, resume state and history, each written atomically."""
-    save_weights(model, run_dir / weights_file)
+               weights_file: str, state_file: str, step_log: list, epoch_log: list, keep_weights: bool = True) -> None:
+    """End of an epoch: weights (unless an earlier epoch stays the best), resume state and history, atomically."""
+    if keep_weights:
+        save_weights(model, run_dir / weights_file)
     save_state(run_dir / state_file, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "epoch": epoch_log[-1]["epoch"], "steps": step_log, "epochs": epoch_log})
     write_history(run_dir, stage, step_log, epoch_log)

@@ -37,7 +37,7 @@ def reconstruction_metrics(vqvae: VQVAE, images: np.ndarray, batch_size: int = 1
             "code_perplexity": entropy.exp().item()}
 
 
-def train_vqvae(config: RunConfig, train_images: np.ndarray, test_images: np.ndarray, run_dir: Path,
+def train_vqvae(config: RunConfig, train_images: np.ndarray, validation_images: np.ndarray, run_dir: Path,
                 device: torch.device, resume: bool = False, progress: bool = True) -> VQVAE:
     """Train (or resume) the tokenizer; writes vqvae.safetensors and vqvae_metrics.json each epoch."""
     settings = config.vq_train
@@ -50,7 +50,7 @@ def train_vqvae(config: RunConfig, train_images: np.ndarray, test_images: np.nda
     if start_epoch:
         print(f"vqvae: resuming after epoch {start_epoch}")
     images = torch.from_numpy(train_images).to(device)  # the whole split lives on the device
-    test_subset = test_images[:2000]  # per-epoch check; the full test split is reported at the end
+    check_images = validation_images[:2000]  # per-epoch check; the whole validation split is reported at the end
     started = time.time()
     for epoch in range(start_epoch, settings.epochs):
         vqvae.train()
@@ -70,11 +70,11 @@ def train_vqvae(config: RunConfig, train_images: np.ndarray, test_images: np.nda
             step_log.append({"step": step, "epoch": epoch, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
             if batch_index % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-        metrics = reconstruction_metrics(vqvae, test_subset, device=device)
+        metrics = reconstruction_metrics(vqvae, check_images, device=device)
         epoch_log.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, **metrics,
                           "elapsed_s": time.time() - started})
         print(f"vqvae epoch {epoch + 1}/{settings.epochs}: loss {np.mean([r['loss'] for r in step_log[-steps_per_epoch:]]):.4f}"
-              f" | test pixel-exact {metrics['pixel_exact']:.4f} | codes used {metrics['code_usage']:.1%}"
+              f" | validation pixel-exact {metrics['pixel_exact']:.4f} | codes used {metrics['code_usage']:.1%}"
               f" | perplexity {metrics['code_perplexity']:.1f} | {time.time() - started:.0f}s", flush=True)
         save_epoch(run_dir, "vqvae", vqvae, optimizer, VQVAE_FILE, STATE_FILE, step_log, epoch_log)
     return vqvae.eval()
