@@ -159,3 +159,19 @@ def test_shared_prefix_digit_scores_equal_full_sequences(model):
     full = caption_given_image(model, VOCAB, candidates.view(30, 6), codes.repeat_interleave(10, dim=0)).view(3, 10)
     shared = caption_given_image_per_digit(model, VOCAB, words, codes, batch_size=2)  # two chunks
     torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-4)
+
+
+def test_pruned_hypotheses_rank_only_the_readings_top_digits(model):
+    """hypotheses = m: the full two-way score decides among the m digits the image-first reading likes best."""
+    generator = torch.Generator().manual_seed(5)
+    words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2], [1, 1, 12, 26, 3, 3]])
+    codes = torch.randint(0, VOCAB.codebook_size, (4, 49), generator=generator)
+    candidates, full = digit_scores(model, VOCAB, words, codes)
+    reading = caption_given_image_per_digit(model, VOCAB, words, codes)
+    for m in (1, 3, 10):
+        top = reading.topk(m, dim=1).indices
+        restricted = torch.full_like(full, float("-inf")).scatter(1, top, full.gather(1, top))
+        expected = candidates[torch.arange(4), restricted.argmax(dim=1)]
+        assert torch.equal(rerank_digits(model, VOCAB, words, codes, hypotheses=m), expected)
+    assert torch.equal(rerank_digits(model, VOCAB, words, codes, hypotheses=1)[:, DIGIT_SLOT],
+                       torch.tensor(DIGIT_WORD_IDS)[reading.argmax(dim=1)])

@@ -54,7 +54,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def training_case(device, batch_size: int, reference: bool, repeats: int, data_size: int = 8192) -> dict:
     config = make_config("seed")
-    vocab = Vocab(config.vq.codebook_size)
+    vocab = Vocab.for_config(config)
     torch.manual_seed(0)
     model = build_transformer(config).to(device)
     words = torch.randint(0, vocab.num_words, (data_size, 6))
@@ -99,7 +99,7 @@ def training_case(device, batch_size: int, reference: bool, repeats: int, data_s
 
 def sampling_case(device, batch_size: int, use_cache: bool, repeats: int) -> dict:
     config = make_config("seed")
-    vocab = Vocab(config.vq.codebook_size)
+    vocab = Vocab.for_config(config)
     torch.manual_seed(0)
     model = build_transformer(config).to(device).eval()
     rules = ModalityRules(vocab)

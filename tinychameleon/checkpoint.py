@@ -48,7 +48,7 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
 
 def save_config(run_dir: Path, config: RunConfig) -> None:
     write_json(run_dir / CONFIG_FILE, config.to_dict())
-    write_json(run_dir / VOCAB_FILE, Vocab(config.vq.codebook_size).to_dict())
+    write_json(run_dir / VOCAB_FILE, Vocab.for_config(config).to_dict())
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
@@ -79,8 +79,23 @@ def build_vqvae(config: RunConfig) -> VQVAE:
 
 
 def build_transformer(config: RunConfig) -> Transformer:
-    config.model.vocab_size = Vocab(config.vq.codebook_size).size
+    vocab = Vocab.for_config(config)
+    config.model.vocab_size = vocab.size
+    config.model.block_size = max(config.model.block_size, vocab.sequence_length)
     return Transformer(config.model)
+
+
+def load_grown(model: torch.nn.Module, state: dict) -> None:
+    """Copy another run's weights into `model`, whose tables may have grown since (a <mask> token at the end
+    of the vocabulary, positions for the longer masked-span sequences): new rows keep their fresh init."""
+    own = model.state_dict()
+    for name, value in state.items():
+        target = own.get(name)
+        if target is None or target.shape[1:] != value.shape[1:] or target.shape[0] < value.shape[0]:
+            raise CheckpointError(f"cannot start from these weights: {name} has shape {tuple(value.shape)}, "
+                                  f"this model needs {None if target is None else tuple(target.shape)}")
+        with torch.no_grad():
+            target[:value.shape[0]].copy_(value)
 
 
 def _load_module(run_dir, config, filename: str, build, what: str):

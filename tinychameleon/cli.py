@@ -35,6 +35,8 @@ SAMPLER_FLAGS = [
                                          "model captions best"),
     ("--views", "caption_views", "with --rerank: score the digit on the image and N-1 recolorings of it "
                                  "(1 = image only)"),
+    ("--hypotheses", "caption_hypotheses", "with --rerank: digits (the image-first reading's top ones) that get the "
+                                           "full two-way score (10 = all)"),
 ]
 
 
@@ -61,6 +63,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"{text}; {low}..{high}")
     parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, dest="rerank_captions",
                         help="image -> text: choose the digit word by Bayes re-ranking in both orders")
+    parser.add_argument("--mixed-pool", action=argparse.BooleanOptionalAction, dest="mixed_pool",
+                        help="with --candidates N: draw half of them by CD-K, half with guidance")
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +77,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 def sampling_overrides(args) -> dict:
     """The sampler flags that were given, validated before any work (ConfigError names the bad one)."""
     overrides = {field: getattr(args, field, None) for _, field, _ in SAMPLER_FLAGS}
-    overrides["rerank_captions"] = getattr(args, "rerank_captions", None)
+    for switch in ("rerank_captions", "mixed_pool"):
+        overrides[switch] = getattr(args, switch, None)
     overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
         replace(SamplingConfig(), **overrides).validate()
@@ -141,7 +146,7 @@ def command_train(args) -> int:
                                 ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed"),
                                 ("max_train_examples", "train", "max_train_examples"),
                                 ("warmup_steps", "train", "warmup_steps"), ("init_from", "train", "init_from"),
-                                ("colorings", "train", "colorings")):
+                                ("colorings", "train", "colorings"), ("infill_rate", "train", "infill_rate")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -367,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(its tokenizer and model shape are used)")
     train.add_argument("--colorings", type=number(int),
                        help="color-pair draws of the training images, cycled over epochs (default 1: fixed colors)")
+    train.add_argument("--infill-rate", type=number(float),
+                       help="CM3 objective: share of sequences with one span moved to the end (0..1; 0 = off)")
     train.add_argument("--vq-epochs", type=number(int), help="VQ-VAE epochs (overrides the preset)")
     train.add_argument("--holdout-pairs", type=number(int), help="hold this many color pairs out of training")
     train.add_argument("--train-seed", type=number(int), help="seed of initialisation and batch order")

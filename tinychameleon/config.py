@@ -121,6 +121,7 @@ class TrainConfig:
     precision: str = "fp32"       # "bf16": bf16 autocast for the transformer's matmuls (CPU with AVX512-BF16, or CUDA)
     patience: int = 0             # early stopping: stop after this many epochs without a better validation NLL (0 = off)
     stop_at_nll: float = 0.0      # stop once validation NLL is at or below this (0 = off)
+    infill_rate: float = 0.0      # CM3 objective: this share of sequences has one span moved to the end (sequences.py)
 
 
     def validate(self) -> None:
@@ -133,6 +134,7 @@ class TrainConfig:
             check_range(f"train.{name}", getattr(self, name), 0)
         check_range("train.colorings", self.colorings, 1, 1000)
         check_range("train.stop_at_nll", self.stop_at_nll, 0.0)
+        check_range("train.infill_rate", self.infill_rate, 0.0, 1.0)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {short(repr(self.precision))}")
 
@@ -243,21 +245,24 @@ class SamplingConfig:
     cd_alpha: float = 0.1         # k-th likeliest conditional token, scored log p_cond - log p_uncond (0 = off)
     grammar: bool = True          # word slots follow the caption template (False: any word in any slot)
     image_candidates: int = 1     # text -> image: draw this many per prompt, keep the one the model captions best
+    mixed_pool: bool = False      # with image_candidates > 1: half of them drawn by CD-K (cd_k, or 5), half guided
     rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
     caption_views: int = 1        # with rerank_captions: sum the digit scores over the image and views - 1 recolorings
+    caption_hypotheses: int = 10  # with rerank_captions: digits (the image-first reading's top ones) given the full score
     batch_size: int = 1024        # rows decoded together; bounds memory
 
     # The allowed range of each numeric setting: one table for the CLI, the web API and sampling.json.
     RANGES = {"temperature": (0.0, 100.0), "caption_temperature": (0.0, 100.0), "top_k": (0, 1 << 20),
               "guidance": (0.0, 100.0), "image_candidates": (1, 64),
               "top_p": (0.01, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
+              "caption_hypotheses": (1, 10),
               "batch_size": (1, 1 << 16)}
     MIN_TEMPERATURE = 0.01        # below this (but above 0, greedy) logits / temperature overflow
 
     @property
     def streams(self) -> int:
         """Token streams a conditional request decodes: 2 when guidance or CD-K reads the unconditional one."""
-        return 2 if self.guidance != 1.0 or self.cd_k else 1
+        return 2 if self.guidance != 1.0 or self.cd_k or (self.mixed_pool and self.image_candidates > 1) else 1
 
     @classmethod
     def from_dict(cls, data: dict) -> "SamplingConfig":

@@ -25,7 +25,7 @@ from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask, kept_tokens
 from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption, recolor
 from .reranking import best_images, rerank_digits, view_pairs
-from .sampling import ModalityRules, generate
+from .sampling import ModalityRules, SpanRules, generate
 from .sequences import (HEADER, IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
                         TEXT_FIRST_WORDS, header, image_prefix, split_sequences, text_prefix)
 from .tokenizers.text import WordTokenizer
@@ -43,7 +43,7 @@ class Pipeline:
                  sampling: SamplingConfig | None = None, source: str = "") -> None:
         self.config, self.vqvae, self.model, self.device = config, vqvae, model, device
         self.sampling = sampling or SamplingConfig()
-        self.vocab = Vocab(config.vq.codebook_size)
+        self.vocab = Vocab.for_config(config)
         self.rules = ModalityRules(self.vocab, grammar=self.sampling.grammar)
         self.tokenizer = WordTokenizer()
         self.source = source
@@ -103,17 +103,44 @@ class Pipeline:
             raise DeadlineExceeded("stopped: the time limit passed")
 
     def _generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator,
-                  length: int = SEQUENCE_LENGTH, forced: torch.Tensor | None = None) -> torch.Tensor:
+                  length: int = SEQUENCE_LENGTH, forced: torch.Tensor | None = None, rules=None,
+                  unconditional: torch.Tensor | None = None) -> torch.Tensor:
         """Complete prefixes in chunks of settings.batch_size; `forced` (B, length) keeps tokens (-1: draw)."""
         outputs = []
         for rows in batch_slices(len(prefix), settings.batch_size):
             self._check_time()
-            outputs.append(generate(self.model, prefix[rows].to(self.device), self.rules, settings.temperature,
-                                    settings.top_k or None, settings.guidance, generator, length=length,
-                                    should_stop=self._expired,
+            outputs.append(generate(self.model, prefix[rows].to(self.device), rules or self.rules,
+                                    settings.temperature, settings.top_k or None, settings.guidance, generator,
+                                    length=length, should_stop=self._expired,
                                     forced=None if forced is None else forced[rows].to(self.device),
-                                    top_p=settings.top_p, cd_k=settings.cd_k, cd_alpha=settings.cd_alpha))
+                                    top_p=settings.top_p, cd_k=settings.cd_k, cd_alpha=settings.cd_alpha,
+                                    unconditional_prefix=None if unconditional is None else
+                                    unconditional[rows].to(self.device)))
         return torch.cat(outputs)
+
+    def _infill_codes(self, words: torch.Tensor, kept: torch.Tensor, settings: SamplingConfig, generator
+                      ) -> torch.Tensor:
+        """(B, 6) word ids, (B, 49) kept codes (-1 in the hole, one hole for all rows) -> (B, 49) codes.
+
+        The causal-masked reading: the caption, the image with the hole cut out and a <mask> in its
+        place, a second <mask>, then the hole's tokens - so the model draws them having read what comes
+        after the hole too. Guidance compares with the same masked image read without its caption.
+        """
+        hole = (kept < 0).any(dim=0).nonzero().squeeze(1)
+        start, stop = int(hole[0]), int(hole[-1]) + 1
+        B, sentinel = len(words), torch.full((len(words), 1), self.vocab.mask, dtype=torch.long)
+        kept = kept.cpu()
+        outside = [kept[:, :start], sentinel, kept[:, stop:], sentinel]
+        prefix = torch.cat([text_prefix(self.vocab, words.cpu()), *outside], dim=1)
+        free = torch.cat([header(self.vocab, B, IMAGE_FIRST), *outside], dim=1)
+        P = prefix.shape[1]
+        forced = torch.full((B, P + stop - start), -1, dtype=torch.long)
+        forced[:, P:] = kept[:, start:stop]                    # kept tokens inside the span stay as given
+        sequences = self._generate(prefix, settings, generator, length=P + stop - start, forced=forced,
+                                   rules=SpanRules(self.vocab), unconditional=free)
+        codes = kept.clone().to(self.device)
+        codes[:, start:stop] = sequences[:, P:]
+        return codes
 
     def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator,
                     kept: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,16 +148,40 @@ class Pipeline:
         kept (B, 49): image tokens to keep (-1 where the model draws)."""
         candidates = max(1, settings.image_candidates)
         repeated = words.repeat_interleave(candidates, dim=0)
-        forced = None
-        if kept is not None:
-            forced = torch.full((len(repeated), SEQUENCE_LENGTH), -1, dtype=torch.long)
-            forced[:, TEXT_FIRST_CODES] = kept.cpu().repeat_interleave(candidates, dim=0)
-        _, codes = split_sequences(self.vocab, self._generate(text_prefix(self.vocab, repeated), settings,
-                                                              generator, forced=forced))
+        if kept is not None and self.vocab.infill and not self._hole_is_a_suffix(kept):
+            codes = self._infill_codes(repeated, kept.repeat_interleave(candidates, dim=0), settings, generator)
+        else:
+            forced = None
+            if kept is not None:
+                forced = torch.full((len(repeated), SEQUENCE_LENGTH), -1, dtype=torch.long)
+                forced[:, TEXT_FIRST_CODES] = kept.cpu().repeat_interleave(candidates, dim=0)
+            _, codes = split_sequences(self.vocab, self._generate_pool(text_prefix(self.vocab, repeated), settings,
+                                                                       generator, forced, candidates))
         if candidates > 1:
             self._check_time()
             codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
         return codes
+
+    def _generate_pool(self, prefix: torch.Tensor, settings: SamplingConfig, generator, forced, candidates: int
+                       ) -> torch.Tensor:
+        """Draw the candidate rows (prompt-major). A mixed pool (CM3Leon) draws the second half of each
+        prompt's candidates with contrastive decoding (CD-K) and the first half with guidance."""
+        if not (settings.mixed_pool and candidates > 1):
+            return self._generate(prefix, settings, generator, forced=forced)
+        contrastive = (torch.arange(len(prefix)) % candidates) >= candidates // 2
+        sequences = torch.empty(len(prefix), SEQUENCE_LENGTH, dtype=torch.long, device=self.device)
+        for rows, rule in ((~contrastive, replace(settings, cd_k=0)),
+                           (contrastive, replace(settings, cd_k=settings.cd_k or 5))):
+            sequences[rows.to(self.device)] = self._generate(prefix[rows], rule, generator,
+                                                              forced=None if forced is None else forced[rows])
+        return sequences
+
+    @staticmethod
+    def _hole_is_a_suffix(kept: torch.Tensor) -> bool:
+        """Whether nothing is kept after the hole begins: then plain raster completion already reads all there is."""
+        hole = (kept < 0).any(dim=0)
+        first = int(hole.nonzero()[0]) if hole.any() else kept.shape[1]
+        return bool(hole[first:].all())
 
     def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator,
                      images: np.ndarray | None = None) -> torch.Tensor:
@@ -144,7 +195,7 @@ class Pipeline:
             # Only greedy captions are re-ranked: a sampled caption should stay a sample.
             self._check_time()
             views = [] if images is None else self._recolored_views(images, settings.caption_views)
-            words = rerank_digits(self.model, self.vocab, words, codes, views)
+            words = rerank_digits(self.model, self.vocab, words, codes, views, settings.caption_hypotheses)
         return words
 
     def _recolored_views(self, images: np.ndarray, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -119,13 +119,25 @@ def digit_scores(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes
 
 
 def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
-                  views: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+                  views: list[tuple[torch.Tensor, torch.Tensor]] = (), hypotheses: int = 10) -> torch.Tensor:
     """Replace each caption's digit word by the Bayes-best one: (B, 6) word ids, (B, 49) codes -> (B, 6).
 
     `views` are extra (word ids, codes) readings of the same images (recolorings with their own
-    color words); their digit scores are added to the image's own.
+    color words); their digit scores are added to the image's own. Only the `hypotheses` digits the
+    cheap image-first reading ranks highest get the costly text-first (joint) term: the true digit is
+    almost always among the reading's top few, and each pruned digit saves a 54-token pass per reading.
+    With hypotheses = 10 this is the full Bayes rule over every digit.
     """
-    candidates, scores = digit_scores(model, vocab, word_ids, codes)
-    for view_words, view_codes in views:
-        scores = scores + digit_scores(model, vocab, view_words, view_codes)[1]
-    return candidates[torch.arange(len(word_ids)), scores.argmax(dim=1)]
+    readings = [(word_ids, codes), *views]
+    B, kept = len(word_ids), max(1, min(hypotheses, len(DIGIT_WORD_IDS)))
+    reading = sum(caption_given_image_per_digit(model, vocab, words, image) for words, image in readings)  # (B, 10)
+    scores, keep = reading.topk(kept, dim=1)                                      # (B, m) each
+    digit_ids = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)[keep]        # (B, m) word ids
+    for words, image in readings:
+        candidates = words[:, None, :].repeat(1, kept, 1)                          # (B, m, 6)
+        candidates[:, :, DIGIT_SLOT] = digit_ids
+        scores = scores + joint(model, vocab, candidates.view(B * kept, -1),
+                                image.repeat_interleave(kept, dim=0)).view(B, kept)
+    reranked = word_ids.clone()
+    reranked[:, DIGIT_SLOT] = digit_ids[torch.arange(B), scores.argmax(dim=1)]
+    return reranked

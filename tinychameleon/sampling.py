@@ -64,6 +64,21 @@ class ModalityRules:
         return (marker == self.vocab.end_of_text).long()
 
 
+class SpanRules:
+    """Rules for the span written after the second <mask> of a causal-masked (infill) sequence: image
+    codes only. Positions there depend on the hole, so there is no per-position table to look up."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.codes = torch.zeros(vocab.size, dtype=torch.bool)
+        self.codes[:vocab.codebook_size] = True
+
+    def mask(self, orders: torch.Tensor, position: int, previous: torch.Tensor) -> torch.Tensor:
+        return self.codes.to(orders.device).expand(len(orders), -1)
+
+    def order_of(self, marker: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(marker)
+
+
 def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: float, top_k: int | None,
                   top_p: float = 1.0) -> torch.Tensor:
     """Mask disallowed tokens, then temperature, top-k and top-p (nucleus: the smallest set of tokens whose
@@ -107,7 +122,8 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
              top_k: int | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
              use_cache: bool = True, length: int = SEQUENCE_LENGTH,
              should_stop: Callable[[], bool] | None = None, forced: torch.Tensor | None = None,
-             top_p: float = 1.0, cd_k: int = 0, cd_alpha: float = 0.1) -> torch.Tensor:
+             top_p: float = 1.0, cd_k: int = 0, cd_alpha: float = 0.1,
+             unconditional_prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
     (length < 58 stops early, e.g. after the first modality).
 
@@ -118,6 +134,8 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     completion and infilling (kept image tokens, given caption words) fed through the same cache.
     should_stop is asked before every decode step; when it answers True the work is abandoned
     with DeadlineExceeded (a server request whose client has stopped waiting).
+    unconditional_prefix replaces the default unconditional stream (infilling reads the image-first
+    masked sequence without its caption).
     """
     model.eval()
     B, P = prefix.shape
@@ -126,9 +144,11 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     conditional = Stream(model, prefix, use_cache)
     logits = conditional.prefill()
     unconditional = None
-    if (guidance != 1.0 or cd_k) and P >= 3:
+    if (guidance != 1.0 or cd_k) and (P >= 3 or unconditional_prefix is not None):
         # Unconditional stream: <bos>, then the marker that opens the modality being generated.
-        unconditional = Stream(model, torch.stack([prefix[:, 0], prefix[:, -1]], dim=1), use_cache)
+        if unconditional_prefix is None:
+            unconditional_prefix = torch.stack([prefix[:, 0], prefix[:, -1]], dim=1)
+        unconditional = Stream(model, unconditional_prefix, use_cache)
         free_logits = unconditional.prefill()
     orders = rules.order_of(prefix[:, 1]) if P >= 2 else torch.zeros(B, dtype=torch.long, device=prefix.device)
     for position in range(P, length):

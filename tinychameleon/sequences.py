@@ -4,13 +4,19 @@
   image first: <bos> <end of text> i1..i49 <end of image> w1..w6
 
 The marker after <bos> says which modality comes first ("the other one has ended").
+
+Causal-masked (CM3) sequences, for runs trained to infill: one span inside one modality is cut
+out, a <mask> stands where it was, and the span follows a second <mask> at the end, so the model
+writes the span having read both sides of it:
+
+  <bos> <end of image> w1..w6 <end of text> i1..i20 <mask> i29..i49 <mask> i21..i28   (60 tokens)
 """
 
 from __future__ import annotations
 
 import torch
 
-from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
+from .tokenizers.vocab import IMAGE_LENGTH, INFILL_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
 
 TEXT_FIRST, IMAGE_FIRST = 0, 1
 
@@ -37,6 +43,54 @@ def build_sequences(vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor, o
     text_first = torch.cat([bos, eoi, words, eot, codes], dim=1)
     image_first = torch.cat([bos, eot, codes, eoi, words], dim=1)
     return torch.where(orders.to(device).bool()[:, None], image_first, text_first)
+
+
+def masked_span_sequences(vocab: Vocab, sequences: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move span [start, start + length) of each row to the end behind <mask> sentinels.
+
+    sequences (B, 58), starts and lengths (B,) -> (B, 60) sequences and (B, 59) loss weights (1.0 or
+    0.0 per predicted token). A row with length 0 is left as it was, padded with two <mask> tokens
+    whose predictions carry no loss. The first <mask>'s own prediction carries no loss either: where
+    a hole begins is the caller's choice, not something to learn.
+    """
+    B, T = sequences.shape
+    device = sequences.device
+    starts, lengths = starts.to(device)[:, None], lengths.to(device)[:, None]      # (B, 1)
+    plain = lengths == 0
+    starts = torch.where(plain, torch.full_like(starts, T), starts)
+    p = torch.arange(T + 2, device=device)[None]                                    # (1, 60) output positions
+    source = torch.full((B, T + 2), T, dtype=torch.long, device=device)            # index T = <mask>
+    source = torch.where(p < starts, p, source)                                     # before the hole
+    tail = (p > starts) & (p <= T - lengths)                                        # after the hole
+    source = torch.where(tail, p - 1 + lengths, source)
+    moved = p >= T + 2 - lengths                                                    # the span, at the end
+    source = torch.where(moved, starts + p - (T + 2 - lengths), source)
+    padded = torch.cat([sequences, torch.full((B, 1), vocab.mask, dtype=torch.long, device=device)], dim=1)
+    masked = padded.gather(1, source)
+    weights = torch.ones(B, T + 1, device=device)
+    rows = torch.arange(B, device=device)
+    hole = torch.where(plain[:, 0], torch.full_like(rows, T - 1), starts[:, 0] - 1)  # target index of 1st <mask>
+    weights[rows, hole] = 0.0
+    weights[plain[:, 0], T] = 0.0                                                   # the padding's second token
+    return masked, weights
+
+
+def random_spans(vocab: Vocab, sequences: torch.Tensor, rate: float, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick spans for the CM3 objective: a `rate` share of rows gets one span, inside the image (49 of
+    55 times) or inside the caption, of uniform length and place; the rest stay plain."""
+    B = len(sequences)
+    draws = torch.rand(B, 4, generator=generator)
+    image_first = (sequences[:, 1] == vocab.end_of_text).cpu()
+    in_image = draws[:, 0] < IMAGE_LENGTH / (IMAGE_LENGTH + TEXT_LENGTH)
+    first = torch.where(in_image, torch.where(image_first, IMAGE_FIRST_CODES.start, TEXT_FIRST_CODES.start),
+                        torch.where(image_first, IMAGE_FIRST_WORDS.start, TEXT_FIRST_WORDS.start))
+    size = torch.where(in_image, IMAGE_LENGTH, TEXT_LENGTH)
+    lengths = 1 + (draws[:, 1] * size).long()                                       # 1..size
+    starts = first + (draws[:, 2] * (size - lengths + 1)).long()                    # span stays in its modality
+    lengths = torch.where(draws[:, 3] < rate, lengths, torch.zeros_like(lengths))
+    return masked_span_sequences(vocab, sequences, starts, lengths)
 
 
 def header(vocab: Vocab, rows: int, order: int | None) -> torch.Tensor:
@@ -81,4 +135,4 @@ def target_kinds(vocab: Vocab, targets: torch.Tensor) -> tuple[torch.Tensor, tor
     return is_text, is_image
 
 
-assert SEQUENCE_LENGTH == 1 + 1 + TEXT_LENGTH + 1 + IMAGE_LENGTH
+assert SEQUENCE_LENGTH == 1 + 1 + TEXT_LENGTH + 1 + IMAGE_LENGTH and INFILL_LENGTH == SEQUENCE_LENGTH + 2

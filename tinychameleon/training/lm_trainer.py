@@ -17,9 +17,9 @@ from tqdm import tqdm
 from ..batching import batch_slices
 from ..config import RunConfig
 from ..model import Transformer, next_token_log_probs
-from ..sequences import build_sequences, target_kinds
+from ..sequences import build_sequences, random_spans, target_kinds
 from ..tokenizers.vocab import Vocab
-from ..checkpoint import MODEL_FILE, build_transformer, load_transformer
+from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transformer
 from .state import resume_from, save_epoch
 from ..device import Distributed, autocast
 from .logs import plot_curve
@@ -40,9 +40,12 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, wor
         yield permutation[start:start + batch_size][rows], orders[rows]
 
 
-def sequence_loss(model, sequences: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL over positions 1..57 (nats per predicted token)."""
-    return -next_token_log_probs(model, sequences).mean()
+def sequence_loss(model, sequences: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token NLL over the predicted positions (nats per token); `weights` (B, T-1) leaves some out."""
+    log_probs = next_token_log_probs(model, sequences)
+    if weights is None:
+        return -log_probs.mean()
+    return -(log_probs * weights).sum() / weights.sum()
 
 
 @torch.no_grad()
@@ -98,7 +101,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                       resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
                       compile_model: bool = False) -> Transformer:
     settings = config.train
-    vocab = Vocab(config.vq.codebook_size)
+    vocab = Vocab.for_config(config)
     torch.manual_seed(settings.seed)
     model = build_transformer(config).to(device)
     fused = device.type == "cuda"
@@ -115,7 +118,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     if start_epoch and world.is_main:
         print(f"transformer: resuming after epoch {start_epoch}")
     elif settings.init_from:
-        model.load_state_dict(load_transformer(settings.init_from, config).state_dict())
+        load_grown(model, load_transformer(settings.init_from).state_dict())
         if world.is_main:
             print(f"transformer: starting from the weights of {settings.init_from}")
     train_model = model
@@ -133,6 +136,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     for epoch in range(start_epoch, settings.epochs):
         if should_stop(settings, epoch_log):
             break
+        span_generator = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
         model.train()
         # Epoch e trains on color draw e % D (same digits, fresh color pairs when D > 1).
         epoch_words, epoch_codes = train_words[epoch % len(train_codes)], train_codes[epoch % len(train_codes)]
@@ -147,8 +151,11 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                 group["lr"] = lr
             rows = rows.to(device)
             sequences = build_sequences(vocab, epoch_words[rows], epoch_codes[rows], orders.to(device))
+            weights = None
+            if settings.infill_rate:  # CM3: some rows get a span moved to the end (same draws on every rank)
+                sequences, weights = random_spans(vocab, sequences, settings.infill_rate, span_generator)
             with autocast(device, precision=settings.precision):
-                loss = sequence_loss(train_model, sequences)
+                loss = sequence_loss(train_model, sequences, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:

@@ -1,0 +1,56 @@
+"""Image -> text sampler settings side by side on the validation split (where the default is chosen).
+
+    python scripts/caption_table.py --samples 500 --out runs/caption_table.json
+
+One row per setting: exact-caption accuracy, digit accuracy and milliseconds per caption. The
+shipped default is the cheapest row whose exact accuracy is within one standard error of the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+from tinychameleon.data.colored import load_splits
+from tinychameleon.evaluation.metrics import caption_accuracy
+from tinychameleon.io_utils import write_json
+from tinychameleon.pipeline import Pipeline
+
+SETTINGS = {
+    "greedy": {"rerank_captions": False, "caption_views": 1},
+    "rerank, 1 view": {"rerank_captions": True, "caption_views": 1, "caption_hypotheses": 10},
+    "rerank, 1 view, top 2 digits": {"rerank_captions": True, "caption_views": 1, "caption_hypotheses": 2},
+    "rerank, 4 views, top 2 digits": {"rerank_captions": True, "caption_views": 4, "caption_hypotheses": 2},
+    "rerank, 8 views, top 2 digits": {"rerank_captions": True, "caption_views": 8, "caption_hypotheses": 2},
+    "rerank, 8 views, top 3 digits": {"rerank_captions": True, "caption_views": 8, "caption_hypotheses": 3},
+    "rerank, 8 views (previous default)": {"rerank_captions": True, "caption_views": 8, "caption_hypotheses": 10},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--split", choices=("validation", "test"), default="validation")
+    parser.add_argument("--out", default="runs/caption_table.json")
+    args = parser.parse_args()
+    pipe = Pipeline.from_pretrained(args.checkpoint)
+    split = load_splits(0)[args.split].subset(slice(args.offset, args.offset + args.samples))
+    rows = []
+    for name, settings in SETTINGS.items():
+        started = time.perf_counter()
+        captions = pipe.caption(split.images, seed=0, **settings)
+        ms = 1000 * (time.perf_counter() - started) / len(split)
+        accuracy = caption_accuracy(captions, split.digits, split.foreground, split.background)
+        error = math.sqrt(accuracy["exact"] * (1 - accuracy["exact"]) / len(split))
+        rows.append({"setting": name, "settings": settings, "exact": accuracy["exact"], "digit": accuracy["digit"],
+                     "standard_error": error, "ms_per_caption": ms})
+        print(json.dumps(rows[-1]), flush=True)
+    write_json(args.out, {"split": args.split, "offset": args.offset, "samples": len(split), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
