@@ -1,8 +1,9 @@
-"""Completion and partial-prompt quality of a checkpoint, judged on held-out test images.
+"""Completion and partial-prompt quality of a checkpoint, judged on held-out images (validation by default).
 
-    python scripts/measure_completion.py --samples 300 --offset 2000 --out runs/completion.json
+    python scripts/measure_completion.py --samples 300 --out runs/completion.json
 
-Top half kept with the true caption: judged digit = caption digit, kept pixels unchanged; caption
+Top (and bottom: the hole comes first, so only an infilling model reads what follows it) half kept
+with the true caption: judged digit = caption digit, judged all three attributes, kept pixels unchanged; caption
 withheld: completed image agrees with its own caption; partial prompts (one blank pattern per
 example): filled caption well-formed, image agrees with the filled caption.
 """
@@ -15,7 +16,7 @@ import time
 
 import numpy as np
 
-from tinychameleon.data.colored import load_colored_mnist, parse_caption
+from tinychameleon.data.colored import load_colored_mnist, load_splits, parse_caption
 from tinychameleon.data.mnist import default_cache_dir
 from tinychameleon.evaluation.judge import load_or_train_judge
 from tinychameleon.evaluation.metrics import caption_accuracy, unconditional_metrics
@@ -29,20 +30,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
     parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--offset", type=int, default=2000)
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--out", default="runs/completion.json")
     args = parser.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
-    train, test = load_colored_mnist(0)
-    judge = load_or_train_judge(train, default_cache_dir(), 0)
-    split = test.subset(slice(args.offset, args.offset + args.samples))
+    judge = load_or_train_judge(load_colored_mnist(0)[0], default_cache_dir(), 0)
+    split = load_splits(0)[args.split].subset(slice(args.offset, args.offset + args.samples))
     captions = split.captions()
-    results, started = {"samples": len(split), "offset": args.offset, "checkpoint": pipe.source}, time.time()
+    results, started = {"split": args.split, "samples": len(split), "offset": args.offset,
+                        "checkpoint": pipe.source}, time.time()
 
-    completed, _ = pipe.complete(split.images, "top", captions, seed=0)
-    judged = judge.predict(completed)
-    results["top_kept_with_caption"] = {"digit": float((judged["digit"] == split.digits).mean()),
-                                        "kept_pixels_unchanged": bool((completed[:, :14] == split.images[:, :14]).all())}
+    for keep, rows in (("top", slice(0, 14)), ("bottom", slice(14, 28))):
+        completed, _ = pipe.complete(split.images, keep, captions, seed=0)
+        judged = judge.predict(completed)
+        results[f"{keep}_kept_with_caption"] = {
+            "digit": float((judged["digit"] == split.digits).mean()),
+            "all_three": unconditional_metrics(judged, captions)["agreement"],
+            "kept_pixels_unchanged": bool((completed[:, rows] == split.images[:, rows]).all())}
     completed, own = pipe.complete(split.images, "top", None, seed=0)
     results["top_kept_caption_withheld"] = {
         "agreement": unconditional_metrics(judge.predict(completed), own)["agreement"],
