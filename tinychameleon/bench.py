@@ -97,6 +97,28 @@ def training_case(device, batch_size: int, reference: bool, repeats: int, data_s
             "peak_memory_mb": peak_memory_mb(device)}
 
 
+def precision_case(device, precision: str, repeats: int, batch_size: int = 128) -> dict:
+    """One training step of the `best` preset's transformer at batch 128, fp32 or under bf16 autocast."""
+    config = make_config("best")
+    vocab = Vocab.for_config(config)
+    torch.manual_seed(0)
+    model = build_transformer(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = build_sequences(vocab, torch.randint(0, vocab.num_words, (batch_size, 6)),
+                            torch.randint(0, vocab.codebook_size, (batch_size, 49)),
+                            torch.arange(batch_size) % 2).to(device)
+
+    def step():
+        with autocast(device, precision=precision):
+            loss = sequence_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: first-call allocations and kernel choice
+    return {"precision": precision, "batch": batch_size, "ms_per_step": timed(step, device, repeats) * 1000}
+
+
 def sampling_case(device, batch_size: int, use_cache: bool, repeats: int) -> dict:
     config = make_config("seed")
     vocab = Vocab.for_config(config)
@@ -161,6 +183,11 @@ def run_bench(device: str = "auto", batches: list[int] = (1, 64, 1024), train_ba
         print(f"training batch {batch}: reference {reference['tokens_per_s']:,.0f} tok/s, "
               f"project {project['tokens_per_s']:,.0f} tok/s", flush=True)
     print("\n" + table(rows) + "\n")
+    if device.type == "cpu":  # CUDA training always runs under bf16 autocast; on CPU it is train.precision
+        results["precision"] = [precision_case(device, precision, repeats) for precision in ("fp32", "bf16")]
+        fp32, bf16 = results["precision"]
+        print(f"best-preset training step, batch 128: fp32 {fp32['ms_per_step']:.0f} ms, bf16 autocast "
+              f"{bf16['ms_per_step']:.0f} ms ({fp32['ms_per_step'] / bf16['ms_per_step']:.2f}x)\n", flush=True)
     rows = [["sampling batch", "no cache img/s", "KV cache img/s", "speed-up", "KV ms/image", "KV ms/token", "peak MB"]]
     for batch in sample_batches:
         cached = sampling_case(device, batch, True, repeats)
