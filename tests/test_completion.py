@@ -152,3 +152,30 @@ def test_complete_endpoint(tiny_pipeline, colored):
             assert client.post("/api/complete", files=upload, data=data).status_code == status, data
         blanks = client.post("/api/generate", json={"prompt": "* * seven on * *", "n": 3, "seed": 0}).json()
         assert len(blanks["captions"]) == 3 and all(c.split()[2] == "seven" for c in blanks["captions"])
+
+
+def test_a_completion_its_own_caption_disagrees_with_is_drawn_again(tiny_pipeline, colored, monkeypatch):
+    """Without a prompt: rows whose caption (read back) names another digit than the one drawn for are
+    redrawn, at most COMPLETION_REDRAWS times; rows that agree are drawn once."""
+    from tinychameleon.pipeline import COMPLETION_REDRAWS
+    from tinychameleon.reranking import DIGIT_SLOT
+    from tinychameleon.tokenizers.vocab import WORDS
+
+    drawn_for = torch.tensor([[WORDS.index(w) for w in "normal red four on plain white".split()]] * 4)
+    read_back = drawn_for.clone()
+    read_back[0, DIGIT_SLOT] = WORDS.index("five")          # row 0's drawing always reads as another digit
+    draws, real_draw = [], tiny_pipeline._draw_codes
+
+    def draw(words, *args, **kwargs):
+        draws.append(words.clone())
+        return real_draw(words, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline, "fill_blanks", lambda *args, **kwargs: drawn_for.clone())
+    monkeypatch.setattr(tiny_pipeline, "_draw_codes", draw)
+    monkeypatch.setattr(tiny_pipeline, "_write_words", lambda codes, *args: read_back[:len(codes)].clone())
+    images = colored[1].images[:4]
+    completed, captions = tiny_pipeline.complete(images, keep="top", seed=0)
+    assert [len(words) for words in draws] == [4] + [1] * COMPLETION_REDRAWS
+    assert all(torch.equal(words, drawn_for[:len(words)]) for words in draws)   # always drawn for the same caption
+    assert captions[1:] == ["normal red four on plain white"] * 3 and captions[0] == "normal red five on plain white"
+    assert np.array_equal(completed[:, :14], images[:, :14])

@@ -24,7 +24,7 @@ from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask, kept_tokens
 from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption, recolor
-from .reranking import best_images, rerank_digits, view_pairs
+from .reranking import DIGIT_SLOT, best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, SpanRules, generate
 from .sequences import (HEADER, IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
                         TEXT_FIRST_WORDS, header, image_prefix, split_sequences, text_prefix)
@@ -36,6 +36,9 @@ from .device import resolve_device
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 VALID_PAIR_SET = {(int(foreground), int(background)) for foreground, background in VALID_PAIRS}
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
+
+
+COMPLETION_REDRAWS = 3  # completions without a prompt: redraws of one whose own caption disagrees with it
 
 
 class Pipeline:
@@ -286,9 +289,11 @@ class Pipeline:
         The region is drawn text first for a caption (guided, best of `image_candidates`), with the
         tokens of fully kept 4x4 patches held fixed, and every kept pixel is pasted back unchanged.
         The caption is the prompt (one per image, or one for all; "*" blanks are read off the kept
-        part); without prompts a caption is read off the kept part to draw for, and the completed
-        image is then captioned as an image -> text request (with the prompt, the prompt is returned). Nothing outside `keep` is ever looked at. Returns len(images) * n
-        images, image-major, and their captions.
+        part); without prompts a caption is read off the kept part to draw for, the completed image
+        is captioned as an image -> text request, and a completion whose caption names another digit
+        than the one drawn for is drawn again (up to COMPLETION_REDRAWS times). With the prompt, the
+        prompt is returned. Nothing outside `keep` is ever looked at. Returns len(images) * n images,
+        image-major, and their captions.
         """
         settings = self.resolve_settings(sampling)
         generator = self._generator(seed)
@@ -307,13 +312,24 @@ class Pipeline:
             self._check_kept_colors(images, mask, partial)
         partial = partial.repeat_interleave(n, dim=0)
         words = self.fill_blanks(partial, settings, generator, codes=codes.repeat_interleave(n, dim=0))
-        drawn = self._draw_codes(words, settings, generator, kept=kept)
-        completed = self.vqvae.decode(drawn.to(self.device)).cpu().numpy()
-        completed[:, mask] = np.repeat(images, n, axis=0)[:, mask]                       # kept pixels, exactly
-        if prompts is None:  # caption what was drawn, as an image -> text request
-            completed_codes = self.vqvae.encode(torch.from_numpy(completed).to(self.device))
-            words = self._write_words(completed_codes, self._caption_settings(sampling), generator, completed)
-        return completed, self._decode_words(words)
+        originals = np.repeat(images, n, axis=0)
+        completed, captions = np.empty_like(originals), words.clone()
+        rows = torch.arange(len(words))                                                  # rows still to draw
+        for attempt in range(1 + (COMPLETION_REDRAWS if prompts is None else 0)):
+            drawn = self._draw_codes(words[rows], settings, generator, kept=kept[rows])
+            completed[rows.numpy()] = self.vqvae.decode(drawn.to(self.device)).cpu().numpy()
+            completed[:, mask] = originals[:, mask]                                       # kept pixels, exactly
+            if prompts is not None:
+                break
+            # Caption what was drawn, as an image -> text request. A drawing whose caption names another
+            # digit than the one it was drawn for is drawn again (self-consistency, checked by the model).
+            read = self._write_words(self.vqvae.encode(torch.from_numpy(completed[rows.numpy()]).to(self.device)),
+                                     self._caption_settings(sampling), generator, completed[rows.numpy()]).cpu()
+            captions[rows] = read
+            rows = rows[read[:, DIGIT_SLOT] != words[rows, DIGIT_SLOT].cpu()]
+            if len(rows) == 0:
+                break
+        return completed, self._decode_words(captions)
 
     def _check_kept_colors(self, images: np.ndarray, mask: np.ndarray, partial: torch.Tensor) -> None:
         """A prompt's colors must be able to paint the kept pixels."""

@@ -76,10 +76,15 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
             for key in sums}
 
 
+def validation_history(epoch_log: list[dict]) -> list[float]:
+    """Validation NLL after each trained epoch (epoch 0, before training, is not a candidate)."""
+    return [row["validation_nll"] for row in epoch_log if row["epoch"] > 0 and "validation_nll" in row]
+
+
 def should_stop(settings, epoch_log: list[dict]) -> str:
     """Why training stops after the last logged epoch ('' = go on): validation NLL at the target,
     or `patience` epochs without a better one."""
-    history = [row["validation_nll"] for row in epoch_log if row["epoch"] > 0 and "validation_nll" in row]
+    history = validation_history(epoch_log)
     if not history:
         return ""
     if settings.stop_at_nll and history[-1] <= settings.stop_at_nll:
@@ -92,13 +97,13 @@ def should_stop(settings, epoch_log: list[dict]) -> str:
 
 def is_best(epoch_log: list[dict]) -> bool:
     """Whether the last logged epoch has the lowest validation NLL so far (its weights are the ones kept)."""
-    history = [row["validation_nll"] for row in epoch_log if row["epoch"] > 0 and "validation_nll" in row]
+    history = validation_history(epoch_log)
     return bool(history) and history[-1] <= min(history)
 
 
 def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes: torch.Tensor,
-                      validation_words: torch.Tensor, validation_codes: torch.Tensor, run_dir: Path, device: torch.device,
-                      resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
+                      validation_words: torch.Tensor, validation_codes: torch.Tensor, run_dir: Path,
+                      device: torch.device, resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
                       compile_model: bool = False) -> Transformer:
     settings = config.train
     vocab = Vocab.for_config(config)
