@@ -19,13 +19,21 @@ from tinychameleon.io_utils import write_json
 from tinychameleon.pipeline import Pipeline
 
 SETTINGS = {
-    "greedy": {"rerank_captions": False, "caption_views": 1},
-    "rerank, 1 view": {"rerank_captions": True, "caption_views": 1, "caption_hypotheses": 10},
-    "rerank, 1 view, top 2 digits": {"rerank_captions": True, "caption_views": 1, "caption_hypotheses": 2},
-    "rerank, 4 views, top 2 digits": {"rerank_captions": True, "caption_views": 4, "caption_hypotheses": 2},
-    "rerank, 8 views, top 2 digits": {"rerank_captions": True, "caption_views": 8, "caption_hypotheses": 2},
-    "rerank, 8 views, top 3 digits": {"rerank_captions": True, "caption_views": 8, "caption_hypotheses": 3},
-    "rerank, 8 views (previous default)": {"rerank_captions": True, "caption_views": 8, "caption_hypotheses": 10},
+    "greedy": {"guidance": 1.0, "rerank_captions": False, "caption_views": 1},
+    "greedy, guidance 2": {"guidance": 2.0, "rerank_captions": False, "caption_views": 1},
+    "rerank, 1 view": {"guidance": 1.0, "rerank_captions": True, "caption_views": 1, "caption_hypotheses": 10},
+    "rerank, 1 view, top 2 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 1,
+                                     "caption_hypotheses": 2},
+    "rerank, 4 views, top 2 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 4,
+                                      "caption_hypotheses": 2},
+    "rerank, 8 views, top 2 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 8,
+                                      "caption_hypotheses": 2},
+    "rerank, 8 views, top 3 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 8,
+                                      "caption_hypotheses": 3},
+    "rerank, 8 views, top 2 digits, guidance 2": {"guidance": 2.0, "rerank_captions": True, "caption_views": 8,
+                                                  "caption_hypotheses": 2},
+    "rerank, 8 views, all digits (previous default)": {"guidance": 2.0, "rerank_captions": True,
+                                                       "caption_views": 8, "caption_hypotheses": 10},
 }
 
 
