@@ -191,7 +191,7 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 4, "batch_size": 128, "lr": 2e-3},
         "train": {"epochs": 3, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100},
     },
-    # The shipped checkpoint's recipe, one command from an empty directory (~75 minutes on a 2-core CPU):
+    # One command from an empty directory (81 minutes on a 2-core CPU; not yet the shipped checkpoint):
     # a 512-code tokenizer, a 6-layer d192 transformer that sees a fresh color draw of the training
     # digits each epoch, bf16 matmuls and early stopping on validation NLL. BENCHMARKS.md ("time to
     # quality") has its epoch-by-epoch curve. The causal-masked objective (train.infill_rate) is left
