@@ -14,7 +14,8 @@ from PIL import Image
 from tinychameleon.cli import main
 from tinychameleon.data.colored import VALID_PAIRS, parse_caption
 from tinychameleon.errors import PromptError
-from tinychameleon.regions import RegionError, erase_outside, keep_mask, kept_tokens
+from tinychameleon.regions import RegionError, erase_outside, keep_mask
+from tinychameleon.tokenizers.vqvae import VQVAE
 from tinychameleon.sampling import generate
 from tinychameleon.sequences import text_prefix
 from tinychameleon.web.server import ServerSettings, create_app
@@ -23,7 +24,8 @@ from tinychameleon.web.server import ServerSettings, create_app
 def test_keep_masks_and_kept_tokens():
     top = keep_mask("top")
     assert top[:14].all() and not top[14:].any()
-    assert kept_tokens(top).reshape(7, 7)[:3].all() and not kept_tokens(top).reshape(7, 7)[3:].any()  # row 3 straddles
+    kept = VQVAE.kept_tokens(torch.from_numpy(top)).reshape(7, 7)
+    assert kept[:3].all() and not kept[3:].any()  # row 3 straddles
     assert (keep_mask("left") == keep_mask("top").T).all() and (keep_mask("bottom") == ~top).all()
     with pytest.raises(RegionError, match="28x28"):
         keep_mask(np.ones((10, 10)))
@@ -45,7 +47,7 @@ def test_forced_tokens_are_kept_and_the_rest_drawn(tiny_pipeline):
     words = pipe.encode_prompts(["dark green eight on bright cyan"] * 4)
     prefix = text_prefix(pipe.vocab, words)
     forced = torch.full((4, 58), -1, dtype=torch.long)
-    forced[:, 9:30] = torch.randint(0, pipe.vocab.codebook_size, (4, 21))
+    forced[:, 9:30] = torch.randint(0, pipe.vocab.image_tokens, (4, 21))
     out = generate(pipe.model, prefix, pipe.rules, 1.0, None, 2.0, torch.Generator().manual_seed(0), forced=forced)
     assert (out[:, 9:30] == forced[:, 9:30]).all()
     free = generate(pipe.model, prefix, pipe.rules, 1.0, None, 2.0, torch.Generator().manual_seed(0))

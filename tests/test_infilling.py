@@ -8,11 +8,13 @@ import torch
 
 from tinychameleon import checkpoint
 from tinychameleon.config import make_config
-from tinychameleon.sequences import (IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
-                                     TEXT_FIRST_WORDS, build_sequences, masked_span_sequences, random_spans)
-from tinychameleon.tokenizers.vocab import INFILL_LENGTH, SEQUENCE_LENGTH, Vocab
+from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, masked_span_sequences, random_spans
+from tinychameleon.tokenizers.vocab import Vocab
 
 VOCAB = Vocab(16, infill=True)
+SEQUENCE_LENGTH, INFILL_LENGTH = VOCAB.plain_length, VOCAB.sequence_length
+TEXT_FIRST_WORDS, TEXT_FIRST_CODES = VOCAB.text_first_words, VOCAB.text_first_codes
+IMAGE_FIRST_WORDS, IMAGE_FIRST_CODES = VOCAB.image_first_words, VOCAB.image_first_codes
 
 
 def plain_rows(count: int, seed: int = 0) -> torch.Tensor:
@@ -26,7 +28,7 @@ def plain_rows(count: int, seed: int = 0) -> torch.Tensor:
 def test_vocab_gains_one_mask_token_only_when_infilling():
     plain = Vocab(16)
     assert VOCAB.size == plain.size + 1 and VOCAB.mask == plain.size and VOCAB.token_name(VOCAB.mask) == "<mask>"
-    assert VOCAB.sequence_length == INFILL_LENGTH == SEQUENCE_LENGTH + 2 and plain.sequence_length == SEQUENCE_LENGTH
+    assert INFILL_LENGTH == SEQUENCE_LENGTH + 2 == 60 and plain.sequence_length == SEQUENCE_LENGTH == 58
     with pytest.raises(ValueError, match="no <mask>"):
         plain.mask
     assert Vocab.for_config(make_config("tiny", train={"infill_rate": 0.3})).infill
@@ -121,7 +123,7 @@ def test_infill_decoding_with_the_cache_equals_full_forward_passes(infill_run):
     model = checkpoint.load_transformer(infill_run)
     vocab = Vocab.for_config(checkpoint.load_config(infill_run))
     generator = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, vocab.codebook_size, (4, 49), generator=generator)
+    codes = torch.randint(0, vocab.image_tokens, (4, 49), generator=generator)
     words = torch.randint(0, 31, (4, 6), generator=generator)
     rows = build_sequences(vocab, words, codes, torch.zeros(4, dtype=torch.long))
     masked, _ = masked_span_sequences(vocab, rows, torch.full((4,), TEXT_FIRST_CODES.start + 5), torch.full((4,), 9))
@@ -130,7 +132,7 @@ def test_infill_decoding_with_the_cache_equals_full_forward_passes(infill_run):
     outputs = [generate(model, prefix, SpanRules(vocab), temperature=0.0, guidance=2.0, use_cache=cache,
                         length=INFILL_LENGTH, unconditional_prefix=free) for cache in (True, False)]
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0][:, :prefix.shape[1]], prefix)
-    assert (outputs[0][:, prefix.shape[1]:] < vocab.codebook_size).all()   # the span holds image codes only
+    assert (outputs[0][:, prefix.shape[1]:] < vocab.image_tokens).all()   # the span holds image codes only
 
 
 def test_a_mixed_pool_draws_half_its_candidates_by_contrastive_decoding(tiny_run, monkeypatch):

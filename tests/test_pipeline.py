@@ -61,4 +61,4 @@ def test_shipped_images_have_no_stray_pixels(shipped):
     images = shipped.generate_images(["dark green eight on bright cyan"], n=6, seed=0)
     result = stray_pixels(images, [COLOR_ID["dark green"]] * 6, [COLOR_ID["bright cyan"]] * 6)
     assert result == {"stray_per_image": 0.0, "clean": 1.0, "stray_p90": 0.0}
-    assert shipped.vqvae.config.two_color_decode  # the default for every checkpoint
+    assert shipped.image_tokenizer.config.two_color_decode  # the default for every checkpoint

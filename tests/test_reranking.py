@@ -42,7 +42,7 @@ def stepwise_log_probs(model, sequences):
 def test_scores_are_the_model_log_probabilities(model):
     generator = torch.Generator().manual_seed(1)
     words = torch.randint(0, VOCAB.num_words, (3, 6), generator=generator)
-    codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    codes = torch.randint(0, VOCAB.image_tokens, (3, 49), generator=generator)
     image_first = stepwise_log_probs(model, build_sequences(VOCAB, words, codes, torch.full((3,), IMAGE_FIRST)))
     text_first = stepwise_log_probs(model, build_sequences(VOCAB, words, codes, torch.full((3,), TEXT_FIRST)))
     # Image first: the six words are the last six predictions.
@@ -54,7 +54,7 @@ def test_scores_are_the_model_log_probabilities(model):
 def test_rerank_digits_changes_only_the_digit_and_never_lowers_the_score(model):
     generator = torch.Generator().manual_seed(2)
     words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3]])
-    codes = torch.randint(0, VOCAB.codebook_size, (2, 49), generator=generator)
+    codes = torch.randint(0, VOCAB.image_tokens, (2, 49), generator=generator)
     reranked = rerank_digits(model, VOCAB, words, codes)
     keep = [slot for slot in range(6) if slot != DIGIT_SLOT]
     assert torch.equal(reranked[:, keep], words[:, keep])
@@ -68,9 +68,9 @@ def test_rerank_digits_changes_only_the_digit_and_never_lowers_the_score(model):
 def test_views_add_their_digit_scores(model):
     generator = torch.Generator().manual_seed(3)
     words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2]])
-    codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    codes = torch.randint(0, VOCAB.image_tokens, (3, 49), generator=generator)
     other_words = torch.tensor([[3, 6, 11, 26, 5, 8]] * 3)
-    other_codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    other_codes = torch.randint(0, VOCAB.image_tokens, (3, 49), generator=generator)
     # The same reading twice doubles every score: the choice cannot change.
     assert torch.equal(rerank_digits(model, VOCAB, words, codes, [(words, codes)]), rerank_digits(model, VOCAB, words, codes))
     candidates, own = digit_scores(model, VOCAB, words, codes)
@@ -108,7 +108,7 @@ def test_best_images_picks_the_image_that_fits_the_prompt(shipped, colored):
     words = shipped.encode_prompts(prompts).repeat_interleave(2, dim=0)
     # Each prompt's candidates: a real image of another caption, then its own real image.
     images = np.stack([test.images[(rows + 1) % 8], test.images[rows]], axis=1).reshape(16, 28, 28, 3)
-    codes = shipped.vqvae.encode(torch.from_numpy(images))
+    codes = shipped.image_tokenizer.encode(torch.from_numpy(images))
     chosen = best_images(shipped.model, shipped.vocab, words, codes, candidates=2)
     assert torch.equal(chosen, codes.view(8, 2, 49)[:, 1])
 
@@ -153,7 +153,7 @@ def test_sample_orders_and_ancestral(tiny_pipeline):
 def test_shared_prefix_digit_scores_equal_full_sequences(model):
     generator = torch.Generator().manual_seed(4)
     words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2]])
-    codes = torch.randint(0, VOCAB.codebook_size, (3, 49), generator=generator)
+    codes = torch.randint(0, VOCAB.image_tokens, (3, 49), generator=generator)
     candidates = words[:, None, :].repeat(1, 10, 1)
     candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS)
     full = caption_given_image(model, VOCAB, candidates.view(30, 6), codes.repeat_interleave(10, dim=0)).view(3, 10)
@@ -165,7 +165,7 @@ def test_pruned_hypotheses_rank_only_the_readings_top_digits(model):
     """hypotheses = m: the full two-way score decides among the m digits the image-first reading likes best."""
     generator = torch.Generator().manual_seed(5)
     words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2], [1, 1, 12, 26, 3, 3]])
-    codes = torch.randint(0, VOCAB.codebook_size, (4, 49), generator=generator)
+    codes = torch.randint(0, VOCAB.image_tokens, (4, 49), generator=generator)
     candidates, full = digit_scores(model, VOCAB, words, codes)
     reading = caption_given_image_per_digit(model, VOCAB, words, codes)
     for m in (1, 3, 10):

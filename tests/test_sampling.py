@@ -30,7 +30,7 @@ def assert_well_formed(sequences: torch.Tensor, grammar: bool = True):
         else:
             codes, end, words = row[2:51], row[51], row[52:]
             assert end == VOCAB.end_of_image
-        assert len(codes) == 49 and all(0 <= c < VOCAB.codebook_size for c in codes)
+        assert len(codes) == 49 and all(0 <= c < VOCAB.image_tokens for c in codes)
         assert len(words) == 6 and all(w in VOCAB.word_range for w in words)
         if grammar:
             for word, (_, allowed) in zip(words, SLOTS):

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from tinychameleon.config import make_config
-from tinychameleon.checkpoint import build_transformer, load_vqvae
+from tinychameleon.checkpoint import build_transformer, load_image_tokenizer
 from tinychameleon.training.run import cached_codes, encode_images
 
 
 def test_encoded_dataset_is_cached_by_tokenizer_hash(tiny_run, colored, tmp_path):
-    vqvae = load_vqvae(tiny_run)
+    vqvae = load_image_tokenizer(tiny_run)
     split = colored[1].subset(slice(0, 300))
     first = cached_codes(vqvae, split, "test", "k", tmp_path, torch.device("cpu"))
     files = list((tmp_path / "codes").iterdir())

@@ -6,7 +6,7 @@ import torch
 from tinychameleon.config import VQConfig
 from tinychameleon.errors import PromptError
 from tinychameleon.tokenizers.text import PaletteWarning, WordTokenizer
-from tinychameleon.tokenizers.vocab import SEQUENCE_LENGTH, Vocab
+from tinychameleon.tokenizers.vocab import Vocab
 from tinychameleon.tokenizers.vqvae import VQVAE
 
 
@@ -57,7 +57,7 @@ def test_vocab_ranges_are_disjoint_and_cover_everything():
     ids = set(vocab.image_range) | set(vocab.word_range) | {vocab.bos, vocab.end_of_text, vocab.end_of_image}
     assert ids == set(range(vocab.size)) and vocab.size == 256 + 31 + 3
     assert vocab.token_name(vocab.bos) == "<bos>" and vocab.token_name(vocab.word_offset) == "bright"
-    assert SEQUENCE_LENGTH == 58
+    assert vocab.plain_length == 58 and vocab.text_first_codes == slice(9, 58) and vocab.image_first_words == slice(52, 58)
 
 
 def test_vqvae_shapes_and_index_range():

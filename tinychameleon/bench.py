@@ -58,7 +58,7 @@ def training_case(device, batch_size: int, reference: bool, repeats: int, data_s
     torch.manual_seed(0)
     model = build_transformer(config).to(device)
     words = torch.randint(0, vocab.num_words, (data_size, 6))
-    codes = torch.randint(0, vocab.codebook_size, (data_size, 49))
+    codes = torch.randint(0, vocab.image_tokens, (data_size, vocab.image_length))
     if reference:
         model.set_fused_attention(False)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -105,7 +105,7 @@ def precision_case(device, precision: str, repeats: int, batch_size: int = 128) 
     model = build_transformer(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = build_sequences(vocab, torch.randint(0, vocab.num_words, (batch_size, 6)),
-                            torch.randint(0, vocab.codebook_size, (batch_size, 49)),
+                            torch.randint(0, vocab.image_tokens, (batch_size, vocab.image_length)),
                             torch.arange(batch_size) % 2).to(device)
 
     def step():
@@ -134,7 +134,7 @@ def sampling_case(device, batch_size: int, use_cache: bool, repeats: int) -> dic
 
     seconds = timed(run, device, repeats)
     return {"batch": batch_size, "ms_per_batch": seconds * 1000, "images_per_s": batch_size / seconds,
-            "ms_per_image": seconds * 1000 / batch_size, "ms_per_token": seconds * 1000 / 49,
+            "ms_per_image": seconds * 1000 / batch_size, "ms_per_token": seconds * 1000 / vocab.image_length,
             "peak_memory_mb": peak_memory_mb(device)}
 
 

@@ -25,7 +25,7 @@ from .errors import CheckpointError, ConfigError
 from .io_utils import atomic_path, write_json
 from .model import Transformer
 from .tokenizers.vocab import Vocab
-from .tokenizers.vqvae import VQVAE
+from .tokenizers.image import build_image_tokenizer as build_tokenizer
 
 CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.json"
 VQVAE_FILE, MODEL_FILE = "vqvae.safetensors", "model.safetensors"
@@ -74,8 +74,9 @@ def read_json_config(path: Path, build):
         raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def build_vqvae(config: RunConfig) -> VQVAE:
-    return VQVAE(config.vq)
+def build_image_tokenizer(config: RunConfig):
+    """The run's image tokenizer (its kind and size from config.vq), untrained."""
+    return build_tokenizer(config.vq)
 
 
 def build_transformer(config: RunConfig) -> Transformer:
@@ -109,8 +110,8 @@ def _load_module(run_dir, config, filename: str, build, what: str):
     return module.eval()
 
 
-def load_vqvae(run_dir: str | Path, config: RunConfig | None = None) -> VQVAE:
-    return _load_module(run_dir, config, VQVAE_FILE, build_vqvae, "image tokenizer")
+def load_image_tokenizer(run_dir: str | Path, config: RunConfig | None = None):
+    return _load_module(run_dir, config, VQVAE_FILE, build_image_tokenizer, "image tokenizer")
 
 
 def load_transformer(run_dir: str | Path, config: RunConfig | None = None) -> Transformer:

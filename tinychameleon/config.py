@@ -40,9 +40,13 @@ def short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
+IMAGE_TOKENIZER_KINDS = ("vq", "palette")  # built by tokenizers/image.py
+
+
 @dataclass
 class VQConfig:
-    codebook_size: int = 256      # number of image codes (K)
+    kind: str = "vq"              # image tokenizer: "vq" (codes of colored patches) | "palette" (2 colors + shape codes)
+    codebook_size: int = 256      # number of VQ codes (K)
     code_dim: int = 32            # dimension of each code vector
     hidden: int = 64              # conv channels on the 7x7 grid (encoder and decoder)
     pixel_channels: int = 16      # channels of the decoder's full-resolution layer
@@ -54,6 +58,8 @@ class VQConfig:
 
     def validate(self) -> None:
         check_types("vq", self)
+        if self.kind not in IMAGE_TOKENIZER_KINDS:
+            raise ConfigError(f"vq.kind must be one of {', '.join(IMAGE_TOKENIZER_KINDS)}, got {short(str(self.kind))!r}")
         for name in ("codebook_size", "code_dim", "hidden", "pixel_channels"):
             check_range(f"vq.{name}", getattr(self, name), 1, 65536)
         check_range("vq.beta", self.beta, 0.0)

@@ -22,15 +22,14 @@ import torch
 from .batching import batch_slices
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
-from .regions import erase_outside, keep_mask, kept_tokens
+from .regions import erase_outside, keep_mask
 from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption, recolor
 from .reranking import DIGIT_SLOT, best_images, rerank_digits, view_pairs
 from .sampling import ModalityRules, SpanRules, generate
-from .sequences import (HEADER, IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
-                        TEXT_FIRST_WORDS, header, image_prefix, split_sequences, text_prefix)
+from .sequences import IMAGE_FIRST, TEXT_FIRST, header, image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
-from .tokenizers.vocab import IMAGE_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, WORDS, Vocab
-from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_vqvae
+from .tokenizers.vocab import HEADER, TEXT_LENGTH, WORDS, Vocab
+from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_image_tokenizer
 from .device import resolve_device
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -42,12 +41,14 @@ COMPLETION_REDRAWS = 3  # completions without a prompt: redraws of one whose own
 
 
 class Pipeline:
-    def __init__(self, config: RunConfig, vqvae, model, device: torch.device,
+    def __init__(self, config: RunConfig, image_tokenizer, model, device: torch.device,
                  sampling: SamplingConfig | None = None, source: str = "") -> None:
-        self.config, self.vqvae, self.model, self.device = config, vqvae, model, device
+        self.config, self.image_tokenizer, self.model, self.device = config, image_tokenizer, model, device
         self.sampling = sampling or SamplingConfig()
         self.vocab = Vocab.for_config(config)
-        self.rules = ModalityRules(self.vocab, grammar=self.sampling.grammar)
+        self.rules = ModalityRules(self.vocab, grammar=self.sampling.grammar,
+                                   image_positions=image_tokenizer.position_tokens(),
+                                   image_follows=image_tokenizer.token_follows())
         self.tokenizer = WordTokenizer()
         self.source = source
         self._limits = threading.local()  # per-thread deadline set by time_limit()
@@ -59,11 +60,11 @@ class Pipeline:
         path = Path(path) if path else PRETRAINED_DIR
         config = load_config(path)
         torch_device = resolve_device(device)
-        vqvae = load_vqvae(path, config).to(torch_device)
+        image_tokenizer = load_image_tokenizer(path, config).to(torch_device)
         model = load_transformer(path, config).to(torch_device)
         if sampling is None and (path / SAMPLING_FILE).exists():
             sampling = load_sampling(path / SAMPLING_FILE)
-        return cls(config, vqvae, model, torch_device, sampling, str(path))
+        return cls(config, image_tokenizer, model, torch_device, sampling, str(path))
 
     def resolve_settings(self, overrides: dict) -> SamplingConfig:
         """The pipeline's settings with per-call overrides, validated (ConfigError names a bad one)."""
@@ -106,7 +107,7 @@ class Pipeline:
             raise DeadlineExceeded("stopped: the time limit passed")
 
     def _generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator,
-                  length: int = SEQUENCE_LENGTH, forced: torch.Tensor | None = None, rules=None,
+                  length: int | None = None, forced: torch.Tensor | None = None, rules=None,
                   unconditional: torch.Tensor | None = None) -> torch.Tensor:
         """Complete prefixes in chunks of settings.batch_size; `forced` (B, length) keeps tokens (-1: draw)."""
         outputs = []
@@ -123,7 +124,7 @@ class Pipeline:
 
     def _infill_codes(self, words: torch.Tensor, kept: torch.Tensor, settings: SamplingConfig, generator
                       ) -> torch.Tensor:
-        """(B, 6) word ids, (B, 49) kept codes (-1 in the hole, one hole for all rows) -> (B, 49) codes.
+        """(B, 6) word ids, (B, L) kept codes (-1 in the hole, one hole for all rows) -> (B, L) codes.
 
         The causal-masked reading: the caption, the image with the hole cut out and a <mask> in its
         place, a second <mask>, then the hole's tokens - so the model draws them having read what comes
@@ -147,8 +148,8 @@ class Pipeline:
 
     def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator,
                     kept: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 6) word ids -> (B, 49) codes; the best of `image_candidates` draws per row.
-        kept (B, 49): image tokens to keep (-1 where the model draws)."""
+        """(B, 6) word ids -> (B, L) codes; the best of `image_candidates` draws per row.
+        kept (B, L): image tokens to keep (-1 where the model draws)."""
         candidates = max(1, settings.image_candidates)
         repeated = words.repeat_interleave(candidates, dim=0)
         if kept is not None and self.vocab.infill and not self._hole_is_a_suffix(kept):
@@ -156,8 +157,8 @@ class Pipeline:
         else:
             forced = None
             if kept is not None:
-                forced = torch.full((len(repeated), SEQUENCE_LENGTH), -1, dtype=torch.long)
-                forced[:, TEXT_FIRST_CODES] = kept.cpu().repeat_interleave(candidates, dim=0)
+                forced = torch.full((len(repeated), self.vocab.plain_length), -1, dtype=torch.long)
+                forced[:, self.vocab.text_first_codes] = kept.cpu().repeat_interleave(candidates, dim=0)
             _, codes = split_sequences(self.vocab, self._generate_pool(text_prefix(self.vocab, repeated), settings,
                                                                        generator, forced, candidates))
         if candidates > 1:
@@ -172,7 +173,7 @@ class Pipeline:
         if not (settings.mixed_pool and candidates > 1):
             return self._generate(prefix, settings, generator, forced=forced)
         contrastive = (torch.arange(len(prefix)) % candidates) >= candidates // 2
-        sequences = torch.empty(len(prefix), SEQUENCE_LENGTH, dtype=torch.long, device=self.device)
+        sequences = torch.empty(len(prefix), self.vocab.plain_length, dtype=torch.long, device=self.device)
         for rows, rule in ((~contrastive, replace(settings, cd_k=0)),
                            (contrastive, replace(settings, cd_k=settings.cd_k or 5))):
             sequences[rows.to(self.device)] = self._generate(prefix[rows], rule, generator,
@@ -188,7 +189,7 @@ class Pipeline:
 
     def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator,
                      images: np.ndarray | None = None) -> torch.Tensor:
-        """(B, 49) codes -> (B, 6) caption word ids, at the caption temperature unless one was asked for.
+        """(B, L) codes -> (B, 6) caption word ids, at the caption temperature unless one was asked for.
 
         With `images` (the pixels behind `codes`) and caption_views > 1, the digit is re-ranked
         on recolorings of them too.
@@ -207,7 +208,7 @@ class Pipeline:
         for foreground, background in view_pairs(views):
             pixels = torch.from_numpy(recolor(images, foreground, background)).to(self.device)
             words = torch.tensor(self.tokenizer.encode(caption_of(0, foreground, background)), device=self.device)
-            readings.append((words.repeat(len(images), 1), self.vqvae.encode(pixels)))
+            readings.append((words.repeat(len(images), 1), self.image_tokenizer.encode(pixels)))
         return readings
 
     def _decode_words(self, words: torch.Tensor) -> list[str]:
@@ -233,7 +234,7 @@ class Pipeline:
         if len(partial) == 0:
             return np.zeros((0, 28, 28, 3), dtype=np.uint8), []
         words = self.fill_blanks(partial, settings, generator)
-        images = self.vqvae.decode(self._draw_codes(words, settings, generator)).cpu().numpy()
+        images = self.image_tokenizer.decode(self._draw_codes(words, settings, generator)).cpu().numpy()
         return images, self._decode_words(words)
 
     def encode_partial(self, prompts: list[str] | str) -> torch.Tensor:
@@ -248,7 +249,7 @@ class Pipeline:
         """(B, 6) word ids with -1 blanks -> (B, 6) complete word ids.
 
         Without `codes` the caption is drawn text-first at the sampling temperature (a prompt); with
-        codes (B, 49) it is read image-first at the caption temperature, so the words fit that image.
+        codes (B, L) it is read image-first at the caption temperature, so the words fit that image.
         The grammar decides word classes left to right, so a blank adjective before a given hue may
         name a color the palette lacks ("bright black"), and two blank colors may be too alike to
         be a pair of the data: such rows are drawn again.
@@ -257,12 +258,12 @@ class Pipeline:
         if not blank.any():
             return partial
         words = partial.clone()
-        offset = (IMAGE_FIRST_WORDS if codes is not None else TEXT_FIRST_WORDS).start
+        offset = (self.vocab.image_first_words if codes is not None else self.vocab.text_first_words).start
         for attempt in range(tries):
             rows = blank.any(1) if attempt == 0 else blank.any(1) & ~self._valid_colors(words)
             if not rows.any():
                 break
-            forced = torch.full((int(rows.sum()), SEQUENCE_LENGTH), -1, dtype=torch.long)
+            forced = torch.full((int(rows.sum()), self.vocab.plain_length), -1, dtype=torch.long)
             given = partial[rows]
             forced[:, offset:offset + TEXT_LENGTH] = torch.where(given >= 0, given + self.vocab.word_offset, -1)
             if codes is None:
@@ -300,8 +301,8 @@ class Pipeline:
         images = np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28, 3)
         mask = keep_mask(keep)
         given = erase_outside(images, mask)
-        codes = self.vqvae.encode(torch.from_numpy(given).to(self.device)).cpu()
-        kept = torch.where(torch.from_numpy(kept_tokens(mask)), codes, torch.tensor(-1)).repeat_interleave(n, dim=0)
+        codes = self.image_tokenizer.encode(torch.from_numpy(given).to(self.device)).cpu()
+        kept = torch.where(self.image_tokenizer.kept_tokens(torch.from_numpy(mask)), codes, torch.tensor(-1)).repeat_interleave(n, dim=0)
         if prompts is None:
             partial = torch.full((len(images), TEXT_LENGTH), -1, dtype=torch.long)
         else:
@@ -317,13 +318,13 @@ class Pipeline:
         rows = torch.arange(len(words))                                                  # rows still to draw
         for attempt in range(1 + (COMPLETION_REDRAWS if prompts is None else 0)):
             drawn = self._draw_codes(words[rows], settings, generator, kept=kept[rows])
-            completed[rows.numpy()] = self.vqvae.decode(drawn.to(self.device)).cpu().numpy()
+            completed[rows.numpy()] = self.image_tokenizer.decode(drawn.to(self.device)).cpu().numpy()
             completed[:, mask] = originals[:, mask]                                       # kept pixels, exactly
             if prompts is not None:
                 break
             # Caption what was drawn, as an image -> text request. A drawing whose caption names another
             # digit than the one it was drawn for is drawn again (self-consistency, checked by the model).
-            read = self._write_words(self.vqvae.encode(torch.from_numpy(completed[rows.numpy()]).to(self.device)),
+            read = self._write_words(self.image_tokenizer.encode(torch.from_numpy(completed[rows.numpy()]).to(self.device)),
                                      self._caption_settings(sampling), generator, completed[rows.numpy()]).cpu()
             captions[rows] = read
             rows = rows[read[:, DIGIT_SLOT] != words[rows, DIGIT_SLOT].cpu()]
@@ -361,7 +362,7 @@ class Pipeline:
             images = images[None]
         if len(images) == 0:
             return []
-        codes = self.vqvae.encode(torch.from_numpy(images).to(self.device))
+        codes = self.image_tokenizer.encode(torch.from_numpy(images).to(self.device))
         words = self._write_words(codes, self._caption_settings(sampling), self._generator(seed), images)
         return self._decode_words(words)
 
@@ -388,11 +389,11 @@ class Pipeline:
         if ancestral:
             plain = replace(settings, guidance=1.0, cd_k=0)
             words, codes = split_sequences(self.vocab, self._generate(heads, plain, generator))
-            return self.vqvae.decode(codes).cpu().numpy(), self._decode_words(words)
+            return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
         heads = heads.to(self.device)
         image_first = heads[:, 1] == self.vocab.end_of_text
         words = torch.zeros(n, TEXT_LENGTH, dtype=torch.long, device=self.device)
-        codes = torch.zeros(n, IMAGE_LENGTH, dtype=torch.long, device=self.device)
+        codes = torch.zeros(n, self.vocab.image_length, dtype=torch.long, device=self.device)
         text_rows, image_rows = (~image_first).nonzero().squeeze(1), image_first.nonzero().squeeze(1)
         if len(text_rows):
             # The caption is drawn like a prompt of blanks: grammar, palette and a color pair the data has.
@@ -400,7 +401,7 @@ class Pipeline:
             words[text_rows] = self.fill_blanks(blanks, settings, generator).to(self.device)
             codes[text_rows] = self._draw_codes(words[text_rows].cpu(), settings, generator)
         if len(image_rows):
-            drawn = self._generate(heads[image_rows], settings, generator, length=IMAGE_FIRST_CODES.stop)
-            codes[image_rows] = drawn[:, IMAGE_FIRST_CODES]
+            drawn = self._generate(heads[image_rows], settings, generator, length=self.vocab.image_first_codes.stop)
+            codes[image_rows] = drawn[:, self.vocab.image_first_codes]
             words[image_rows] = self._write_words(codes[image_rows], self._caption_settings(sampling), generator)
-        return self.vqvae.decode(codes).cpu().numpy(), self._decode_words(words)
+        return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)

@@ -1,8 +1,9 @@
 """Regions of an image to keep when completing it: named halves or a mask, at pixel and token level.
 
-A mask is (28, 28) booleans, True where the given pixels are kept. The image tokenizer codes
-4x4 patches, so a patch's token is kept only when all 16 of its pixels are; the kept pixels of
-the other patches are pasted back after decoding, so every kept pixel comes back unchanged.
+A mask is (28, 28) booleans, True where the given pixels are kept. The image tokenizer says which
+of its tokens a mask keeps (`kept_tokens`: a 4x4 patch's code only when all 16 of its pixels are);
+the kept pixels of the other patches are pasted back after decoding, so every kept pixel comes back
+unchanged.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import numpy as np
 
 from .data.colored import color_counts
 from .errors import TinyChameleonError
-from .tokenizers.vqvae import GRID, PATCH
 
-SIZE = GRID * PATCH  # 28
+SIZE = 28
 KEEP_REGIONS = ("top", "bottom", "left", "right")
 
 
@@ -42,12 +42,6 @@ def keep_mask(keep: str | np.ndarray) -> np.ndarray:
 def mask_from_levels(levels: np.ndarray) -> np.ndarray:
     """A mask image read as (28, 28, 3) levels -> keep its white (bright) pixels."""
     return keep_mask(np.asarray(levels).astype(int).sum(-1) >= 6)
-
-
-def kept_tokens(mask: np.ndarray) -> np.ndarray:
-    """(28, 28) pixel mask -> (49,) booleans: tokens whose whole 4x4 patch is kept."""
-    patches = mask.reshape(GRID, PATCH, GRID, PATCH)                    # (7, 4, 7, 4)
-    return patches.all(axis=(1, 3)).reshape(GRID * GRID)
 
 
 def erase_outside(images: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ no second model:
 - image -> text: the greedy caption reads colors almost perfectly but misreads digits. For each
   digit word d, score the caption with d by Bayes' rule in both directions,
   log p(caption_d | image) + log p(caption_d, image), and keep the best. The text-first term is
-  a generative classifier: it asks which digit's caption best *explains* the image's 49 codes.
+  a generative classifier: it asks which digit's caption best *explains* the image's tokens.
   With views, the same scores are also taken on recolorings of the image (same digit pixels,
   other color pairs, each read with its own color words) and summed: low-contrast pairs
   quantize the digit's outline less cleanly, and every recoloring gives other codes for it.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .batching import batch_slices
 from .data.colored import DIGIT_WORDS, VALID_PAIRS
 from .model import KVCache, Transformer, next_token_log_probs
-from .sequences import IMAGE_FIRST, IMAGE_FIRST_WORDS, TEXT_FIRST, build_sequences, target_kinds
+from .sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, target_kinds
 from .tokenizers.text import SLOTS
 from .tokenizers.vocab import WORDS, Vocab
 
@@ -34,7 +34,7 @@ DIGIT_WORD_IDS = [WORDS.index(word) for word in DIGIT_WORDS]
 
 @torch.no_grad()
 def token_log_probs(model: Transformer, sequences: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """(B, 58) sequences -> (B, 57) log-probability the model gives each next token."""
+    """(B, T) sequences -> (B, T - 1) log-probability the model gives each next token."""
     model.eval()
     chunks = []
     for rows in batch_slices(len(sequences), batch_size):
@@ -44,7 +44,7 @@ def token_log_probs(model: Transformer, sequences: torch.Tensor, batch_size: int
 
 def caption_given_image(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor
                         ) -> torch.Tensor:
-    """log p(caption | image) from the image-first reading: (B, 6) word ids, (B, 49) codes -> (B,)."""
+    """log p(caption | image) from the image-first reading: (B, 6) word ids, (B, L) codes -> (B,)."""
     orders = torch.full((len(codes),), IMAGE_FIRST, dtype=torch.long)
     sequences = build_sequences(vocab, word_ids, codes, orders)
     log_probs = token_log_probs(model, sequences)
@@ -60,7 +60,7 @@ def joint(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch
 
 def best_images(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
                 candidates: int) -> torch.Tensor:
-    """Keep one of each prompt's `candidates` images (rows prompt-major): (B*n, 49) -> (B, 49)."""
+    """Keep one of each prompt's `candidates` images (rows prompt-major): (B*n, L) -> (B, L)."""
     scores = caption_given_image(model, vocab, word_ids, codes).view(-1, candidates)  # (B, n)
     best = scores.argmax(dim=1)
     return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best]
@@ -75,7 +75,7 @@ def view_pairs(views: int, seed: int = 123) -> np.ndarray:
 @torch.no_grad()
 def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
                                   batch_size: int = 128) -> torch.Tensor:
-    """log p(caption with digit d | image) for all 10 digits d: (B, 6), (B, 49) -> (B, 10).
+    """log p(caption with digit d | image) for all 10 digits d: (B, 6), (B, L) -> (B, 10).
 
     Equals caption_given_image on the 10 candidates, but the image-first reading shares everything
     before the digit word (54 of 57 predictions' context), so the prefix runs once per image through
@@ -84,9 +84,9 @@ def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: to
     model.eval()
     digits = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device) + vocab.word_offset
     D = len(digits)
-    digit_position = IMAGE_FIRST_WORDS.start + DIGIT_SLOT                           # 54
+    digit_position = vocab.image_first_words.start + DIGIT_SLOT                     # 54 for L = 49
     orders = torch.full((len(codes),), IMAGE_FIRST, dtype=torch.long)
-    sequences = build_sequences(vocab, word_ids, codes, orders)                   # (B, 58)
+    sequences = build_sequences(vocab, word_ids, codes, orders)                   # (B, T)
     chunks = []
     for batch in batch_slices(len(sequences), batch_size):
         rows = sequences[batch]
@@ -112,7 +112,7 @@ def digit_scores(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes
     B, digits = len(word_ids), len(DIGIT_WORD_IDS)
     candidates = word_ids[:, None, :].repeat(1, digits, 1)                        # (B, 10, 6)
     candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)
-    repeated_codes = codes.repeat_interleave(digits, dim=0)                       # (B*10, 49)
+    repeated_codes = codes.repeat_interleave(digits, dim=0)                       # (B*10, L)
     scores = (caption_given_image_per_digit(model, vocab, word_ids, codes)
               + joint(model, vocab, candidates.view(B * digits, -1), repeated_codes).view(B, digits))
     return candidates, scores
@@ -120,7 +120,7 @@ def digit_scores(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes
 
 def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
                   views: list[tuple[torch.Tensor, torch.Tensor]] = (), hypotheses: int = 10) -> torch.Tensor:
-    """Replace each caption's digit word by the Bayes-best one: (B, 6) word ids, (B, 49) codes -> (B, 6).
+    """Replace each caption's digit word by the Bayes-best one: (B, 6) word ids, (B, L) codes -> (B, 6).
 
     `views` are extra (word ids, codes) readings of the same images (recolorings with their own
     color words); their digit scores are added to the image's own. Only the `hypotheses` digits the

@@ -17,29 +17,36 @@ import torch.nn.functional as F
 from .errors import DeadlineExceeded
 
 from .model import KVCache, Transformer
-from .sequences import (IMAGE_FIRST, IMAGE_FIRST_CODES, IMAGE_FIRST_WORDS, TEXT_FIRST, TEXT_FIRST_CODES,
-                        TEXT_FIRST_WORDS)
+from .sequences import IMAGE_FIRST, TEXT_FIRST
 from .data.colored import ADJECTIVES, HUES, PALETTE
 from .tokenizers.text import SLOTS
-from .tokenizers.vocab import SEQUENCE_LENGTH, WORDS, Vocab
+from .tokenizers.vocab import WORDS, Vocab
 
 
 class ModalityRules:
     """allowed[order, position] is the set of tokens that may stand at `position`."""
 
-    def __init__(self, vocab: Vocab, grammar: bool = True) -> None:
+    def __init__(self, vocab: Vocab, grammar: bool = True, image_positions: torch.Tensor | None = None,
+                 image_follows: torch.Tensor | None = None) -> None:
         """grammar=True is finer than the modality rule: each of the six word slots takes only its
-        own word class, so every caption fits "<adjective> <color> <digit> on <adjective> <color>"."""
+        own word class, so every caption fits "<adjective> <color> <digit> on <adjective> <color>".
+
+        The image tokenizer may restrict its own tokens: image_positions (L, K) says which image ids
+        may stand at each image position (e.g. colors first, then shape codes), image_follows (K, K)
+        which image id may follow which (e.g. only color pairs the data has). Default: any, anywhere."""
         self.vocab = vocab
-        allowed = torch.zeros(2, SEQUENCE_LENGTH, vocab.size, dtype=torch.bool)
-        codes = slice(0, vocab.codebook_size)
+        allowed = torch.zeros(2, vocab.plain_length, vocab.size, dtype=torch.bool)
+        K = vocab.image_tokens
+        if image_positions is None:
+            image_positions = torch.ones(vocab.image_length, K, dtype=torch.bool)
         allowed[:, 0, vocab.bos] = True
         allowed[:, 1, [vocab.end_of_image, vocab.end_of_text]] = True  # either order may start
-        allowed[TEXT_FIRST, TEXT_FIRST_WORDS.stop, vocab.end_of_text] = True
-        allowed[TEXT_FIRST, TEXT_FIRST_CODES, codes] = True
-        allowed[IMAGE_FIRST, IMAGE_FIRST_CODES, codes] = True
-        allowed[IMAGE_FIRST, IMAGE_FIRST_CODES.stop, vocab.end_of_image] = True
-        for order, first_word in ((TEXT_FIRST, TEXT_FIRST_WORDS.start), (IMAGE_FIRST, IMAGE_FIRST_WORDS.start)):
+        allowed[TEXT_FIRST, vocab.text_first_words.stop, vocab.end_of_text] = True
+        allowed[TEXT_FIRST, vocab.text_first_codes, :K] = image_positions
+        allowed[IMAGE_FIRST, vocab.image_first_codes, :K] = image_positions
+        allowed[IMAGE_FIRST, vocab.image_first_codes.stop, vocab.end_of_image] = True
+        for order, first_word in ((TEXT_FIRST, vocab.text_first_words.start),
+                                  (IMAGE_FIRST, vocab.image_first_words.start)):
             for slot, (_, slot_words) in enumerate(SLOTS):
                 choices = slot_words if grammar else WORDS
                 allowed[order, first_word + slot, [vocab.word_offset + WORDS.index(w) for w in choices]] = True
@@ -47,6 +54,8 @@ class ModalityRules:
         # follows[previous, token]: with grammar, an adjective admits only the hues it has in the palette,
         # so "bright black" cannot be written. Everything else may follow anything the table allows.
         follows = torch.ones(vocab.size, vocab.size, dtype=torch.bool)
+        if image_follows is not None:
+            follows[:K, :K] = image_follows
         if grammar:
             hues = [vocab.word_offset + WORDS.index(hue) for hue in HUES]
             for adjective in ADJECTIVES:
@@ -69,8 +78,9 @@ class SpanRules:
     codes only. Positions there depend on the hole, so there is no per-position table to look up."""
 
     def __init__(self, vocab: Vocab) -> None:
+        self.vocab = vocab
         self.codes = torch.zeros(vocab.size, dtype=torch.bool)
-        self.codes[:vocab.codebook_size] = True
+        self.codes[:vocab.image_tokens] = True
 
     def mask(self, orders: torch.Tensor, position: int, previous: torch.Tensor) -> torch.Tensor:
         return self.codes.to(orders.device).expand(len(orders), -1)
@@ -120,12 +130,12 @@ def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
 @torch.no_grad()
 def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, temperature: float = 1.0,
              top_k: int | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
-             use_cache: bool = True, length: int = SEQUENCE_LENGTH,
+             use_cache: bool = True, length: int | None = None,
              should_stop: Callable[[], bool] | None = None, forced: torch.Tensor | None = None,
              top_p: float = 1.0, cd_k: int = 0, cd_alpha: float = 0.1,
              unconditional_prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
-    (length < 58 stops early, e.g. after the first modality).
+    (default: a whole plain sequence; a shorter length stops early, e.g. after the first modality).
 
     guidance > 1 applies classifier-free guidance to the second modality: the unconditional
     stream is the other ordering, `<bos> <marker>`, which starts with that same modality. With
@@ -139,6 +149,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     """
     model.eval()
     B, P = prefix.shape
+    length = length or rules.vocab.plain_length
     sequences = torch.empty(B, length, dtype=torch.long, device=prefix.device)
     sequences[:, :P] = prefix
     conditional = Stream(model, prefix, use_cache)

@@ -1,7 +1,9 @@
-"""The token stream: how a caption and an image become one 58-token sequence.
+"""The token stream: how a caption and an image become one sequence (58 tokens for 49 image tokens).
 
-  text first : <bos> <end of image> w1..w6 <end of text> i1..i49
-  image first: <bos> <end of text> i1..i49 <end of image> w1..w6
+  text first : <bos> <end of image> w1..w6 <end of text> i1..iL
+  image first: <bos> <end of text> i1..iL <end of image> w1..w6
+
+L, the tokens per image, comes from the image tokenizer; every offset is a `Vocab` property.
 
 The marker after <bos> says which modality comes first ("the other one has ended").
 
@@ -16,21 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from .tokenizers.vocab import IMAGE_LENGTH, INFILL_LENGTH, SEQUENCE_LENGTH, TEXT_LENGTH, Vocab
+from .tokenizers.vocab import TEXT_LENGTH, Vocab
 
 TEXT_FIRST, IMAGE_FIRST = 0, 1
-
-# Where each part of a sequence sits, derived from the lengths: no other module writes an offset.
-HEADER = 2                                                                         # <bos> <marker>
-TEXT_FIRST_WORDS = slice(HEADER, HEADER + TEXT_LENGTH)                             # 2:8
-TEXT_FIRST_CODES = slice(TEXT_FIRST_WORDS.stop + 1, SEQUENCE_LENGTH)               # 9:58, after <end of text>
-IMAGE_FIRST_CODES = slice(HEADER, HEADER + IMAGE_LENGTH)                           # 2:51
-IMAGE_FIRST_WORDS = slice(IMAGE_FIRST_CODES.stop + 1, SEQUENCE_LENGTH)             # 52:58, after <end of image>
 
 
 def build_sequences(vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor, orders: torch.Tensor
                     ) -> torch.Tensor:
-    """word_ids (B, 6) in 0..30, codes (B, 49), orders (B,) -> token ids (B, 58)."""
+    """word_ids (B, 6) in 0..30, codes (B, L), orders (B,) -> token ids (B, vocab.plain_length)."""
     B = word_ids.shape[0]
     device = codes.device
     words = word_ids.long().to(device) + vocab.word_offset
@@ -49,7 +44,7 @@ def masked_span_sequences(vocab: Vocab, sequences: torch.Tensor, starts: torch.T
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move span [start, start + length) of each row to the end behind <mask> sentinels.
 
-    sequences (B, 58), starts and lengths (B,) -> (B, 60) sequences and (B, 59) loss weights (1.0 or
+    sequences (B, T), starts and lengths (B,) -> (B, T + 2) sequences and (B, T + 1) loss weights (1.0 or
     0.0 per predicted token). A row with length 0 is left as it was, padded with two <mask> tokens
     whose predictions carry no loss. The first <mask>'s own prediction carries no loss either: where
     a hole begins is the caller's choice, not something to learn.
@@ -59,7 +54,7 @@ def masked_span_sequences(vocab: Vocab, sequences: torch.Tensor, starts: torch.T
     starts, lengths = starts.to(device)[:, None], lengths.to(device)[:, None]      # (B, 1)
     plain = lengths == 0
     starts = torch.where(plain, torch.full_like(starts, T), starts)
-    p = torch.arange(T + 2, device=device)[None]                                    # (1, 60) output positions
+    p = torch.arange(T + 2, device=device)[None]                                    # (1, T + 2) output positions
     source = torch.full((B, T + 2), T, dtype=torch.long, device=device)            # index T = <mask>
     source = torch.where(p < starts, p, source)                                     # before the hole
     tail = (p > starts) & (p <= T - lengths)                                        # after the hole
@@ -78,15 +73,15 @@ def masked_span_sequences(vocab: Vocab, sequences: torch.Tensor, starts: torch.T
 
 def random_spans(vocab: Vocab, sequences: torch.Tensor, rate: float, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick spans for the CM3 objective: a `rate` share of rows gets one span, inside the image (49 of
-    55 times) or inside the caption, of uniform length and place; the rest stay plain."""
-    B = len(sequences)
+    """Pick spans for the CM3 objective: a `rate` share of rows gets one span, inside the image (L of
+    L + 6 times) or inside the caption, of uniform length and place; the rest stay plain."""
+    B, L = len(sequences), vocab.image_length
     draws = torch.rand(B, 4, generator=generator)
     image_first = (sequences[:, 1] == vocab.end_of_text).cpu()
-    in_image = draws[:, 0] < IMAGE_LENGTH / (IMAGE_LENGTH + TEXT_LENGTH)
-    first = torch.where(in_image, torch.where(image_first, IMAGE_FIRST_CODES.start, TEXT_FIRST_CODES.start),
-                        torch.where(image_first, IMAGE_FIRST_WORDS.start, TEXT_FIRST_WORDS.start))
-    size = torch.where(in_image, IMAGE_LENGTH, TEXT_LENGTH)
+    in_image = draws[:, 0] < L / (L + TEXT_LENGTH)
+    first = torch.where(in_image, torch.where(image_first, vocab.image_first_codes.start, vocab.text_first_codes.start),
+                        torch.where(image_first, vocab.image_first_words.start, vocab.text_first_words.start))
+    size = torch.where(in_image, L, TEXT_LENGTH)
     lengths = 1 + (draws[:, 1] * size).long()                                       # 1..size
     starts = first + (draws[:, 2] * (size - lengths + 1)).long()                    # span stays in its modality
     lengths = torch.where(draws[:, 3] < rate, lengths, torch.zeros_like(lengths))
@@ -112,7 +107,7 @@ def text_prefix(vocab: Vocab, word_ids: torch.Tensor) -> torch.Tensor:
 
 
 def image_prefix(vocab: Vocab, codes: torch.Tensor) -> torch.Tensor:
-    """Prompt for image -> text: <bos> <end of text> i1..i49 <end of image>  (B, 52)."""
+    """Prompt for image -> text: <bos> <end of text> i1..iL <end of image>  (B, L + 3)."""
     B = codes.shape[0]
     bos = torch.full((B, 1), vocab.bos, dtype=torch.long, device=codes.device)
     eot = torch.full((B, 1), vocab.end_of_text, dtype=torch.long, device=codes.device)
@@ -121,18 +116,16 @@ def image_prefix(vocab: Vocab, codes: torch.Tensor) -> torch.Tensor:
 
 
 def split_sequences(vocab: Vocab, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 58) finished sequences -> word ids (B, 6) in 0..30 and codes (B, 49)."""
+    """(B, T) finished sequences -> word ids (B, 6) in 0..30 and image tokens (B, L)."""
     image_first = (sequences[:, 1] == vocab.end_of_text)[:, None]
-    words = torch.where(image_first, sequences[:, IMAGE_FIRST_WORDS], sequences[:, TEXT_FIRST_WORDS]) - vocab.word_offset
-    codes = torch.where(image_first, sequences[:, IMAGE_FIRST_CODES], sequences[:, TEXT_FIRST_CODES])
+    words = torch.where(image_first, sequences[:, vocab.image_first_words], sequences[:, vocab.text_first_words])
+    codes = torch.where(image_first, sequences[:, vocab.image_first_codes], sequences[:, vocab.text_first_codes])
+    words = words - vocab.word_offset
     return words, codes
 
 
 def target_kinds(vocab: Vocab, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks of predicted positions that are words / image codes (structure tokens are neither)."""
     is_text = (targets >= vocab.word_offset) & (targets < vocab.word_offset + vocab.num_words)
-    is_image = targets < vocab.codebook_size
+    is_image = targets < vocab.image_tokens
     return is_text, is_image
-
-
-assert SEQUENCE_LENGTH == 1 + 1 + TEXT_LENGTH + 1 + IMAGE_LENGTH and INFILL_LENGTH == SEQUENCE_LENGTH + 2

@@ -68,15 +68,15 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     metrics["real_test_looks"] = looks(subset.images, subset.digits, subset.foreground, subset.background)
 
     nll_split = test if not nll_examples else test.subset(slice(0, nll_examples))
-    codes = encode_images(pipeline.vqvae, nll_split.images, pipeline.device).long().to(pipeline.device)
+    codes = encode_images(pipeline.image_tokenizer, nll_split.images, pipeline.device).long().to(pipeline.device)
     metrics["nll"] = split_nll(pipeline.model, pipeline.vocab, caption_word_ids(nll_split).to(pipeline.device), codes,
                                split=split)
     metrics["nll"]["examples"] = len(nll_split)
     stage(f"{split} NLL {metrics['nll'][f'{split}_nll']:.4f}", started)
 
-    reconstructions = pipeline.vqvae.decode(encode_images(pipeline.vqvae, subset.images, pipeline.device).long()
+    reconstructions = pipeline.image_tokenizer.decode(encode_images(pipeline.image_tokenizer, subset.images, pipeline.device).long()
                                             .to(pipeline.device)).cpu().numpy()
-    metrics["vqvae"] = {**reconstruction_metrics(pipeline.vqvae, test.images, device=pipeline.device),
+    metrics["vqvae"] = {**reconstruction_metrics(pipeline.image_tokenizer, test.images, device=pipeline.device),
                         "judge_on_reconstructions": attribute_accuracy(judge.predict(reconstructions), subset.digits,
                                                                        subset.foreground, subset.background),
                         "looks": looks(reconstructions, subset.digits, subset.foreground, subset.background)}

@@ -1,8 +1,10 @@
-"""The joint vocabulary: where image codes, words and special tokens live in one id space.
+"""The joint vocabulary and the sequence layout: where image tokens, words and special tokens live
+in one id space, and where each part of a sequence sits.
 
-Layout (defined here and nowhere else):  [0, K) image codes · [K, K+31) words ·
-then <bos>, <end of text>, <end of image>, and <mask> for runs trained with the causal-masked
-(CM3) objective. The sampler's modality masks are built from these ranges.
+Ids (defined here and nowhere else):  [0, K) image tokens (K and the tokens per image come from the
+image tokenizer) · [K, K+31) words · then <bos>, <end of text>, <end of image>, and <mask> for runs
+trained with the causal-masked (CM3) objective. The sampler's modality masks are built from these
+ranges, and every offset into a sequence is a property below, derived from the lengths.
 """
 
 from __future__ import annotations
@@ -14,21 +16,22 @@ from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES
 WORDS: list[str] = ADJECTIVES + HUES + DIGIT_WORDS + ["on"]
 SPECIAL_TOKENS = ["<bos>", "<end of text>", "<end of image>"]
 TEXT_LENGTH = 6
-IMAGE_LENGTH = 49  # 7 x 7 grid of codes
-SEQUENCE_LENGTH = 1 + 1 + TEXT_LENGTH + 1 + IMAGE_LENGTH  # 58
+HEADER = 2             # <bos> and the marker naming the modality that comes first
 MASK_TOKEN = "<mask>"
-INFILL_LENGTH = SEQUENCE_LENGTH + 2  # a masked span: one <mask> where it was, one before it at the end
 
 
 @dataclass(frozen=True)
 class Vocab:
-    codebook_size: int
+    image_tokens: int             # ids an image token can take (the image tokenizer's token_count)
     infill: bool = False          # with the <mask> sentinel of the causal-masked objective
+    image_length: int = 49        # tokens per image (the image tokenizer's tokens_per_image)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
-        """The vocabulary of a RunConfig: its tokenizer's codes, and <mask> when it trains with infilling."""
-        return cls(config.vq.codebook_size, infill=config.train.infill_rate > 0)
+        """The vocabulary of a RunConfig: its image tokenizer's ids and length, and <mask> when it infills."""
+        from .image import image_token_layout   # the tokenizer family knows its own counts
+        tokens, length = image_token_layout(config.vq)
+        return cls(tokens, infill=config.train.infill_rate > 0, image_length=length)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -40,14 +43,37 @@ class Vocab:
             raise ValueError("this vocabulary has no <mask> token (the run was trained without infilling)")
         return self.bos + len(SPECIAL_TOKENS)
 
+    # The layout of a plain sequence (text first / image first):
+    #   <bos> <end of image> w1..w6 <end of text> i1..iL      <bos> <end of text> i1..iL <end of image> w1..w6
+    @property
+    def plain_length(self) -> int:
+        """Tokens in a plain sequence: 58 for 49 image tokens."""
+        return HEADER + TEXT_LENGTH + 1 + self.image_length
+
     @property
     def sequence_length(self) -> int:
-        """The longest sequence the model must read: a masked-span sequence when it infills."""
-        return INFILL_LENGTH if self.infill else SEQUENCE_LENGTH
+        """The longest sequence the model must read: a masked-span sequence (two <mask> more) when it infills."""
+        return self.plain_length + (2 if self.infill else 0)
+
+    @property
+    def text_first_words(self) -> slice:
+        return slice(HEADER, HEADER + TEXT_LENGTH)                                   # 2:8
+
+    @property
+    def text_first_codes(self) -> slice:
+        return slice(self.text_first_words.stop + 1, self.plain_length)             # 9:58, after <end of text>
+
+    @property
+    def image_first_codes(self) -> slice:
+        return slice(HEADER, HEADER + self.image_length)                             # 2:51
+
+    @property
+    def image_first_words(self) -> slice:
+        return slice(self.image_first_codes.stop + 1, self.plain_length)            # 52:58, after <end of image>
 
     @property
     def word_offset(self) -> int:
-        return self.codebook_size
+        return self.image_tokens
 
     @property
     def num_words(self) -> int:
@@ -55,7 +81,7 @@ class Vocab:
 
     @property
     def bos(self) -> int:
-        return self.codebook_size + len(WORDS)
+        return self.image_tokens + len(WORDS)
 
     @property
     def end_of_text(self) -> int:
@@ -71,7 +97,7 @@ class Vocab:
 
     @property
     def image_range(self) -> range:
-        return range(0, self.codebook_size)
+        return range(0, self.image_tokens)
 
     @property
     def word_range(self) -> range:
@@ -85,6 +111,6 @@ class Vocab:
         return self.special_tokens[token - self.bos]
 
     def to_dict(self) -> dict:
-        return {"codebook_size": self.codebook_size, "words": WORDS, "special_tokens": self.special_tokens,
+        return {"image_tokens": self.image_tokens, "image_length": self.image_length, "words": WORDS, "special_tokens": self.special_tokens,
                 "word_offset": self.word_offset, "bos": self.bos, "end_of_text": self.end_of_text,
                 "end_of_image": self.end_of_image, **({"mask": self.mask} if self.infill else {}), "size": self.size}

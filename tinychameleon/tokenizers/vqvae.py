@@ -1,4 +1,7 @@
-"""VQ-VAE image tokenizer: 28x28x3 (2-bit levels) <-> a 7x7 grid of discrete codes.
+"""VQ-VAE image tokenizer (kind "vq"): 28x28x3 (2-bit levels) <-> a 7x7 grid of discrete codes.
+
+The same network, built for one plane of two levels, is the shape half of the palette tokenizer
+(tokenizers/palette.py): `planes` and `levels` say what a pixel is.
 
 Encoder: a 4x4 patch embedding to the 7x7 grid, then residual 3x3 convs. Quantizer: an EMA
 codebook with a straight-through estimator, commitment loss (beta) and restart of dead codes
@@ -124,12 +127,18 @@ class EMAQuantizer(nn.Module):
 
 
 class VQVAE(nn.Module):
-    def __init__(self, config: VQConfig) -> None:
+    """The image tokenizer interface (shared by every kind): `tokens_per_image`, `token_count`,
+    `encode` (B, 28, 28, 3) levels -> (B, L) ids, `decode` back, `position_tokens`, `token_follows`,
+    `kept_tokens`; and for training, `autoencoder` with `training_targets`."""
+
+    tokens_per_image = GRID * GRID
+
+    def __init__(self, config: VQConfig, planes: int = 3, levels: int = LEVELS) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.planes, self.levels = config, planes, levels
         hidden, pixel_channels = config.hidden, config.pixel_channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(3 * LEVELS, hidden, PATCH, stride=PATCH),  # (B, hidden, 7, 7)
+            nn.Conv2d(planes * levels, hidden, PATCH, stride=PATCH),  # (B, hidden, 7, 7)
             ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
             nn.Conv2d(hidden, config.code_dim, 1))
         self.quantizer = EMAQuantizer(config.codebook_size, config.code_dim, config.beta,
@@ -139,28 +148,62 @@ class VQVAE(nn.Module):
             ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
             nn.Conv2d(hidden, pixel_channels * PATCH * PATCH, 1))
         # Only a thin conv runs at full 28x28 resolution: it smooths patch seams cheaply.
-        self.decoder_pixels = nn.Sequential(nn.GELU(), nn.Conv2d(pixel_channels, 3 * LEVELS, 3, padding=1))
+        self.decoder_pixels = nn.Sequential(nn.GELU(), nn.Conv2d(pixel_channels, planes * levels, 3, padding=1))
+
+    # -- the interface ---------------------------------------------------------------------------
+    @classmethod
+    def layout(cls, config: VQConfig) -> tuple[int, int]:
+        """(token_count, tokens_per_image): one code per 4x4 patch."""
+        return config.codebook_size, cls.tokens_per_image
+
+    @property
+    def token_count(self) -> int:
+        return self.config.codebook_size
+
+    def position_tokens(self) -> torch.Tensor:
+        """(L, K) which ids may stand at each image position: any code anywhere."""
+        return torch.ones(self.tokens_per_image, self.token_count, dtype=torch.bool)
+
+    def token_follows(self) -> torch.Tensor | None:
+        """(K, K) which id may follow which inside an image, or None: no rule."""
+        return None
 
     @staticmethod
-    def image_to_input(images: torch.Tensor) -> torch.Tensor:
-        """(B, 28, 28, 3) integer levels -> (B, 12, 28, 28) one-hot float input."""
-        one_hot = F.one_hot(images.long(), LEVELS).float()  # (B, 28, 28, 3, 4)
+    def kept_tokens(mask: torch.Tensor) -> torch.Tensor:
+        """(28, 28) pixel mask -> (49,) booleans: tokens whose whole 4x4 patch is kept."""
+        patches = torch.as_tensor(mask).reshape(GRID, PATCH, GRID, PATCH)       # (7, 4, 7, 4)
+        return patches.all(dim=3).all(dim=1).reshape(GRID * GRID)
+
+    @property
+    def autoencoder(self) -> "VQVAE":
+        """The network stage 1 trains, on `training_targets(images)`."""
+        return self
+
+    @staticmethod
+    def training_targets(images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    # -- the network -----------------------------------------------------------------------------
+    def image_to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 28, 28, planes) integer levels -> (B, planes * levels, 28, 28) one-hot float input."""
+        one_hot = F.one_hot(images.long(), self.levels).float()  # (B, 28, 28, planes, levels)
         B, H, W = one_hot.shape[:3]
-        return one_hot.reshape(B, H, W, 3 * LEVELS).permute(0, 3, 1, 2)
+        return one_hot.reshape(B, H, W, self.planes * self.levels).permute(0, 3, 1, 2)
 
     def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.image_to_input(images))
 
     def decode_latent(self, quantized: torch.Tensor) -> torch.Tensor:
-        """(B, code_dim, 7, 7) -> logits (B, 3, 4, 28, 28)."""
+        """(B, code_dim, 7, 7) -> logits (B, planes, levels, 28, 28)."""
         grid = self.decoder_grid(quantized)
         pixels = F.pixel_shuffle(grid, PATCH)  # (B, pixel_channels, 28, 28)
         logits = self.decoder_pixels(pixels)
         B = logits.shape[0]
-        return logits.view(B, 3, LEVELS, 28, 28)
+        return logits.view(B, self.planes, self.levels, 28, 28)
 
     def forward(self, images: torch.Tensor):
-        """Returns (logits (B,3,4,28,28), indices (B,7,7), loss: reconstruction + commitment)."""
+        """(B, 28, 28, planes) levels -> (logits (B, planes, levels, 28, 28), indices (B, 7, 7),
+        loss: reconstruction + commitment)."""
         quantized, indices, commit_loss = self.quantizer(self.encode_latent(images))
         logits = self.decode_latent(quantized)
         target = images.long().permute(0, 3, 1, 2)  # (B, 3, 28, 28)
@@ -176,10 +219,15 @@ class VQVAE(nn.Module):
         return self.quantizer.nearest(flat).view(B, GRID * GRID)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor, two_color: bool | None = None) -> torch.Tensor:
-        """(B, 49) code indices -> (B, 28, 28, 3) uint8 levels (two-color unless the config says otherwise)."""
+    def decode_logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, 49) code indices -> (B, planes, levels, 28, 28) logits."""
         B = codes.shape[0]
         quantized = self.quantizer.codebook[codes.long()].view(B, GRID, GRID, -1).permute(0, 3, 1, 2)
-        logits = self.decode_latent(quantized)
+        return self.decode_latent(quantized)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, two_color: bool | None = None) -> torch.Tensor:
+        """(B, 49) code indices -> (B, 28, 28, 3) uint8 levels (two-color unless the config says otherwise)."""
+        logits = self.decode_logits(codes)
         two_color = self.config.two_color_decode if two_color is None else two_color
         return two_color_levels(logits) if two_color else per_channel_levels(logits)

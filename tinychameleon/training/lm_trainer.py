@@ -1,4 +1,4 @@
-"""Stage 2: train the transformer on 58-token text+image sequences (both orders, 50/50 per batch).
+"""Stage 2: train the transformer on text+image sequences (58 tokens with the 49-token VQ tokenizer) (both orders, 50/50 per batch).
 
 Data lives on the device as token tensors (word ids and VQ codes), so a step does no host
 work. Under torchrun every rank draws the same global permutation and takes its slice of
@@ -114,7 +114,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                                   weight_decay=settings.weight_decay, fused=fused)
     if settings.batch_size % world.world_size:
         raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
-    if train_codes.dim() == 2:  # one coloring of the training set: (N, 49) -> (1, N, 49)
+    if train_codes.dim() == 2:  # one coloring of the training set: (N, L) -> (1, N, L)
         train_words, train_codes = train_words[None], train_codes[None]
     num_examples = train_codes.shape[1]
     steps_per_epoch = num_examples // settings.batch_size

@@ -21,8 +21,7 @@ from ..data.colored import ColoredMNIST, load_splits, recolored_train
 from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
-from ..tokenizers.vqvae import VQVAE
-from ..checkpoint import VQVAE_FILE, load_config, load_vqvae, module_hash, save_config
+from ..checkpoint import VQVAE_FILE, load_config, load_image_tokenizer, module_hash, save_config
 from ..device import init_distributed
 from .lm_trainer import train_transformer
 from .vqvae_trainer import STATE_FILE as VQ_STATE_FILE
@@ -35,23 +34,23 @@ def caption_word_ids(split: ColoredMNIST) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(vqvae: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
-    vqvae = vqvae.to(device).eval()
-    chunks = [vqvae.encode(torch.from_numpy(images[rows]).to(device)).cpu()
+def encode_images(image_tokenizer, images: np.ndarray, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
+    image_tokenizer = image_tokenizer.to(device).eval()
+    chunks = [image_tokenizer.encode(torch.from_numpy(images[rows]).to(device)).cpu()
               for rows in batch_slices(len(images), batch_size)]
     return torch.cat(chunks).to(torch.int16)
 
 
-def cached_codes(vqvae: VQVAE, split: ColoredMNIST, name: str, data_key: str, cache_dir: Path,
+def cached_codes(image_tokenizer, split: ColoredMNIST, name: str, data_key: str, cache_dir: Path,
                  device: torch.device) -> torch.Tensor:
-    """VQ codes of a split, computed once per (tokenizer weights, data) and cached on disk."""
-    path = cache_dir / "codes" / f"{name}-{module_hash(vqvae)}-{data_key}.npy"
+    """Image tokens of a split, computed once per (tokenizer weights, data) and cached on disk."""
+    path = cache_dir / "codes" / f"{name}-{module_hash(image_tokenizer)}-{data_key}.npy"
     if path.exists():
         try:
             return torch.from_numpy(np.load(path)).long()
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt below
-    codes = encode_images(vqvae, split.images, device)
+    codes = encode_images(image_tokenizer, split.images, device)
     with atomic_path(path) as temp:
         with open(temp, "wb") as handle:
             np.save(handle, codes.numpy())
@@ -62,19 +61,19 @@ def limit(split: ColoredMNIST, count: int) -> ColoredMNIST:
     return split.subset(slice(0, count)) if count else split
 
 
-def colorings(config: RunConfig, vqvae: VQVAE, train_split: ColoredMNIST, train_codes: torch.Tensor, data_key: str,
+def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor, data_key: str,
               cache_dir: Path, device: torch.device, world) -> tuple[torch.Tensor, torch.Tensor]:
-    """Word ids (D, N, 6) and codes (D, N, 49) of the D = train.colorings color draws of the training set."""
+    """Word ids (D, N, 6) and image tokens (D, N, L) of the D = train.colorings color draws of the training set."""
     words, codes = [caption_word_ids(train_split)], [train_codes]
     for draw in range(1, config.train.colorings):
         split = limit(recolored_train(draw, config.data_seed, cache_dir, config.train.holdout_pairs),
                       config.train.max_train_examples)
         key = f"{data_key}-draw{draw}"
         if world.is_main:
-            cached_codes(vqvae, split, "train", key, cache_dir, device)
+            cached_codes(image_tokenizer, split, "train", key, cache_dir, device)
         world.barrier()
         words.append(caption_word_ids(split))
-        codes.append(cached_codes(vqvae, split, "train", key, cache_dir, device)[:len(split)])
+        codes.append(cached_codes(image_tokenizer, split, "train", key, cache_dir, device)[:len(split)])
     return torch.stack(words), torch.stack(codes)
 
 
@@ -130,26 +129,26 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
         vq_done = True
     if not vq_done and world.is_main:
         train_vqvae(config, train_split.images, validation_split.images, run_dir, device, resume, progress)
-        metrics = reconstruction_metrics(load_vqvae(run_dir, config).to(device), validation_split.images,
+        metrics = reconstruction_metrics(load_image_tokenizer(run_dir, config).to(device), validation_split.images,
                                          device=device)
         write_json(run_dir / "vqvae_validation_metrics.json", metrics)
         (run_dir / VQ_STATE_FILE).unlink(missing_ok=True)  # marks stage 1 complete
     world.barrier()
-    vqvae = load_vqvae(run_dir, config)
+    image_tokenizer = load_image_tokenizer(run_dir, config)
 
     # Stage 2: the transformer on cached token tensors.
     data_key = f"seed{config.data_seed}-hold{config.train.holdout_pairs}-val"
     if world.is_main:
-        train_codes = cached_codes(vqvae, train_split, "train", data_key, cache_dir, device)
-        validation_codes = cached_codes(vqvae, validation_split, "validation", data_key, cache_dir, device)
+        train_codes = cached_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device)
+        validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device)
     world.barrier()
-    train_codes = cached_codes(vqvae, train_split, "train", data_key, cache_dir, device)[:len(train_split)]
-    validation_codes = cached_codes(vqvae, validation_split, "validation", data_key, cache_dir,
+    train_codes = cached_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device)[:len(train_split)]
+    validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir,
                                     device)[:len(validation_split)]
     if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
         print(f"{run_dir} is already fully trained; nothing to resume")
         return run_dir
-    train_words, train_codes = colorings(config, vqvae, train_split, train_codes, data_key, cache_dir, device, world)
+    train_words, train_codes = colorings(config, image_tokenizer, train_split, train_codes, data_key, cache_dir, device, world)
     train_transformer(config, train_words, train_codes, caption_word_ids(validation_split), validation_codes,
                       run_dir, device, resume, progress, world, compile_model)
     if world.is_main:

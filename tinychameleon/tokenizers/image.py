@@ -1,0 +1,28 @@
+"""The image tokenizer family: one interface, built by name from `VQConfig.kind`.
+
+Every image tokenizer is an nn.Module with
+  tokens_per_image (L), token_count (K: ids 0..K-1)
+  encode(images (B, 28, 28, 3) levels) -> (B, L) ids      decode(ids) -> (B, 28, 28, 3) uint8 levels
+  position_tokens() -> (L, K) bools     token_follows() -> (K, K) bools or None   (sampling rules)
+  kept_tokens(pixel mask (28, 28)) -> (L,) bools                                   (completion)
+  autoencoder, training_targets(images)                                            (stage 1 training)
+The vocabulary and every sequence offset derive from L and K (tokenizers/vocab.py), so the
+transformer, sampler, training, evaluation and interfaces run unchanged for each kind.
+"""
+
+from __future__ import annotations
+
+from ..config import VQConfig
+from .palette import PaletteTokenizer
+from .vqvae import VQVAE
+
+TOKENIZER_KINDS = {"vq": VQVAE, "palette": PaletteTokenizer}
+
+
+def build_image_tokenizer(config: VQConfig):
+    return TOKENIZER_KINDS[config.kind](config)
+
+
+def image_token_layout(config: VQConfig) -> tuple[int, int]:
+    """(token_count, tokens_per_image) of the tokenizer a config builds, without building it."""
+    return TOKENIZER_KINDS[config.kind].layout(config)
