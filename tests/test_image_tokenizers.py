@@ -1,0 +1,124 @@
+"""The image tokenizer family: one interface, the layout derived from it, and each kind end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinychameleon.config import VQConfig, make_config
+from tinychameleon.data.colored import COLOR_RGB, VALID_PAIRS, color_counts, parse_caption
+from tinychameleon.pipeline import Pipeline
+from tinychameleon.sampling import ModalityRules, generate
+from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, split_sequences, text_prefix
+from tinychameleon.tokenizers import TOKENIZER_KINDS, PaletteTokenizer, Vocab, build_image_tokenizer
+from tinychameleon.checkpoint import build_transformer
+
+SMALL = dict(codebook_size=16, code_dim=8, hidden=16, pixel_channels=4)
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZER_KINDS))
+def test_every_kind_round_trips_shapes_and_ids(kind, colored):
+    tokenizer = build_image_tokenizer(VQConfig(kind=kind, **SMALL)).eval()
+    images = torch.from_numpy(colored[1].images[:6])
+    ids = tokenizer.encode(images)
+    assert ids.shape == (6, tokenizer.tokens_per_image) and ids.min() >= 0 and ids.max() < tokenizer.token_count
+    decoded = tokenizer.decode(ids)
+    assert decoded.shape == (6, 28, 28, 3) and decoded.dtype == torch.uint8
+    # Decoding only ever paints one valid palette pair: no stray colors, whatever the weights.
+    assert ((color_counts(decoded.numpy()) > 0).sum(1) <= 2).all()
+    palette = {tuple(c) for c in COLOR_RGB}
+    assert {tuple(c) for c in decoded.reshape(-1, 3).tolist()} <= palette
+    allowed = tokenizer.position_tokens()
+    assert allowed.shape == (tokenizer.tokens_per_image, tokenizer.token_count)
+    assert allowed[torch.arange(tokenizer.tokens_per_image)[:, None], ids.t()].all()   # real ids obey the rules
+
+
+def test_palette_tokens_are_the_colors_then_the_shape(colored):
+    test = colored[1]
+    tokenizer = PaletteTokenizer(VQConfig(kind="palette", **SMALL))
+    images = torch.from_numpy(test.images[:50])
+    foreground, background, shape = tokenizer.split(images)
+    assert torch.equal(foreground, torch.from_numpy(test.foreground[:50]))
+    assert torch.equal(background, torch.from_numpy(test.background[:50]))
+    ids = tokenizer.encode(images)
+    assert torch.equal(ids[:, 0] - 16, foreground) and torch.equal(ids[:, 1] - 16, background)
+    # The shape codes do not depend on the colors: a recoloring changes only the two color tokens.
+    recolored = torch.where(shape[..., None].bool(), torch.tensor([0, 0, 3], dtype=torch.uint8),
+                            torch.tensor([3, 3, 1], dtype=torch.uint8))
+    assert torch.equal(tokenizer.encode(recolored)[:, 2:], ids[:, 2:])
+    # Decoding paints the decoded shape in exactly the encoded two colors (the untrained shape is arbitrary).
+    painted = tokenizer.decode(ids)
+    rgb = torch.as_tensor(COLOR_RGB)
+    is_foreground = (painted == rgb[foreground][:, None, None]).all(-1)
+    is_background = (painted == rgb[background][:, None, None]).all(-1)
+    assert (is_foreground | is_background).all()
+
+
+def test_palette_sampling_rules_allow_only_pairs_of_the_data():
+    tokenizer = PaletteTokenizer(VQConfig(kind="palette", **SMALL))
+    follows = tokenizer.token_follows()
+    colors = follows[16:, 16:]
+    pairs = set(map(tuple, colors.nonzero().tolist()))
+    assert pairs == set(map(tuple, VALID_PAIRS.tolist()))
+    allowed = tokenizer.position_tokens()
+    assert allowed[:2, 16:].all() and not allowed[:2, :16].any() and allowed[2:, :16].all() and not allowed[2:, 16:].any()
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZER_KINDS))
+def test_layout_follows_the_tokenizer(kind):
+    config = make_config("tiny")
+    config.vq.kind = kind
+    tokenizer = build_image_tokenizer(config.vq)
+    vocab = Vocab.for_config(config)
+    L, K = tokenizer.tokens_per_image, tokenizer.token_count
+    assert (vocab.image_length, vocab.image_tokens) == (L, K) and vocab.word_offset == K
+    assert vocab.plain_length == L + 9 and vocab.text_first_codes == slice(9, 9 + L)
+    assert vocab.image_first_codes == slice(2, 2 + L) and vocab.image_first_words == slice(3 + L, 9 + L)
+    words = torch.tensor([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
+    ids = torch.randint(0, K, (2, L))
+    sequences = build_sequences(vocab, words, ids, torch.tensor([TEXT_FIRST, IMAGE_FIRST]))
+    assert sequences.shape == (2, vocab.plain_length)
+    assert sequences[0, vocab.text_first_words.stop] == vocab.end_of_text
+    assert sequences[1, vocab.image_first_codes.stop] == vocab.end_of_image
+    back_words, back_ids = split_sequences(vocab, sequences)
+    assert torch.equal(back_words, words) and torch.equal(back_ids, ids)
+    model = build_transformer(config).eval()
+    assert model.config.vocab_size == vocab.size and model.config.block_size >= vocab.plain_length
+    rules = ModalityRules(vocab, image_positions=tokenizer.position_tokens(), image_follows=tokenizer.token_follows())
+    prompts = words.repeat(32, 1)
+    drawn = generate(model, text_prefix(vocab, prompts), rules, generator=torch.Generator().manual_seed(0))
+    codes = drawn[:, vocab.text_first_codes]
+    assert tokenizer.position_tokens()[torch.arange(L)[:, None], codes.t()].all()
+    if kind == "palette":  # an untrained model, yet every drawn color pair is one the data has
+        valid = set(map(tuple, VALID_PAIRS.tolist()))
+        assert all((f - tokenizer.color_offset, b - tokenizer.color_offset) in valid for f, b in codes[:, :2].tolist())
+
+
+@pytest.fixture(scope="module")
+def palette_run(tmp_path_factory, cache_dir):
+    from tinychameleon.training.run import train
+
+    config = make_config("tiny")
+    config.vq.kind = "palette"
+    run_dir = tmp_path_factory.mktemp("runs") / "palette"
+    train(config, run_dir, cache_dir=cache_dir, progress=False, device_name="cpu")
+    return run_dir
+
+
+def test_palette_run_trains_saves_reloads_draws_and_captions(palette_run, colored):
+    pipe = Pipeline.from_pretrained(palette_run)
+    assert isinstance(pipe.image_tokenizer, PaletteTokenizer) and pipe.vocab.image_length == 51
+    images = pipe.generate_images(["dark green eight on bright cyan"], n=4, seed=0, guidance=1.0)
+    assert images.shape == (4, 28, 28, 3) and ((color_counts(images) > 0).sum(1) <= 2).all()
+    sampled, captions = pipe.sample(4, seed=0)
+    assert all(parse_caption(c) is not None for c in captions)
+    for image in sampled:  # the two colors the model drew always make a pair the data has
+        present = np.unique(image.reshape(-1, 3), axis=0)
+        assert len(present) <= 2
+    words = pipe.caption(colored[1].images[:3])
+    assert len(words) == 3 and all(parse_caption(c) is not None for c in words)
+    completed, _ = pipe.complete(colored[1].images[:2], keep="top", prompts=colored[1].captions()[:2], seed=0)
+    kept = np.zeros((28, 28), dtype=bool)
+    kept[:14] = True
+    assert (completed[:, kept] == colored[1].images[:2][:, kept]).all()
