@@ -54,6 +54,8 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
     """Mean NLL on a whole split in both orders (fp32): overall, text / image positions, per order.
 
     Keys name the split: validation_nll, validation_text_nll, ... (test_nll, ... for the final report).
+    Per-token NLL depends on how many tokens an image takes; {split}_nats_per_pair, -log p(caption,
+    image) from the text-first reading, compares models across image tokenizers.
     """
     was_training = model.training
     model.eval()
@@ -72,8 +74,10 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
                 sums[key] += losses.sum() if mask is None else losses[mask].sum()
                 counts[key] += losses.numel() if mask is None else int(mask.sum())
     model.train(was_training)
-    return {(f"{split}_nll" if key == "all" else f"{split}_{key}_nll"): (sums[key] / counts[key]).item()
-            for key in sums}
+    metrics = {(f"{split}_nll" if key == "all" else f"{split}_{key}_nll"): (sums[key] / counts[key]).item()
+               for key in sums}
+    metrics[f"{split}_nats_per_pair"] = (sums["text_first"] / len(codes)).item()
+    return metrics
 
 
 def validation_history(epoch_log: list[dict]) -> list[float]:
@@ -179,7 +183,8 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                               "train_loss": sum(losses) / len(losses), **metrics, "elapsed_s": time.time() - started})
             print(f"transformer epoch {epoch + 1}/{settings.epochs}: train {epoch_log[-1]['train_loss']:.4f}"
                   f" | validation {metrics['validation_nll']:.4f} (text {metrics['validation_text_nll']:.4f},"
-                  f" image {metrics['validation_image_nll']:.4f}) | {time.time() - started:.0f}s", flush=True)
+                  f" image {metrics['validation_image_nll']:.4f}; {metrics['validation_nats_per_pair']:.1f} nats per pair)"
+                  f" | {time.time() - started:.0f}s", flush=True)
             # The weights file keeps the best validation epoch; the resume state always holds the latest.
             save_epoch(run_dir, "transformer", model, optimizer, MODEL_FILE, STATE_FILE, step_log, epoch_log,
                        keep_weights=is_best(epoch_log))
