@@ -76,6 +76,9 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
 
     reconstructions = pipeline.image_tokenizer.decode(encode_images(pipeline.image_tokenizer, subset.images, pipeline.device).long()
                                             .to(pipeline.device)).cpu().numpy()
+    tokenizer = pipeline.image_tokenizer
+    metrics["tokenizer"] = {"kind": tokenizer.config.kind, "tokens_per_image": tokenizer.tokens_per_image,
+                            "token_count": tokenizer.token_count}
     metrics["vqvae"] = {**reconstruction_metrics(pipeline.image_tokenizer, test.images, device=pipeline.device),
                         "judge_on_reconstructions": attribute_accuracy(judge.predict(reconstructions), subset.digits,
                                                                        subset.foreground, subset.background),
@@ -83,14 +86,20 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     stage("VQ-VAE measured", started)
 
     prompts = subset.captions()
+    drawing = time.time()
     generated = pipeline.generate_images(prompts, n=1, seed=seed, **sampling)
+    drawing = time.time() - drawing
     judged = judge.predict(generated)
     metrics["text_to_image"] = attribute_accuracy(judged, subset.digits, subset.foreground, subset.background)
+    metrics["text_to_image"]["ms_per_image"] = 1000 * drawing / max(1, len(prompts))
     metrics["text_to_image"]["looks"] = looks(generated, subset.digits, subset.foreground, subset.background)
     stage(f"text -> image all-three {metrics['text_to_image']['all']:.3f}", started)
 
+    reading = time.time()
     captions = pipeline.caption(subset.images, seed=seed, **sampling)
+    reading = time.time() - reading
     metrics["image_to_text"] = caption_accuracy(captions, subset.digits, subset.foreground, subset.background)
+    metrics["image_to_text"]["ms_per_image"] = 1000 * reading / max(1, len(subset))
     stage(f"image -> text exact {metrics['image_to_text']['exact']:.3f}", started)
 
     sampled, sampled_captions = pipeline.sample(samples, seed=seed, **sampling)

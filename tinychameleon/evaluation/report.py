@@ -17,6 +17,11 @@ def looks_row(name: str, looks: dict) -> str:
             f"{shape['precision']:.3f} | {shape['recall']:.3f} |")
 
 
+def tokenizer_name(metrics: dict) -> str:
+    tokenizer = metrics.get("tokenizer", {"kind": "vq", "tokens_per_image": 49})
+    return f"{tokenizer['kind']}, {tokenizer['tokens_per_image']} tokens per image"
+
+
 def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
     nll, vq = metrics["nll"], metrics["vqvae"]
     split = metrics.get("split", "test")  # key names keep "real_test" for the real images of the evaluated split
@@ -27,10 +32,11 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"# Evaluation of `{metrics['checkpoint']}`", "",
         f"{metrics['samples']} samples per direction, sampler seed {metrics['seed']}, sampling {metrics['sampling']}; "
         f"Split: **{split}**; NLL on {nll['examples']} {split} examples in both orders. Took {metrics['elapsed_s']:.0f}s.", "",
-        "## Likelihood (nats per token)", "",
-        "| overall | text positions | image positions | text-first | image-first |", "|---|---|---|---|---|",
+        "## Likelihood (nats per token; per (caption, image) pair, comparable across image tokenizers)", "",
+        "| overall | text positions | image positions | text-first | image-first | nats per pair |",
+        "|---|---|---|---|---|---|",
         f"| {nll['nll']:.4f} | {nll['text_nll']:.4f} | {nll['image_nll']:.4f} | "
-        f"{nll['text_first_nll']:.4f} | {nll['image_first_nll']:.4f} |", "",
+        f"{nll['text_first_nll']:.4f} | {nll['image_first_nll']:.4f} | {nll.get('nats_per_pair', float('nan')):.1f} |", "",
         "## Judged accuracy", "",
         "| | digit | foreground | background | all |", "|---|---|---|---|---|",
         f"| judge on real {split} images (ceiling) | {percent(judge['digit'])} | {percent(judge['foreground'])} | "
@@ -38,9 +44,9 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"| judge on VQ-VAE reconstructions | {percent(vq['judge_on_reconstructions']['digit'])} | "
         f"{percent(vq['judge_on_reconstructions']['foreground'])} | "
         f"{percent(vq['judge_on_reconstructions']['background'])} | {percent(vq['judge_on_reconstructions']['all'])} |",
-        f"| text -> image | {percent(t2i['digit'])} | {percent(t2i['foreground'])} | {percent(t2i['background'])} | "
+        f"| text -> image ({t2i.get('ms_per_image', float('nan')):.0f} ms per image) | {percent(t2i['digit'])} | {percent(t2i['foreground'])} | {percent(t2i['background'])} | "
         f"{percent(t2i['all'])} |",
-        f"| image -> text (exact caption) | {percent(i2t['digit'])} | {percent(i2t['foreground'])} | "
+        f"| image -> text, exact caption ({i2t.get('ms_per_image', float('nan')):.0f} ms per image) | {percent(i2t['digit'])} | {percent(i2t['foreground'])} | "
         f"{percent(i2t['background'])} | {percent(i2t['exact'])} |", "",
         "## Unconditional samples", "",
         f"- image agrees with its own caption: {percent(unc['agreement'])} (caption drawn first, then its image as "
@@ -65,7 +71,7 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         *[looks_row(name, looks) for name, looks in (
             ("real test images (ceiling)", metrics["real_test_looks"]), ("VQ-VAE reconstructions", vq["looks"]),
             ("text -> image", t2i["looks"]), ("unconditional", unc["looks"]))], "",
-        "## Image tokenizer (VQ-VAE, whole test split)", "",
+        f"## Image tokenizer ({tokenizer_name(metrics)}, whole {split} split)", "",
         f"- pixel-exact reconstruction: {percent(vq['pixel_exact'])}",
         f"- codes in use: {percent(vq['code_usage'])}; code perplexity {vq['code_perplexity']:.1f}", "",
     ]
