@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinychameleon.config import VQConfig, make_config
-from tinychameleon.data.colored import COLOR_RGB, VALID_PAIRS, color_counts, parse_caption
+from tinychameleon.data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, color_counts, parse_caption
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.sampling import ModalityRules, generate
 from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, split_sequences, text_prefix
@@ -47,6 +47,8 @@ def test_palette_tokens_are_the_colors_then_the_shape(colored):
     recolored = torch.where(shape[..., None].bool(), torch.tensor([0, 0, 3], dtype=torch.uint8),
                             torch.tensor([3, 3, 1], dtype=torch.uint8))
     assert torch.equal(tokenizer.encode(recolored)[:, 2:], ids[:, 2:])
+    blue, yellow = torch.full((50,), COLOR_ID["plain blue"]), torch.full((50,), COLOR_ID["plain yellow"])
+    assert torch.equal(tokenizer.recolor(ids, blue, yellow), tokenizer.encode(recolored))  # training's shortcut
     # Decoding paints the decoded shape in exactly the encoded two colors (the untrained shape is arbitrary).
     painted = tokenizer.decode(ids)
     rgb = torch.as_tensor(COLOR_RGB)

@@ -6,6 +6,8 @@ Every image tokenizer is an nn.Module with
   position_tokens() -> (L, K) bools     token_follows() -> (K, K) bools or None   (sampling rules)
   kept_tokens(pixel mask (28, 28)) -> (L,) bools                                   (completion)
   autoencoder, training_targets(images)                                            (stage 1 training)
+and optionally recolor(ids, foreground, background): the same image under other colors without
+re-encoding (training's fresh color draws then cost nothing).
 The vocabulary and every sequence offset derive from L and K (tokenizers/vocab.py), so the
 transformer, sampler, training, evaluation and interfaces run unchanged for each kind.
 """

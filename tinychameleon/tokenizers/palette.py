@@ -113,6 +113,13 @@ class PaletteTokenizer(torch.nn.Module):
         colors = torch.stack([foreground, background], dim=1) + self.color_offset          # (B, 2)
         return torch.cat([colors, codes], dim=1)
 
+    def recolor(self, ids: torch.Tensor, foreground: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        """(B, 51) ids -> the same shapes under other colors (B,) palette ids, without re-encoding."""
+        recolored = ids.clone()
+        recolored[:, 0] = foreground.to(ids.device) + self.color_offset
+        recolored[:, 1] = background.to(ids.device) + self.color_offset
+        return recolored
+
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, 51) ids -> (B, 28, 28, 3) uint8 levels: the decoded shape in the two colors."""

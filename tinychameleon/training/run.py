@@ -68,11 +68,16 @@ def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, tra
     for draw in range(1, config.train.colorings):
         split = limit(recolored_train(draw, config.data_seed, cache_dir, config.train.holdout_pairs),
                       config.train.max_train_examples)
+        words.append(caption_word_ids(split))
+        if hasattr(image_tokenizer, "recolor"):
+            # Tokens that keep color apart from shape: the same shape codes under the draw's two colors.
+            codes.append(image_tokenizer.recolor(train_codes, torch.from_numpy(split.foreground),
+                                                 torch.from_numpy(split.background)))
+            continue
         key = f"{data_key}-draw{draw}"
         if world.is_main:
             cached_codes(image_tokenizer, split, "train", key, cache_dir, device)
         world.barrier()
-        words.append(caption_word_ids(split))
         codes.append(cached_codes(image_tokenizer, split, "train", key, cache_dir, device)[:len(split)])
     return torch.stack(words), torch.stack(codes)
 
