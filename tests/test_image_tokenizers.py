@@ -124,3 +124,22 @@ def test_palette_run_trains_saves_reloads_draws_and_captions(palette_run, colore
     kept = np.zeros((28, 28), dtype=bool)
     kept[:14] = True
     assert (completed[:, kept] == colored[1].images[:2][:, kept]).all()
+
+
+def test_patch_dictionary_is_exact_on_the_patches_it_keeps(colored):
+    from tinychameleon.tokenizers.patches import PatchDictionary, to_patches
+
+    tokenizer = build_image_tokenizer(VQConfig(kind="patches", codebook_size=4096))
+    images = torch.from_numpy(colored[0].images[:200])
+    shapes = tokenizer.training_targets(images)
+    fitted = tokenizer.autoencoder.fit(shapes)
+    assert fitted["covered"] == 1.0 and fitted["distinct_patches"] < 4096   # every patch of these 200 is a code
+    assert torch.equal(tokenizer.decode(tokenizer.encode(images)), images)  # lossless on them
+    small = PatchDictionary(8)
+    small.fit(shapes)
+    empty = torch.zeros(1, 28, 28, 1, dtype=torch.uint8)
+    assert small.patterns[0].sum() == 0 and (small.encode(empty) == 0).all()  # the most common patch is blank
+    ids = small.encode(shapes[:20])
+    distance = (to_patches(small.decode_levels(ids)) != to_patches(shapes[:20])).sum(1)          # (980,)
+    every = (to_patches(shapes[:20])[:, None, :] != small.patterns[None]).sum(-1).min(1).values  # nearest, by search
+    assert torch.equal(distance, every)

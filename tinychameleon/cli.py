@@ -141,7 +141,7 @@ def command_train(args) -> int:
     if not args.resume and (out / "config.json").exists():
         raise TinyChameleonError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     overrides = {"train": {}, "vq_train": {}, "vq": {}}
-    for key, section, field in (("tokenizer", "vq", "kind"), ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
+    for key, section, field in (("tokenizer", "vq", "kind"), ("codebook_size", "vq", "codebook_size"), ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
                                 ("lr", "train", "lr"), ("vq_epochs", "vq_train", "epochs"),
                                 ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed"),
                                 ("max_train_examples", "train", "max_train_examples"),
@@ -376,8 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CM3 objective: share of sequences with one span moved to the end (0..1; 0 = off)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")
     train.add_argument("--tokenizer", choices=IMAGE_TOKENIZER_KINDS,
-                       help="image tokenizer: vq (codes of colored 4x4 patches) or palette (two color tokens and "
-                            "codes of the digit's shape); overrides the preset")
+                       help="image tokenizer: vq (VQ codes of colored 4x4 patches), palette (two color tokens and "
+                            "VQ codes of the digit's shape) or patches (two color tokens and the most frequent 4x4 "
+                            "shape patches); overrides the preset")
+    train.add_argument("--codebook-size", type=number(int), help="image codes (VQ codes or patches; overrides the preset)")
     train.add_argument("--holdout-pairs", type=number(int), help="hold this many color pairs out of training")
     train.add_argument("--train-seed", type=number(int), help="seed of initialisation and batch order")
     train.add_argument("--max-train-examples", type=number(int), help="use only the first N training images (quick trials)")

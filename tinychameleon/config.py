@@ -40,12 +40,13 @@ def short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-IMAGE_TOKENIZER_KINDS = ("vq", "palette")  # built by tokenizers/image.py
+IMAGE_TOKENIZER_KINDS = ("vq", "palette", "patches")  # built by tokenizers/image.py
 
 
 @dataclass
 class VQConfig:
-    kind: str = "vq"              # image tokenizer: "vq" (codes of colored patches) | "palette" (2 colors + shape codes)
+    kind: str = "vq"              # image tokenizer: "vq" (codes of colored patches) | "palette" (2 colors + VQ codes
+                                  # of the shape) | "patches" (2 colors + the K most frequent 4x4 shape patches)
     codebook_size: int = 256      # number of VQ codes (K)
     code_dim: int = 32            # dimension of each code vector
     hidden: int = 64              # conv channels on the 7x7 grid (encoder and decoder)

@@ -18,7 +18,7 @@ from ..config import VQConfig
 from .palette import PaletteTokenizer
 from .vqvae import VQVAE
 
-TOKENIZER_KINDS = {"vq": VQVAE, "palette": PaletteTokenizer}
+TOKENIZER_KINDS = {"vq": VQVAE, "palette": PaletteTokenizer, "patches": PaletteTokenizer}
 
 
 def build_image_tokenizer(config: VQConfig):

@@ -1,4 +1,4 @@
-"""Palette tokenizer (kind "palette"): an image is its two colors, then its digit's shape.
+"""Palette tokenizers (kinds "palette" and "patches"): an image is its two colors, then its digit's shape.
 
     tokens: <foreground color> <background color> s1..s49      (51 per image)
 
@@ -8,6 +8,9 @@ sees only the binary shape (ids 0..K-1). Decoding paints the decoded shape in th
 decoded image has exactly two palette colors - never a stray or mixed one - and a caption's colors
 are single tokens the transformer copies instead of patterns spread over 49 codes. The shape codes
 do not change when an image is recolored, so every coloring of a digit shares them.
+
+The shape coder is a VQ-VAE on the binary shape (kind "palette") or a dictionary of the most
+frequent 4x4 shape patches, fitted by counting (kind "patches", tokenizers/patches.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from ..config import VQConfig
 from ..data.colored import COLOR_RGB, VALID_PAIRS
+from .patches import PatchDictionary
 from .vqvae import VQVAE
 
 COLORS = len(COLOR_RGB)  # 31
@@ -44,7 +48,9 @@ class PaletteTokenizer(torch.nn.Module):
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = config
-        self.shape = VQVAE(config, planes=1, levels=2)   # digit pixels (1) vs background (0)
+        # Shapes are one plane of two levels: digit pixels (1) and background (0).
+        self.shape = PatchDictionary(config.codebook_size) if config.kind == "patches" else \
+            VQVAE(config, planes=1, levels=2)
 
     @classmethod
     def layout(cls, config: VQConfig) -> tuple[int, int]:
@@ -97,8 +103,8 @@ class PaletteTokenizer(torch.nn.Module):
         return foreground, background, shape.view(B, 28, 28).to(torch.uint8)
 
     @property
-    def autoencoder(self) -> VQVAE:
-        """The network stage 1 trains: the shape VQ-VAE, on `training_targets(images)`."""
+    def autoencoder(self) -> VQVAE | PatchDictionary:
+        """What stage 1 fits to `training_targets(images)`: the shape coder."""
         return self.shape
 
     def training_targets(self, images: torch.Tensor) -> torch.Tensor:
@@ -126,6 +132,6 @@ class PaletteTokenizer(torch.nn.Module):
         ids = ids.long()
         colors = (ids[:, :2] - self.color_offset).clamp(0, COLORS - 1)                      # (B, 2)
         codes = ids[:, 2:].clamp(0, self.color_offset - 1)
-        shape = self.shape.decode_logits(codes).argmax(dim=2)[:, 0].bool()                 # (B, 28, 28)
+        shape = self.shape.decode_levels(codes)[..., 0].bool()                              # (B, 28, 28)
         rgb = torch.as_tensor(COLOR_RGB, dtype=torch.uint8, device=ids.device)
         return torch.where(shape[..., None], rgb[colors[:, 0]][:, None, None], rgb[colors[:, 1]][:, None, None])

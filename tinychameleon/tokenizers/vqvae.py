@@ -226,6 +226,11 @@ class VQVAE(nn.Module):
         return self.decode_latent(quantized)
 
     @torch.no_grad()
+    def decode_levels(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, 49) code indices -> (B, 28, 28, planes) levels, each plane's argmax on its own."""
+        return per_channel_levels(self.decode_logits(codes))
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor, two_color: bool | None = None) -> torch.Tensor:
         """(B, 49) code indices -> (B, 28, 28, 3) uint8 levels (two-color unless the config says otherwise)."""
         logits = self.decode_logits(codes)

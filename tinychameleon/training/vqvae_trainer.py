@@ -15,6 +15,8 @@ from tqdm import tqdm
 from ..batching import batch_slices
 from ..config import RunConfig
 from ..checkpoint import VQVAE_FILE, build_image_tokenizer
+from ..checkpoint import save_weights
+from .logs import write_history
 from .state import resume_from, save_epoch
 from .schedule import warmup_cosine
 
@@ -41,6 +43,19 @@ def reconstruction_metrics(tokenizer, images: np.ndarray, batch_size: int = 1000
             "code_perplexity": entropy.exp().item()}
 
 
+def fit_dictionary(tokenizer, targets: torch.Tensor, check_images: np.ndarray, run_dir: Path, device: torch.device):
+    started = time.time()
+    fitted = tokenizer.autoencoder.fit(targets)
+    metrics = reconstruction_metrics(tokenizer, check_images, device=device)
+    epoch_log = [{"epoch": 1, "step": 0, **fitted, **metrics, "elapsed_s": time.time() - started}]
+    print(f"patch dictionary: {fitted['distinct_patches']} distinct patches, the {tokenizer.config.codebook_size} kept"
+          f" cover {fitted['covered']:.2%} | validation pixel-exact {metrics['pixel_exact']:.4f}"
+          f" | {time.time() - started:.0f}s", flush=True)
+    save_weights(tokenizer, run_dir / VQVAE_FILE)
+    write_history(run_dir, "vqvae", [], epoch_log)
+    return tokenizer.eval()
+
+
 def train_vqvae(config: RunConfig, train_images: np.ndarray, validation_images: np.ndarray, run_dir: Path,
                 device: torch.device, resume: bool = False, progress: bool = True):
     """Train (or resume) the tokenizer; writes vqvae.safetensors and vqvae_metrics.json each epoch."""
@@ -48,13 +63,15 @@ def train_vqvae(config: RunConfig, train_images: np.ndarray, validation_images: 
     torch.manual_seed(config.train.seed)
     tokenizer = build_image_tokenizer(config).to(device)
     network = tokenizer.autoencoder
+    targets = tokenizer.training_targets(torch.from_numpy(train_images).to(device))  # the whole split, on the device
+    if hasattr(network, "fit"):   # a dictionary, fitted by counting: no epochs, no optimizer
+        return fit_dictionary(tokenizer, targets, validation_images[:2000], run_dir, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
     steps_per_epoch = len(train_images) // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
     start_epoch, step_log, epoch_log = resume_from(run_dir / STATE_FILE, tokenizer, optimizer) if resume else (0, [], [])
     if start_epoch:
         print(f"vqvae: resuming after epoch {start_epoch}")
-    targets = tokenizer.training_targets(torch.from_numpy(train_images).to(device))  # the whole split, on the device
     check_images = validation_images[:2000]  # per-epoch check; the whole validation split is reported at the end
     started = time.time()
     for epoch in range(start_epoch, settings.epochs):
