@@ -44,11 +44,14 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--out", default="runs/caption_table.json")
+    parser.add_argument("--only", nargs="*", help="run only the settings whose name contains one of these")
     args = parser.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
     split = load_splits(0)[args.split].subset(slice(args.offset, args.offset + args.samples))
     rows = []
     for name, settings in SETTINGS.items():
+        if args.only and not any(part in name for part in args.only):
+            continue
         started = time.perf_counter()
         captions = pipe.caption(split.images, seed=0, **settings)
         ms = 1000 * (time.perf_counter() - started) / len(split)
