@@ -97,13 +97,13 @@ def test_layout_follows_the_tokenizer(kind):
         assert all((f - tokenizer.color_offset, b - tokenizer.color_offset) in valid for f, b in codes[:, :2].tolist())
 
 
-@pytest.fixture(scope="module")
-def palette_run(tmp_path_factory, cache_dir):
+@pytest.fixture(scope="module", params=["palette", "patches"])
+def palette_run(request, tmp_path_factory, cache_dir):
     from tinychameleon.training.run import train
 
     config = make_config("tiny")
-    config.vq.kind = "palette"
-    run_dir = tmp_path_factory.mktemp("runs") / "palette"
+    config.vq.kind = request.param
+    run_dir = tmp_path_factory.mktemp("runs") / request.param
     train(config, run_dir, cache_dir=cache_dir, progress=False, device_name="cpu")
     return run_dir
 
