@@ -24,6 +24,8 @@ SETTINGS = {
     "rerank, 1 view": {"guidance": 1.0, "rerank_captions": True, "caption_views": 1, "caption_hypotheses": 10},
     "rerank, 1 view, top 2 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 1,
                                      "caption_hypotheses": 2},
+    "rerank, 1 view, top 3 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 1,
+                                     "caption_hypotheses": 3},
     "rerank, 4 views, top 2 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 4,
                                       "caption_hypotheses": 2},
     "rerank, 8 views, top 2 digits": {"guidance": 1.0, "rerank_captions": True, "caption_views": 8,

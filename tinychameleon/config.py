@@ -198,16 +198,17 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 4, "batch_size": 128, "lr": 2e-3},
         "train": {"epochs": 3, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100},
     },
-    # One command from an empty directory (81 minutes on a 2-core CPU; not yet the shipped checkpoint):
-    # a 512-code tokenizer, a 6-layer d192 transformer that sees a fresh color draw of the training
-    # digits each epoch, bf16 matmuls and early stopping on validation NLL. BENCHMARKS.md ("time to
-    # quality") has its epoch-by-epoch curve. The causal-masked objective (train.infill_rate) is left
-    # out: in a matched small run it cost 1.5 % validation NLL and did not improve infilling (MODEL_CARD.md).
+    # The shipped checkpoint, in one command from an empty directory (about half an hour on a 2-core CPU):
+    # the "patches" image tokenizer (two color tokens + the 2048 most frequent 4x4 shape patches, fitted
+    # in seconds), a 6-layer d192 transformer that sees a fresh color draw of the training digits each
+    # epoch, bf16 matmuls, early stopping on validation NLL. MODEL_CARD.md has its curve and choices.
+    # The causal-masked objective (train.infill_rate) is left out: in a matched small run it cost 1.5 %
+    # validation NLL and did not improve infilling (docs/history/release-1-model-card.md).
     "best": {
-        "vq": {"codebook_size": 512, "hidden": 96},
+        "vq": {"kind": "patches", "codebook_size": 2048, "hidden": 96},
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
-        "train": {"epochs": 10, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
+        "train": {"epochs": 4, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
                   "precision": "bf16", "patience": 2},
     },
     # A few seconds end to end: for tests only.
