@@ -1,9 +1,10 @@
 """The image tokenizer comparison: one markdown row per run directory, from files the runs wrote.
 
-    python scripts/tokenizer_table.py runs/best runs/palette4 --eval-name eval-validation
+    python scripts/tokenizer_table.py runs/best=runs/best-eval runs/patches4=runs/patches4-eval
 
-Each run needs its training logs and `tinychameleon evaluate --checkpoint RUN --split validation
---out RUN/EVAL_NAME` (metrics.json). Nothing is measured here, so every number traces to a command.
+Each argument is a run directory (its training logs) and, after "=", the folder an evaluation of it
+wrote (`tinychameleon evaluate --checkpoint RUN --out EVAL`, metrics.json). Nothing is measured
+here, so every number traces to a command.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
-def row(run: Path, eval_name: str) -> list[str]:
-    metrics = json.loads((run / eval_name / "metrics.json").read_text())
+def row(argument: str) -> list[str]:
+    run, evaluation = (Path(part) for part in argument.split("=", 1))
+    metrics = json.loads((evaluation / "metrics.json").read_text())
     split = metrics.get("split", "test")
     epochs = json.loads((run / "transformer_metrics.json").read_text())["epochs"]
     trained = [e for e in epochs if e["epoch"] > 0]
@@ -43,11 +45,10 @@ def row(run: Path, eval_name: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--eval-name", default="eval-validation", help="the evaluation folder inside each run")
+    parser.add_argument("runs", nargs="+", help="RUN_DIR=EVALUATION_DIR")
     args = parser.parse_args()
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row(run, args.eval_name)) + " |" for run in args.runs]
+    lines += ["| " + " | ".join(row(argument)) + " |" for argument in args.runs]
     print("\n".join(lines))
 
 
