@@ -267,8 +267,10 @@ class Pipeline:
             given = partial[rows]
             forced[:, offset:offset + TEXT_LENGTH] = torch.where(given >= 0, given + self.vocab.word_offset, -1)
             if codes is None:
+                # A caption is drawn from the model's whole distribution: top-p sharpens images, but on six
+                # words it would drop whole digits and colors from unconditional samples.
                 prefix = header(self.vocab, len(forced), TEXT_FIRST)
-                drawn = self._generate(prefix, replace(settings, guidance=1.0, cd_k=0), generator,
+                drawn = self._generate(prefix, replace(settings, guidance=1.0, cd_k=0, top_p=1.0), generator,
                                        length=offset + TEXT_LENGTH, forced=forced[:, :offset + TEXT_LENGTH])
             else:
                 read = replace(settings, guidance=1.0, cd_k=0, temperature=settings.caption_temperature)
