@@ -141,7 +141,8 @@ def command_train(args) -> int:
     if not args.resume and (out / "config.json").exists():
         raise TinyChameleonError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     overrides = {"train": {}, "vq_train": {}, "vq": {}}
-    for key, section, field in (("tokenizer", "vq", "kind"), ("codebook_size", "vq", "codebook_size"), ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
+    for key, section, field in (("tokenizer", "vq", "kind"), ("codebook_size", "vq", "codebook_size"),
+                                ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
                                 ("lr", "train", "lr"), ("vq_epochs", "vq_train", "epochs"),
                                 ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed"),
                                 ("max_train_examples", "train", "max_train_examples"),

@@ -14,11 +14,12 @@ transformer, sampler, training, evaluation and interfaces run unchanged for each
 
 from __future__ import annotations
 
-from ..config import VQConfig
+from ..config import IMAGE_TOKENIZER_KINDS, VQConfig
 from .palette import PaletteTokenizer
 from .vqvae import VQVAE
 
 TOKENIZER_KINDS = {"vq": VQVAE, "palette": PaletteTokenizer, "patches": PaletteTokenizer}
+assert tuple(TOKENIZER_KINDS) == IMAGE_TOKENIZER_KINDS, "config.py validates the kinds built here"
 
 
 def build_image_tokenizer(config: VQConfig):

@@ -15,6 +15,7 @@ frequent 4x4 shape patches, fitted by counting (kind "patches", tokenizers/patch
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..config import VQConfig
@@ -36,7 +37,7 @@ def _nearest_palette_color() -> torch.Tensor:
 NEAREST = _nearest_palette_color()
 VALID = torch.zeros(COLORS, COLORS, dtype=torch.bool)
 VALID[VALID_PAIRS[:, 0], VALID_PAIRS[:, 1]] = True                                       # (fg, bg) pairs of the data
-PARTNER = torch.as_tensor((COLOR_RGB[:, None].astype(int) - COLOR_RGB[None].astype(int)).__abs__().sum(-1)
+PARTNER = torch.as_tensor(np.abs(COLOR_RGB[:, None].astype(int) - COLOR_RGB[None].astype(int)).sum(-1)
                           ).argmax(dim=1)                                                  # the most distant color
 
 

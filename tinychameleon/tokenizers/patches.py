@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-GRID, PATCH = 7, 4
+from .vqvae import GRID, PATCH   # the same 7x7 grid of 4x4 patches as the VQ-VAE
 BITS = 2 ** torch.arange(PATCH * PATCH)  # bit weights of a flattened 4x4 patch
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES
+from .image import image_token_layout   # the tokenizer family knows its own counts
 
 WORDS: list[str] = ADJECTIVES + HUES + DIGIT_WORDS + ["on"]
 SPECIAL_TOKENS = ["<bos>", "<end of text>", "<end of image>"]
@@ -29,7 +30,6 @@ class Vocab:
     @classmethod
     def for_config(cls, config) -> "Vocab":
         """The vocabulary of a RunConfig: its image tokenizer's ids and length, and <mask> when it infills."""
-        from .image import image_token_layout   # the tokenizer family knows its own counts
         tokens, length = image_token_layout(config.vq)
         return cls(tokens, infill=config.train.infill_rate > 0, image_length=length)
 
@@ -111,6 +111,7 @@ class Vocab:
         return self.special_tokens[token - self.bos]
 
     def to_dict(self) -> dict:
-        return {"image_tokens": self.image_tokens, "image_length": self.image_length, "words": WORDS, "special_tokens": self.special_tokens,
+        return {"image_tokens": self.image_tokens, "image_length": self.image_length, "words": WORDS,
+                "special_tokens": self.special_tokens,
                 "word_offset": self.word_offset, "bos": self.bos, "end_of_text": self.end_of_text,
                 "end_of_image": self.end_of_image, **({"mask": self.mask} if self.infill else {}), "size": self.size}

@@ -1,4 +1,5 @@
-"""Stage 2: train the transformer on text+image sequences (58 tokens with the 49-token VQ tokenizer) (both orders, 50/50 per batch).
+"""Stage 2: train the transformer on text+image sequences (both orders, 50/50 per batch; 58 tokens
+for a 49-token image tokenizer).
 
 Data lives on the device as token tensors (word ids and VQ codes), so a step does no host
 work. Under torchrun every rank draws the same global permutation and takes its slice of

@@ -1,7 +1,7 @@
 """Stage 1: train the image tokenizer on the colored train split.
 
-Every kind trains the same way: its `autoencoder` (a VQ-VAE) learns to reconstruct its
-`training_targets` (the colored images for "vq", the digit shapes for "palette")."""
+Every kind fits its `autoencoder` to its `training_targets` (the colored images for "vq", the digit
+shapes for "palette" and "patches"): a VQ-VAE by gradient descent, a patch dictionary by counting."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from tqdm import tqdm
 
 from ..batching import batch_slices
 from ..config import RunConfig
-from ..checkpoint import VQVAE_FILE, build_image_tokenizer
-from ..checkpoint import save_weights
+from ..checkpoint import VQVAE_FILE, build_image_tokenizer, save_weights
 from .logs import write_history
 from .state import resume_from, save_epoch
 from .schedule import warmup_cosine
