@@ -32,7 +32,7 @@ METHODS = {
     "guidance 3": {"guidance": 3.0, "image_candidates": 1},
     "CD-K (k 5, alpha 0.1)": {"cd_k": 5, "cd_alpha": 0.1, "image_candidates": 1},
     "CD-K (k 5, alpha 0.1), best of 4": {"cd_k": 5, "cd_alpha": 0.1, "image_candidates": 4},
-    "guidance 2, best of 4 (shipped)": {"guidance": 2.0, "image_candidates": 4},
+    "guidance 2, best of 4 (release 1)": {"guidance": 2.0, "image_candidates": 4},
     "guidance 2, top-p 0.8": {"guidance": 2.0, "image_candidates": 1, "top_p": 0.8},
     "guidance 2, top-p 0.9, best of 4": {"guidance": 2.0, "image_candidates": 4, "top_p": 0.9},
     "mixed pool (2 guided + 2 CD-K), best of 4": {"guidance": 2.0, "image_candidates": 4, "mixed_pool": True,

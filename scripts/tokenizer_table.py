@@ -14,12 +14,18 @@ import json
 from pathlib import Path
 
 COLUMNS = ("run", "tokenizer", "tokens / image", "reconstruction pixels exact", "clean reconstructions",
-           "attributes kept", "NLL nats / pair", "text → image", "image → text", "unconditional",
+           "attributes kept (vs labels)", "NLL nats / pair", "NLL nats / image", "text → image", "image → text", "unconditional",
            "generated with no stray pixel", "shape precision (real)", "training s / epoch", "ms / image")
 
 
 def percent(value: float) -> str:
     return f"{100 * value:.1f} %"
+
+
+def kept(vq: dict) -> str:
+    """Attributes the judge reads alike on reconstruction and original (older evaluations: only against labels)."""
+    labels = percent(vq["judge_on_reconstructions"]["all"])
+    return f"{percent(vq['attributes_kept']['all'])} ({labels})" if "attributes_kept" in vq else f"— ({labels})"
 
 
 def row(argument: str) -> list[str]:
@@ -34,9 +40,11 @@ def row(argument: str) -> list[str]:
     pair = nll.get(f"{split}_nats_per_pair")
     if pair is None:  # older evaluations: text-first mean x predicted tokens of a text-first sequence
         pair = nll[f"{split}_text_first_nll"] * (tokenizer["tokens_per_image"] + 8)
+    image = nll.get(f"{split}_nats_per_image")   # -log p(image | caption); older evaluations lack it
     vq, t2i = metrics["vqvae"], metrics["text_to_image"]
     return [run.name, tokenizer["kind"], str(tokenizer["tokens_per_image"]), f"{100 * vq['pixel_exact']:.2f} %",
-            percent(vq["looks"]["stray"]["clean"]), percent(vq["judge_on_reconstructions"]["all"]), f"{pair:.1f}",
+            percent(vq["looks"]["stray"]["clean"]), kept(vq), f"{pair:.1f}",
+            "—" if image is None else f"{image:.1f}",
             percent(t2i["all"]), percent(metrics["image_to_text"]["exact"]),
             percent(metrics["unconditional"]["agreement"]), percent(t2i["looks"]["stray"]["clean"]),
             f"{t2i['looks']['shape']['precision']:.3f} ({metrics['real_test_looks']['shape']['precision']:.3f})",

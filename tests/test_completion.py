@@ -15,7 +15,7 @@ from tinychameleon.cli import main
 from tinychameleon.data.colored import VALID_PAIRS, parse_caption
 from tinychameleon.errors import PromptError
 from tinychameleon.regions import RegionError, erase_outside, keep_mask
-from tinychameleon.tokenizers.vqvae import VQVAE
+from tinychameleon.tokenizers.vqvae import kept_patches
 from tinychameleon.sampling import generate
 from tinychameleon.sequences import text_prefix
 from tinychameleon.web.server import ServerSettings, create_app
@@ -24,7 +24,7 @@ from tinychameleon.web.server import ServerSettings, create_app
 def test_keep_masks_and_kept_tokens():
     top = keep_mask("top")
     assert top[:14].all() and not top[14:].any()
-    kept = VQVAE.kept_tokens(torch.from_numpy(top)).reshape(7, 7)
+    kept = kept_patches(torch.from_numpy(top)).reshape(7, 7)
     assert kept[:3].all() and not kept[3:].any()  # row 3 straddles
     assert (keep_mask("left") == keep_mask("top").T).all() and (keep_mask("bottom") == ~top).all()
     with pytest.raises(RegionError, match="28x28"):

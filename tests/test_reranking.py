@@ -10,7 +10,8 @@ from tinychameleon.data.colored import COLOR_NAMES, COLOR_RGB, VALID_PAIRS, pars
 from tinychameleon.model import KVCache, Transformer
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.reranking import (DIGIT_SLOT, DIGIT_WORD_IDS, best_images, caption_given_image,
-                                     caption_given_image_per_digit, digit_scores, joint, rerank_digits, view_pairs)
+                                     caption_given_image_per_digit, digit_for_kept_part, digit_scores, joint, rerank_digits,
+                                     view_images, view_pairs, VIEW_SHIFTS)
 from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences
 from tinychameleon.tokenizers.vocab import Vocab
 
@@ -51,6 +52,29 @@ def test_scores_are_the_model_log_probabilities(model):
     torch.testing.assert_close(joint(model, VOCAB, words, codes), text_first.sum(1), rtol=1e-4, atol=1e-4)
 
 
+def test_kept_part_scores_read_only_the_kept_tokens_and_pick_the_best_digit(model):
+    generator = torch.Generator().manual_seed(3)
+    words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3]])
+    codes = torch.randint(0, VOCAB.image_tokens, (2, 49), generator=generator)
+    top = torch.zeros(2, 49, dtype=torch.bool)
+    top[:, :21] = True                                                  # the first three rows of patches
+    text_first = stepwise_log_probs(model, build_sequences(VOCAB, words, codes, torch.full((2,), TEXT_FIRST)))
+    prefix = VOCAB.text_first_codes.start - 1 + 21                       # targets up to the 21st image token
+    torch.testing.assert_close(joint(model, VOCAB, words, codes, kept=top), text_first[:, :prefix].sum(1),
+                               rtol=1e-4, atol=1e-4)
+    # The tokens after the kept part do not matter: scramble them and the choice stays.
+    chosen = digit_for_kept_part(model, VOCAB, words, codes, top)
+    scrambled = torch.where(top, codes, torch.randint(0, VOCAB.image_tokens, (2, 49), generator=generator))
+    assert torch.equal(digit_for_kept_part(model, VOCAB, words, scrambled, top), chosen)
+    keep = [slot for slot in range(6) if slot != DIGIT_SLOT]
+    assert torch.equal(chosen[:, keep], words[:, keep])
+    for row in range(2):                                                 # it is the argmax over the ten digits
+        options = words[row].repeat(10, 1)
+        options[:, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS)
+        scores = joint(model, VOCAB, options, codes[row].repeat(10, 1), kept=top[row].repeat(10, 1))
+        assert chosen[row, DIGIT_SLOT] == DIGIT_WORD_IDS[int(scores.argmax())]
+
+
 def test_rerank_digits_changes_only_the_digit_and_never_lowers_the_score(model):
     generator = torch.Generator().manual_seed(2)
     words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3]])
@@ -85,6 +109,18 @@ def test_view_pairs_are_fixed_distinct_valid_pairs():
     assert {tuple(pair) for pair in pairs} <= {tuple(pair) for pair in VALID_PAIRS}
     assert np.array_equal(view_pairs(6), pairs) and np.array_equal(view_pairs(3), pairs[:2])
     assert len(view_pairs(1)) == 0 and len(view_pairs(0)) == 0
+
+
+def test_views_are_recolored_and_shifted_by_a_pixel(colored):
+    from tinychameleon.data.colored import digit_pixels
+
+    images = colored[1].images[:5]
+    views = view_images(images, 4)
+    assert len(views) == 3
+    for (foreground, background, pixels), pair, shift in zip(views, view_pairs(4), VIEW_SHIFTS):
+        assert (foreground, background) == tuple(pair)
+        strokes = np.roll(digit_pixels(images), shift, axis=(1, 2))        # the same strokes, one pixel over
+        assert (pixels[strokes] == COLOR_RGB[foreground]).all() and (pixels[~strokes] == COLOR_RGB[background]).all()
 
 
 def test_recolored_images_are_read_in_their_new_colors(shipped, colored):

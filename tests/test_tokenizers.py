@@ -75,11 +75,52 @@ def test_quantizer_returns_quantized_indices_loss_and_straight_through():
     vqvae = VQVAE(VQConfig(codebook_size=8, code_dim=4, hidden=8, pixel_channels=2))
     z = torch.randn(2, 4, 7, 7, requires_grad=True)
     quantized, indices, loss = vqvae.quantizer(z)
-    assert quantized.shape == z.shape and indices.shape == (2, 7, 7)
+    assert quantized.shape == z.shape and indices.shape == (2, 7, 7, 1)
     quantized.sum().backward()
     assert torch.allclose(z.grad, torch.ones_like(z))  # straight-through: gradient passes unchanged
-    expected = vqvae.quantizer.codebook[indices].permute(0, 3, 1, 2)
+    expected = vqvae.quantizer.codebook[indices[..., 0]].permute(0, 3, 1, 2)
     assert torch.allclose(quantized.detach(), expected, atol=1e-6)
+
+
+def test_residual_quantizer_codes_what_the_first_codebook_left():
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQConfig(kind="rvq", residual_depth=2, codebook_size=16, code_dim=4, hidden=8, pixel_channels=2))
+    quantizer = vqvae.quantizer.train()
+    z = torch.randn(8, 4, 7, 7)
+    for _ in range(5):
+        quantizer(z)                                   # EMA updates: codebooks move towards z
+    quantized, indices, loss = quantizer.eval()(z)
+    assert indices.shape == (8, 7, 7, 2) and loss > 0
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    codes = quantizer.quantize_indices(flat)                                          # (392, 2)
+    assert torch.equal(codes, indices.reshape(-1, 2))
+    both = quantizer.get_output_from_indices(codes)
+    assert torch.allclose(both, quantized.detach().permute(0, 2, 3, 1).reshape(-1, 4), atol=1e-5)
+    first = quantizer.layers[0].codebook[codes[:, 0]]
+    assert (flat - both).pow(2).sum() < (flat - first).pow(2).sum()                   # the second code helps
+    # Token ids: a patch's two codes in a row, the second in the second id range; the sampler knows which.
+    ids = vqvae.encode(torch.randint(0, 4, (3, 28, 28, 3), dtype=torch.uint8))
+    assert ids.shape == (3, 98) and (ids[:, 0::2] < 16).all() and (ids[:, 1::2] >= 16).all()
+    allowed = vqvae.position_tokens()
+    assert allowed[0, :16].all() and not allowed[0, 16:].any() and allowed[1, 16:].all() and not allowed[1, :16].any()
+
+
+def test_fsq_codes_are_the_grid_of_levels():
+    from tinychameleon.tokenizers.quantizers import FSQuantizer
+
+    quantizer = FSQuantizer([8, 5, 5, 5])
+    assert quantizer.codebook_size == 1000 and quantizer.dim == 4
+    every = torch.arange(1000)[:, None]
+    values = quantizer.get_output_from_indices(every)                                # (1000, 4) in [-1, 1]
+    assert values.abs().max() <= 1 and len(torch.unique(values, dim=0)) == 1000      # one vector per code
+    # Any input lands on a grid point; re-quantizing that point's pre-image gives the same index.
+    z = (torch.randn(2, 4, 7, 7) * 3).requires_grad_()
+    quantized, indices, loss = quantizer(z)
+    assert float(loss) == 0.0 and indices.shape == (2, 7, 7, 1)
+    rebuilt = quantizer.get_output_from_indices(indices.reshape(-1, 1))
+    assert torch.allclose(quantized.detach().permute(0, 2, 3, 1).reshape(-1, 4), rebuilt, atol=1e-6)
+    quantized.sum().backward()
+    assert z.grad.abs().sum() > 0                                                     # gradients reach the encoder
 
 
 def test_dead_codes_are_restarted():

@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(handler=command_data)
 
     train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
-    train.add_argument("--preset", default="quick", help="seed, quick, best or tiny (default quick)")
+    train.add_argument("--preset", default="quick", help="seed, quick, best, pixels or tiny (default quick)")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--vqvae-from", help="reuse the image tokenizer of another run directory")
@@ -377,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CM3 objective: share of sequences with one span moved to the end (0..1; 0 = off)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")
     train.add_argument("--tokenizer", choices=IMAGE_TOKENIZER_KINDS,
-                       help="image tokenizer: vq (VQ codes of colored 4x4 patches), palette (two color tokens and "
-                            "VQ codes of the digit's shape) or patches (two color tokens and the most frequent 4x4 "
+                       help="image tokenizer: vq (VQ codes of colored 4x4 patches), rvq (2 residual VQ codes per "
+                            "patch), fsq (finite scalar codes), pixels (a token per pixel), palette (two color tokens "
+                            "and VQ codes of the digit's shape) or patches (two color tokens and the most frequent 4x4 "
                             "shape patches); overrides the preset")
     train.add_argument("--codebook-size", type=number(int), help="image codes (VQ codes or patches; overrides the preset)")
     train.add_argument("--holdout-pairs", type=number(int), help="hold this many color pairs out of training")

@@ -40,14 +40,18 @@ def short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-IMAGE_TOKENIZER_KINDS = ("vq", "palette", "patches")  # built by tokenizers/image.py
+IMAGE_TOKENIZER_KINDS = ("vq", "rvq", "fsq", "pixels", "palette", "patches")  # built by tokenizers/image.py
+# FSQ's levels per dimension for about K codes, as the FSQ paper (Mentzer et al. 2023) recommends them.
+FSQ_LEVELS = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [7, 5, 5, 5, 5], 16384: [8, 8, 8, 6, 5]}
 
 
 @dataclass
 class VQConfig:
-    kind: str = "vq"              # image tokenizer: "vq" (codes of colored patches) | "palette" (2 colors + VQ codes
-                                  # of the shape) | "patches" (2 colors + the K most frequent 4x4 shape patches)
-    codebook_size: int = 256      # number of VQ codes (K)
+    kind: str = "vq"              # image tokenizer: "vq" (codes of colored patches) | "rvq" (residual_depth codes per
+                                  # patch) | "fsq" (finite scalar codes) | "pixels" (a token per pixel) | "palette"
+                                  # (2 colors + VQ codes of the shape) | "patches" (2 colors + 4x4 shape patches)
+    codebook_size: int = 256      # number of VQ codes (K); "fsq": the levels of FSQ_LEVELS[K] (their product codes)
+    residual_depth: int = 2       # "rvq": codebooks per patch, each coding what the previous ones left
     code_dim: int = 32            # dimension of each code vector
     hidden: int = 64              # conv channels on the 7x7 grid (encoder and decoder)
     pixel_channels: int = 16      # channels of the decoder's full-resolution layer
@@ -63,6 +67,10 @@ class VQConfig:
             raise ConfigError(f"vq.kind must be one of {', '.join(IMAGE_TOKENIZER_KINDS)}, got {short(str(self.kind))!r}")
         for name in ("codebook_size", "code_dim", "hidden", "pixel_channels"):
             check_range(f"vq.{name}", getattr(self, name), 1, 65536)
+        check_range("vq.residual_depth", self.residual_depth, 1, 8)
+        if self.kind == "fsq" and self.codebook_size not in FSQ_LEVELS:
+            raise ConfigError(f"vq.codebook_size of an fsq tokenizer must be one of {', '.join(map(str, FSQ_LEVELS))}"
+                              f" (FSQ_LEVELS), got {self.codebook_size}")
         check_range("vq.beta", self.beta, 0.0)
         check_range("vq.ema_decay", self.ema_decay, 0.0, 1.0)
 
@@ -208,8 +216,16 @@ PRESETS: dict[str, dict] = {
         "vq": {"kind": "patches", "codebook_size": 2048, "hidden": 96},
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
-        "train": {"epochs": 4, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
+        "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
                   "precision": "bf16", "patience": 2},
+    },
+    # The iGPT baseline: a token per pixel (784 per image), so a small model and a slice of the data
+    # (about 10 minutes on a 2-core CPU); README's tokenizer table compares it with the others.
+    "pixels": {
+        "vq": {"kind": "pixels"},
+        "model": {"n_layer": 4, "n_head": 4, "d_model": 128},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "max_train_examples": 4000,
+                  "max_validation_examples": 500, "precision": "bf16"},
     },
     # A few seconds end to end: for tests only.
     "tiny": {

@@ -23,8 +23,8 @@ from .batching import batch_slices
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask
-from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption, recolor
-from .reranking import DIGIT_SLOT, best_images, rerank_digits, view_pairs
+from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption
+from .reranking import DIGIT_SLOT, best_images, digit_for_kept_part, rerank_digits, view_images
 from .sampling import ModalityRules, SpanRules, generate
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
@@ -192,23 +192,22 @@ class Pipeline:
         """(B, L) codes -> (B, 6) caption word ids, at the caption temperature unless one was asked for.
 
         With `images` (the pixels behind `codes`) and caption_views > 1, the digit is re-ranked
-        on recolorings of them too.
+        on recolored, shifted views of them too.
         """
         words, _ = split_sequences(self.vocab, self._generate(image_prefix(self.vocab, codes), settings, generator))
         if settings.rerank_captions and settings.temperature <= 0:
             # Only greedy captions are re-ranked: a sampled caption should stay a sample.
             self._check_time()
-            views = [] if images is None else self._recolored_views(images, settings.caption_views)
+            views = [] if images is None else self._views(images, settings.caption_views)
             words = rerank_digits(self.model, self.vocab, words, codes, views, settings.caption_hypotheses)
         return words
 
-    def _recolored_views(self, images: np.ndarray, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(word ids, codes) of each recoloring of `images`; the digit word is a placeholder."""
+    def _views(self, images: np.ndarray, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(word ids, codes) of each view of `images` (reranking.view_images); the digit word is a placeholder."""
         readings = []
-        for foreground, background in view_pairs(views):
-            pixels = torch.from_numpy(recolor(images, foreground, background)).to(self.device)
+        for foreground, background, pixels in view_images(images, views):
             words = torch.tensor(self.tokenizer.encode(caption_of(0, foreground, background)), device=self.device)
-            readings.append((words.repeat(len(images), 1), self.image_tokenizer.encode(pixels)))
+            readings.append((words.repeat(len(images), 1), self.image_tokenizer.encode(torch.from_numpy(pixels).to(self.device))))
         return readings
 
     def _decode_words(self, words: torch.Tensor) -> list[str]:
@@ -314,7 +313,12 @@ class Pipeline:
             partial = self.encode_partial(prompts)
             self._check_kept_colors(images, mask, partial)
         partial = partial.repeat_interleave(n, dim=0)
-        words = self.fill_blanks(partial, settings, generator, codes=codes.repeat_interleave(n, dim=0))
+        codes = codes.repeat_interleave(n, dim=0)
+        words = self.fill_blanks(partial, settings, generator, codes=codes)
+        open_digit = partial[:, DIGIT_SLOT] < 0
+        if open_digit.any():  # the digit that best explains the kept tokens, not a guess from the erased image
+            words[open_digit] = digit_for_kept_part(
+                self.model, self.vocab, *(part[open_digit].to(self.device) for part in (words, codes, kept >= 0))).cpu()
         originals = np.repeat(images, n, axis=0)
         completed, captions = np.empty_like(originals), words.clone()
         rows = torch.arange(len(words))                                                  # rows still to draw

@@ -10,9 +10,9 @@ no second model:
   digit word d, score the caption with d by Bayes' rule in both directions,
   log p(caption_d | image) + log p(caption_d, image), and keep the best. The text-first term is
   a generative classifier: it asks which digit's caption best *explains* the image's tokens.
-  With views, the same scores are also taken on recolorings of the image (same digit pixels,
-  other color pairs, each read with its own color words) and summed: low-contrast pairs
-  quantize the digit's outline less cleanly, and every recoloring gives other codes for it.
+  With views, the same scores are also taken on recolorings of the image shifted by a pixel (same
+  strokes, other color pairs, each read with its own color words) and summed: low-contrast pairs
+  quantize the digit's outline less cleanly, and every view gives other codes for it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import batch_slices
-from .data.colored import DIGIT_WORDS, VALID_PAIRS
+from .data.colored import DIGIT_WORDS, VALID_PAIRS, recolor
 from .model import KVCache, Transformer, next_token_log_probs
 from .sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, target_kinds
 from .tokenizers.text import SLOTS
@@ -52,10 +52,38 @@ def caption_given_image(model: Transformer, vocab: Vocab, word_ids: torch.Tensor
     return (log_probs * is_text).sum(dim=1)
 
 
-def joint(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """log p(caption, image) from the text-first reading: (B,)."""
+def joint(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
+          kept: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(caption, image) from the text-first reading: (B,). With `kept` (B, L) booleans only the kept
+    image tokens count: log p(caption, kept part), exact when the kept part is a prefix of the image."""
     orders = torch.full((len(codes),), TEXT_FIRST, dtype=torch.long)
-    return token_log_probs(model, build_sequences(vocab, word_ids, codes, orders)).sum(dim=1)
+    log_probs = token_log_probs(model, build_sequences(vocab, word_ids, codes, orders))   # (B, T - 1)
+    if kept is not None:
+        codes_at = slice(vocab.text_first_codes.start - 1, vocab.text_first_codes.stop - 1)  # their targets
+        log_probs[:, codes_at] *= kept.to(log_probs.device)
+    return log_probs.sum(dim=1)
+
+
+def digit_candidates(word_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 6) word ids -> (B, 10, 6): each caption with every digit word in its digit slot."""
+    candidates = word_ids[:, None, :].repeat(1, len(DIGIT_WORD_IDS), 1)
+    candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)
+    return candidates
+
+
+def digit_for_kept_part(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
+                        kept: torch.Tensor) -> torch.Tensor:
+    """(B, 6) captions of partly kept images -> the same with the digit whose caption best explains the kept
+    tokens (B, L booleans): Bayes' rule, argmax_d log p(caption_d) + log p(kept part | caption_d).
+
+    Reading the kept part as if it were a whole image guesses from half a stroke (the rest reads as
+    erased background); this asks instead which digit's drawing would begin the way the kept part does.
+    """
+    B, digits = len(word_ids), len(DIGIT_WORD_IDS)
+    candidates = digit_candidates(word_ids)                                           # (B, 10, 6)
+    scores = joint(model, vocab, candidates.view(B * digits, -1), codes.repeat_interleave(digits, dim=0),
+                   kept.repeat_interleave(digits, dim=0)).view(B, digits)
+    return candidates[torch.arange(B), scores.argmax(dim=1)]
 
 
 def best_images(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
@@ -70,6 +98,19 @@ def view_pairs(views: int, seed: int = 123) -> np.ndarray:
     """The (foreground, background) color ids of the `views - 1` recolorings: fixed, seeded draws."""
     order = np.random.default_rng(seed).permutation(len(VALID_PAIRS))
     return VALID_PAIRS[order[:max(0, views - 1)]]
+
+
+# Each view also moves the digit by one pixel (rows, columns): a tokenizer of 4x4 patches then sees other
+# patches of the same strokes, a new reading even where the shape codes ignore color (palette kinds).
+# MNIST digits sit in a 20x20 box with a 4-pixel margin, so a one-pixel shift stays inside the data.
+VIEW_SHIFTS = [(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1)]
+
+
+def view_images(images: np.ndarray, views: int) -> list[tuple[int, int, np.ndarray]]:
+    """(foreground, background, images) of each of the `views - 1` views: recolored and shifted by a pixel."""
+    return [(int(foreground), int(background),
+             np.roll(recolor(images, foreground, background), VIEW_SHIFTS[index % len(VIEW_SHIFTS)], axis=(1, 2)))
+            for index, (foreground, background) in enumerate(view_pairs(views))]
 
 
 @torch.no_grad()
@@ -110,8 +151,7 @@ def digit_scores(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bayes score of every digit word in each caption: -> candidates (B, 10, 6) and scores (B, 10)."""
     B, digits = len(word_ids), len(DIGIT_WORD_IDS)
-    candidates = word_ids[:, None, :].repeat(1, digits, 1)                        # (B, 10, 6)
-    candidates[:, :, DIGIT_SLOT] = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)
+    candidates = digit_candidates(word_ids)                                       # (B, 10, 6)
     repeated_codes = codes.repeat_interleave(digits, dim=0)                       # (B*10, L)
     scores = (caption_given_image_per_digit(model, vocab, word_ids, codes)
               + joint(model, vocab, candidates.view(B * digits, -1), repeated_codes).view(B, digits))

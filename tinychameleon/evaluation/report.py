@@ -28,22 +28,28 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
     nll = {key.replace(f"{split}_", "", 1): value for key, value in nll.items()}
     t2i, i2t, unc, fd = metrics["text_to_image"], metrics["image_to_text"], metrics["unconditional"], metrics["frechet"]
     judge = metrics["judge_on_real_test"]
+
+    def attribute_row(name: str, scores: dict) -> str:
+        return (f"| {name} | {percent(scores['digit'])} | {percent(scores['foreground'])} | "
+                f"{percent(scores['background'])} | {percent(scores['all'])} |")
+
     lines = [
         f"# Evaluation of `{metrics['checkpoint']}`", "",
         f"{metrics['samples']} samples per direction, sampler seed {metrics['seed']}, sampling {metrics['sampling']}; "
         f"Split: **{split}**; NLL on {nll['examples']} {split} examples in both orders. Took {metrics['elapsed_s']:.0f}s.", "",
-        "## Likelihood (nats per token; per (caption, image) pair, comparable across image tokenizers)", "",
-        "| overall | text positions | image positions | text-first | image-first | nats per pair |",
-        "|---|---|---|---|---|---|",
+        "## Likelihood (nats per token; per (caption, image) pair and per image given its caption, comparable "
+        "across image tokenizers)", "",
+        "| overall | text positions | image positions | text-first | image-first | nats per pair | nats per image |",
+        "|---|---|---|---|---|---|---|",
         f"| {nll['nll']:.4f} | {nll['text_nll']:.4f} | {nll['image_nll']:.4f} | "
-        f"{nll['text_first_nll']:.4f} | {nll['image_first_nll']:.4f} | {nll.get('nats_per_pair', float('nan')):.1f} |", "",
+        f"{nll['text_first_nll']:.4f} | {nll['image_first_nll']:.4f} | {nll.get('nats_per_pair', float('nan')):.1f} | "
+        f"{nll.get('nats_per_image', float('nan')):.1f} |", "",
         "## Judged accuracy", "",
         "| | digit | foreground | background | all |", "|---|---|---|---|---|",
-        f"| judge on real {split} images (ceiling) | {percent(judge['digit'])} | {percent(judge['foreground'])} | "
-        f"{percent(judge['background'])} | {percent(judge['all'])} |",
-        f"| judge on VQ-VAE reconstructions | {percent(vq['judge_on_reconstructions']['digit'])} | "
-        f"{percent(vq['judge_on_reconstructions']['foreground'])} | "
-        f"{percent(vq['judge_on_reconstructions']['background'])} | {percent(vq['judge_on_reconstructions']['all'])} |",
+        attribute_row(f"judge on real {split} images (ceiling)", judge),
+        *(attribute_row(f"judge on tokenizer reconstructions{suffix}", vq[key]) for key, suffix in
+          (("judge_on_reconstructions", ""), ("attributes_kept", ", against its reading of the originals"))
+          if key in vq),
         f"| text -> image ({t2i.get('ms_per_image', float('nan')):.0f} ms per image) | {percent(t2i['digit'])} | {percent(t2i['foreground'])} | {percent(t2i['background'])} | "
         f"{percent(t2i['all'])} |",
         f"| image -> text, exact caption ({i2t.get('ms_per_image', float('nan')):.0f} ms per image) | {percent(i2t['digit'])} | {percent(i2t['foreground'])} | "

@@ -1,5 +1,9 @@
 """The image tokenizer family: one interface, built by name from `VQConfig.kind`.
 
+  vq, rvq, fsq      a VQ-VAE with one codebook, residual codebooks, or finite scalar codes (vqvae.py)
+  pixels            a token per pixel, nothing learnt (pixels.py)
+  palette, patches  two color tokens + the shape's codes from a VQ-VAE or a patch dictionary (palette.py)
+
 Every image tokenizer is an nn.Module with
   tokens_per_image (L), token_count (K: ids 0..K-1)
   encode(images (B, 28, 28, 3) levels) -> (B, L) ids      decode(ids) -> (B, 28, 28, 3) uint8 levels
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 from ..config import IMAGE_TOKENIZER_KINDS, VQConfig
 from .palette import PaletteTokenizer
+from .pixels import PixelTokenizer
 from .vqvae import VQVAE
 
-TOKENIZER_KINDS = {"vq": VQVAE, "palette": PaletteTokenizer, "patches": PaletteTokenizer}
+TOKENIZER_KINDS = {"vq": VQVAE, "rvq": VQVAE, "fsq": VQVAE, "pixels": PixelTokenizer,
+                   "palette": PaletteTokenizer, "patches": PaletteTokenizer}
 assert tuple(TOKENIZER_KINDS) == IMAGE_TOKENIZER_KINDS, "config.py validates the kinds built here"
 
 

@@ -21,7 +21,7 @@ import torch
 from ..config import VQConfig
 from ..data.colored import COLOR_RGB, VALID_PAIRS
 from .patches import PatchDictionary
-from .vqvae import VQVAE
+from .vqvae import GRID, VQVAE, kept_patches
 
 COLORS = len(COLOR_RGB)  # 31
 
@@ -44,7 +44,7 @@ PARTNER = torch.as_tensor(np.abs(COLOR_RGB[:, None].astype(int) - COLOR_RGB[None
 class PaletteTokenizer(torch.nn.Module):
     """Two color tokens and the shape's VQ codes; the same interface as `VQVAE` (tokenizers/image.py)."""
 
-    tokens_per_image = 2 + VQVAE.tokens_per_image   # 51
+    tokens_per_image = 2 + GRID * GRID   # 51
 
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class PaletteTokenizer(torch.nn.Module):
     @staticmethod
     def kept_tokens(mask: torch.Tensor) -> torch.Tensor:
         """(28, 28) pixel mask -> (51,) booleans: both colors (read off the kept part) and the fully kept patches."""
-        return torch.cat([torch.ones(2, dtype=torch.bool), VQVAE.kept_tokens(mask)])
+        return torch.cat([torch.ones(2, dtype=torch.bool), kept_patches(mask)])
 
     def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 28, 28, 3) levels -> foreground and background palette ids (B,), shape (B, 28, 28) 0/1.

@@ -45,7 +45,9 @@ class PatchDictionary(torch.nn.Module):
         chosen = values[order]
         self.patterns.zero_()
         self.patterns[:len(chosen)] = ((chosen[:, None] // BITS.to(chosen.device)) % 2).to(torch.uint8)
-        return {"distinct_patches": len(values), "covered": (counts[order].sum() / counts.sum()).item()}
+        covered = (counts[order].sum() / counts.sum()).item()
+        return {"distinct_patches": len(values), "covered": covered,
+                "summary": f"{len(values)} distinct patches, the {len(self.patterns)} kept cover {covered:.2%}"}
 
     @torch.no_grad()
     def encode(self, shapes: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:

@@ -1,12 +1,13 @@
-"""VQ-VAE image tokenizer (kind "vq"): 28x28x3 (2-bit levels) <-> a 7x7 grid of discrete codes.
+"""VQ-VAE image tokenizers (kinds "vq", "rvq", "fsq"): 28x28x3 (2-bit levels) <-> a 7x7 grid of codes.
 
 The same network, built for one plane of two levels, is the shape half of the palette tokenizer
 (tokenizers/palette.py): `planes` and `levels` say what a pixel is.
 
-Encoder: a 4x4 patch embedding to the 7x7 grid, then residual 3x3 convs. Quantizer: an EMA
-codebook with a straight-through estimator, commitment loss (beta) and restart of dead codes
-from recent encoder outputs. Decoder: residual convs on the grid, a pixel shuffle back to
-28x28 and a 3x3 conv that predicts 4 logits (levels 0..3) for each of the 3 channels.
+Encoder: a 4x4 patch embedding to the 7x7 grid, then residual 3x3 convs. Quantizer (quantizers.py):
+one EMA codebook ("vq"), a chain of residual codebooks whose depth codes of a patch are emitted one
+after another ("rvq": 49 * depth tokens), or finite scalar quantization ("fsq"). Decoder: residual
+convs on the grid, a pixel shuffle back to 28x28 and a 3x3 conv that predicts 4 logits (levels 0..3)
+for each of the 3 channels.
 
 Decoding ("two-color", the default): every colored-MNIST image is one valid palette pair,
 foreground on background. Reading each channel's argmax on its own mixes channels at
@@ -17,13 +18,16 @@ paints each pixel with the likelier of the two, so a decoded image never has a s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..batching import batch_slices
-from ..config import VQConfig
+from ..config import FSQ_LEVELS, VQConfig
 from ..data.colored import COLOR_RGB, VALID_PAIRS
+from .quantizers import build_quantizer, channels_last
 
 LEVELS = 4  # 2 bits per channel
 GRID = 7
@@ -75,76 +79,32 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(F.gelu(self.conv1(F.gelu(x))))
 
 
-class EMAQuantizer(nn.Module):
-    """Nearest-code quantizer; returns (quantized, indices, loss) like vector-quantize-pytorch."""
-
-    def __init__(self, codebook_size: int, code_dim: int, beta: float, decay: float, dead_threshold: float) -> None:
-        super().__init__()
-        self.codebook_size, self.beta, self.decay, self.dead_threshold = codebook_size, beta, decay, dead_threshold
-        self.register_buffer("codebook", torch.randn(codebook_size, code_dim) * 0.1)
-        self.register_buffer("cluster_size", torch.ones(codebook_size))
-        self.register_buffer("code_sum", self.codebook.clone())
-        self.register_buffer("initialized", torch.tensor(False))
-
-    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2 ; the ||x||^2 term does not change the argmin.
-        distance = -2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)
-        return distance.argmin(dim=1)
-
-    def forward(self, z: torch.Tensor):
-        B, C, H, W = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, C)  # (B*H*W, C)
-        if self.training and not bool(self.initialized):
-            # k-means++-free init: start the codebook on random encoder outputs so no code starts dead.
-            picks = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)]
-            self.codebook.copy_(picks.detach())
-            self.code_sum.copy_(picks.detach())
-            self.initialized.fill_(True)
-        indices = self.nearest(flat.detach())
-        if self.training:
-            self._ema_update(flat.detach(), indices)
-        quantized = self.codebook[indices].view(B, H, W, C).permute(0, 3, 1, 2)
-        loss = self.beta * F.mse_loss(z, quantized.detach())
-        quantized = z + (quantized - z).detach()  # straight-through estimator
-        return quantized, indices.view(B, H, W), loss
-
-    @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        one_hot = F.one_hot(indices, self.codebook_size).type_as(flat)  # (N, K)
-        self.cluster_size.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)
-        self.code_sum.mul_(self.decay).add_(one_hot.t() @ flat, alpha=1 - self.decay)
-        total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + 1e-5) / (total + self.codebook_size * 1e-5) * total  # Laplace smoothing
-        self.codebook.copy_(self.code_sum / smoothed[:, None])
-        dead = self.cluster_size < self.dead_threshold
-        if dead.any():
-            # Restart dead codes on random encoder outputs of this batch, so every code stays in use.
-            count = int(dead.sum())
-            picks = flat[torch.randint(0, flat.shape[0], (count,), device=flat.device)]
-            self.codebook[dead] = picks
-            self.code_sum[dead] = picks
-            self.cluster_size[dead] = 1.0
+def kept_patches(mask: torch.Tensor) -> torch.Tensor:
+    """(28, 28) pixel mask -> (49,) booleans: the 4x4 patches all of whose pixels are kept."""
+    patches = torch.as_tensor(mask).reshape(GRID, PATCH, GRID, PATCH)       # (7, 4, 7, 4)
+    return patches.all(dim=3).all(dim=1).reshape(GRID * GRID)
 
 
 class VQVAE(nn.Module):
     """The image tokenizer interface (shared by every kind): `tokens_per_image`, `token_count`,
     `encode` (B, 28, 28, 3) levels -> (B, L) ids, `decode` back, `position_tokens`, `token_follows`,
-    `kept_tokens`; and for training, `autoencoder` with `training_targets`."""
+    `kept_tokens`; and for training, `autoencoder` with `training_targets`.
 
-    tokens_per_image = GRID * GRID
+    Ids: a patch's `depth` codes stand one after another, code d of a patch as d * K + index (K codes
+    per codebook), so each position has its own id range."""
 
     def __init__(self, config: VQConfig, planes: int = 3, levels: int = LEVELS) -> None:
         super().__init__()
         self.config, self.planes, self.levels = config, planes, levels
         hidden, pixel_channels = config.hidden, config.pixel_channels
+        self.quantizer = build_quantizer(config)
+        self.depth, self.codebook_size = self.quantizer.depth, self.quantizer.codebook_size
         self.encoder = nn.Sequential(
             nn.Conv2d(planes * levels, hidden, PATCH, stride=PATCH),  # (B, hidden, 7, 7)
             ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
-            nn.Conv2d(hidden, config.code_dim, 1))
-        self.quantizer = EMAQuantizer(config.codebook_size, config.code_dim, config.beta,
-                                      config.ema_decay, config.dead_code_threshold)
+            nn.Conv2d(hidden, self.quantizer.dim, 1))
         self.decoder_grid = nn.Sequential(
-            nn.Conv2d(config.code_dim, hidden, 3, padding=1),
+            nn.Conv2d(self.quantizer.dim, hidden, 3, padding=1),
             ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
             nn.Conv2d(hidden, pixel_channels * PATCH * PATCH, 1))
         # Only a thin conv runs at full 28x28 resolution: it smooths patch seams cheaply.
@@ -153,26 +113,31 @@ class VQVAE(nn.Module):
     # -- the interface ---------------------------------------------------------------------------
     @classmethod
     def layout(cls, config: VQConfig) -> tuple[int, int]:
-        """(token_count, tokens_per_image): one code per 4x4 patch."""
-        return config.codebook_size, cls.tokens_per_image
+        """(token_count, tokens_per_image): depth codes per 4x4 patch, K ids for each."""
+        depth = config.residual_depth if config.kind == "rvq" else 1
+        codes = math.prod(FSQ_LEVELS[config.codebook_size]) if config.kind == "fsq" else config.codebook_size
+        return codes * depth, GRID * GRID * depth
 
     @property
     def token_count(self) -> int:
-        return self.config.codebook_size
+        return self.codebook_size * self.depth
+
+    @property
+    def tokens_per_image(self) -> int:
+        return GRID * GRID * self.depth
 
     def position_tokens(self) -> torch.Tensor:
-        """(L, K) which ids may stand at each image position: any code anywhere."""
-        return torch.ones(self.tokens_per_image, self.token_count, dtype=torch.bool)
+        """(L, K * depth) which ids may stand at each image position: a code of that position's codebook."""
+        book = torch.arange(self.tokens_per_image) % self.depth                   # (L,) codebook of each position
+        return (torch.arange(self.token_count)[None] // self.codebook_size) == book[:, None]
 
     def token_follows(self) -> torch.Tensor | None:
         """(K, K) which id may follow which inside an image, or None: no rule."""
         return None
 
-    @staticmethod
-    def kept_tokens(mask: torch.Tensor) -> torch.Tensor:
-        """(28, 28) pixel mask -> (49,) booleans: tokens whose whole 4x4 patch is kept."""
-        patches = torch.as_tensor(mask).reshape(GRID, PATCH, GRID, PATCH)       # (7, 4, 7, 4)
-        return patches.all(dim=3).all(dim=1).reshape(GRID * GRID)
+    def kept_tokens(self, mask: torch.Tensor) -> torch.Tensor:
+        """(28, 28) pixel mask -> (L,) booleans: the codes of the 4x4 patches that are wholly kept."""
+        return kept_patches(mask).repeat_interleave(self.depth)
 
     @property
     def autoencoder(self) -> "VQVAE":
@@ -202,7 +167,7 @@ class VQVAE(nn.Module):
         return logits.view(B, self.planes, self.levels, 28, 28)
 
     def forward(self, images: torch.Tensor):
-        """(B, 28, 28, planes) levels -> (logits (B, planes, levels, 28, 28), indices (B, 7, 7),
+        """(B, 28, 28, planes) levels -> (logits (B, planes, levels, 28, 28), indices (B, 7, 7, depth),
         loss: reconstruction + commitment)."""
         quantized, indices, commit_loss = self.quantizer(self.encode_latent(images))
         logits = self.decode_latent(quantized)
@@ -210,29 +175,33 @@ class VQVAE(nn.Module):
         reconstruction = F.cross_entropy(logits.transpose(1, 2), target)  # classes on dim 1
         return logits, indices, reconstruction + commit_loss
 
+    def book_offsets(self, device: torch.device) -> torch.Tensor:
+        """(depth,) the first id of each codebook."""
+        return torch.arange(self.depth, device=device) * self.codebook_size
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 28, 28, 3) levels -> (B, 49) code indices."""
+        """(B, 28, 28, 3) levels -> (B, L) ids, a patch's depth codes in a row."""
         z = self.encode_latent(images)
-        B, C = z.shape[:2]
-        flat = z.permute(0, 2, 3, 1).reshape(-1, C)
-        return self.quantizer.nearest(flat).view(B, GRID * GRID)
+        indices = self.quantizer.quantize_indices(channels_last(z))                  # (B*49, depth)
+        return (indices + self.book_offsets(z.device)).view(z.shape[0], self.tokens_per_image)
 
     @torch.no_grad()
     def decode_logits(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, 49) code indices -> (B, planes, levels, 28, 28) logits."""
+        """(B, L) ids -> (B, planes, levels, 28, 28) logits."""
         B = codes.shape[0]
-        quantized = self.quantizer.codebook[codes.long()].view(B, GRID, GRID, -1).permute(0, 3, 1, 2)
-        return self.decode_latent(quantized)
+        indices = codes.long().view(B * GRID * GRID, self.depth) - self.book_offsets(codes.device)
+        vectors = self.quantizer.get_output_from_indices(indices)                     # (B*49, C)
+        return self.decode_latent(vectors.view(B, GRID, GRID, -1).permute(0, 3, 1, 2))
 
     @torch.no_grad()
     def decode_levels(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, 49) code indices -> (B, 28, 28, planes) levels, each plane's argmax on its own."""
+        """(B, L) ids -> (B, 28, 28, planes) levels, each plane's argmax on its own."""
         return per_channel_levels(self.decode_logits(codes))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, two_color: bool | None = None) -> torch.Tensor:
-        """(B, 49) code indices -> (B, 28, 28, 3) uint8 levels (two-color unless the config says otherwise)."""
+        """(B, L) ids -> (B, 28, 28, 3) uint8 levels (two-color unless the config says otherwise)."""
         logits = self.decode_logits(codes)
         two_color = self.config.two_color_decode if two_color is None else two_color
         return two_color_levels(logits) if two_color else per_channel_levels(logits)

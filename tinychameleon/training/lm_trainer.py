@@ -56,7 +56,8 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
 
     Keys name the split: validation_nll, validation_text_nll, ... (test_nll, ... for the final report).
     Per-token NLL depends on how many tokens an image takes; {split}_nats_per_pair, -log p(caption,
-    image) from the text-first reading, compares models across image tokenizers.
+    image) from the text-first reading, and {split}_nats_per_image, -log p(image | caption), compare
+    models across image tokenizers.
     """
     was_training = model.training
     model.eval()
@@ -64,6 +65,7 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
     sums = {key: torch.zeros((), dtype=torch.float64, device=device)
             for key in ("all", "text", "image", "text_first", "image_first")}
     counts = {key: 0 for key in sums}
+    image_given_caption = torch.zeros((), dtype=torch.float64, device=device)
     for order, name in ((0, "text_first"), (1, "image_first")):
         for rows in batch_slices(len(codes), batch_size):
             orders = torch.full((len(codes[rows]),), order, dtype=torch.long, device=device)
@@ -74,10 +76,13 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
             for key, mask in (("all", None), (name, None), ("text", is_text), ("image", is_image)):
                 sums[key] += losses.sum() if mask is None else losses[mask].sum()
                 counts[key] += losses.numel() if mask is None else int(mask.sum())
+            if name == "text_first":
+                image_given_caption += losses[is_image].sum()
     model.train(was_training)
     metrics = {(f"{split}_nll" if key == "all" else f"{split}_{key}_nll"): (sums[key] / counts[key]).item()
                for key in sums}
     metrics[f"{split}_nats_per_pair"] = (sums["text_first"] / len(codes)).item()
+    metrics[f"{split}_nats_per_image"] = (image_given_caption / len(codes)).item()
     return metrics
 
 

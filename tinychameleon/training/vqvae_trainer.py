@@ -27,7 +27,7 @@ def reconstruction_metrics(tokenizer, images: np.ndarray, batch_size: int = 1000
                            device: torch.device | str = "cpu") -> dict:
     """Pixel-exact accuracy (all 3 channels right) and codebook usage (the VQ codes) on a split."""
     tokenizer.eval()
-    codebook_size = tokenizer.config.codebook_size
+    codebook_size = getattr(tokenizer, "color_offset", tokenizer.token_count)   # the code ids (not the colors)
     correct, counts = 0, torch.zeros(codebook_size)
     for rows in batch_slices(len(images), batch_size):
         batch = torch.from_numpy(images[rows]).to(device)
@@ -42,14 +42,13 @@ def reconstruction_metrics(tokenizer, images: np.ndarray, batch_size: int = 1000
             "code_perplexity": entropy.exp().item()}
 
 
-def fit_dictionary(tokenizer, targets: torch.Tensor, check_images: np.ndarray, run_dir: Path, device: torch.device):
+def fit_directly(tokenizer, targets: torch.Tensor, check_images: np.ndarray, run_dir: Path, device: torch.device):
     started = time.time()
     fitted = tokenizer.autoencoder.fit(targets)
     metrics = reconstruction_metrics(tokenizer, check_images, device=device)
     epoch_log = [{"epoch": 1, "step": 0, **fitted, **metrics, "elapsed_s": time.time() - started}]
-    print(f"patch dictionary: {fitted['distinct_patches']} distinct patches, the {tokenizer.config.codebook_size} kept"
-          f" cover {fitted['covered']:.2%} | validation pixel-exact {metrics['pixel_exact']:.4f}"
-          f" | {time.time() - started:.0f}s", flush=True)
+    print(f"{tokenizer.config.kind} tokenizer: {fitted.pop('summary')} | validation pixel-exact"
+          f" {metrics['pixel_exact']:.4f} | {time.time() - started:.0f}s", flush=True)
     save_weights(tokenizer, run_dir / VQVAE_FILE)
     write_history(run_dir, "vqvae", [], epoch_log)
     return tokenizer.eval()
@@ -63,8 +62,8 @@ def train_vqvae(config: RunConfig, train_images: np.ndarray, validation_images: 
     tokenizer = build_image_tokenizer(config).to(device)
     network = tokenizer.autoencoder
     targets = tokenizer.training_targets(torch.from_numpy(train_images).to(device))  # the whole split, on the device
-    if hasattr(network, "fit"):   # a dictionary, fitted by counting: no epochs, no optimizer
-        return fit_dictionary(tokenizer, targets, validation_images[:2000], run_dir, device)
+    if hasattr(network, "fit"):   # fitted by counting (or nothing to fit): no epochs, no optimizer
+        return fit_directly(tokenizer, targets, validation_images[:2000], run_dir, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
     steps_per_epoch = len(train_images) // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
