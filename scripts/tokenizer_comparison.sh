@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The image tokenizers at one matched budget, measured on the validation split (where choices are made).
 #
-#     bash scripts/tokenizer_comparison.sh [RUNS_DIR]        (about an hour on a 2-core CPU)
+#     bash scripts/tokenizer_comparison.sh [RUNS_DIR]        (about 40 minutes on a 2-core CPU)
 #
 # Each kind trains its tokenizer and the `best` preset's transformer (6 layers, d192) for one epoch on the
-# first 20 000 training digits under one color draw; `pixels` (784 tokens per image) uses its own small
+# first 15 000 training digits under one color draw; `pixels` (784 tokens per image) uses its own small
 # preset, since the same model would take ~16x longer. Every run is evaluated with the shipped sampler
-# (tinychameleon/pretrained/sampling.json) on 300 validation examples per direction, and
+# (tinychameleon/pretrained/sampling.json) on 200 validation examples per direction, and
 # scripts/tokenizer_table.py prints the markdown table from what the runs wrote.
 set -euo pipefail
 runs=${1:-runs/tokenizers}
 sampler=$(python -c "import tinychameleon, pathlib; print(pathlib.Path(tinychameleon.__file__).parent / 'pretrained' / 'sampling.json')")
-matched=(--preset best --epochs 1 --colorings 1 --max-train-examples 20000 --warmup-steps 50 --vq-epochs 2 --no-progress)
+matched=(--preset best --epochs 1 --colorings 1 --max-train-examples 15000 --warmup-steps 50 --vq-epochs 2 --no-progress)
 declare -A kinds=([vq]="--tokenizer vq --codebook-size 256" [rvq]="--tokenizer rvq --codebook-size 256"
                   [fsq]="--tokenizer fsq --codebook-size 1024" [patches]="--tokenizer patches --codebook-size 2048")
 rows=()
@@ -26,7 +26,7 @@ for kind in vq rvq fsq patches pixels; do
         fi
     fi
     cp "$sampler" "$run/sampling.json"
-    [[ -f "$run-eval/metrics.json" ]] || tinychameleon evaluate --checkpoint "$run" --split validation --samples 300 --out "$run-eval"
+    [[ -f "$run-eval/metrics.json" ]] || tinychameleon evaluate --checkpoint "$run" --split validation --samples 200 --out "$run-eval"
     rows+=("$run=$run-eval")
 done
 python "$(dirname "$0")/tokenizer_table.py" "${rows[@]}"

@@ -64,13 +64,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_run, tmp_path):
         checkpoint.load_config(broken)
 
 
-def test_resume_continues_an_interrupted_run(tmp_path, cache_dir, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_continues_an_interrupted_run(optimizer, tmp_path, cache_dir, monkeypatch):
     from tinychameleon.training import lm_trainer
     from tinychameleon.training.run import train
 
     uninterrupted = tmp_path / "uninterrupted"
-    train(make_config("tiny", train={"epochs": 2}), uninterrupted, cache_dir=cache_dir, progress=False,
-          device_name="cpu")
+    train(make_config("tiny", train={"epochs": 2, "optimizer": optimizer}), uninterrupted, cache_dir=cache_dir,
+          progress=False, device_name="cpu")
     assert not (uninterrupted / "train_state.pt").exists()  # a finished run leaves no resume state
 
     # Interrupt right after epoch 1 has been saved (the curve is drawn last in each epoch).
@@ -83,8 +84,8 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setattr(lm_trainer, "plot_curve", plot_then_interrupt)
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        train(make_config("tiny", train={"epochs": 2}), interrupted, cache_dir=cache_dir, progress=False,
-              device_name="cpu")
+        train(make_config("tiny", train={"epochs": 2, "optimizer": optimizer}), interrupted, cache_dir=cache_dir,
+              progress=False, device_name="cpu")
     assert (interrupted / "train_state.pt").exists()
     monkeypatch.setattr(lm_trainer, "plot_curve", real_plot)
     train(make_config("tiny"), interrupted, resume=True, cache_dir=cache_dir, progress=False, device_name="cpu")
@@ -94,6 +95,40 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache_dir, monkeypatch):
     finished = checkpoint.load_transformer(uninterrupted).state_dict()
     for key, value in checkpoint.load_transformer(interrupted).state_dict().items():
         torch.testing.assert_close(value, finished[key])  # same weights as if never interrupted
+
+
+def test_newton_schulz_makes_updates_nearly_orthogonal():
+    from tinychameleon.training.optimizers import newton_schulz
+
+    torch.manual_seed(0)
+    for shape in ((32, 32), (96, 32), (32, 96)):
+        update = torch.randn(shape) * torch.logspace(-1, 0.5, shape[1])   # columns of 30x different sizes
+        singular = torch.linalg.svdvals(newton_schulz(update))
+        # Every direction now moves at about the same rate (the quintic lands in roughly 0.7..1.2).
+        assert singular.min() > 0.5 and singular.max() < 1.3, singular
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    from tinychameleon.training.optimizers import Muon, build_optimizer
+
+    config = make_config("tiny", train={"optimizer": "muon"})
+    model = checkpoint.build_transformer(config)
+    optimizer = build_optimizer(model, config.train)
+    muon = [o for o in optimizer.optimizers if isinstance(o, Muon)][0]
+    names = {id(p): name for name, p in model.named_parameters()}
+    on_muon = {names[id(p)] for p in muon.param_groups[0]["params"]}
+    assert on_muon == {n for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks.")}
+    assert "token_embedding.weight" not in on_muon and "head.weight" not in on_muon
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert muon.param_groups[0]["lr_scale"] == config.train.muon_lr / config.train.lr
+    # One step moves a matrix by lr x an orthogonalized update: its singular values are all about lr.
+    before = model.blocks[0].mlp.up.weight.detach().clone()
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    optimizer.step()
+    moved = torch.linalg.svdvals(model.blocks[0].mlp.up.weight.detach() - before)
+    scale = max(1, before.shape[0] / before.shape[1]) ** 0.5 * config.train.muon_lr
+    assert moved.max() < 1.3 * scale and moved.min() > 0.5 * scale
 
 
 def test_init_from_fine_tunes_another_run(tiny_run, tmp_path, cache_dir):

@@ -114,6 +114,7 @@ class ModelConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.
 RENAMED = {"max_test_examples": "max_validation_examples"}
 
@@ -137,6 +138,8 @@ class TrainConfig:
     patience: int = 0             # early stopping: stop after this many epochs without a better validation NLL (0 = off)
     stop_at_nll: float = 0.0      # stop once validation NLL is at or below this (0 = off)
     infill_rate: float = 0.0      # CM3 objective: this share of sequences has one span moved to the end (sequences.py)
+    optimizer: str = "adamw"      # "adamw", or "muon": Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02         # Muon's peak learning rate (it follows the same warmup and cosine)
 
 
     def validate(self) -> None:
@@ -150,6 +153,9 @@ class TrainConfig:
         check_range("train.colorings", self.colorings, 1, 1000)
         check_range("train.stop_at_nll", self.stop_at_nll, 0.0)
         check_range("train.infill_rate", self.infill_rate, 0.0, 1.0)
+        check_range("train.muon_lr", self.muon_lr, 0.0, 10.0)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {short(repr(self.optimizer))}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {short(repr(self.precision))}")
 
@@ -217,7 +223,7 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
-                  "precision": "bf16", "patience": 2},
+                  "precision": "bf16", "patience": 2, "optimizer": "muon"},
     },
     # The iGPT baseline: a token per pixel (784 per image), so a small model and a slice of the data
     # (about 10 minutes on a 2-core CPU); README's tokenizer table compares it with the others.
@@ -225,7 +231,7 @@ PRESETS: dict[str, dict] = {
         "vq": {"kind": "pixels"},
         "model": {"n_layer": 4, "n_head": 4, "d_model": 128},
         "train": {"epochs": 1, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "max_train_examples": 4000,
-                  "max_validation_examples": 500, "precision": "bf16"},
+                  "max_validation_examples": 500, "precision": "bf16", "optimizer": "muon"},
     },
     # A few seconds end to end: for tests only.
     "tiny": {

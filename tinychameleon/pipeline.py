@@ -40,6 +40,12 @@ FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
 COMPLETION_REDRAWS = 3  # completions without a prompt: redraws of one whose own caption disagrees with it
 
 
+def hole_span(kept: torch.Tensor) -> tuple[int, int]:
+    """(B, L) kept codes (-1 where any row draws) -> [start, stop) from the first to the last drawn position."""
+    hole = (kept < 0).any(dim=0).nonzero().squeeze(1)
+    return (int(hole[0]), int(hole[-1]) + 1) if len(hole) else (kept.shape[1], kept.shape[1])
+
+
 class Pipeline:
     def __init__(self, config: RunConfig, image_tokenizer, model, device: torch.device,
                  sampling: SamplingConfig | None = None, source: str = "") -> None:
@@ -130,8 +136,7 @@ class Pipeline:
         place, a second <mask>, then the hole's tokens - so the model draws them having read what comes
         after the hole too. Guidance compares with the same masked image read without its caption.
         """
-        hole = (kept < 0).any(dim=0).nonzero().squeeze(1)
-        start, stop = int(hole[0]), int(hole[-1]) + 1
+        start, stop = hole_span(kept)
         B, sentinel = len(words), torch.full((len(words), 1), self.vocab.mask, dtype=torch.long)
         kept = kept.cpu()
         outside = [kept[:, :start], sentinel, kept[:, stop:], sentinel]
@@ -183,9 +188,8 @@ class Pipeline:
     @staticmethod
     def _hole_is_a_suffix(kept: torch.Tensor) -> bool:
         """Whether nothing is kept after the hole begins: then plain raster completion already reads all there is."""
-        hole = (kept < 0).any(dim=0)
-        first = int(hole.nonzero()[0]) if hole.any() else kept.shape[1]
-        return bool(hole[first:].all())
+        start, _ = hole_span(kept)
+        return bool((kept[:, start:] < 0).any(dim=0).all())
 
     def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator,
                      images: np.ndarray | None = None) -> torch.Tensor:

@@ -24,6 +24,7 @@ from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transfo
 from .state import resume_from, save_epoch
 from ..device import Distributed, autocast
 from .logs import plot_curve
+from .optimizers import build_optimizer
 from .schedule import warmup_cosine
 
 STATE_FILE = "train_state.pt"
@@ -119,9 +120,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     vocab = Vocab.for_config(config)
     torch.manual_seed(settings.seed)
     model = build_transformer(config).to(device)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.99),
-                                  weight_decay=settings.weight_decay, fused=fused)
+    optimizer = build_optimizer(model, settings, fused=device.type == "cuda")
     if settings.batch_size % world.world_size:
         raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
     if train_codes.dim() == 2:  # one coloring of the training set: (N, L) -> (1, N, L)
@@ -163,7 +162,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             step = epoch * steps_per_epoch + batch_index
             lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_steps, settings.min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)   # older resume states lack the scale
             rows = rows.to(device)
             sequences = build_sequences(vocab, epoch_words[rows], epoch_codes[rows], orders.to(device))
             weights = None
