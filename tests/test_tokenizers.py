@@ -64,7 +64,7 @@ def test_vqvae_shapes_and_index_range():
     vqvae = VQVAE(VQConfig(codebook_size=16, code_dim=8, hidden=16, pixel_channels=4))
     images = torch.randint(0, 4, (5, 28, 28, 3), dtype=torch.uint8)
     logits, indices, loss = vqvae(images)
-    assert logits.shape == (5, 3, 4, 28, 28) and indices.shape == (5, 7, 7) and loss.ndim == 0
+    assert logits.shape == (5, 3, 4, 28, 28) and indices.shape == (5, 7, 7, 1) and loss.ndim == 0
     codes = vqvae.encode(images)
     assert codes.shape == (5, 49) and codes.min() >= 0 and codes.max() < 16
     decoded = vqvae.decode(codes)

@@ -97,14 +97,15 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config, self.planes, self.levels = config, planes, levels
         hidden, pixel_channels = config.hidden, config.pixel_channels
-        self.quantizer = build_quantizer(config)
-        self.depth, self.codebook_size = self.quantizer.depth, self.quantizer.codebook_size
+        code_dim = len(FSQ_LEVELS[config.codebook_size]) if config.kind == "fsq" else config.code_dim
         self.encoder = nn.Sequential(
             nn.Conv2d(planes * levels, hidden, PATCH, stride=PATCH),  # (B, hidden, 7, 7)
             ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
-            nn.Conv2d(hidden, self.quantizer.dim, 1))
+            nn.Conv2d(hidden, code_dim, 1))
+        self.quantizer = build_quantizer(config)
+        self.depth, self.codebook_size = self.quantizer.depth, self.quantizer.codebook_size
         self.decoder_grid = nn.Sequential(
-            nn.Conv2d(self.quantizer.dim, hidden, 3, padding=1),
+            nn.Conv2d(code_dim, hidden, 3, padding=1),
             ResidualBlock(hidden), ResidualBlock(hidden), nn.GELU(),
             nn.Conv2d(hidden, pixel_channels * PATCH * PATCH, 1))
         # Only a thin conv runs at full 28x28 resolution: it smooths patch seams cheaply.
