@@ -225,12 +225,12 @@ PRESETS: dict[str, dict] = {
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
                   "precision": "bf16", "patience": 2, "optimizer": "muon"},
     },
-    # The iGPT baseline: a token per pixel (784 per image), so a small model and a slice of the data
-    # (about 10 minutes on a 2-core CPU); README's tokenizer table compares it with the others.
+    # The iGPT baseline: a token per pixel (784 per image), so a small model on the 15k digits the
+    # tokenizer comparison uses (about 4 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).
     "pixels": {
         "vq": {"kind": "pixels"},
         "model": {"n_layer": 4, "n_head": 4, "d_model": 128},
-        "train": {"epochs": 1, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "max_train_examples": 4000,
+        "train": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "max_train_examples": 15000,
                   "max_validation_examples": 500, "precision": "bf16", "optimizer": "muon"},
     },
     # A few seconds end to end: for tests only.

@@ -97,6 +97,8 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config, self.planes, self.levels = config, planes, levels
         hidden, pixel_channels = config.hidden, config.pixel_channels
+        # FSQ's vectors have one dimension per level count; the encoder is built first (then the quantizer,
+        # then the decoder) so a seed initialises the same weights it always did.
         code_dim = len(FSQ_LEVELS[config.codebook_size]) if config.kind == "fsq" else config.code_dim
         self.encoder = nn.Sequential(
             nn.Conv2d(planes * levels, hidden, PATCH, stride=PATCH),  # (B, hidden, 7, 7)
