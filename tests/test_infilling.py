@@ -100,7 +100,7 @@ def test_infill_objective_trains_and_grows_a_plain_checkpoint(tiny_run, infill_r
 
 
 def test_infilling_reads_both_sides_and_keeps_the_kept_part(infill_run, colored, monkeypatch):
-    from tinychameleon.pipeline import Pipeline
+    from tinychameleon.pipeline import COMPLETION_REDRAWS, Pipeline
 
     pipe = Pipeline.from_pretrained(infill_run)
     calls = []
@@ -108,12 +108,16 @@ def test_infilling_reads_both_sides_and_keeps_the_kept_part(infill_run, colored,
     monkeypatch.setattr(pipe, "_infill_codes", lambda *args: calls.append(args[1]) or real(*args))
     images = colored[1].images[:3]
     completed, captions = pipe.complete(images, keep="bottom", n=2, seed=0)
-    assert len(calls) == 1 and completed.shape == (6, 28, 28, 3) and len(captions) == 6
-    kept = calls[0]
-    assert (kept[:, :21] == -1).all() and (kept[:, 28:] >= 0).all()     # hole: rows 0-2 of the grid (+ row 3 split)
+    # One infilling pass for all six rows, then up to COMPLETION_REDRAWS for rows whose caption names
+    # another digit than the one drawn for (without a prompt the model checks its own drawing).
+    assert 1 <= len(calls) <= 1 + COMPLETION_REDRAWS and len(calls[0]) == 6
+    assert completed.shape == (6, 28, 28, 3) and len(captions) == 6
+    for kept in calls:
+        assert (kept[:, :21] == -1).all() and (kept[:, 28:] >= 0).all()  # hole: rows 0-2 of the grid (+ row 3 split)
     assert np.array_equal(completed[:, 14:], np.repeat(images, 2, axis=0)[:, 14:])  # kept pixels, exactly
+    count = len(calls)
     pipe.complete(images, keep="top", seed=0)                          # a suffix hole: plain raster completion
-    assert len(calls) == 1
+    assert len(calls) == count
 
 
 def test_infill_decoding_with_the_cache_equals_full_forward_passes(infill_run):
