@@ -211,7 +211,8 @@ class Pipeline:
         readings = []
         for foreground, background, pixels in view_images(images, views):
             words = torch.tensor(self.tokenizer.encode(caption_of(0, foreground, background)), device=self.device)
-            readings.append((words.repeat(len(images), 1), self.image_tokenizer.encode(torch.from_numpy(pixels).to(self.device))))
+            codes = self.image_tokenizer.encode(torch.from_numpy(pixels).to(self.device))
+            readings.append((words.repeat(len(images), 1), codes))
         return readings
 
     def _decode_words(self, words: torch.Tensor) -> list[str]:

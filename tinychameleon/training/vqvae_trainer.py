@@ -47,7 +47,7 @@ def fit_directly(tokenizer, targets: torch.Tensor, check_images: np.ndarray, run
     fitted = tokenizer.autoencoder.fit(targets)
     metrics = reconstruction_metrics(tokenizer, check_images, device=device)
     epoch_log = [{"epoch": 1, "step": 0, **fitted, **metrics, "elapsed_s": time.time() - started}]
-    print(f"{tokenizer.config.kind} tokenizer: {fitted.pop('summary')} | validation pixel-exact"
+    print(f"{tokenizer.config.kind} tokenizer: {fitted['summary']} | validation pixel-exact"
           f" {metrics['pixel_exact']:.4f} | {time.time() - started:.0f}s", flush=True)
     save_weights(tokenizer, run_dir / VQVAE_FILE)
     write_history(run_dir, "vqvae", [], epoch_log)
