@@ -47,6 +47,24 @@ def test_kv_cache_decoding_equals_full_forward(fused):
     assert cache.position == 58
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_left_padded_rows_read_as_they_would_alone(fused):
+    """Prompts of different lengths in one cached batch (the guidance streams): each row's logits at every
+    step equal a full forward of that row alone, and padding slots never change them."""
+    model = small_model()
+    model.set_fused_attention(fused)
+    long, short = torch.randint(0, 50, (2, 40)), torch.randint(0, 50, (2, 33))
+    padding = torch.tensor([0, 0, 7, 7])
+    rows = torch.cat([long[:, :9], torch.cat([torch.full((2, 7), 49), short[:, :2]], dim=1)])  # (4, 9)
+    cache = KVCache(model.config, batch_size=4, max_length=58 + 7, padding=padding)
+    chunks = [model(rows, kv_cache=cache)[:, -1:]]
+    for step in range(31):
+        chunks.append(model(torch.cat([long[:, 9 + step], short[:, 2 + step]])[:, None], kv_cache=cache))
+    padded = torch.cat(chunks, dim=1)                                                   # (4, 32, vocab)
+    torch.testing.assert_close(padded[:2], model(long)[:, 8:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded[2:], model(short)[:, 1:], atol=1e-5, rtol=1e-5)
+
+
 def test_cache_is_preallocated_once():
     model = small_model()
     cache = KVCache(model.config, batch_size=2)

@@ -141,3 +141,21 @@ def test_guidance_one_is_plain_conditional_sampling(tiny_pipeline):
     plain = generate(pipe.model, prefix, pipe.rules, 1.0, None, 1.0, torch.Generator().manual_seed(3))
     mixed = generate(pipe.model, prefix, pipe.rules, 1.0, None, 1.0 + 1e-7, torch.Generator().manual_seed(3))
     assert torch.equal(plain, mixed)
+
+
+def test_captions_use_their_own_guidance(tiny_pipeline, monkeypatch):
+    """Image guidance is not applied to captions: a caption decodes one stream unless the call (or
+    caption_guidance) asks for guidance."""
+    import tinychameleon.pipeline as pipeline_module
+
+    pipe = tiny_pipeline
+    images = pipe.generate_images(["dark green eight on bright cyan"] * 2, seed=0)
+    scales = []
+    real_generate = pipeline_module.generate
+    monkeypatch.setattr(pipeline_module, "generate",
+                        lambda *args, **kwargs: scales.append(args[5]) or real_generate(*args, **kwargs))
+    monkeypatch.setattr(pipe, "sampling", pipe.resolve_settings({"guidance": 3.0}))
+    pipe.caption(images)
+    pipe.caption(images, guidance=2.0)
+    pipe.caption(images, caption_guidance=1.5)
+    assert scales == [1.0, 2.0, 1.5]

@@ -270,6 +270,7 @@ def make_config(preset: str = "seed", **overrides) -> RunConfig:
 class SamplingConfig:
     temperature: float = 1.0
     caption_temperature: float = 0.0  # image -> text wants the single best caption: greedy by default
+    caption_guidance: float = 1.0  # image -> text: guidance of the caption (1 = off; `guidance` is for images)
     top_k: int = 0                # 0 = no top-k filtering
     top_p: float = 1.0            # nucleus sampling: keep the smallest set of tokens with this much mass (1 = off)
     guidance: float = 1.0         # classifier-free guidance scale for conditional modes (1 = off)
@@ -285,7 +286,7 @@ class SamplingConfig:
 
     # The allowed range of each numeric setting: one table for the CLI, the web API and sampling.json.
     RANGES = {"temperature": (0.0, 100.0), "caption_temperature": (0.0, 100.0), "top_k": (0, 1 << 20),
-              "guidance": (0.0, 100.0), "image_candidates": (1, 64),
+              "guidance": (0.0, 100.0), "caption_guidance": (0.0, 100.0), "image_candidates": (1, 64),
               "top_p": (0.01, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
               "caption_hypotheses": (1, 10),
               "batch_size": (1, 1 << 16)}

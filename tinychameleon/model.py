@@ -21,17 +21,24 @@ from .config import ModelConfig
 class KVCache:
     """A static, preallocated key/value cache: (layers, B, heads, max_len, head_dim) per k and v.
 
-    `position` is how many tokens are already cached. Preallocating once avoids a
-    torch.cat per step and keeps shapes fixed for the whole decode.
+    `position` is how many slots are already filled. Preallocating once avoids a torch.cat per step
+    and keeps shapes fixed for the whole decode.
+
+    Rows may hold prompts of different lengths in one batch (e.g. the two streams of classifier-free
+    guidance): `padding` (B,) counts the slots each row's prompt was left-padded by. Those slots are
+    never attended to, and a row's token in slot s sits at position s - padding, so a padded row reads
+    exactly as it would alone. Every row then advances one slot per step, all in one forward.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_length: int | None = None,
-                 device=None, dtype=torch.float32) -> None:
+                 device=None, dtype=torch.float32, padding: torch.Tensor | None = None) -> None:
         head_dim = config.d_model // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_length or config.block_size, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.position = 0
+        self.padding = None if padding is None or not padding.any() else padding.to(device)
+        self.least_padding = 0 if self.padding is None else int(self.padding.min())
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor):
         """Write (B, nh, T, hs) new keys/values at the current position; return all cached so far."""
@@ -40,6 +47,23 @@ class KVCache:
         self.keys[layer, :, :, self.position:end] = key
         self.values[layer, :, :, self.position:end] = value
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def positions(self, T: int) -> torch.Tensor:
+        """Position ids of the next T tokens: (T,), or (B, T) when rows are padded."""
+        slots = torch.arange(self.position, self.position + T, device=self.keys.device)
+        if self.padding is None:
+            return slots
+        return (slots[None, :] - self.padding[:, None]).clamp(min=0)  # padding slots: any position, never read
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """(B, 1, T, position + T) booleans for the next T tokens of padded rows: causal, and no padding slot
+        is a key - except to itself, so that a padding query still has one key to attend to. None: unpadded."""
+        if self.padding is None:
+            return None
+        slots = torch.arange(self.position + T, device=self.keys.device)
+        real = slots[None, :] >= self.padding[:, None]                                  # (B, S)
+        own = slots[None, :] == torch.arange(self.position, self.position + T, device=slots.device)[:, None]
+        return ((causal_mask(T, self.position, slots.device)[None] & real[:, None, :]) | own[None])[:, None]
 
     def advance(self, steps: int) -> None:
         self.position += steps
@@ -50,6 +74,8 @@ class KVCache:
         repeated.keys = self.keys.repeat_interleave(times, dim=1)
         repeated.values = self.values.repeat_interleave(times, dim=1)
         repeated.position = self.position
+        repeated.padding = None if self.padding is None else self.padding.repeat_interleave(times)
+        repeated.least_padding = self.least_padding
         return repeated
 
 
@@ -64,7 +90,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.fused = True  # use F.scaled_dot_product_attention; False runs the hand-written path
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask (B, 1, T, S): which keys each query sees, for padded cached rows (KVCache.attention_mask)."""
         B, T, C = x.shape
         head_dim = C // self.n_head
         # (B, T, C) -> (B, nh, T, hs)
@@ -77,7 +105,10 @@ class CausalSelfAttention(nn.Module):
             past = kv_cache.position
             k, v = kv_cache.update(layer, k, v)  # (B, nh, past + T, hs)
         dropout = self.dropout if self.training else 0.0
-        if self.fused:
+        if mask is not None:
+            y = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout) if self.fused
+                 else manual_attention(q, k, v, mask, dropout, self.training))
+        elif self.fused:
             if past == 0:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
             elif T == 1:
@@ -130,8 +161,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.dropout(self.attention(self.norm1(x), kv_cache, layer))
+    def forward(self, x, kv_cache=None, layer=0, mask=None):
+        x = x + self.dropout(self.attention(self.norm1(x), kv_cache, layer, mask))
         return x + self.mlp(self.norm2(x))
 
 
@@ -165,12 +196,15 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, vocab). With a cache, ids are the next T tokens."""
         B, T = ids.shape
-        start = kv_cache.position if kv_cache is not None else 0
-        assert start + T <= self.config.block_size, "sequence longer than block_size"
-        positions = torch.arange(start, start + T, device=ids.device)
+        if kv_cache is None:
+            positions, mask = torch.arange(T, device=ids.device), None
+        else:
+            positions, mask = kv_cache.positions(T), kv_cache.attention_mask(T)  # the mask is None unless padded
+        end = T + (0 if kv_cache is None else kv_cache.position - kv_cache.least_padding)
+        assert end <= self.config.block_size, "sequence longer than block_size"
         x = self.token_embedding(ids) + self.position_embedding(positions)  # (B, T, C)
         for layer, block in enumerate(self.blocks):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, mask)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.head(self.norm(x))

@@ -361,9 +361,14 @@ class Pipeline:
                                   f"{len(present - named)} other color(s)")
 
     def _caption_settings(self, sampling: dict) -> SamplingConfig:
+        """Settings of an image -> text request: the caption's own temperature and guidance unless the call
+        names `temperature` / `guidance` itself. Guidance tuned for images would otherwise also run an
+        unconditional stream for every caption (twice the decoding) that the caption was never chosen with."""
         settings = self.resolve_settings(sampling)
         if sampling.get("temperature") is None:
             settings = replace(settings, temperature=settings.caption_temperature)
+        if sampling.get("guidance") is None:
+            settings = replace(settings, guidance=settings.caption_guidance)
         return settings
 
     def caption(self, images: np.ndarray, seed: int | None = None, **sampling) -> list[str]:

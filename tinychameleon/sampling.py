@@ -152,24 +152,25 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     length = length or rules.vocab.plain_length
     sequences = torch.empty(B, length, dtype=torch.long, device=prefix.device)
     sequences[:, :P] = prefix
-    conditional = Stream(model, prefix, use_cache)
-    logits = conditional.prefill()
-    unconditional = None
-    if (guidance != 1.0 or cd_k) and (P >= 3 or unconditional_prefix is not None):
+    prefixes = [prefix]
+    guided = (guidance != 1.0 or cd_k) and (P >= 3 or unconditional_prefix is not None)
+    if guided:
         # Unconditional stream: <bos>, then the marker that opens the modality being generated.
         if unconditional_prefix is None:
             unconditional_prefix = torch.stack([prefix[:, 0], prefix[:, -1]], dim=1)
-        unconditional = Stream(model, unconditional_prefix, use_cache)
-        free_logits = unconditional.prefill()
+        prefixes.append(unconditional_prefix)
+    # Both guidance streams run as one batch: one forward per step reads the weights once for both.
+    streams = Stream(model, prefixes, use_cache)
+    logits, *free_logits = streams.prefill()
     orders = rules.order_of(prefix[:, 1]) if P >= 2 else torch.zeros(B, dtype=torch.long, device=prefix.device)
     for position in range(P, length):
         if should_stop is not None and should_stop():
             raise DeadlineExceeded("sampling stopped: the time limit passed")
         allowed = rules.mask(orders, position, sequences[:, position - 1])
-        if unconditional is not None and cd_k:
-            logits = contrastive_scores(logits, free_logits, allowed, cd_k, cd_alpha)
-        elif unconditional is not None:
-            free = F.log_softmax(free_logits.float(), -1)
+        if guided and cd_k:
+            logits = contrastive_scores(logits, free_logits[0], allowed, cd_k, cd_alpha)
+        elif guided:
+            free = F.log_softmax(free_logits[0].float(), -1)
             logits = free + guidance * (F.log_softmax(logits.float(), -1) - free)
         token = pick(filter_logits(logits, allowed, temperature, top_k, top_p), temperature, generator)
         if forced is not None:
@@ -179,30 +180,42 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
             orders = rules.order_of(token)
         if position == length - 1:
             break
-        logits = conditional.decode_one_token(token)
-        if unconditional is not None:
-            free_logits = unconditional.decode_one_token(token)
+        logits, *free_logits = streams.decode_one_token(token)
     return sequences
 
 
 class Stream:
-    """One token stream read by the model: prefill the prompt once, then decode one token at a time.
+    """Token streams read by the model together: prefill the prompts once, then decode one token at a time.
 
-    With use_cache (the default) each step runs only the new token through the static KV cache;
-    without, each step re-reads the whole stream (the reference the cache is tested against).
+    Each prompt group (B, P_i) is one stream (e.g. the conditional and unconditional streams of
+    guidance); all rows of all groups run in one forward per step, shorter prompts left-padded
+    (KVCache.padding) so every row reads as it would alone. Every step appends the same (B,) tokens to
+    each group. With use_cache (the default) each step runs only the new tokens through the static KV
+    cache; without, each group re-reads its whole stream (the reference the cache is tested against).
     """
 
-    def __init__(self, model: Transformer, prefix: torch.Tensor, use_cache: bool = True) -> None:
-        self.model, self.tokens = model, prefix
-        self.cache = KVCache(model.config, len(prefix), device=prefix.device) if use_cache else None
+    def __init__(self, model: Transformer, prefixes: list[torch.Tensor], use_cache: bool = True) -> None:
+        self.model, self.tokens = model, list(prefixes)
+        self.sizes = [len(prefix) for prefix in prefixes]
+        self.cache = None
+        if use_cache:
+            longest = max(prefix.shape[1] for prefix in prefixes)
+            padding = torch.cat([torch.full((len(prefix),), longest - prefix.shape[1], dtype=torch.long)
+                                 for prefix in prefixes])
+            self.padded = torch.cat([F.pad(prefix, (longest - prefix.shape[1], 0), value=0) for prefix in prefixes])
+            self.cache = KVCache(model.config, len(padding), max_length=model.config.block_size + int(padding.max()),
+                                 device=prefixes[0].device, padding=padding)
 
-    def prefill(self) -> torch.Tensor:
-        """Read the prompt; (B, vocab) logits for the token after it."""
-        return self.model(self.tokens, kv_cache=self.cache)[:, -1]
+    def prefill(self) -> list[torch.Tensor]:
+        """Read the prompts; per group, (B_i, vocab) logits for the token after it."""
+        if self.cache is not None:
+            return list(self.model(self.padded, kv_cache=self.cache)[:, -1].split(self.sizes))
+        return [self.model(tokens)[:, -1] for tokens in self.tokens]
 
-    def decode_one_token(self, token: torch.Tensor) -> torch.Tensor:
-        """Append (B,) tokens; (B, vocab) logits for the next one."""
-        if self.cache is not None:  # the cache holds the past: only the new token runs
-            return self.model(token[:, None], kv_cache=self.cache)[:, -1]
-        self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
-        return self.model(self.tokens)[:, -1]
+    def decode_one_token(self, token: torch.Tensor) -> list[torch.Tensor]:
+        """Append (B,) tokens to every group; per group, (B, vocab) logits for the next one."""
+        if self.cache is not None:  # the cache holds the past: only the new tokens run
+            tokens = token.repeat(len(self.sizes))[:, None]                            # (groups * B, 1)
+            return list(self.model(tokens, kv_cache=self.cache)[:, -1].split(self.sizes))
+        self.tokens = [torch.cat([tokens, token[:, None]], dim=1) for tokens in self.tokens]
+        return [self.model(tokens)[:, -1] for tokens in self.tokens]

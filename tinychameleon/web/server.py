@@ -211,7 +211,8 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
                       temperature: float | None = Query(None, ge=0.0, le=5.0, allow_inf_nan=False),
                       seed: int | None = Query(None, ge=0, le=MAX_SEED)):
         """Image -> text: upload an image; returns its caption and the 2-bit 28x28 image the model saw."""
-        cost = check_cost(1, {"temperature": temperature}, candidates_used=False)
+        cost = check_cost(1, {"temperature": temperature, "guidance": pipeline.sampling.caption_guidance},
+                          candidates_used=False)
         levels = await read_upload(file)
         result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost))
         return {"caption": result[0], "seen": data_url(levels)}
