@@ -19,7 +19,7 @@ import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tinychameleon.checkpoint import load_config
 from tinychameleon.cli import main
@@ -231,6 +231,19 @@ def test_float_tiff_is_not_black():
     values[8:20, 8:20] = 0.9
     levels = read_image(encode(Image.fromarray(values, "F"), "TIFF"))
     assert levels[14, 14].min() == 3 and levels[0, 0].max() == 0
+
+
+def test_a_shrunk_drawing_keeps_its_two_colors():
+    """A 280x280 drawing shrunk to 28x28 blends its stroke's edges with the paper; the levels the model reads
+    have only the stroke's and the paper's colors, the stroke where it was drawn (a thin white stroke on
+    dark blue once read as "plain gray" from its blended edge)."""
+    image = Image.new("RGB", (280, 280), (0, 0, 170))                             # dark blue paper
+    ImageDraw.Draw(image).line([(143, 45), (137, 235)], fill=(255, 255, 255), width=14)
+    levels = read_image(encode(image, "PNG"))
+    colors = {tuple(int(v) for v in color) for color in levels.reshape(-1, 3)}
+    assert colors == {(0, 0, 2), (3, 3, 3)}
+    stroke = (levels == 3).all(-1)
+    assert stroke[5:24, 13:15].any(axis=1).all() and not stroke[:, :10].any() and not stroke[:, 18:].any()
 
 
 def test_eps_and_other_formats_are_refused():

@@ -40,10 +40,27 @@ def pil_to_levels(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent pixels read as black
         image = Image.alpha_composite(background, rgba)
     image = image.convert("RGB")
+    ink, paper = two_colors(np.clip(np.rint(np.asarray(image, dtype=np.float32) / LEVEL_SCALE), 0, 3))
     if image.size != (28, 28):
         image = image.resize((28, 28), Image.BOX if min(image.size) >= 28 else Image.NEAREST)
-    values = np.asarray(image, dtype=np.float32)
-    return np.clip(np.rint(values / LEVEL_SCALE), 0, 3).astype(np.uint8)
+    values = np.asarray(image, dtype=np.float32) / LEVEL_SCALE                              # (28, 28, 3)
+    # Every image of the data has exactly two colors. Shrinking a drawing blends its stroke's edges with
+    # the paper into in-between colors that no digit has (a thin white stroke on blue would read as
+    # gray); each pixel takes whichever of the two colors it is nearer to instead.
+    nearer_ink = np.square(values - ink).sum(-1) < np.square(values - paper).sum(-1)
+    return np.where(nearer_ink[..., None], ink, paper).astype(np.uint8)
+
+
+def two_colors(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) levels -> the ink and paper colors (3,) each: the paper is the most common color, the ink
+    the most common other one (the paper again for a one-color image). Read at full size, where a stroke's
+    core outnumbers its anti-aliased edge."""
+    keys = (levels[..., 0] * 16 + levels[..., 1] * 4 + levels[..., 2]).astype(np.int64).ravel()
+    counts = np.bincount(keys, minlength=64)
+    paper = int(counts.argmax())
+    counts[paper] = 0
+    ink = int(counts.argmax()) if counts.any() else paper
+    return tuple(np.array([key // 16, key // 4 % 4, key % 4], dtype=np.float32) for key in (ink, paper))
 
 
 def read_image(source: str | Path | bytes) -> np.ndarray:
