@@ -1,0 +1,46 @@
+"""One request at a time through the Pipeline: median milliseconds of a text -> image and a caption call.
+
+    python scripts/request_latency.py --label after [--repeats 41]
+
+To compare two versions on these noisy machines, run it on each checkout in turn, alternating, and
+compare the ratios of the same round (BENCHMARKS.md, "Sampling at the shipped settings").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from tinychameleon.pipeline import Pipeline
+
+PROMPT = "dark green eight on bright cyan"
+
+
+def median_ms(call, repeats: int) -> float:
+    call(), call()  # warm-up: first calls allocate and fill caches
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="run directory (default: the shipped checkpoint)")
+    parser.add_argument("--label", default="", help="printed at the start of the line")
+    parser.add_argument("--repeats", type=int, default=41)
+    args = parser.parse_args()
+    pipe = Pipeline.from_pretrained(args.checkpoint)
+    image = pipe.generate_images(PROMPT, seed=0)
+    rows = {"text -> image": lambda: pipe.generate_images(PROMPT, seed=1),
+            "plain text -> image": lambda: pipe.generate_images(PROMPT, seed=1, top_p=1.0, guidance=1.0),
+            "caption": lambda: pipe.caption(image)}
+    print(args.label, " ".join(f"{name}: {median_ms(call, args.repeats):.1f} ms" for name, call in rows.items()),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
