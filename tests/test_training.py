@@ -212,3 +212,18 @@ def test_bf16_autocast_on_cpu_matches_fp32(tiny_run):
             plain = sequence_loss(model, sequences)
     assert plain.item() == full.item()
     assert half.item() == pytest.approx(full.item(), rel=0.02) and half.item() != full.item()
+
+
+def test_cached_codes_are_keyed_by_how_many_images(tmp_path, colored):
+    """Runs limited to their first N digits share a weightless tokenizer (pixels): each gets its own N rows,
+    never another run's cache (a 512-row cache was once read by a 15 000-digit run)."""
+    from tinychameleon.config import VQConfig
+    from tinychameleon.tokenizers.pixels import PixelTokenizer
+    from tinychameleon.training.run import cached_codes, limit
+
+    tokenizer = PixelTokenizer(VQConfig(kind="pixels"))
+    few = cached_codes(tokenizer, limit(colored[0], 8), "train", "key", tmp_path, torch.device("cpu"))
+    more = cached_codes(tokenizer, limit(colored[0], 16), "train", "key", tmp_path, torch.device("cpu"))
+    assert few.shape == (8, 784) and more.shape == (16, 784)
+    torch.testing.assert_close(more[:8], few)
+    torch.testing.assert_close(more, tokenizer.encode(torch.from_numpy(colored[0].images[:16])).long())

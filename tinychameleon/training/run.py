@@ -43,11 +43,16 @@ def encode_images(image_tokenizer, images: np.ndarray, device: torch.device, bat
 
 def cached_codes(image_tokenizer, split: ColoredMNIST, name: str, data_key: str, cache_dir: Path,
                  device: torch.device) -> torch.Tensor:
-    """Image tokens of a split, computed once per (tokenizer weights, data) and cached on disk."""
-    path = cache_dir / "codes" / f"{name}-{module_hash(image_tokenizer)}-{data_key}.npy"
+    """Image tokens of a split, computed once per (tokenizer weights, data) and cached on disk.
+
+    The key counts the images: runs limited to their first N examples (--max-train-examples) share a
+    tokenizer's weights - a weightless one (pixels) with every run - and must not read each other's rows."""
+    path = cache_dir / "codes" / f"{name}-{module_hash(image_tokenizer)}-{data_key}-{len(split)}.npy"
     if path.exists():
         try:
-            return torch.from_numpy(np.load(path)).long()
+            codes = np.load(path)
+            if len(codes) == len(split):
+                return torch.from_numpy(codes).long()
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt below
     codes = encode_images(image_tokenizer, split.images, device)
@@ -78,7 +83,7 @@ def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, tra
         if world.is_main:
             cached_codes(image_tokenizer, split, "train", key, cache_dir, device)
         world.barrier()
-        codes.append(cached_codes(image_tokenizer, split, "train", key, cache_dir, device)[:len(split)])
+        codes.append(cached_codes(image_tokenizer, split, "train", key, cache_dir, device))
     return torch.stack(words), torch.stack(codes)
 
 
@@ -147,9 +152,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
         train_codes = cached_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device)
         validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device)
     world.barrier()
-    train_codes = cached_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device)[:len(train_split)]
-    validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir,
-                                    device)[:len(validation_split)]
+    train_codes = cached_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device)
+    validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device)
     if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
         print(f"{run_dir} is already fully trained; nothing to resume")
         return run_dir
