@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The image tokenizers at one matched budget, measured on the validation split (where choices are made).
 #
-#     bash scripts/tokenizer_comparison.sh [RUNS_DIR]        (about 40 minutes on a 2-core CPU)
+#     bash scripts/tokenizer_comparison.sh [RUNS_DIR]        (about 70 minutes on a 2-core CPU)
 #
 # Each kind trains its tokenizer and the `best` preset's transformer (6 layers, d192) for one epoch on the
 # first 15 000 training digits under one color draw; `pixels` (784 tokens per image) uses its own small

@@ -227,7 +227,7 @@ PRESETS: dict[str, dict] = {
                   "precision": "bf16", "patience": 2, "optimizer": "muon"},
     },
     # The iGPT baseline: a token per pixel (784 per image), so a small model on the 15k digits the
-    # tokenizer comparison uses (about 4 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).
+    # tokenizer comparison uses (about 23 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).
     "pixels": {
         "vq": {"kind": "pixels"},
         "model": {"n_layer": 4, "n_head": 4, "d_model": 128},
