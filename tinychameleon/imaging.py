@@ -40,7 +40,7 @@ def pil_to_levels(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent pixels read as black
         image = Image.alpha_composite(background, rgba)
     image = image.convert("RGB")
-    ink, paper = two_colors(np.clip(np.rint(np.asarray(image, dtype=np.float32) / LEVEL_SCALE), 0, 3))
+    ink, paper = two_colors((np.asarray(image, dtype=np.uint16) + LEVEL_SCALE // 2) // LEVEL_SCALE)  # rounded levels
     if image.size != (28, 28):
         image = image.resize((28, 28), Image.BOX if min(image.size) >= 28 else Image.NEAREST)
     values = np.asarray(image, dtype=np.float32) / LEVEL_SCALE                              # (28, 28, 3)
