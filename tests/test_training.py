@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -83,12 +84,22 @@ def test_resume_continues_an_interrupted_run(optimizer, tmp_path, cache_dir, mon
 
     monkeypatch.setattr(lm_trainer, "plot_curve", plot_then_interrupt)
     interrupted = tmp_path / "interrupted"
+    first_started = time.time()
     with pytest.raises(KeyboardInterrupt):
         train(make_config("tiny", train={"epochs": 2, "optimizer": optimizer}), interrupted, cache_dir=cache_dir,
               progress=False, device_name="cpu")
+    first_segment = time.time() - first_started
     assert (interrupted / "train_state.pt").exists()
     monkeypatch.setattr(lm_trainer, "plot_curve", real_plot)
+    time.sleep(1.0)  # a pause between the segments is not training time
+    second_started = time.time()
     train(make_config("tiny"), interrupted, resume=True, cache_dir=cache_dir, progress=False, device_name="cpu")
+    second_segment = time.time() - second_started
+
+    # run_info's wall time counts both segments (the first up to its last save), not the pause between them.
+    wall_time = json.loads((interrupted / "run_info.json").read_text())["wall_time_s"]
+    assert second_segment + 0.5 * first_segment - 0.2 <= wall_time <= first_segment + second_segment + 0.2
+    assert not (interrupted / "segment.json").exists()
 
     history = json.loads((interrupted / "transformer_metrics.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [0, 1, 2]  # the run's own config (2 epochs) won

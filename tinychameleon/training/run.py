@@ -6,6 +6,7 @@ are complete is skipped, so `--resume` after an interruption continues where it 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -87,9 +88,30 @@ def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, tra
     return torch.stack(words), torch.stack(codes)
 
 
-def run_info(started: float, device: torch.device, world, command: str) -> dict:
-    """What reproducing this run needs to know: the command, the wall time and the machine it ran on."""
-    return {"command": command, "wall_time_s": round(time.time() - started, 1), "device": str(device),
+SEGMENT_FILE = "segment.json"  # when this segment of the run started, and the wall time of earlier ones
+
+
+def start_segment(run_dir: Path, resume: bool) -> float:
+    """Record this segment's start; return the wall time the run's earlier (interrupted) segments spent.
+
+    An interrupted segment wrote nothing at its end, so its time is counted up to the newest file it
+    saved (the last epoch it finished): work after that was lost and is redone in this segment."""
+    earlier, path = 0.0, run_dir / SEGMENT_FILE
+    if resume and path.exists():
+        try:
+            previous = json.loads(path.read_text())
+            saved = max(f.stat().st_mtime for f in run_dir.iterdir() if f.name != SEGMENT_FILE)
+            earlier = float(previous["earlier_s"]) + max(0.0, saved - float(previous["started"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable record: count this segment only
+    write_json(path, {"started": time.time(), "earlier_s": earlier})
+    return earlier
+
+
+def run_info(started: float, device: torch.device, world, command: str, earlier: float = 0.0) -> dict:
+    """What reproducing this run needs to know: the command, the wall time (all segments of a resumed run)
+    and the machine it ran on."""
+    return {"command": command, "wall_time_s": round(earlier + time.time() - started, 1), "device": str(device),
             "world_size": world.world_size, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -124,9 +146,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
         # Reuse another run's tokenizer: the codebook must match, so take its VQ config too.
         source = load_config(vqvae_from)
         config.vq = source.vq
-    started = time.time()
+    started, earlier = time.time(), 0.0
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        earlier = start_segment(run_dir, resume)  # before anything is written: it reads the last save's time
         save_config(run_dir, config)
     splits = load_splits(config.data_seed, cache_dir, config.train.holdout_pairs)
     train_split = limit(splits.train, config.train.max_train_examples)
@@ -156,12 +179,14 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device)
     if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
         print(f"{run_dir} is already fully trained; nothing to resume")
+        (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
         return run_dir
     train_words, train_codes = colorings(config, image_tokenizer, train_split, train_codes, data_key, cache_dir, device, world)
     train_transformer(config, train_words, train_codes, caption_word_ids(validation_split), validation_codes,
                       run_dir, device, resume, progress, world, compile_model)
     if world.is_main:
         (run_dir / "train_state.pt").unlink(missing_ok=True)
-        write_json(run_dir / "run_info.json", run_info(started, device, world, command))
+        write_json(run_dir / "run_info.json", run_info(started, device, world, command, earlier))
+        (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
         print(f"done in {time.time() - started:.0f}s: checkpoint in {run_dir}")
     return run_dir
