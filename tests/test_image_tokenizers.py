@@ -37,6 +37,9 @@ def test_every_kind_round_trips_shapes_and_ids(kind, colored):
     allowed = tokenizer.position_tokens()
     assert allowed.shape == (tokenizer.tokens_per_image, tokenizer.token_count)
     assert allowed[torch.arange(tokenizer.tokens_per_image)[:, None], ids.t()].all()   # real ids obey the rules
+    # Ids below code_count are codes, the rest colors: two color tokens per image where the kind has them.
+    colors = (ids >= tokenizer.code_count).sum(1)
+    assert (colors == (2 if tokenizer.code_count < tokenizer.token_count else 0)).all()
 
 
 def test_palette_tokens_are_the_colors_then_the_shape(colored):

@@ -5,7 +5,8 @@
   palette, patches  two color tokens + the shape's codes from a VQ-VAE or a patch dictionary (palette.py)
 
 Every image tokenizer is an nn.Module with
-  tokens_per_image (L), token_count (K: ids 0..K-1)
+  tokens_per_image (L), token_count (K: ids 0..K-1), code_count (ids 0..code_count-1 are codes, the
+  rest colors; codebook usage is measured over them)
   encode(images (B, 28, 28, 3) levels) -> (B, L) ids      decode(ids) -> (B, 28, 28, 3) uint8 levels
   position_tokens() -> (L, K) bools     token_follows() -> (K, K) bools or None   (sampling rules)
   kept_tokens(pixel mask (28, 28)) -> (L,) bools                                   (completion)

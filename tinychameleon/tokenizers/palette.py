@@ -66,6 +66,10 @@ class PaletteTokenizer(torch.nn.Module):
     def color_offset(self) -> int:
         return self.config.codebook_size
 
+    @property
+    def code_count(self) -> int:
+        return self.color_offset  # ids below the colors: the shape codes
+
     def position_tokens(self) -> torch.Tensor:
         """(51, K + 31): two color positions, then 49 shape-code positions."""
         allowed = torch.zeros(self.tokens_per_image, self.token_count, dtype=torch.bool)

@@ -20,6 +20,7 @@ class PixelTokenizer(torch.nn.Module):
 
     tokens_per_image = SIDE * SIDE
     token_count = 64
+    code_count = token_count  # every id is a code (a color)
 
     def __init__(self, config: VQConfig) -> None:
         super().__init__()

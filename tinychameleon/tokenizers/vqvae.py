@@ -126,6 +126,10 @@ class VQVAE(nn.Module):
         return self.codebook_size * self.depth
 
     @property
+    def code_count(self) -> int:
+        return self.token_count  # every id is a code
+
+    @property
     def tokens_per_image(self) -> int:
         return GRID * GRID * self.depth
 

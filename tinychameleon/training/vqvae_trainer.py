@@ -27,7 +27,7 @@ def reconstruction_metrics(tokenizer, images: np.ndarray, batch_size: int = 1000
                            device: torch.device | str = "cpu") -> dict:
     """Pixel-exact accuracy (all 3 channels right) and codebook usage (the VQ codes) on a split."""
     tokenizer.eval()
-    codebook_size = getattr(tokenizer, "color_offset", tokenizer.token_count)   # the code ids (not the colors)
+    codebook_size = tokenizer.code_count   # the code ids (not the colors)
     correct, counts = 0, torch.zeros(codebook_size)
     for rows in batch_slices(len(images), batch_size):
         batch = torch.from_numpy(images[rows]).to(device)
