@@ -1,5 +1,8 @@
 """One request at a time through the Pipeline: median milliseconds of a text -> image and a caption call.
 
+`tinychameleon bench` times the same requests among its other rows; this reads only these, with the
+plain row also without top-p, so two checkouts can be compared quickly and often.
+
     python scripts/request_latency.py --label after [--repeats 41]
 
 To compare two versions on these noisy machines, run it on each checkout in turn, alternating, and
@@ -9,22 +12,13 @@ compare the ratios of the same round (BENCHMARKS.md, "Sampling at the shipped se
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
+import torch
+
+from tinychameleon.bench import timed
 from tinychameleon.pipeline import Pipeline
 
 PROMPT = "dark green eight on bright cyan"
-
-
-def median_ms(call, repeats: int) -> float:
-    call(), call()  # warm-up: first calls allocate and fill caches
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -38,7 +32,8 @@ def main() -> None:
     rows = {"text -> image": lambda: pipe.generate_images(PROMPT, seed=1),
             "plain text -> image": lambda: pipe.generate_images(PROMPT, seed=1, top_p=1.0, guidance=1.0),
             "caption": lambda: pipe.caption(image)}
-    print(args.label, " ".join(f"{name}: {median_ms(call, args.repeats):.1f} ms" for name, call in rows.items()),
+    cpu = torch.device("cpu")
+    print(args.label, " ".join(f"{name}: {1000 * timed(call, cpu, args.repeats):.1f} ms" for name, call in rows.items()),
           flush=True)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from .data.colored import key_colors
 from .errors import ImageInputError, ImageTooLargeError
 from .io_utils import atomic_path
 
@@ -54,13 +55,14 @@ def pil_to_levels(image: Image.Image) -> np.ndarray:
 def two_colors(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) levels -> the ink and paper colors (3,) each: the paper is the most common color, the ink
     the most common other one (the paper again for a one-color image). Read at full size, where a stroke's
-    core outnumbers its anti-aliased edge."""
+    core outnumbers its anti-aliased edge. The ids are color_keys' (computed here without its int64 copy
+    of every channel, which a full-size upload would make hundreds of megabytes)."""
     keys = (levels[..., 0] * 16 + levels[..., 1] * 4 + levels[..., 2]).astype(np.int64).ravel()
     counts = np.bincount(keys, minlength=64)
     paper = int(counts.argmax())
     counts[paper] = 0
     ink = int(counts.argmax()) if counts.any() else paper
-    return tuple(np.array([key // 16, key // 4 % 4, key % 4], dtype=np.float32) for key in (ink, paper))
+    return tuple(key_colors(key).astype(np.float32) for key in (ink, paper))
 
 
 def read_image(source: str | Path | bytes) -> np.ndarray:

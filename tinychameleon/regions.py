@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.colored import color_counts
+from .data.colored import color_counts, key_colors
 from .errors import TinyChameleonError
 
 SIZE = 28
@@ -49,7 +49,7 @@ def erase_outside(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     background), so that nothing of the region to fill can leak into what the model reads."""
     images = np.asarray(images)
     common = color_counts(images[:, mask]).argmax(1)                            # (N,) color ids 0..63
-    background = np.stack([common // 16, common // 4 % 4, common % 4], axis=1).astype(images.dtype)
+    background = key_colors(common).astype(images.dtype)
     erased = images.copy()
     erased[:, ~mask] = background[:, None, :]
     return erased

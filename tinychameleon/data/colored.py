@@ -61,6 +61,12 @@ def color_keys(images: np.ndarray) -> np.ndarray:
     return (flat[..., 0] * 4 + flat[..., 1]) * 4 + flat[..., 2]
 
 
+def key_colors(keys: np.ndarray) -> np.ndarray:
+    """Color ids 0..63 (any shape) -> their levels, shape (..., 3): the inverse of color_keys."""
+    keys = np.asarray(keys)
+    return np.stack([keys // 16, keys // 4 % 4, keys % 4], axis=-1)
+
+
 def color_counts(images: np.ndarray) -> np.ndarray:
     """(N, 28, 28, 3) levels -> (N, 64) pixels of each of the 64 colors, per image."""
     keys = color_keys(images)
