@@ -238,3 +238,54 @@ def test_cached_codes_are_keyed_by_how_many_images(tmp_path, colored):
     assert few.shape == (8, 784) and more.shape == (16, 784)
     torch.testing.assert_close(more[:8], few)
     torch.testing.assert_close(more, tokenizer.encode(torch.from_numpy(colored[0].images[:16])).long())
+
+
+def test_caption_loss_weight_counts_the_read_caption_more(tiny_run):
+    """train.caption_loss_weight: the six words after an image (the model reading it) count w times in the
+    loss; every other target, and every target of text-first rows, counts once."""
+    from tinychameleon.model import next_token_log_probs
+    from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences
+    from tinychameleon.tokenizers.vocab import TEXT_LENGTH, Vocab
+    from tinychameleon.training.lm_trainer import caption_weights, sequence_loss
+
+    config = RunConfig.from_dict(json.loads((tiny_run / "config.json").read_text()))
+    vocab, model = Vocab.for_config(config), checkpoint.load_transformer(tiny_run)
+    words = torch.randint(0, 31, (4, TEXT_LENGTH))
+    codes = torch.randint(0, vocab.image_tokens, (4, vocab.image_length))
+    sequences = build_sequences(vocab, words, codes, torch.tensor([TEXT_FIRST, IMAGE_FIRST, TEXT_FIRST, IMAGE_FIRST]))
+    weights = caption_weights(vocab, sequences, 4.0)
+    assert weights.shape == (4, vocab.plain_length - 1)
+    for row in (1, 3):  # the last six targets of an image-first row are its caption's words
+        assert weights[row, -TEXT_LENGTH:].tolist() == [4.0] * TEXT_LENGTH
+        assert weights[row, :-TEXT_LENGTH].eq(1.0).all()
+    assert weights[[0, 2]].eq(1.0).all()
+    with torch.no_grad():
+        log_probs = next_token_log_probs(model, sequences)
+        expected = -(log_probs.sum() + 3 * log_probs[[1, 3], -TEXT_LENGTH:].sum()) / (log_probs.numel() + 3 * 12)
+        assert sequence_loss(model, sequences, weights).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert caption_weights(vocab, sequences, 4.0, weights=torch.full_like(weights, 0.5)).equal(weights * 0.5)
+    assert make_config("tiny", train={"caption_loss_weight": 4.0}).train.caption_loss_weight == 4.0
+    with pytest.raises(ValueError, match="caption_loss_weight"):
+        make_config("tiny", train={"caption_loss_weight": -1.0})
+
+
+def test_split_nll_reads_both_conditionals(tiny_run):
+    """nats per image is -log p(image | caption) from text-first rows; nats per caption is -log p(caption | image)
+    from image-first rows: each the sum of its own targets' NLL, per example."""
+    from tinychameleon.model import next_token_log_probs
+    from tinychameleon.sequences import build_sequences
+    from tinychameleon.tokenizers.vocab import TEXT_LENGTH, Vocab
+    from tinychameleon.training.lm_trainer import split_nll
+
+    config = RunConfig.from_dict(json.loads((tiny_run / "config.json").read_text()))
+    vocab, model = Vocab.for_config(config), checkpoint.load_transformer(tiny_run)
+    words = torch.randint(0, 31, (6, TEXT_LENGTH))
+    codes = torch.randint(0, vocab.image_tokens, (6, vocab.image_length))
+    metrics = split_nll(model, vocab, words, codes, split="check", batch_size=4)
+    with torch.no_grad():
+        text_first = next_token_log_probs(model, build_sequences(vocab, words, codes, torch.zeros(6)))
+        image_first = next_token_log_probs(model, build_sequences(vocab, words, codes, torch.ones(6)))
+    L = vocab.image_length
+    assert metrics["check_nats_per_image"] == pytest.approx(-text_first[:, -L:].sum().item() / 6, rel=1e-4)
+    assert metrics["check_nats_per_caption"] == pytest.approx(-image_first[:, -TEXT_LENGTH:].sum().item() / 6, rel=1e-4)
+    assert metrics["check_nats_per_pair"] == pytest.approx(-text_first.sum().item() / 6, rel=1e-4)

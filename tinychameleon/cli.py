@@ -148,7 +148,8 @@ def command_train(args) -> int:
                                 ("max_train_examples", "train", "max_train_examples"),
                                 ("warmup_steps", "train", "warmup_steps"), ("init_from", "train", "init_from"),
                                 ("colorings", "train", "colorings"), ("infill_rate", "train", "infill_rate"),
-                                ("optimizer", "train", "optimizer")):
+                                ("optimizer", "train", "optimizer"),
+                                ("caption_loss_weight", "train", "caption_loss_weight")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -376,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="color-pair draws of the training images, cycled over epochs (default 1: fixed colors)")
     train.add_argument("--infill-rate", type=number(float),
                        help="CM3 objective: share of sequences with one span moved to the end (0..1; 0 = off)")
+    train.add_argument("--caption-loss-weight", type=number(float),
+                       help="loss weight of caption words that follow the image (1 = plain next-token loss)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -140,6 +140,9 @@ class TrainConfig:
     infill_rate: float = 0.0      # CM3 objective: this share of sequences has one span moved to the end (sequences.py)
     optimizer: str = "adamw"      # "adamw", or "muon": Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02         # Muon's peak learning rate (it follows the same warmup and cosine)
+    caption_loss_weight: float = 1.0  # loss weight of the caption's words in image-first rows (the model reading
+                                  # the image); 1 = plain next-token loss. The digit word is 1 of ~57 targets of a
+                                  # row, so reading learns slowly otherwise.
 
 
     def validate(self) -> None:
@@ -154,6 +157,7 @@ class TrainConfig:
         check_range("train.stop_at_nll", self.stop_at_nll, 0.0)
         check_range("train.infill_rate", self.infill_rate, 0.0, 1.0)
         check_range("train.muon_lr", self.muon_lr, 0.0, 10.0)
+        check_range("train.caption_loss_weight", self.caption_loss_weight, 0.0, 1000.0)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {short(repr(self.optimizer))}")
         if self.precision not in PRECISIONS:

@@ -39,11 +39,12 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"Split: **{split}**; NLL on {nll['examples']} {split} examples in both orders. Took {metrics['elapsed_s']:.0f}s.", "",
         "## Likelihood (nats per token; per (caption, image) pair and per image given its caption, comparable "
         "across image tokenizers)", "",
-        "| overall | text positions | image positions | text-first | image-first | nats per pair | nats per image |",
-        "|---|---|---|---|---|---|---|",
+        "| overall | text positions | image positions | text-first | image-first | nats per pair | nats per image "
+        "| nats per caption given its image |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {nll['nll']:.4f} | {nll['text_nll']:.4f} | {nll['image_nll']:.4f} | "
         f"{nll['text_first_nll']:.4f} | {nll['image_first_nll']:.4f} | {nll.get('nats_per_pair', float('nan')):.1f} | "
-        f"{nll.get('nats_per_image', float('nan')):.1f} |", "",
+        f"{nll.get('nats_per_image', float('nan')):.1f} | {nll.get('nats_per_caption', float('nan')):.3f} |", "",
         "## Judged accuracy", "",
         "| | digit | foreground | background | all |", "|---|---|---|---|---|",
         attribute_row(f"judge on real {split} images (ceiling)", judge),

@@ -50,6 +50,16 @@ def sequence_loss(model, sequences: torch.Tensor, weights: torch.Tensor | None =
     return -(log_probs * weights).sum() / weights.sum()
 
 
+def caption_weights(vocab: Vocab, sequences: torch.Tensor, caption_weight: float,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T-1) loss weights in which the words of image-first rows (the model reading the image)
+    count `caption_weight` times; `weights` (from the CM3 spans) are multiplied in."""
+    is_text, _ = target_kinds(vocab, sequences[:, 1:])
+    image_first = sequences[:, 1:2] == vocab.end_of_text                            # (B, 1): marker after <bos>
+    reading = torch.where(is_text & image_first, caption_weight, 1.0)
+    return reading if weights is None else reading * weights
+
+
 @torch.no_grad()
 def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torch.Tensor,
               split: str = "validation", batch_size: int = 1000) -> dict:
@@ -58,7 +68,8 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
     Keys name the split: validation_nll, validation_text_nll, ... (test_nll, ... for the final report).
     Per-token NLL depends on how many tokens an image takes; {split}_nats_per_pair, -log p(caption,
     image) from the text-first reading, and {split}_nats_per_image, -log p(image | caption), compare
-    models across image tokenizers.
+    models across image tokenizers. {split}_nats_per_caption, -log p(caption | image) from the
+    image-first reading, is how well the model reads images (image -> text).
     """
     was_training = model.training
     model.eval()
@@ -67,6 +78,7 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
             for key in ("all", "text", "image", "text_first", "image_first")}
     counts = {key: 0 for key in sums}
     image_given_caption = torch.zeros((), dtype=torch.float64, device=device)
+    caption_given_image = torch.zeros((), dtype=torch.float64, device=device)
     for order, name in ((0, "text_first"), (1, "image_first")):
         for rows in batch_slices(len(codes), batch_size):
             orders = torch.full((len(codes[rows]),), order, dtype=torch.long, device=device)
@@ -79,11 +91,14 @@ def split_nll(model: Transformer, vocab: Vocab, words: torch.Tensor, codes: torc
                 counts[key] += losses.numel() if mask is None else int(mask.sum())
             if name == "text_first":
                 image_given_caption += losses[is_image].sum()
+            else:
+                caption_given_image += losses[is_text].sum()
     model.train(was_training)
     metrics = {(f"{split}_nll" if key == "all" else f"{split}_{key}_nll"): (sums[key] / counts[key]).item()
                for key in sums}
     metrics[f"{split}_nats_per_pair"] = (sums["text_first"] / len(codes)).item()
     metrics[f"{split}_nats_per_image"] = (image_given_caption / len(codes)).item()
+    metrics[f"{split}_nats_per_caption"] = (caption_given_image / len(codes)).item()
     return metrics
 
 
@@ -168,6 +183,8 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             weights = None
             if settings.infill_rate:  # CM3: some rows get a span moved to the end (same draws on every rank)
                 sequences, weights = random_spans(vocab, sequences, settings.infill_rate, span_generator)
+            if settings.caption_loss_weight != 1.0:
+                weights = caption_weights(vocab, sequences, settings.caption_loss_weight, weights)
             with autocast(device, precision=settings.precision):
                 loss = sequence_loss(train_model, sequences, weights)
             optimizer.zero_grad(set_to_none=True)
