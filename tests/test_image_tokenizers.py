@@ -154,3 +154,10 @@ def test_patch_dictionary_is_exact_on_the_patches_it_keeps(colored):
     distance = (to_patches(small.decode_levels(ids)) != to_patches(shapes[:20])).sum(1)          # (980,)
     every = (to_patches(shapes[:20])[:, None, :] != small.patterns[None]).sum(-1).min(1).values  # nearest, by search
     assert torch.equal(distance, every)
+    # Encoding is a lookup table built from the patterns: a refit dictionary must not read the old table.
+    before = small.patterns.clone()
+    small.fit(shapes[:3])
+    assert not torch.equal(before, small.patterns)
+    distance = (to_patches(small.decode_levels(small.encode(shapes[:20]))) != to_patches(shapes[:20])).sum(1)
+    every = (to_patches(shapes[:20])[:, None, :] != small.patterns[None]).sum(-1).min(1).values
+    assert torch.equal(distance, every)

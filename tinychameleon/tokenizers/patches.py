@@ -35,6 +35,7 @@ class PatchDictionary(torch.nn.Module):
     def __init__(self, codebook_size: int) -> None:
         super().__init__()
         self.register_buffer("patterns", torch.zeros(codebook_size, PATCH * PATCH, dtype=torch.uint8))
+        self._table = self._table_patterns = None   # nearest_codes(), derived from the patterns
 
     @torch.no_grad()
     def fit(self, shapes: torch.Tensor) -> dict:
@@ -50,16 +51,27 @@ class PatchDictionary(torch.nn.Module):
                 "summary": f"{len(values)} distinct patches, the {len(self.patterns)} kept cover {covered:.2%}"}
 
     @torch.no_grad()
-    def encode(self, shapes: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-        patches = to_patches(shapes).float()
+    def encode(self, shapes: torch.Tensor) -> torch.Tensor:
+        keys = (to_patches(shapes).long() * BITS.to(shapes.device)).sum(1)          # (B*49,) 16-bit patterns
+        return self.nearest_codes()[keys].view(shapes.shape[0], GRID * GRID)
+
+    @torch.no_grad()
+    def nearest_codes(self, chunk: int = 1 << 14) -> torch.Tensor:
+        """(65536,) the nearest code of every possible 4x4 pattern, so encoding is a table lookup.
+
+        Built once per dictionary (about a second) and rebuilt when the patterns change (fit, load)."""
+        if self._table is not None and torch.equal(self._table_patterns, self.patterns):
+            return self._table
         codes = self.patterns.float()                                                # (K, 16)
+        every = ((torch.arange(1 << (PATCH * PATCH))[:, None] // BITS) % 2).float().to(codes.device)
         ids = []
-        for start in range(0, len(patches), chunk):
-            block = patches[start:start + chunk]
-            # Hamming distance as two matmuls: bits set in the patch but not the code, and the reverse.
+        for start in range(0, len(every), chunk):
+            block = every[start:start + chunk]
+            # Hamming distance as two matmuls: bits set in the pattern but not the code, and the reverse.
             distance = block @ (1 - codes).t() + (1 - block) @ codes.t()            # (n, K)
             ids.append(distance.argmin(dim=1))
-        return torch.cat(ids).view(shapes.shape[0], GRID * GRID)
+        self._table, self._table_patterns = torch.cat(ids), self.patterns.clone()
+        return self._table
 
     @torch.no_grad()
     def decode_levels(self, ids: torch.Tensor) -> torch.Tensor:
