@@ -240,20 +240,20 @@ def test_cached_codes_are_keyed_by_how_many_images(tmp_path, colored):
     torch.testing.assert_close(more, tokenizer.encode(torch.from_numpy(colored[0].images[:16])).long())
 
 
-def test_caption_loss_weight_counts_the_read_caption_more(tiny_run):
+def test_loss_weights_count_the_read_caption_more(tiny_run):
     """train.caption_loss_weight: the six words after an image (the model reading it) count w times in the
     loss; every other target, and every target of text-first rows, counts once."""
     from tinychameleon.model import next_token_log_probs
     from tinychameleon.sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences
     from tinychameleon.tokenizers.vocab import TEXT_LENGTH, Vocab
-    from tinychameleon.training.lm_trainer import caption_weights, sequence_loss
+    from tinychameleon.training.lm_trainer import loss_weights, sequence_loss
 
     config = RunConfig.from_dict(json.loads((tiny_run / "config.json").read_text()))
     vocab, model = Vocab.for_config(config), checkpoint.load_transformer(tiny_run)
     words = torch.randint(0, 31, (4, TEXT_LENGTH))
     codes = torch.randint(0, vocab.image_tokens, (4, vocab.image_length))
     sequences = build_sequences(vocab, words, codes, torch.tensor([TEXT_FIRST, IMAGE_FIRST, TEXT_FIRST, IMAGE_FIRST]))
-    weights = caption_weights(vocab, sequences, 4.0)
+    weights = loss_weights(vocab, sequences, 4.0)
     assert weights.shape == (4, vocab.plain_length - 1)
     for row in (1, 3):  # the last six targets of an image-first row are its caption's words
         assert weights[row, -TEXT_LENGTH:].tolist() == [4.0] * TEXT_LENGTH
@@ -263,7 +263,12 @@ def test_caption_loss_weight_counts_the_read_caption_more(tiny_run):
         log_probs = next_token_log_probs(model, sequences)
         expected = -(log_probs.sum() + 3 * log_probs[[1, 3], -TEXT_LENGTH:].sum()) / (log_probs.numel() + 3 * 12)
         assert sequence_loss(model, sequences, weights).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert caption_weights(vocab, sequences, 4.0, weights=torch.full_like(weights, 0.5)).equal(weights * 0.5)
+    assert loss_weights(vocab, sequences, 4.0, weights=torch.full_like(weights, 0.5)).equal(weights * 0.5)
+    # A reading-only row (a shifted copy of its digit) keeps its caption's loss and drops its image's.
+    reading = loss_weights(vocab, sequences, 4.0, reading_only=torch.tensor([False, True, False, False]))
+    L = vocab.image_length
+    assert reading[1, 1:1 + L].eq(0).all() and reading[1, -TEXT_LENGTH:].eq(4.0).all()
+    assert reading[[0, 2, 3]].equal(weights[[0, 2, 3]])
     assert make_config("tiny", train={"caption_loss_weight": 4.0}).train.caption_loss_weight == 4.0
     with pytest.raises(ValueError, match="caption_loss_weight"):
         make_config("tiny", train={"caption_loss_weight": -1.0})
@@ -289,3 +294,54 @@ def test_split_nll_reads_both_conditionals(tiny_run):
     assert metrics["check_nats_per_image"] == pytest.approx(-text_first[:, -L:].sum().item() / 6, rel=1e-4)
     assert metrics["check_nats_per_caption"] == pytest.approx(-image_first[:, -TEXT_LENGTH:].sum().item() / 6, rel=1e-4)
     assert metrics["check_nats_per_pair"] == pytest.approx(-text_first.sum().item() / 6, rel=1e-4)
+
+
+def test_shifted_digits_move_and_keep_their_colors(colored):
+    """data.colored.shifted: every digit moves by a non-zero step of at most MAX_SHIFT pixels per axis, keeps its
+    caption and its two colors, and the run trains reading-only rows on such copies (train.shifted_reading)."""
+    import numpy as np
+    from tinychameleon.data.colored import MAX_SHIFT, digit_pixels, shifted
+
+    split = colored[1].subset(slice(0, 200))
+    moved = shifted(split, seed=3)
+    assert np.array_equal(moved.digits, split.digits) and np.array_equal(moved.foreground, split.foreground)
+    before, after = digit_pixels(split.images), digit_pixels(moved.images)
+    for original, copy, image, new in zip(before, after, split.images, moved.images):
+        assert {tuple(c) for c in new.reshape(-1, 3)} == {tuple(c) for c in image.reshape(-1, 3)}
+        steps = [(dy, dx) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1) for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)
+                 if np.array_equal(np.roll(np.pad(original, MAX_SHIFT), (dy, dx), (0, 1))[MAX_SHIFT:-MAX_SHIFT,
+                                                                                          MAX_SHIFT:-MAX_SHIFT], copy)]
+        assert steps and (0, 0) not in steps
+    assert np.array_equal(shifted(split, seed=3).images, moved.images)       # seeded: the same copies every run
+
+
+def test_shifted_reading_rows_read_moved_digits_and_draw_none(tiny_run, tmp_path, cache_dir, monkeypatch):
+    """train.shifted_reading 1: every image-first row reads the tokens of its digit's shifted copy (of the
+    epoch's color draw) with no loss on those image tokens; text-first rows keep the plain tokens."""
+    from tinychameleon.data.colored import recolored_train, shifted
+    from tinychameleon.sequences import IMAGE_FIRST
+    from tinychameleon.training import lm_trainer
+    from tinychameleon.training.run import encode_images, train
+
+    seen = []  # (codes, orders, weights) of the first batch of each epoch
+    build, loss = lm_trainer.build_sequences, lm_trainer.sequence_loss
+    monkeypatch.setattr(lm_trainer, "build_sequences",
+                        lambda vocab, words, codes, orders: seen.append([codes.clone(), orders.clone()])
+                        or build(vocab, words, codes, orders))
+    monkeypatch.setattr(lm_trainer, "sequence_loss",
+                        lambda model, sequences, weights=None: seen[-1].append(weights) or loss(model, sequences, weights))
+    config = make_config("tiny", train={"epochs": 2, "colorings": 2, "max_train_examples": 64, "shifted_reading": 1.0})
+    train(config, tmp_path / "moved", vqvae_from=tiny_run, cache_dir=cache_dir, progress=False, device_name="cpu")
+    tokenizer = checkpoint.load_image_tokenizer(tmp_path / "moved")
+    batches = [entry for entry in seen if len(entry) == 3 and entry[0].shape[0] == 32]
+    for epoch in range(2):
+        codes, orders, weights = batches[2 * epoch]                  # 64 examples / batch 32: 2 batches an epoch
+        rows = list(lm_trainer.epoch_batches(64, 32, 0, epoch))[0][0]
+        draw = recolored_train(epoch, 0, cache_dir).subset(slice(0, 64))
+        plain = encode_images(tokenizer, draw.images, torch.device("cpu")).long()[rows]
+        moved = encode_images(tokenizer, shifted(draw, [0, epoch, 1]).images, torch.device("cpu")).long()[rows]
+        image_first = orders == IMAGE_FIRST
+        assert torch.equal(codes[image_first], moved[image_first]) and torch.equal(codes[~image_first], plain[~image_first])
+        assert not torch.equal(moved, plain)
+        L = tokenizer.tokens_per_image
+        assert weights[image_first, 1:1 + L].eq(0).all() and weights[~image_first].eq(1).all()

@@ -149,7 +149,8 @@ def command_train(args) -> int:
                                 ("warmup_steps", "train", "warmup_steps"), ("init_from", "train", "init_from"),
                                 ("colorings", "train", "colorings"), ("infill_rate", "train", "infill_rate"),
                                 ("optimizer", "train", "optimizer"),
-                                ("caption_loss_weight", "train", "caption_loss_weight")):
+                                ("caption_loss_weight", "train", "caption_loss_weight"),
+                                ("shifted_reading", "train", "shifted_reading")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CM3 objective: share of sequences with one span moved to the end (0..1; 0 = off)")
     train.add_argument("--caption-loss-weight", type=number(float),
                        help="loss weight of caption words that follow the image (1 = plain next-token loss)")
+    train.add_argument("--shifted-reading", type=number(float),
+                       help="share of image-first rows that read their digit moved by 1-2 pixels (0..1; 0 = off)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -143,6 +143,9 @@ class TrainConfig:
     caption_loss_weight: float = 1.0  # loss weight of the caption's words in image-first rows (the model reading
                                   # the image); 1 = plain next-token loss. The digit word is 1 of ~57 targets of a
                                   # row, so reading learns slowly otherwise.
+    shifted_reading: float = 0.0  # share of image-first rows that read a copy of their digit moved by 1-2 pixels
+                                  # (data.colored.shifted): they train the reading only, their image tokens carry no
+                                  # loss, so the model learns to read digits off any grid phase but draws them centred
 
 
     def validate(self) -> None:
@@ -158,6 +161,7 @@ class TrainConfig:
         check_range("train.infill_rate", self.infill_rate, 0.0, 1.0)
         check_range("train.muon_lr", self.muon_lr, 0.0, 10.0)
         check_range("train.caption_loss_weight", self.caption_loss_weight, 0.0, 1000.0)
+        check_range("train.shifted_reading", self.shifted_reading, 0.0, 1.0)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {short(repr(self.optimizer))}")
         if self.precision not in PRECISIONS:

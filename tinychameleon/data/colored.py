@@ -90,6 +90,28 @@ def recolor(images: np.ndarray, foreground: int, background: int) -> np.ndarray:
     return colorize(digit_pixels(images).astype(np.uint8) * 255, *ids).astype(np.uint8)
 
 
+MAX_SHIFT = 2  # shifted copies move a digit by up to this many pixels each way (MNIST leaves a 4-pixel margin)
+
+
+def shifted(split: "ColoredMNIST", seed: int | list[int], max_shift: int = MAX_SHIFT) -> "ColoredMNIST":
+    """The same digits, each moved by a random non-zero (dy, dx) of at most `max_shift` pixels per axis,
+    the uncovered border painted in its background color: the same captions, other token grids.
+
+    MNIST centres every digit by its centre of mass, so a shifted copy is a digit the data never
+    shows in that place; training reads such copies (train.shifted_reading) but never draws them.
+    """
+    moves = [(dy, dx) for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1)
+             if (dy, dx) != (0, 0)]
+    choice = np.random.default_rng(seed).integers(0, len(moves), size=len(split))
+    images = np.broadcast_to(COLOR_RGB[split.background][:, None, None, :], split.images.shape).copy()
+    size = split.images.shape[1]
+    for index, (dy, dx) in enumerate(moves):
+        rows = np.flatnonzero(choice == index)
+        images[rows, max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)] = \
+            split.images[rows, max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
+    return ColoredMNIST(images, split.digits, split.foreground, split.background)
+
+
 def holdout_pair_ids(count: int, seed: int = 1234) -> np.ndarray:
     """Indices into VALID_PAIRS held out from training for the compositional-generalisation study."""
     if count <= 0:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..batching import batch_slices
 from ..config import RunConfig
 from ..model import Transformer, next_token_log_probs
-from ..sequences import build_sequences, random_spans, target_kinds
+from ..sequences import IMAGE_FIRST, build_sequences, random_spans, target_kinds
 from ..tokenizers.vocab import Vocab
 from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transformer
 from .state import resume_from, save_epoch
@@ -50,14 +50,20 @@ def sequence_loss(model, sequences: torch.Tensor, weights: torch.Tensor | None =
     return -(log_probs * weights).sum() / weights.sum()
 
 
-def caption_weights(vocab: Vocab, sequences: torch.Tensor, caption_weight: float,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T-1) loss weights in which the words of image-first rows (the model reading the image)
-    count `caption_weight` times; `weights` (from the CM3 spans) are multiplied in."""
-    is_text, _ = target_kinds(vocab, sequences[:, 1:])
+def loss_weights(vocab: Vocab, sequences: torch.Tensor, caption_weight: float = 1.0,
+                 reading_only: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T-1) loss weights of a batch.
+
+    The words of image-first rows (the model reading the image) count `caption_weight` times; rows
+    marked in `reading_only` (B,) train the reading alone, their image targets count 0 (a shifted
+    copy of a digit: read, never drawn); `weights` (from the CM3 spans) are multiplied in.
+    """
+    is_text, is_image = target_kinds(vocab, sequences[:, 1:])
     image_first = sequences[:, 1:2] == vocab.end_of_text                            # (B, 1): marker after <bos>
-    reading = torch.where(is_text & image_first, caption_weight, 1.0)
-    return reading if weights is None else reading * weights
+    result = torch.where(is_text & image_first, caption_weight, 1.0)
+    if reading_only is not None:
+        result = torch.where(is_image & reading_only.to(sequences.device)[:, None], 0.0, result)
+    return result if weights is None else result * weights
 
 
 @torch.no_grad()
@@ -130,7 +136,9 @@ def is_best(epoch_log: list[dict]) -> bool:
 def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes: torch.Tensor,
                       validation_words: torch.Tensor, validation_codes: torch.Tensor, run_dir: Path,
                       device: torch.device, resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
-                      compile_model: bool = False) -> Transformer:
+                      compile_model: bool = False, shifted_codes: torch.Tensor | None = None) -> Transformer:
+    """Train (or resume) the transformer; `shifted_codes` (D, N, L), tokens of the training digits moved by
+    a pixel or two, are read by a train.shifted_reading share of the image-first rows."""
     settings = config.train
     vocab = Vocab.for_config(config)
     torch.manual_seed(settings.seed)
@@ -140,6 +148,8 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
     if train_codes.dim() == 2:  # one coloring of the training set: (N, L) -> (1, N, L)
         train_words, train_codes = train_words[None], train_codes[None]
+    if shifted_codes is not None and shifted_codes.dim() == 2:
+        shifted_codes = shifted_codes[None]
     num_examples = train_codes.shape[1]
     steps_per_epoch = num_examples // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
@@ -157,6 +167,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     if compile_model:
         train_model = torch.compile(train_model)
     train_words, train_codes = train_words.to(device), train_codes.to(device)
+    shifted_codes = None if shifted_codes is None else shifted_codes.to(device)
     validation_words, validation_codes = validation_words.to(device), validation_codes.to(device)
     if not epoch_log and world.is_main:
         epoch_log.append({"epoch": 0, "step": 0, **split_nll(model, vocab, validation_words, validation_codes)})
@@ -166,9 +177,11 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         if should_stop(settings, epoch_log):
             break
         span_generator = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
+        shift_generator = torch.Generator().manual_seed(settings.seed * 7927 + epoch)
         model.train()
         # Epoch e trains on color draw e % D (same digits, fresh color pairs when D > 1).
         epoch_words, epoch_codes = train_words[epoch % len(train_codes)], train_codes[epoch % len(train_codes)]
+        epoch_shifted = None if shifted_codes is None else shifted_codes[epoch % len(shifted_codes)]
         bar = tqdm(epoch_batches(num_examples, settings.batch_size, settings.seed, epoch, world),
                    total=steps_per_epoch, desc=f"transformer epoch {epoch + 1}/{settings.epochs}",
                    disable=not (progress and world.is_main), leave=False)
@@ -178,13 +191,18 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_steps, settings.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)   # older resume states lack the scale
+            codes, reading_only = epoch_codes[rows], None
+            if shifted_codes is not None:  # some image-first rows read a shifted copy of their digit instead
+                reading_only = (orders == IMAGE_FIRST) & (torch.rand(len(rows), generator=shift_generator)
+                                                          < settings.shifted_reading)
+                codes = torch.where(reading_only[:, None].to(device), epoch_shifted[rows], codes)
             rows = rows.to(device)
-            sequences = build_sequences(vocab, epoch_words[rows], epoch_codes[rows], orders.to(device))
+            sequences = build_sequences(vocab, epoch_words[rows], codes.to(device), orders.to(device))
             weights = None
             if settings.infill_rate:  # CM3: some rows get a span moved to the end (same draws on every rank)
                 sequences, weights = random_spans(vocab, sequences, settings.infill_rate, span_generator)
-            if settings.caption_loss_weight != 1.0:
-                weights = caption_weights(vocab, sequences, settings.caption_loss_weight, weights)
+            if settings.caption_loss_weight != 1.0 or reading_only is not None:
+                weights = loss_weights(vocab, sequences, settings.caption_loss_weight, reading_only, weights)
             with autocast(device, precision=settings.precision):
                 loss = sequence_loss(train_model, sequences, weights)
             optimizer.zero_grad(set_to_none=True)

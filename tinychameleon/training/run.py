@@ -18,7 +18,7 @@ import torch
 
 from ..batching import batch_slices
 from ..config import RunConfig
-from ..data.colored import ColoredMNIST, load_splits, recolored_train
+from ..data.colored import ColoredMNIST, load_splits, recolored_train, shifted
 from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
@@ -68,12 +68,23 @@ def limit(split: ColoredMNIST, count: int) -> ColoredMNIST:
 
 
 def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor, data_key: str,
-              cache_dir: Path, device: torch.device, world) -> tuple[torch.Tensor, torch.Tensor]:
-    """Word ids (D, N, 6) and image tokens (D, N, L) of the D = train.colorings color draws of the training set."""
-    words, codes = [caption_word_ids(train_split)], [train_codes]
-    for draw in range(1, config.train.colorings):
-        split = limit(recolored_train(draw, config.data_seed, cache_dir, config.train.holdout_pairs),
-                      config.train.max_train_examples)
+              cache_dir: Path, device: torch.device, world) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Word ids (D, N, 6) and image tokens (D, N, L) of the D = train.colorings color draws of the training set,
+    and with train.shifted_reading the tokens (D, N, L) of each draw's digits moved by 1-2 pixels (else None)."""
+    words, codes, moved = [caption_word_ids(train_split)], [train_codes], []
+    for draw in range(config.train.colorings):
+        split = train_split if draw == 0 else limit(
+            recolored_train(draw, config.data_seed, cache_dir, config.train.holdout_pairs),
+            config.train.max_train_examples)
+        if config.train.shifted_reading:
+            key = f"{data_key}-draw{draw}-shifted"
+            if world.is_main:
+                cached_codes(image_tokenizer, shifted(split, [config.data_seed, draw, 1]), "train", key, cache_dir, device)
+            world.barrier()
+            moved.append(cached_codes(image_tokenizer, shifted(split, [config.data_seed, draw, 1]), "train", key,
+                                      cache_dir, device))
+        if draw == 0:
+            continue
         words.append(caption_word_ids(split))
         if hasattr(image_tokenizer, "recolor"):
             # Tokens that keep color apart from shape: the same shape codes under the draw's two colors.
@@ -85,7 +96,7 @@ def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, tra
             cached_codes(image_tokenizer, split, "train", key, cache_dir, device)
         world.barrier()
         codes.append(cached_codes(image_tokenizer, split, "train", key, cache_dir, device))
-    return torch.stack(words), torch.stack(codes)
+    return torch.stack(words), torch.stack(codes), torch.stack(moved) if moved else None
 
 
 SEGMENT_FILE = "segment.json"  # when this segment of the run started, and the wall time of earlier ones
@@ -181,9 +192,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
         print(f"{run_dir} is already fully trained; nothing to resume")
         (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
         return run_dir
-    train_words, train_codes = colorings(config, image_tokenizer, train_split, train_codes, data_key, cache_dir, device, world)
+    train_words, train_codes, shifted_codes = colorings(config, image_tokenizer, train_split, train_codes, data_key,
+                                                        cache_dir, device, world)
     train_transformer(config, train_words, train_codes, caption_word_ids(validation_split), validation_codes,
-                      run_dir, device, resume, progress, world, compile_model)
+                      run_dir, device, resume, progress, world, compile_model, shifted_codes=shifted_codes)
     if world.is_main:
         (run_dir / "train_state.pt").unlink(missing_ok=True)
         write_json(run_dir / "run_info.json", run_info(started, device, world, command, earlier))
