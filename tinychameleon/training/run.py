@@ -77,12 +77,11 @@ def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, tra
             recolored_train(draw, config.data_seed, cache_dir, config.train.holdout_pairs),
             config.train.max_train_examples)
         if config.train.shifted_reading:
-            key = f"{data_key}-draw{draw}-shifted"
+            key, moved_split = f"{data_key}-draw{draw}-shifted", shifted(split, [config.data_seed, draw, 1])
             if world.is_main:
-                cached_codes(image_tokenizer, shifted(split, [config.data_seed, draw, 1]), "train", key, cache_dir, device)
+                cached_codes(image_tokenizer, moved_split, "train", key, cache_dir, device)
             world.barrier()
-            moved.append(cached_codes(image_tokenizer, shifted(split, [config.data_seed, draw, 1]), "train", key,
-                                      cache_dir, device))
+            moved.append(cached_codes(image_tokenizer, moved_split, "train", key, cache_dir, device))
         if draw == 0:
             continue
         words.append(caption_word_ids(split))
