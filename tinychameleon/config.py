@@ -141,7 +141,7 @@ class TrainConfig:
     optimizer: str = "adamw"      # "adamw", or "muon": Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02         # Muon's peak learning rate (it follows the same warmup and cosine)
     caption_loss_weight: float = 1.0  # loss weight of the caption's words in image-first rows (the model reading
-                                  # the image); 1 = plain next-token loss. The digit word is 1 of ~57 targets of a
+                                  # the image); 1 = plain next-token loss. The digit word is 1 of ~60 targets of a
                                   # row, so reading learns slowly otherwise.
     shifted_reading: float = 0.0  # share of image-first rows that read a copy of their digit moved by 1-2 pixels
                                   # (data.colored.shifted): they train the reading only, their image tokens carry no
