@@ -71,13 +71,18 @@ def masked_span_sequences(vocab: Vocab, sequences: torch.Tensor, starts: torch.T
     return masked, weights
 
 
+def image_first_rows(vocab: Vocab, sequences: torch.Tensor) -> torch.Tensor:
+    """(B,) whether each row reads its image first (its marker after <bos> says the text has "ended")."""
+    return sequences[:, 1] == vocab.end_of_text
+
+
 def random_spans(vocab: Vocab, sequences: torch.Tensor, rate: float, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick spans for the CM3 objective: a `rate` share of rows gets one span, inside the image (L of
     L + 6 times) or inside the caption, of uniform length and place; the rest stay plain."""
     B, L = len(sequences), vocab.image_length
     draws = torch.rand(B, 4, generator=generator)
-    image_first = (sequences[:, 1] == vocab.end_of_text).cpu()
+    image_first = image_first_rows(vocab, sequences).cpu()
     in_image = draws[:, 0] < L / (L + TEXT_LENGTH)
     first = torch.where(in_image, torch.where(image_first, vocab.image_first_codes.start, vocab.text_first_codes.start),
                         torch.where(image_first, vocab.image_first_words.start, vocab.text_first_words.start))
@@ -117,7 +122,7 @@ def image_prefix(vocab: Vocab, codes: torch.Tensor) -> torch.Tensor:
 
 def split_sequences(vocab: Vocab, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) finished sequences -> word ids (B, 6) in 0..30 and image tokens (B, L)."""
-    image_first = (sequences[:, 1] == vocab.end_of_text)[:, None]
+    image_first = image_first_rows(vocab, sequences)[:, None]
     words = torch.where(image_first, sequences[:, vocab.image_first_words], sequences[:, vocab.text_first_words])
     codes = torch.where(image_first, sequences[:, vocab.image_first_codes], sequences[:, vocab.text_first_codes])
     words = words - vocab.word_offset

@@ -59,8 +59,10 @@ class PatchDictionary(torch.nn.Module):
     def nearest_codes(self, chunk: int = 1 << 14) -> torch.Tensor:
         """(65536,) the nearest code of every possible 4x4 pattern, so encoding is a table lookup.
 
-        Built once per dictionary (about a second) and rebuilt when the patterns change (fit, load)."""
-        if self._table is not None and torch.equal(self._table_patterns, self.patterns):
+        Built once per dictionary (about a second) and rebuilt when the patterns change (fit, load) or move
+        to another device."""
+        if (self._table is not None and self._table.device == self.patterns.device
+                and torch.equal(self._table_patterns, self.patterns)):
             return self._table
         codes = self.patterns.float()                                                # (K, 16)
         every = ((torch.arange(1 << (PATCH * PATCH))[:, None] // BITS) % 2).float().to(codes.device)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..batching import batch_slices
 from ..config import RunConfig
 from ..model import Transformer, next_token_log_probs
-from ..sequences import IMAGE_FIRST, build_sequences, random_spans, target_kinds
+from ..sequences import IMAGE_FIRST, build_sequences, image_first_rows, random_spans, target_kinds
 from ..tokenizers.vocab import Vocab
 from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transformer
 from .state import resume_from, save_epoch
@@ -59,8 +59,7 @@ def loss_weights(vocab: Vocab, sequences: torch.Tensor, caption_weight: float = 
     copy of a digit: read, never drawn); `weights` (from the CM3 spans) are multiplied in.
     """
     is_text, is_image = target_kinds(vocab, sequences[:, 1:])
-    image_first = sequences[:, 1:2] == vocab.end_of_text                            # (B, 1): marker after <bos>
-    result = torch.where(is_text & image_first, caption_weight, 1.0)
+    result = torch.where(is_text & image_first_rows(vocab, sequences)[:, None], caption_weight, 1.0)
     if reading_only is not None:
         result = torch.where(is_image & reading_only.to(sequences.device)[:, None], 0.0, result)
     return result if weights is None else result * weights

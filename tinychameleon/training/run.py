@@ -63,6 +63,15 @@ def cached_codes(image_tokenizer, split: ColoredMNIST, name: str, data_key: str,
     return codes.long()
 
 
+def shared_codes(image_tokenizer, split: ColoredMNIST, name: str, data_key: str, cache_dir: Path,
+                 device: torch.device, world) -> torch.Tensor:
+    """`cached_codes` under torchrun: rank 0 encodes and caches, the others wait for it and read the cache."""
+    if world.is_main:
+        codes = cached_codes(image_tokenizer, split, name, data_key, cache_dir, device)
+    world.barrier()
+    return codes if world.is_main else cached_codes(image_tokenizer, split, name, data_key, cache_dir, device)
+
+
 def limit(split: ColoredMNIST, count: int) -> ColoredMNIST:
     return split.subset(slice(0, count)) if count else split
 
@@ -71,30 +80,24 @@ def colorings(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, tra
               cache_dir: Path, device: torch.device, world) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Word ids (D, N, 6) and image tokens (D, N, L) of the D = train.colorings color draws of the training set,
     and with train.shifted_reading the tokens (D, N, L) of each draw's digits moved by 1-2 pixels (else None)."""
-    words, codes, moved = [caption_word_ids(train_split)], [train_codes], []
+    words, codes, moved = [], [], []
     for draw in range(config.train.colorings):
         split = train_split if draw == 0 else limit(
             recolored_train(draw, config.data_seed, cache_dir, config.train.holdout_pairs),
             config.train.max_train_examples)
-        if config.train.shifted_reading:
-            key, moved_split = f"{data_key}-draw{draw}-shifted", shifted(split, [config.data_seed, draw, 1])
-            if world.is_main:
-                cached_codes(image_tokenizer, moved_split, "train", key, cache_dir, device)
-            world.barrier()
-            moved.append(cached_codes(image_tokenizer, moved_split, "train", key, cache_dir, device))
-        if draw == 0:
-            continue
         words.append(caption_word_ids(split))
-        if hasattr(image_tokenizer, "recolor"):
+        if draw == 0:
+            codes.append(train_codes)
+        elif hasattr(image_tokenizer, "recolor"):
             # Tokens that keep color apart from shape: the same shape codes under the draw's two colors.
             codes.append(image_tokenizer.recolor(train_codes, torch.from_numpy(split.foreground),
                                                  torch.from_numpy(split.background)))
-            continue
-        key = f"{data_key}-draw{draw}"
-        if world.is_main:
-            cached_codes(image_tokenizer, split, "train", key, cache_dir, device)
-        world.barrier()
-        codes.append(cached_codes(image_tokenizer, split, "train", key, cache_dir, device))
+        else:
+            codes.append(shared_codes(image_tokenizer, split, "train", f"{data_key}-draw{draw}", cache_dir, device,
+                                      world))
+        if config.train.shifted_reading:
+            moved.append(shared_codes(image_tokenizer, shifted(split, [config.data_seed, draw, 1]), "train",
+                                      f"{data_key}-draw{draw}-shifted", cache_dir, device, world))
     return torch.stack(words), torch.stack(codes), torch.stack(moved) if moved else None
 
 
@@ -181,12 +184,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
 
     # Stage 2: the transformer on cached token tensors.
     data_key = f"seed{config.data_seed}-hold{config.train.holdout_pairs}-val"
-    if world.is_main:
-        train_codes = cached_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device)
-        validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device)
-    world.barrier()
-    train_codes = cached_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device)
-    validation_codes = cached_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device)
+    train_codes = shared_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device, world)
+    validation_codes = shared_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device, world)
     if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
         print(f"{run_dir} is already fully trained; nothing to resume")
         (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
