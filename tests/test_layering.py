@@ -20,7 +20,7 @@ LAYERS = [
     ("data",),
     ("tokenizers", "imaging"),
     ("model", "sequences", "device", "checkpoint", "regions"),
-    ("sampling", "reranking"),
+    ("sampling", "reranking", "documents"),
     ("pipeline",),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),
 ]

@@ -27,8 +27,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_run):
+    yield from serving(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def document_server(document_run):
+    yield from serving(document_run)
+
+
+def serving(checkpoint):
+    """Start `tinychameleon serve` on a free port; yield its URL; stop it."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tinychameleon", "serve", "--checkpoint", str(tiny_run),
+    process = subprocess.Popen([sys.executable, "-m", "tinychameleon", "serve", "--checkpoint", str(checkpoint),
                                 "--port", str(port), "--queue-size", "8", "--max-samples", "16"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -106,6 +116,41 @@ def test_browser_uses_all_three_panels(server):
         page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; `make browser`)")
+def test_browser_chat_panel(document_server):
+    """Draw, attach the drawing, ask for an edit: the answer shows inline; a mismatched prompt shows the error."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1000, "height": 1600})
+        page.goto(document_server)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('model:')")
+        box = page.locator("#canvas").bounding_box()
+        page.mouse.move(box["x"] + 140, box["y"] + 40)
+        page.mouse.down()
+        for step in range(1, 20):
+            page.mouse.move(box["x"] + 140, box["y"] + 40 + 10 * step)
+        page.mouse.up()
+        page.click("#chat-attach-drawing")
+        page.wait_for_function("document.querySelectorAll('#chat-attachments img').length === 1")
+        page.fill("#chat-prompt", "<image> swap the colors .")
+        page.click("#chat-button")
+        page.wait_for_function("document.querySelectorAll('#chat-log .chat-line').length === 2")
+        you, model = page.locator("#chat-log .chat-line").all()
+        assert you.locator("img").count() == 1 and "swap the colors ." in you.inner_text()
+        assert model.inner_text().startswith("model:")
+        # Two placeholders for one image: the server's message, and no new lines in the log.
+        page.fill("#chat-prompt", "<image> plus <image> is")
+        page.click("#chat-button")
+        page.wait_for_function("document.getElementById('chat-message').textContent.includes('placeholders')")
+        assert page.locator("#chat-log .chat-line").count() == 2
+        page.locator("#chat").screenshot(path=str(ARTIFACTS / "chat-panel.png"))
+        browser.close()
 
 
 def test_load_200_requests_from_16_clients(server, tiny_pipeline):

@@ -278,6 +278,67 @@ def command_complete(args) -> int:
     return 0
 
 
+def read_document_prompts(path: str) -> list[tuple[str, list[Path]]]:
+    """A --prompts-file of JSON rows {"prompt": "... <image> ...", "images": ["a.png", ...]}; image paths are
+    relative to the file's folder unless absolute."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise TinyChameleonError(f"cannot read prompts file {path}: {error}") from None
+    rows = []
+    for number_, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TinyChameleonError(f"{path} line {number_} is not JSON: {error.msg}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or \
+                not all(isinstance(name, str) for name in row.get("images", [])) or \
+                not isinstance(row.get("images", []), list) or set(row) - {"prompt", "images"}:
+            raise TinyChameleonError(f'{path} line {number_} must be {{"prompt": "text with <image>", '
+                                     f'"images": ["file.png", ...]}}')
+        rows.append((row["prompt"], [Path(path).parent / name for name in row.get("images", [])]))
+    if not rows:
+        raise TinyChameleonError(f"{path} holds no prompts")
+    return rows
+
+
+def command_continue(args) -> int:
+    """Continue mixed-modal documents; one manifest row per continuation, one PNG per image the model drew."""
+    import numpy as np
+
+    from .imaging import read_image, save_png
+
+    if not 1 <= args.n <= 1000:
+        raise TinyChameleonError("-n must be at least 1 (and at most 1000)")
+    if args.prompts_file and (args.prompt is not None or args.image):
+        raise TinyChameleonError("give either a PROMPT (with --image for its placeholders) or --prompts-file, not both")
+    if not args.prompts_file and args.prompt is None:
+        raise TinyChameleonError('give a prompt, e.g. tinychameleon continue "<image> swap the colors ." --image a.png')
+    requests = read_document_prompts(args.prompts_file) if args.prompts_file else \
+        [(args.prompt, [Path(name) for name in args.image])]
+    sampling = sampling_overrides(args)
+    out = prepare_output(args.out)
+    images = [[read_image(path) for path in paths] for _, paths in requests]   # unreadable: one clear error
+    results = load_pipeline(args).continue_documents([prompt for prompt, _ in requests], images, n=args.n,
+                                                     seed=args.seed, **sampling)
+    rows = []
+    try:
+        for index, continuations in enumerate(results):
+            for sample, continuation in enumerate(continuations):
+                files = [f"{index:04d}_{sample:03d}_{k}.png" for k in range(len(continuation.images))]
+                for image, name in zip(continuation.images, files):
+                    save_png(np.asarray(image), out / name)
+                rows.append({"index": index, "sample": sample, "text": continuation.text, "images": files})
+        write_manifest(out, rows)
+    except OSError as error:
+        raise OutputError(f"writing to {out} failed: {error.strerror or error}") from None
+    print(f"wrote {len(rows)} continuations ({sum(len(row['images']) for row in rows)} images) and "
+          f"manifest.jsonl to {out}")
+    return 0
+
+
 def command_sample(args) -> int:
     if not 1 <= args.n <= 100_000:
         raise TinyChameleonError("-n must be at least 1 (and at most 100000)")
@@ -308,11 +369,13 @@ def command_evaluate(args) -> int:
 
     sampling = sampling_overrides(args)
     size = VALIDATION_SIZE if args.split == "validation" else 10_000
+    if not 0 <= args.document_samples <= 100_000:
+        raise TinyChameleonError("--document-samples must be 0..100000 (0: as many as --samples)")
     if not 1 <= args.samples <= size or not 0 <= args.offset < size:
         raise TinyChameleonError(f"--samples must be 1..{size} and --offset 0..{size - 1} on the {args.split} split")
     run_evaluation(checkpoint=args.checkpoint, out=prepare_output(args.out), samples=args.samples,
                    offset=args.offset, quick=args.quick, seed=args.seed, cache_dir=args.cache_dir,
-                   device=args.device, sampling=sampling, split=args.split)
+                   device=args.device, sampling=sampling, split=args.split, document_samples=args.document_samples)
     return 0
 
 
@@ -431,6 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(caption)
     caption.set_defaults(handler=command_caption)
 
+    continuation = commands.add_parser("continue", help="mixed-modal documents: continue a prompt of words and "
+                                                        "<image> placeholders with text and images")
+    continuation.add_argument("prompt", nargs="?", help='e.g. "<image> make the digit plain red ." or "count from '
+                                                        'two to four in plain white on dark blue :"')
+    continuation.add_argument("--image", action="append", default=[], metavar="PATH",
+                              help="an image for the next <image> placeholder (repeat, in order)")
+    continuation.add_argument("--prompts-file", help='JSON lines {"prompt": ..., "images": [paths relative to the file]}')
+    continuation.add_argument("-n", type=number(int), default=1, help="continuations per prompt (default 1)")
+    continuation.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
+    add_sampling_flags(continuation)
+    continuation.set_defaults(handler=command_continue)
+
     sample = commands.add_parser("sample", help="unconditional: sample image + caption pairs")
     sample.add_argument("-n", type=number(int), default=9, help="number of pairs (default 9)")
     sample.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
@@ -456,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="use test examples from this index on for the sampled metrics")
     evaluate.add_argument("--split", choices=("test", "validation"), default="test",
                           help="test (the final report, default) or validation (where settings are chosen)")
+    evaluate.add_argument("--document-samples", type=number(int), default=0,
+                          help="documents per task family, for runs trained on documents (default: --samples)")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
     evaluate.add_argument("--seed", type=number(int), default=0, help="sampler seed (default 0)")
     evaluate.add_argument("--cache-dir", help="data and judge cache directory")

@@ -146,6 +146,10 @@ class TrainConfig:
     shifted_reading: float = 0.0  # share of image-first rows that read a copy of their digit moved by 1-2 pixels
                                   # (data.colored.shifted): they train the reading only, their image tokens carry no
                                   # loss, so the model learns to read digits off any grid phase but draws them centred
+    documents: int = 0            # mixed-modal documents (documents/families.py) trained per epoch beside the pairs,
+                                  # built afresh each epoch from the training digits; 0 = pairs only
+    text_dropout: float = 0.1     # share of those documents trained with their text removed: the unconditional
+                                  # stream that classifier-free guidance reads inside documents
 
 
     def validate(self) -> None:
@@ -162,6 +166,8 @@ class TrainConfig:
         check_range("train.muon_lr", self.muon_lr, 0.0, 10.0)
         check_range("train.caption_loss_weight", self.caption_loss_weight, 0.0, 1000.0)
         check_range("train.shifted_reading", self.shifted_reading, 0.0, 1.0)
+        check_range("train.documents", self.documents, 0, 10_000_000)
+        check_range("train.text_dropout", self.text_dropout, 0.0, 1.0)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {short(repr(self.optimizer))}")
         if self.precision not in PRECISIONS:
@@ -224,7 +230,8 @@ PRESETS: dict[str, dict] = {
     # the "patches" image tokenizer (two color tokens + the 2048 most frequent 4x4 shape patches, fitted
     # in seconds), a 6-layer d192 transformer trained for 3 epochs with Muon on its blocks' matrices, a
     # fresh color draw of the training digits each epoch, bf16 matmuls, early stopping on validation NLL
-    # (27 min here). MODEL_CARD.md has its curve and choices.
+    # (27 min here), and 30 000 task-family documents per epoch beside the 60 000 pairs (documents/families.py).
+    # MODEL_CARD.md has its curve and choices.
     # The causal-masked objective (train.infill_rate) is left out: in a matched small run it cost 1.5 %
     # validation NLL and did not improve infilling (docs/history/release-1-model-card.md).
     "best": {
@@ -232,7 +239,7 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
-                  "precision": "bf16", "patience": 2, "optimizer": "muon"},
+                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 30000},
     },
     # The iGPT baseline: a token per pixel (784 per image), so a small model on the 15k digits the
     # tokenizer comparison uses (about 23 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).

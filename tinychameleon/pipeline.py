@@ -31,6 +31,9 @@ from .tokenizers.text import WordTokenizer
 from .tokenizers.vocab import HEADER, TEXT_LENGTH, WORDS, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_image_tokenizer
 from .device import resolve_device
+from .documents.document import Continuation, DocumentTokenizer
+from .documents.engine import DecodeSettings, decode
+from .documents.grammar import DocumentGrammar
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 VALID_PAIR_SET = {(int(foreground), int(background)) for foreground, background in VALID_PAIRS}
@@ -421,3 +424,49 @@ class Pipeline:
             codes[image_rows] = drawn[:, self.vocab.image_first_codes]
             words[image_rows] = self._write_words(codes[image_rows], self._caption_settings(sampling), generator)
         return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
+
+    def continue_documents(self, prompts: list[str] | str, images: list[list[np.ndarray]] | None = None, n: int = 1,
+                           seed: int | None = None, **sampling) -> list[list[Continuation]]:
+        """Mixed-modal documents: each prompt (words with <image> placeholders, bound in order to its list of
+        (28, 28, 3) level images) is continued n times; the model writes text, decides when to draw, and
+        ends the document. Returns, per prompt, n Continuations (text with <image> where it drew, images).
+
+            pipe.continue_documents("<image> make the digit plain red .", [[image]])[0][0].images[0]
+        """
+        tokenizer = DocumentTokenizer(self.vocab)
+        if isinstance(prompts, str):      # one prompt: `images` is its list of images
+            prompts, images = [prompts], [list(images) if images is not None else []]
+        images = images if images is not None else [[] for _ in prompts]
+        if len(images) != len(prompts):
+            raise PromptError(f"{len(prompts)} prompts but {len(images)} image lists: one list per prompt")
+        settings = self.resolve_settings(sampling)
+        generator = self._generator(seed)
+        counts = [len(group) for group in images]
+        for prompt, count in zip(prompts, counts):
+            tokenizer.check(prompt, count)                      # every prompt is checked before any work
+        pictures = [np.asarray(image, dtype=np.uint8) for group in images for image in group]
+        codes = iter(self.image_tokenizer.encode(torch.from_numpy(np.stack(pictures)).to(self.device)).cpu()
+                     if pictures else [])
+        prompt_ids = [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
+                      for prompt, count in zip(prompts, counts)]
+        rows = [ids for ids in prompt_ids for _ in range(n)]
+        grammar = DocumentGrammar(self.vocab, self.image_tokenizer.position_tokens(), self.image_tokenizer.token_follows())
+        decode_settings = DecodeSettings(settings.temperature, settings.top_k, settings.top_p, settings.guidance,
+                                         settings.caption_temperature)
+        written = []
+        for chunk in batch_slices(len(rows), settings.batch_size):
+            self._check_time()
+            unconditional = None
+            if settings.guidance != 1.0:   # the unconditional stream: the document without its words
+                words = set(self.vocab.text_ids)
+                unconditional = [[token for token in ids if token not in words] for ids in rows[chunk]]
+            written += decode(self.model, grammar, rows[chunk], decode_settings, unconditional, generator,
+                              should_stop=self._expired)
+        continuations = [self._continuation(tokenizer.decode(ids)) for ids in written]
+        return [continuations[index * n:(index + 1) * n] for index in range(len(prompts))]
+
+    def _continuation(self, document) -> Continuation:
+        codes = document.images
+        images = (self.image_tokenizer.decode(torch.stack(codes).to(self.device)).cpu().numpy() if codes
+                  else np.zeros((0, 28, 28, 3), dtype=np.uint8))
+        return Continuation(document.text, images, document.finished)

@@ -23,6 +23,7 @@ from ..pipeline import Pipeline
 from ..training.lm_trainer import split_nll
 from ..training.run import caption_word_ids, encode_images
 from ..training.vqvae_trainer import reconstruction_metrics
+from .documents import documents_figure, evaluate_documents
 from .judge import attribute_accuracy, load_or_train_judge
 from .metrics import caption_accuracy, frechet_distance, shape_realism, stray_pixels, unconditional_metrics
 
@@ -35,8 +36,12 @@ def stage(name: str, started: float) -> None:
 
 
 def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, seed: int = 0, cache_dir=None,
-             sampling: dict | None = None, out_dir: Path | None = None, offset: int = 0, split: str = "test") -> dict:
+             sampling: dict | None = None, out_dir: Path | None = None, offset: int = 0, split: str = "test",
+             document_samples: int = 0) -> dict:
     """Run the whole evaluation on a loaded pipeline; returns the metrics dictionary.
+
+    For runs trained on documents, every task family is measured on `document_samples` documents each
+    (default: `samples`), built from the split's digits.
 
     `split` is "test" (the final report) or "validation" (5k training digits no run trains on:
     where epochs and sampler settings are chosen).
@@ -128,6 +133,13 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     }
     stage("Frechet distances done", started)
 
+    shown = None
+    if pipeline.vocab.documents:  # every task family, on documents of the evaluated split's digits
+        metrics["documents"], shown = evaluate_documents(pipeline, judge, test, document_samples or samples, seed,
+                                                         sampling)
+        stage("documents: " + ", ".join(f"{family} {100 * row['accuracy']:.1f}%"
+                                        for family, row in metrics["documents"].items()), started)
+
     if config.train.holdout_pairs:
         metrics["compositional"] = compositional(pipeline, judge, test, config.train.holdout_pairs, samples,
                                                  seed, sampling)
@@ -141,6 +153,9 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
         for name, image in grids.items():
             with atomic_path(out_dir / name) as temp:
                 image.save(temp, format="PNG")
+        if shown:
+            with atomic_path(out_dir / "documents.png") as temp:
+                documents_figure(shown).save(temp, format="PNG")
         write_json(out_dir / "metrics.json", metrics)
         write_report(metrics, out_dir / "report.md", list(grids))
     return metrics
@@ -171,13 +186,14 @@ def compositional(pipeline, judge, test, holdout_pairs: int, samples: int, seed:
 
 def run_evaluation(checkpoint: str | None = None, out: str | Path = "evaluation", samples: int = 1000,
                    offset: int = 0, quick: bool = False, seed: int = 0, cache_dir=None, device: str = "cpu",
-                   sampling: dict | None = None, split: str = "test") -> dict:
+                   sampling: dict | None = None, split: str = "test", document_samples: int = 0) -> dict:
     """Load a run directory, evaluate it, write metrics.json / report.md / grids into `out`."""
     torch.manual_seed(seed)
     pipeline = Pipeline.from_pretrained(checkpoint, device=device)
     samples, nll_examples = (64, 500) if quick else (samples, 0)
+    document_samples = 16 if quick else document_samples
     out = Path(out)
-    metrics = evaluate(pipeline, samples, nll_examples, seed, cache_dir, sampling, out, offset, split)
+    metrics = evaluate(pipeline, samples, nll_examples, seed, cache_dir, sampling, out, offset, split, document_samples)
     print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional",
                                                    "unconditional_ancestral")}, indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")

@@ -22,6 +22,18 @@ def tokenizer_name(metrics: dict) -> str:
     return f"{tokenizer['kind']}, {tokenizer['tokens_per_image']} tokens per image"
 
 
+def documents_section(documents: dict) -> list[str]:
+    """The family table: accuracy with its parts, and the judge on real pictures of the expected answers."""
+    lines = ["## Documents (each task family on held-out digits)", "",
+             "| family | documents | right | words right | images right | shape kept (IoU >= 0.95) | "
+             "judge on real answers (ceiling) | ms per document |", "|---|---|---|---|---|---|---|---|"]
+    for family, row in documents.items():
+        lines.append(f"| {family} | {row['examples']} | {percent(row['accuracy'])} | {percent(row['words'])} | "
+                     f"{percent(row['images'])} | {percent(row['shape_kept'])} | {percent(row['judge_on_real_answers'])}"
+                     f" | {row['ms_per_document']:.1f} |")
+    return lines + [""]
+
+
 def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
     nll, vq = metrics["nll"], metrics["vqvae"]
     split = metrics.get("split", "test")  # key names keep "real_test" for the real images of the evaluated split
@@ -93,6 +105,8 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
                 lines.append(f"| {name} | {row['examples']} | {percent(row['text_to_image']['all'])} | "
                              f"{percent(row['image_to_text']['exact'])} |")
         lines.append("")
+    if "documents" in metrics:
+        lines += documents_section(metrics["documents"]) + ["![documents](documents.png)", ""]
     lines += ["## Samples", ""] + [f"![{name}]({name})" for name in grids] + [""]
     with atomic_path(path) as temp:
         temp.write_text("\n".join(lines))

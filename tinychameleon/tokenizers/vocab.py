@@ -3,8 +3,11 @@ in one id space, and where each part of a sequence sits.
 
 Ids (defined here and nowhere else):  [0, K) image tokens (K and the tokens per image come from the
 image tokenizer) · [K, K+31) words · then <bos>, <end of text>, <end of image>, and <mask> for runs
-trained with the causal-masked (CM3) objective. The sampler's modality masks are built from these
-ranges, and every offset into a sequence is a property below, derived from the lengths.
+trained with the causal-masked (CM3) objective · then, for runs trained on documents, the document
+words (instructions, questions, punctuation) and <boi> <eoi> <eod>. New ids only ever go at the end,
+so every older checkpoint keeps its ids. The sampler's modality masks are built from these ranges,
+and every offset into a pair sequence is a property below, derived from the lengths (documents
+derive their layout from their own segments: documents/document.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ SPECIAL_TOKENS = ["<bos>", "<end of text>", "<end of image>"]
 TEXT_LENGTH = 6
 HEADER = 2             # <bos> and the marker naming the modality that comes first
 MASK_TOKEN = "<mask>"
+# Words that documents add to the caption words: instructions, questions and their punctuation.
+DOCUMENT_WORDS = ["make", "the", "digit", "background", "swap", "colors", "it", "a", "what", "is", "this", "color",
+                  "plus", "count", "from", "to", "in", "comes", "next", ".", "?", ":"]
+DOCUMENT_TOKENS = ["<boi>", "<eoi>", "<eod>"]   # begin of image, end of image, end of document
+MAX_DOCUMENT_IMAGES = 4                          # the longest family (counting) draws four images
+MAX_DOCUMENT_TEXT = 32                           # text tokens a document may hold besides its images
 
 
 @dataclass(frozen=True)
@@ -26,12 +35,14 @@ class Vocab:
     image_tokens: int             # ids an image token can take (the image tokenizer's token_count)
     infill: bool = False          # with the <mask> sentinel of the causal-masked objective
     image_length: int = 49        # tokens per image (the image tokenizer's tokens_per_image)
+    documents: bool = False       # with the document words and <boi> <eoi> <eod> (runs trained on documents)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
         """The vocabulary of a RunConfig: its image tokenizer's ids and length, and <mask> when it infills."""
         tokens, length = image_token_layout(config.vq)
-        return cls(tokens, infill=config.train.infill_rate > 0, image_length=length)
+        return cls(tokens, infill=config.train.infill_rate > 0, image_length=length,
+                   documents=config.train.documents > 0)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -52,8 +63,14 @@ class Vocab:
 
     @property
     def sequence_length(self) -> int:
-        """The longest sequence the model must read: a masked-span sequence (two <mask> more) when it infills."""
-        return self.plain_length + (2 if self.infill else 0)
+        """The longest sequence the model must read: a masked-span sequence (two <mask> more) when it infills,
+        a document of up to MAX_DOCUMENT_IMAGES images and MAX_DOCUMENT_TEXT other tokens when it has documents."""
+        pairs = self.plain_length + (2 if self.infill else 0)
+        return max(pairs, self.document_length) if self.documents else pairs
+
+    @property
+    def document_length(self) -> int:
+        return MAX_DOCUMENT_TEXT + MAX_DOCUMENT_IMAGES * (self.image_length + 2)
 
     @property
     def text_first_words(self) -> slice:
@@ -92,8 +109,39 @@ class Vocab:
         return self.bos + 2
 
     @property
-    def size(self) -> int:
+    def document_word_offset(self) -> int:
+        """First id of the document words (after the special tokens and <mask>)."""
+        if not self.documents:
+            raise ValueError("this vocabulary has no document tokens (the run was trained without documents)")
         return self.bos + len(self.special_tokens)
+
+    @property
+    def begin_image(self) -> int:
+        return self.document_word_offset + len(DOCUMENT_WORDS)
+
+    @property
+    def end_image(self) -> int:
+        return self.begin_image + 1
+
+    @property
+    def end_document(self) -> int:
+        return self.begin_image + 2
+
+    @property
+    def text_words(self) -> list[str]:
+        """Every word a document's text may hold, in id order of `text_ids`."""
+        return WORDS + (DOCUMENT_WORDS if self.documents else [])
+
+    @property
+    def text_ids(self) -> list[int]:
+        """Ids of `text_words`: the caption words, then the document words."""
+        extra = list(range(self.document_word_offset, self.begin_image)) if self.documents else []
+        return list(self.word_range) + extra
+
+    @property
+    def size(self) -> int:
+        return self.bos + len(self.special_tokens) + (len(DOCUMENT_WORDS) + len(DOCUMENT_TOKENS)
+                                                      if self.documents else 0)
 
     @property
     def image_range(self) -> range:
@@ -108,10 +156,17 @@ class Vocab:
             return f"<img {token}>"
         if token in self.word_range:
             return WORDS[token - self.word_offset]
-        return self.special_tokens[token - self.bos]
+        if token < self.bos + len(self.special_tokens):
+            return self.special_tokens[token - self.bos]
+        extra = DOCUMENT_WORDS + DOCUMENT_TOKENS
+        return extra[token - self.document_word_offset]
 
     def to_dict(self) -> dict:
         return {"image_tokens": self.image_tokens, "image_length": self.image_length, "words": WORDS,
                 "special_tokens": self.special_tokens,
                 "word_offset": self.word_offset, "bos": self.bos, "end_of_text": self.end_of_text,
-                "end_of_image": self.end_of_image, **({"mask": self.mask} if self.infill else {}), "size": self.size}
+                "end_of_image": self.end_of_image, **({"mask": self.mask} if self.infill else {}),
+                **({"document_words": DOCUMENT_WORDS, "document_word_offset": self.document_word_offset,
+                    "begin_image": self.begin_image, "end_image": self.end_image,
+                    "end_document": self.end_document} if self.documents else {}),
+                "size": self.size}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -40,6 +41,38 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, wor
         orders = (torch.randperm(batch_size, generator=generator) < batch_size // 2).long()
         rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         yield permutation[start:start + batch_size][rows], orders[rows]
+
+
+def mixed_batches(pair_batches, pair_steps: int, document_batches: list, generator: torch.Generator,
+                  world: Distributed = Distributed()):
+    """Yield ("pairs", (rows, orders)) and ("documents", (ids, weights)) batches in a seeded random order
+    (the same on every rank); each rank keeps its slice of a document batch's rows."""
+    kinds = torch.cat([torch.zeros(pair_steps, dtype=torch.bool), torch.ones(len(document_batches), dtype=torch.bool)])
+    kinds = kinds[torch.randperm(len(kinds), generator=generator)]
+    pairs, documents = iter(pair_batches), iter(document_batches)
+    for is_document in kinds.tolist():
+        if not is_document:
+            yield "pairs", next(pairs)
+            continue
+        ids, weights = next(documents)
+        per_rank = len(ids) // world.world_size
+        rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+        yield "documents", (ids[rows], weights[rows])
+
+
+def document_nll(model: Transformer, ids: torch.Tensor, weights: torch.Tensor, batch_size: int = 256) -> float:
+    """Mean NLL per token of documents (weights (B, T-1) mark the real next tokens)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    with torch.no_grad():
+        for rows in batch_slices(len(ids), batch_size):
+            with autocast(ids.device):
+                losses = -next_token_log_probs(model, ids[rows]).double()
+            total += float((losses * weights[rows]).sum())
+            count += float(weights[rows].sum())
+    model.train(was_training)
+    return total / count
 
 
 def sequence_loss(model, sequences: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,9 +168,13 @@ def is_best(epoch_log: list[dict]) -> bool:
 def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes: torch.Tensor,
                       validation_words: torch.Tensor, validation_codes: torch.Tensor, run_dir: Path,
                       device: torch.device, resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
-                      compile_model: bool = False, shifted_codes: torch.Tensor | None = None) -> Transformer:
+                      compile_model: bool = False, shifted_codes: torch.Tensor | None = None,
+                      documents: Callable[[int], list] | None = None,
+                      validation_documents: tuple[torch.Tensor, torch.Tensor] | None = None) -> Transformer:
     """Train (or resume) the transformer; `shifted_codes` (D, N, L), tokens of the training digits moved by
-    a pixel or two, are read by a train.shifted_reading share of the image-first rows."""
+    a pixel or two, are read by a train.shifted_reading share of the image-first rows. `documents(epoch)`
+    gives that epoch's document batches ((B, T) ids, (B, T-1) loss weights; this rank's rows), trained
+    beside the pairs; `validation_documents` (ids, weights) are scored after every epoch."""
     settings = config.train
     vocab = Vocab.for_config(config)
     torch.manual_seed(settings.seed)
@@ -150,7 +187,8 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     if shifted_codes is not None and shifted_codes.dim() == 2:
         shifted_codes = shifted_codes[None]
     num_examples = train_codes.shape[1]
-    steps_per_epoch = num_examples // settings.batch_size
+    document_steps = settings.documents // settings.batch_size if documents is not None else 0
+    steps_per_epoch = num_examples // settings.batch_size + document_steps
     total_steps = settings.epochs * steps_per_epoch
     start_epoch, step_log, epoch_log = resume_from(run_dir / STATE_FILE, model, optimizer) if resume else (0, [], [])
     if start_epoch and world.is_main:
@@ -181,15 +219,9 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         # Epoch e trains on color draw e % D (same digits, fresh color pairs when D > 1).
         epoch_words, epoch_codes = train_words[epoch % len(train_codes)], train_codes[epoch % len(train_codes)]
         epoch_shifted = None if shifted_codes is None else shifted_codes[epoch % len(shifted_codes)]
-        bar = tqdm(epoch_batches(num_examples, settings.batch_size, settings.seed, epoch, world),
-                   total=steps_per_epoch, desc=f"transformer epoch {epoch + 1}/{settings.epochs}",
-                   disable=not (progress and world.is_main), leave=False)
-        epoch_losses = []
-        for batch_index, (rows, orders) in enumerate(bar):
-            step = epoch * steps_per_epoch + batch_index
-            lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_steps, settings.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)   # older resume states lack the scale
+
+        def pair_batch(rows, orders):
+            """Token ids and loss weights (None: plain) of a batch of pairs, in the orders drawn for it."""
             codes, reading_only = epoch_codes[rows], None
             if shifted_codes is not None:  # some image-first rows read a shifted copy of their digit instead
                 reading_only = (orders == IMAGE_FIRST) & (torch.rand(len(rows), generator=shift_generator)
@@ -202,6 +234,24 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                 sequences, weights = random_spans(vocab, sequences, settings.infill_rate, span_generator)
             if settings.caption_loss_weight != 1.0 or reading_only is not None:
                 weights = loss_weights(vocab, sequences, settings.caption_loss_weight, reading_only, weights)
+            return sequences, weights
+
+        document_batches = documents(epoch)[:document_steps] if documents is not None else []
+        batches = mixed_batches(epoch_batches(num_examples, settings.batch_size, settings.seed, epoch, world),
+                                steps_per_epoch - len(document_batches), document_batches,
+                                torch.Generator().manual_seed(settings.seed * 7933 + epoch), world)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"transformer epoch {epoch + 1}/{settings.epochs}",
+                   disable=not (progress and world.is_main), leave=False)
+        epoch_losses = []
+        for batch_index, (kind, batch) in enumerate(bar):
+            step = epoch * steps_per_epoch + batch_index
+            lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_steps, settings.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)   # older resume states lack the scale
+            if kind == "pairs":
+                sequences, weights = pair_batch(*batch)
+            else:
+                sequences, weights = (tensor.to(device) for tensor in batch)
             with autocast(device, precision=settings.precision):
                 loss = sequence_loss(train_model, sequences, weights)
             optimizer.zero_grad(set_to_none=True)
@@ -218,12 +268,15 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                         for i, value in enumerate(losses))
         if world.is_main:
             metrics = split_nll(model, vocab, validation_words, validation_codes)
+            if validation_documents is not None:
+                metrics["validation_document_nll"] = document_nll(model, *(t.to(device) for t in validation_documents))
             epoch_log.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                               "train_loss": sum(losses) / len(losses), **metrics, "elapsed_s": time.time() - started})
             print(f"transformer epoch {epoch + 1}/{settings.epochs}: train {epoch_log[-1]['train_loss']:.4f}"
                   f" | validation {metrics['validation_nll']:.4f} (text {metrics['validation_text_nll']:.4f},"
                   f" image {metrics['validation_image_nll']:.4f}; {metrics['validation_nats_per_pair']:.1f} nats per pair)"
-                  f" | {time.time() - started:.0f}s", flush=True)
+                  + (f" | documents {metrics['validation_document_nll']:.4f}" if validation_documents is not None else "")
+                  + f" | {time.time() - started:.0f}s", flush=True)
             # The weights file keeps the best validation epoch; the resume state always holds the latest.
             save_epoch(run_dir, "transformer", model, optimizer, MODEL_FILE, STATE_FILE, step_log, epoch_log,
                        keep_weights=is_best(epoch_log))

@@ -24,6 +24,7 @@ from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
 from ..checkpoint import VQVAE_FILE, load_config, load_image_tokenizer, module_hash, save_config
 from ..device import init_distributed
+from .documents import document_source, validation_documents
 from .lm_trainer import train_transformer
 from .vqvae_trainer import STATE_FILE as VQ_STATE_FILE
 from .vqvae_trainer import reconstruction_metrics, train_vqvae
@@ -192,8 +193,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
         return run_dir
     train_words, train_codes, shifted_codes = colorings(config, image_tokenizer, train_split, train_codes, data_key,
                                                         cache_dir, device, world)
+    documents = validation = None
+    if config.train.documents:  # task-family documents beside the pairs, from the training digits only
+        documents = document_source(config, image_tokenizer, train_split, train_codes[0])
+        validation = validation_documents(config, image_tokenizer, validation_split, validation_codes)
     train_transformer(config, train_words, train_codes, caption_word_ids(validation_split), validation_codes,
-                      run_dir, device, resume, progress, world, compile_model, shifted_codes=shifted_codes)
+                      run_dir, device, resume, progress, world, compile_model, shifted_codes=shifted_codes,
+                      documents=documents, validation_documents=validation)
     if world.is_main:
         (run_dir / "train_state.pt").unlink(missing_ok=True)
         write_json(run_dir / "run_info.json", run_info(started, device, world, command, earlier))

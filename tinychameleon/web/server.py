@@ -29,6 +29,8 @@ from ..errors import ConfigError, DeadlineExceeded, ImageInputError, ImageTooLar
 from ..regions import KEEP_REGIONS
 from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
+from ..documents.document import MAX_PROMPT_CHARACTERS as MAX_DOCUMENT_PROMPT, DocumentTokenizer, split_words
+from ..tokenizers.vocab import MAX_DOCUMENT_IMAGES
 from .worker import InferenceWorker, Job, QueueFull
 
 STATIC = Path(__file__).parent / "static"
@@ -158,8 +160,9 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         except (ConfigError, PromptError) as error:  # e.g. a prompt whose colors contradict a kept half
             raise HTTPException(422, str(error)) from None
 
-    def check_cost(n: int, sampling: dict, candidates_used: bool = True) -> int:
-        """Refuse up front what would cost more than the budget: images x candidates x guidance streams."""
+    def check_cost(n: int, sampling: dict, candidates_used: bool = True, images_per_sample: int = 1) -> int:
+        """Refuse up front what would cost more than the budget: images x candidates x guidance streams
+        (a document may draw `images_per_sample` images)."""
         if n > settings.max_samples:
             raise HTTPException(422, f"n={n} is more than the {settings.max_samples} samples one request may ask for")
         try:
@@ -167,10 +170,11 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         except ConfigError as error:
             raise HTTPException(422, str(error)) from None
         candidates = chosen.image_candidates if candidates_used else 1
-        cost = n * candidates * chosen.streams
+        cost = n * candidates * chosen.streams * images_per_sample
         if cost > settings.max_cost:
+            per_sample = f" x {images_per_sample} images" if images_per_sample > 1 else ""
             raise HTTPException(422, f"this request would decode {cost} rows (n {n} x candidates {candidates} x "
-                                     f"{chosen.streams} guidance streams); the limit is {settings.max_cost}")
+                                     f"{chosen.streams} guidance streams{per_sample}); the limit is {settings.max_cost}")
         return cost
 
     @app.get("/", include_in_schema=False)
@@ -251,6 +255,30 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         pairs = await run(Job("complete", {}, [(levels, keep, prompt)] * n, seed, cost))
         return {"keep": keep, "seen": data_url(levels),
                 "completions": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
+
+    @app.post("/api/continue")
+    async def continue_document(prompt: str = Form(..., max_length=MAX_DOCUMENT_PROMPT,
+                                                   description='words with <image> placeholders, e.g. '
+                                                               '"<image> make the digit plain red ."'),
+                                images: list[UploadFile] = File([], description="one image per <image>, in order"),
+                                n: int = Form(1, ge=1), seed: int | None = Form(None, ge=0, le=MAX_SEED),
+                                temperature: float | None = Form(None, ge=0.0, le=5.0, allow_inf_nan=False),
+                                guidance: float | None = Form(None, ge=0.0, le=10.0, allow_inf_nan=False)):
+        """Mixed-modal documents: continue a prompt of words and images with text and images the model decides
+        to draw. Cost: n x guidance streams x the images a continuation has room for."""
+        if len(images) > MAX_DOCUMENT_IMAGES:
+            raise HTTPException(422, f"{len(images)} images: a document holds at most {MAX_DOCUMENT_IMAGES}")
+        sampling = {"temperature": temperature, "guidance": guidance}
+        try:
+            DocumentTokenizer(pipeline.vocab).check(prompt, len(images))
+        except PromptError as error:
+            raise HTTPException(422, str(error)) from None
+        cost = check_cost(n, sampling, candidates_used=False, images_per_sample=MAX_DOCUMENT_IMAGES)
+        pictures = [await read_upload(file) for file in images]
+        results = await run(Job("continue", sampling, [(prompt, pictures)] * n, seed, cost))
+        return {"prompt": " ".join(split_words(prompt)), "seen": [data_url(picture) for picture in pictures],
+                "continuations": [{"text": item.text, "images": [data_url(image) for image in item.images],
+                                   "finished": item.finished} for item in results]}
 
     @app.post("/api/sample")
     async def sample(request: SampleRequest):

@@ -28,7 +28,7 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    kind: str                      # "generate" | "caption" | "sample" | "complete"
+    kind: str                      # "generate" | "caption" | "sample" | "complete" | "continue"
     settings: dict                 # sampling overrides; jobs with equal settings can share a batch
     payload: list                  # one item per output row: prompts, images, or None (sample)
     seed: int | None = None
@@ -42,8 +42,8 @@ class Job:
 
     @property
     def batch_key(self):
-        if self.seed is not None or self.kind == "complete":
-            return None  # a fixed seed must see exactly its own random stream; a completion has its own image
+        if self.seed is not None or self.kind in ("complete", "continue"):
+            return None  # a fixed seed must see exactly its own random stream; these carry their own images
         return (self.kind, tuple(sorted(self.settings.items())))
 
 
@@ -130,6 +130,9 @@ class InferenceWorker:
         if kind == "complete":  # payload: n copies of (image, keep, prompt)
             levels, keep, prompt = payload[0]
             return list(zip(*self.pipeline.complete(levels[None], keep, prompt, n=len(payload), seed=seed, **settings)))
+        if kind == "continue":  # payload: n copies of (prompt, images)
+            prompt, images = payload[0]
+            return self.pipeline.continue_documents(prompt, images, n=len(payload), seed=seed, **settings)[0]
         if kind == "caption":
             return self.pipeline.caption(np.stack(payload), seed=seed, **settings)
         images, captions = self.pipeline.sample(len(payload), seed=seed, **settings)

@@ -118,6 +118,58 @@ async function sample() {
   }
 }
 
+// Chat: a prompt with <image> placeholders bound, in order, to the attached images.
+const attachments = [];
+
+function attach(blob) {
+  attachments.push(blob);
+  const image = document.createElement("img");
+  image.src = URL.createObjectURL(blob);
+  image.alt = `attached image ${attachments.length}`;
+  $("chat-attachments").append(image);
+}
+
+// Text with <image> placeholders -> a line of words and inline pictures.
+function mixedLine(who, text, sources) {
+  const line = document.createElement("p");
+  line.className = "chat-line";
+  const speaker = document.createElement("b");
+  speaker.textContent = `${who}: `;
+  line.append(speaker);
+  let next = 0;
+  for (const part of text.split(/(<image>)/)) {
+    if (part === "<image>" && next < sources.length) {
+      const image = document.createElement("img");
+      image.src = sources[next++];
+      image.alt = `${who} image ${next}`;
+      image.className = "inline";
+      line.append(image);
+    } else if (part.trim()) {
+      line.append(document.createTextNode(` ${part.trim()} `));
+    }
+  }
+  return line;
+}
+
+async function chat(event) {
+  event.preventDefault();
+  const form = new FormData();
+  form.append("prompt", $("chat-prompt").value);
+  attachments.forEach((blob, i) => form.append("images", blob, `image${i}.png`));
+  $("chat-message").textContent = "thinking…";
+  $("chat-button").disabled = true;
+  try {
+    const body = await api("/api/continue", { method: "POST", body: form });
+    $("chat-message").textContent = "";
+    $("chat-log").append(mixedLine("you", body.prompt, body.seen),
+      ...body.continuations.map((c) => mixedLine("model", c.text, c.images)));
+  } catch (error) {
+    $("chat-message").textContent = error.message;
+  } finally {
+    $("chat-button").disabled = false;
+  }
+}
+
 async function start() {
   vocabulary = await api("/api/vocabulary");
   fill($("fg-adjective"), vocabulary.adjectives, "dark");
@@ -147,6 +199,10 @@ $("complete-form").addEventListener("submit", (event) => {
   if (upload) completeBlob(upload); else canvas.toBlob(completeBlob, "image/png");
 });
 $("clear-button").addEventListener("click", clearCanvas);
+$("chat-form").addEventListener("submit", chat);
+$("chat-attach-drawing").addEventListener("click", () => canvas.toBlob(attach, "image/png"));
+$("chat-upload").addEventListener("change", (event) => { for (const file of event.target.files) attach(file); });
+$("chat-clear").addEventListener("click", () => { attachments.length = 0; $("chat-attachments").replaceChildren(); });
 $("paper").addEventListener("change", clearCanvas);
 $("caption-button").addEventListener("click", () => canvas.toBlob(captionBlob, "image/png"));
 $("upload").addEventListener("change", (event) => { if (event.target.files[0]) captionBlob(event.target.files[0]); });

@@ -1,0 +1,259 @@
+"""Documents: text and images in any order, their ids, the per-row grammar and the decoding engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinychameleon.checkpoint import build_transformer
+from tinychameleon.config import make_config
+from tinychameleon.data.colored import COLOR_NAMES, DIGIT_WORDS
+from tinychameleon.documents.batches import example_documents, length_batches, padded, picture_codes
+from tinychameleon.documents.document import Document, DocumentTokenizer, split_words
+from tinychameleon.documents.engine import DecodeSettings, RowCache, decode, left_padded
+from tinychameleon.documents.families import FAMILIES, DigitBank, examples
+from tinychameleon.documents.grammar import DocumentGrammar
+from tinychameleon.errors import PromptError
+from tinychameleon.tokenizers.palette import PaletteTokenizer
+from tinychameleon.tokenizers.vocab import WORDS, Vocab
+
+L = PaletteTokenizer.tokens_per_image
+CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={"documents": 64})
+VOCAB = Vocab.for_config(CONFIG)
+TOKENIZER = DocumentTokenizer(VOCAB)
+
+
+def recolor(ids, foreground, background):
+    recolored = ids.clone()
+    recolored[:, 0], recolored[:, 1] = foreground + 64, background + 64
+    return recolored
+
+
+@pytest.fixture(scope="module")
+def bank():
+    rng = np.random.default_rng(0)
+    digits = np.arange(200) % 10
+    return DigitBank(digits, rng.integers(0, 31, 200), rng.integers(0, 31, 200))
+
+
+@pytest.fixture(scope="module")
+def codes():
+    """(200, 51) token grids: two (placeholder) colors, then shape codes that name their example."""
+    shapes = (torch.arange(200)[:, None] * 7 + torch.arange(49)[None]) % 64
+    return torch.cat([torch.full((200, 2), 64), shapes], dim=1)
+
+
+def model_and_grammar(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_transformer(make_config("tiny", vq={"kind": "patches", "codebook_size": 64},
+                                          train={"documents": 64})).eval()
+    tokenizer = PaletteTokenizer(CONFIG.vq)
+    return model, DocumentGrammar(VOCAB, tokenizer.position_tokens(), tokenizer.token_follows())
+
+
+def test_vocabulary_keeps_old_ids_and_appends_document_tokens():
+    plain = Vocab(VOCAB.image_tokens, image_length=L)
+    assert (plain.bos, plain.end_of_text, plain.end_of_image, plain.size) == \
+        (VOCAB.bos, VOCAB.end_of_text, VOCAB.end_of_image, VOCAB.document_word_offset)
+    assert VOCAB.size == VOCAB.end_document + 1 and len(set(VOCAB.text_ids)) == len(VOCAB.text_words)
+    assert [VOCAB.token_name(i) for i in (VOCAB.begin_image, VOCAB.end_image, VOCAB.end_document)] == \
+        ["<boi>", "<eoi>", "<eod>"]
+    assert VOCAB.token_name(VOCAB.text_ids[-1]) == ":" and VOCAB.sequence_length >= 1 + 11 + 4 * (L + 2) + 1
+    with pytest.raises(PromptError, match="without documents"):
+        DocumentTokenizer(plain)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_round_trips(family, bank, codes):
+    chosen = examples(bank, 20, [3, 4], families=[family])
+    ids = example_documents(chosen, codes, recolor, TOKENIZER)
+    for example, document_ids in zip(chosen, ids):
+        assert document_ids[0] == VOCAB.bos and document_ids[-1] == VOCAB.end_document
+        document = TOKENIZER.decode(document_ids)
+        assert document.finished
+        assert split_words(document.text) == split_words(f"{example.prompt} {example.answer}")
+        assert TOKENIZER.encode(document) == document_ids                        # ids -> document -> ids
+        pictures = example.prompt_images + example.answer_images
+        assert len(document.images) == len(pictures)
+        for image, picture in zip(document.images, pictures):                    # each bound to its placeholder
+            assert image[0] == picture.foreground + 64 and image[1] == picture.background + 64
+            assert torch.equal(image[2:], codes[picture.shape, 2:])
+
+
+def test_family_contents_follow_the_wording(bank):
+    for example in examples(bank, 300, 1):
+        words = split_words(example.prompt + " " + example.answer)
+        assert all(word in WORDS or word in VOCAB.text_words or word == "<image>" for word in words)
+        if example.family == "addition":
+            first, second = example.prompt_images
+            assert DIGIT_WORDS.index(words[4]) == first.digit + second.digit <= 9
+        if example.family == "digit color":
+            (before,), (after,) = example.prompt_images, example.answer_images
+            assert after.foreground != before.foreground and after.background == before.background
+            assert example.prompt.endswith(f"make the digit {COLOR_NAMES[after.foreground]} .")
+        if example.family == "counting":
+            digits = [picture.digit for picture in example.answer_images]
+            assert 2 <= len(digits) <= 4 and digits == list(range(digits[0], digits[0] + len(digits)))
+            assert len({(p.foreground, p.background) for p in example.answer_images}) == 1
+        if example.family == "what comes next":
+            assert example.answer_images[0].digit == example.prompt_images[0].digit + 1
+            assert words[-3] == DIGIT_WORDS[example.answer_images[0].digit]
+
+
+def test_examples_are_seeded(bank):
+    one, two, other = examples(bank, 50, 7), examples(bank, 50, 7), examples(bank, 50, 8)
+    assert one == two and one != other
+
+
+def test_prompts_bind_images_in_order_and_refuse_bad_input():
+    first, second = torch.arange(L), torch.arange(L) + 1
+    document = TOKENIZER.bind("<image> plus <image> is", [first, second])
+    assert document.text == "<image> plus <image> is" and not document.finished
+    assert document.images[0] is first and document.images[1] is second
+    assert TOKENIZER.bind("<image> What digit is this?", [first]).text == "<image> what digit is this ?"
+    with pytest.raises(PromptError, match=r"'maek'.*make"):
+        TOKENIZER.check("<image> maek the digit plain red .", 1)
+    with pytest.raises(PromptError, match="2 <image> placeholders but 1 image"):
+        TOKENIZER.check("<image> plus <image> is", 1)
+    with pytest.raises(PromptError, match="too long"):
+        TOKENIZER.check("the " * 40, 0)
+    with pytest.raises(PromptError, match="characters is too long"):
+        TOKENIZER.check("a" * 1000, 0)
+
+
+def test_batches_pad_on_the_right_with_no_loss(bank, codes):
+    ids = example_documents(examples(bank, 64, 2), codes, recolor, TOKENIZER)
+    batches = length_batches(ids, 16, torch.Generator().manual_seed(0), pad=VOCAB.end_document)
+    assert len(batches) == 4 and sum(len(batch) for batch, _ in batches) == 64
+    lengths = sorted(len(row) for row in ids)
+    for batch, weights in batches:
+        assert weights.shape == (batch.shape[0], batch.shape[1] - 1)
+        real = weights.sum(1).long() + 1                                # tokens of each document
+        assert all(int(n) in lengths for n in real)
+        assert (batch.shape[1] - real).max() <= max(lengths) - min(lengths)
+    tokens, weights = padded([[1, 2, 3], [4, 5]], pad=0)
+    assert tokens.tolist() == [[1, 2, 3], [4, 5, 0]] and weights.tolist() == [[1, 1], [1, 0]]
+
+
+def well_formed(ids: list[int], grammar: DocumentGrammar) -> bool:
+    """Every <boi> is followed by exactly L image tokens that obey the tokenizer's rules, then <eoi>; no
+    image token stands outside an image and no word inside one."""
+    position = None
+    for token in ids:
+        if position is None:
+            if token < VOCAB.image_tokens or token == VOCAB.end_image:
+                return False
+            position = 0 if token == VOCAB.begin_image else None
+        elif position < L:
+            if not bool(grammar.image[position, token]):
+                return False
+            position += 1
+        else:
+            if token != VOCAB.end_image:
+                return False
+            position = None
+    return position is None
+
+
+def test_the_grammar_never_cuts_an_image_or_mixes_modalities():
+    model, grammar = model_and_grammar()
+    # A random model: it draws whenever it happens to pick <boi>; make that likely so images are drawn.
+    favour(model, VOCAB.begin_image, 3.0)
+    prompts = [[VOCAB.bos] + [VOCAB.text_ids[i]] * (1 + i % 5) for i in range(24)]
+    settings = DecodeSettings(temperature=1.0, text_temperature=1.0)
+    written = decode(model, grammar, prompts, settings, generator=torch.Generator().manual_seed(0))
+    images = 0
+    for prompt, ids in zip(prompts, written):
+        assert well_formed(ids, grammar) and len(prompt) + len(ids) <= model.config.block_size
+        images += ids.count(VOCAB.begin_image)
+        colors = [ids[i + 1] - 64 for i, token in enumerate(ids) if token == VOCAB.begin_image]
+        assert all(0 <= color < 31 for color in colors)          # a palette color opens every image
+    assert images >= 10
+    # A prompt that stops inside an image continues it: the rest of that image comes first.
+    inside = [VOCAB.bos, VOCAB.begin_image, 70, 80] + [5] * 10
+    ids = decode(model, grammar, [inside], settings, generator=torch.Generator().manual_seed(1))[0]
+    assert all(token < 64 for token in ids[:L - 12]) and ids[L - 12] == VOCAB.end_image
+
+
+def test_room_for_an_image_is_checked_before_it_starts():
+    model, grammar = model_and_grammar()
+    state = grammar.start([[VOCAB.bos, VOCAB.text_ids[0]]] * 3)
+    allowed = grammar.allowed(state, torch.tensor([VOCAB.text_ids[0]] * 3), torch.tensor([L + 3, L + 2, 1]))
+    assert allowed[:, VOCAB.begin_image].tolist() == [True, False, False]
+    assert allowed[2].nonzero().squeeze(1).tolist() == [VOCAB.end_document]
+
+
+def test_padding_never_changes_a_row():
+    model, grammar = model_and_grammar(1)
+    prompts = [[VOCAB.bos, VOCAB.begin_image] + list(range(64, 66)) + [3] * 49 + [VOCAB.end_image, VOCAB.text_ids[3]],
+               [VOCAB.bos, VOCAB.text_ids[5]], [VOCAB.bos] + VOCAB.text_ids[:9]]
+    # Logits: a left-padded batch through the row cache equals each row alone through the plain model.
+    ids, valid = left_padded(prompts, "cpu")
+    cache = RowCache(model, len(prompts), 200, "cpu")
+    cache.writing = valid
+    with torch.no_grad():
+        batched = model(ids, kv_cache=cache)[:, -1]
+        alone = torch.cat([model(torch.tensor([prompt]))[:, -1] for prompt in prompts])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    # Whole continuations (greedy): the batch writes what each row writes alone.
+    settings = DecodeSettings(temperature=0.0, max_new_tokens=80)
+    together = decode(model, grammar, prompts, settings)
+    assert together == [decode(model, grammar, [prompt], settings)[0] for prompt in prompts]
+
+
+def favour(model, token: int, amount: float, channel: int = 0) -> None:
+    """Raise a random model's logit of `token` by about `amount` everywhere: a bias on one channel of the final
+    LayerNorm that only that token's output row reads."""
+    with torch.no_grad():
+        model.norm.bias[channel] += amount
+        model.head.weight[:, channel] = 0.0
+        model.head.weight[token, channel] = 1.0
+
+
+def forced_drawing(model):
+    """Make a random model open an image whenever it writes text: a mixed document to compare paths on."""
+    favour(model, VOCAB.begin_image, 20.0)
+
+
+def test_the_cached_decoder_equals_the_uncached_one_on_a_mixed_document():
+    model, grammar = model_and_grammar(2)
+    forced_drawing(model)
+    prompts = [[VOCAB.bos, VOCAB.begin_image, 64, 70] + [7] * 49 + [VOCAB.end_image] + VOCAB.text_ids[40:44],
+               [VOCAB.bos] + VOCAB.text_ids[:3]]
+    unconditional = [[token for token in prompt if token not in VOCAB.text_ids] for prompt in prompts]
+    for guidance, extra in ((1.0, None), (2.5, unconditional)):
+        settings = DecodeSettings(temperature=0.0, guidance=guidance, max_new_tokens=2 * L + 8)
+        cached = decode(model, grammar, prompts, settings, extra)
+        uncached = decode(model, grammar, prompts, settings, extra, use_cache=False)
+        assert cached == uncached
+        assert all(row.count(VOCAB.begin_image) >= 1 for row in cached)
+
+
+def test_guidance_one_equals_plain_sampling_and_guidance_changes_images():
+    model, grammar = model_and_grammar(3)
+    forced_drawing(model)
+    prompts = [[VOCAB.bos] + VOCAB.text_ids[i:i + 3] for i in range(6)]
+    unconditional = [[VOCAB.bos]] * len(prompts)
+
+    def run(guidance, extra):
+        settings = DecodeSettings(temperature=1.0, guidance=guidance, max_new_tokens=L + 4)
+        return decode(model, grammar, prompts, settings, extra, generator=torch.Generator().manual_seed(9))
+
+    assert run(1.0, unconditional) == run(1.0, None)           # the mixing formula at scale 1 is the identity
+    assert run(3.0, unconditional) != run(1.0, None)
+
+
+def test_finished_rows_leave_the_batch():
+    model, grammar = model_and_grammar(4)
+    favour(model, VOCAB.end_document, 30.0)                   # row 0 ends at once, row 1 must finish its image
+    prompts = [[VOCAB.bos, VOCAB.text_ids[0]], [VOCAB.bos, VOCAB.begin_image, 64, 70]]
+    written = decode(model, grammar, prompts, DecodeSettings(temperature=0.0, max_new_tokens=60))
+    assert written[0] == [VOCAB.end_document]
+    assert written[1][L - 2] == VOCAB.end_image and written[1][-1] == VOCAB.end_document
+
+
+def test_picture_codes_repaint_shapes(codes):
+    from tinychameleon.documents.families import Picture
+    result = picture_codes([Picture(3, 3, 5, 9), Picture(7, 7, 1, 2)], codes, recolor)
+    assert result[:, :2].tolist() == [[69, 73], [65, 66]] and torch.equal(result[:, 2:], codes[[3, 7], 2:])

@@ -1,0 +1,65 @@
+"""Examples -> token ids -> training batches: documents of different lengths, right-padded, with loss masks.
+
+Position ids need nothing special: padding goes at the end, where causal attention keeps it from
+every real token, and its targets carry no loss. Batches group documents of similar length, so little
+of a batch is padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .document import Document, DocumentTokenizer
+from .families import Example, Picture
+
+
+def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torch.Tensor:
+    """(M, L) image tokens of the pictures: each example's shape tokens under the picture's two colors.
+    codes (N, L) are the bank's tokens; recolor is the image tokenizer's recolor(ids, foreground, background)."""
+    if not pictures:
+        return codes[:0]
+    shapes = torch.tensor([picture.shape for picture in pictures])
+    foreground = torch.tensor([picture.foreground for picture in pictures])
+    background = torch.tensor([picture.background for picture in pictures])
+    return recolor(codes[shapes], foreground, background)
+
+
+def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tokenizer: DocumentTokenizer,
+                      text_dropout: torch.Tensor | None = None) -> list[list[int]]:
+    """The finished documents (prompt, then answer) as ids. Rows marked in text_dropout (len(examples),) keep
+    their images only: what the unconditional stream of guidance reads."""
+    pictures = [picture for example in examples for picture in example.prompt_images + example.answer_images]
+    images = iter(picture_codes(pictures, codes, recolor))
+    documents = []
+    for row, example in enumerate(examples):
+        count = len(example.prompt_images) + len(example.answer_images)
+        bound = [next(images) for _ in range(count)]
+        if text_dropout is not None and text_dropout[row]:
+            document = Document(bound)
+        else:
+            document = tokenizer.bind(f"{example.prompt} {example.answer}", bound)
+            document.finished = True
+        documents.append(tokenizer.encode(document))
+    return documents
+
+
+def padded(documents: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids right-padded with `pad` and (B, T-1) loss weights: 1 on each real next token, 0 on padding."""
+    T = max(len(ids) for ids in documents)
+    ids = torch.full((len(documents), T), pad, dtype=torch.long)
+    weights = torch.zeros(len(documents), T - 1)
+    for row, document in enumerate(documents):
+        ids[row, :len(document)] = torch.tensor(document, dtype=torch.long)
+        weights[row, :len(document) - 1] = 1.0
+    return ids, weights
+
+
+def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Whole batches of documents of similar length (sorted by length, random among equals), in random order;
+    the last partial batch is dropped."""
+    tiebreak = torch.rand(len(documents), generator=generator).tolist()
+    order = sorted(range(len(documents)), key=lambda i: (len(documents[i]), tiebreak[i]))
+    batches = [padded([documents[i] for i in order[start:start + batch_size]], pad)
+               for start in range(0, len(order) - batch_size + 1, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -1,0 +1,159 @@
+"""A document is any sequence of text segments and images; this module turns one into token ids and back.
+
+    <bos> w w w <boi> i1..iL <eoi> w w <boi> i1..iL <eoi> ... <eod>
+
+Text is words separated by spaces (the caption words, the document words and the punctuation
+". ? :" as words of their own); an image is its L image tokens between <boi> and <eoi>; <eod>
+closes a finished document. A prompt is a string whose `<image>` placeholders are bound, in order,
+to a list of images (the Hugging Face processor convention). Where images start, which positions
+are image tokens and what the sampler may write next all follow from these ids (grammar.py), never
+from fixed offsets.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import PromptError
+from ..tokenizers.text import quoted
+from ..tokenizers.vocab import MAX_DOCUMENT_IMAGES, MAX_DOCUMENT_TEXT, Vocab
+
+IMAGE_PLACEHOLDER = "<image>"
+MAX_PROMPT_CHARACTERS = 400
+PUNCTUATION = re.compile(r"([.?:])")
+
+
+@dataclass
+class Document:
+    """segments: text (a string of words) or an image ((L,) image token ids), in reading order."""
+
+    segments: list = field(default_factory=list)
+    finished: bool = True        # it ended with <eod> (False: it ran out of room, or is a prompt)
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        return [segment for segment in self.segments if not isinstance(segment, str)]
+
+    @property
+    def text(self) -> str:
+        """The words with <image> where each image stands."""
+        return " ".join(segment if isinstance(segment, str) else IMAGE_PLACEHOLDER for segment in self.segments)
+
+    def __add__(self, other: "Document") -> "Document":
+        return Document(self.segments + other.segments, other.finished)
+
+
+@dataclass
+class Continuation:
+    """What the model wrote after a prompt: its text (<image> where it drew), the images it drew
+    ((k, 28, 28, 3) levels, in order) and whether it ended the document itself."""
+
+    text: str
+    images: "object"
+    finished: bool
+
+
+def split_words(text: str) -> list[str]:
+    """The one normal form of document text: lower case, punctuation as separate words, single spaces."""
+    return PUNCTUATION.sub(r" \1 ", text.lower().replace(IMAGE_PLACEHOLDER, f" {IMAGE_PLACEHOLDER} ")).split()
+
+
+class DocumentTokenizer:
+    """Documents and prompts <-> token ids of one vocabulary (one with document tokens)."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        if not vocab.documents:
+            raise PromptError("this checkpoint was trained without documents; train one with documents "
+                              "(tinychameleon train --preset best) to continue documents")
+        self.vocab = vocab
+        self.word_to_id = dict(zip(vocab.text_words, vocab.text_ids))
+        self.id_to_word = {index: word for word, index in self.word_to_id.items()}
+
+    def check(self, prompt: str, image_count: int | None = None) -> list[str]:
+        """The prompt's words (with <image> placeholders); PromptError names unknown words and their closest
+        known ones, too long a prompt, or a number of images that does not match the placeholders."""
+        if not isinstance(prompt, str):
+            raise PromptError(f"a prompt must be text, got {type(prompt).__name__}")
+        if len(prompt) > MAX_PROMPT_CHARACTERS:
+            raise PromptError(f"a prompt of {len(prompt)} characters is too long: at most {MAX_PROMPT_CHARACTERS}")
+        words = split_words(prompt)
+        unknown = [word for word in words if word != IMAGE_PLACEHOLDER and word not in self.word_to_id]
+        if unknown:
+            hints = "; ".join(f"{quoted(word, 30)}: did you mean "
+                              f"{', '.join(difflib.get_close_matches(word, list(self.word_to_id), n=3, cutoff=0.5)) or 'nothing close'}?"
+                              for word in unknown[:3])
+            raise PromptError(f"unknown word{'s' if len(unknown) > 1 else ''} in {quoted(prompt)} ({hints})")
+        placeholders = words.count(IMAGE_PLACEHOLDER)
+        if image_count is not None and placeholders != image_count:
+            raise PromptError(f"{quoted(prompt)} has {placeholders} {IMAGE_PLACEHOLDER} placeholder"
+                              f"{'s' if placeholders != 1 else ''} but {image_count} image"
+                              f"{'s were' if image_count != 1 else ' was'} given: one image per placeholder, in order")
+        if not words:
+            raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
+        text_tokens = len(words) - placeholders
+        if placeholders > MAX_DOCUMENT_IMAGES or text_tokens > MAX_DOCUMENT_TEXT:
+            raise PromptError(f"{quoted(prompt)} is too long for the model: at most {MAX_DOCUMENT_IMAGES} images and "
+                              f"{MAX_DOCUMENT_TEXT} other words in a document")
+        return words
+
+    def bind(self, prompt: str, images: list[torch.Tensor]) -> Document:
+        """A prompt string and the image tokens of its placeholders -> an unfinished Document."""
+        words = self.check(prompt, len(images))
+        segments, text, pending = [], [], iter(images)
+        for word in words:
+            if word == IMAGE_PLACEHOLDER:
+                if text:
+                    segments.append(" ".join(text))
+                    text = []
+                segments.append(next(pending))
+            else:
+                text.append(word)
+        if text:
+            segments.append(" ".join(text))
+        return Document(segments, finished=False)
+
+    def encode(self, document: Document) -> list[int]:
+        """<bos>, the segments, and <eod> when the document is finished."""
+        vocab = self.vocab
+        ids = [vocab.bos]
+        for segment in document.segments:
+            if isinstance(segment, str):
+                ids.extend(self.word_to_id[word] for word in split_words(segment))
+            else:
+                ids.append(vocab.begin_image)
+                ids.extend(int(token) for token in segment)
+                ids.append(vocab.end_image)
+        if document.finished:
+            ids.append(vocab.end_document)
+        return ids
+
+    def decode(self, ids) -> Document:
+        """Token ids (a prompt's continuation, or a whole document with or without <bos>) -> Document.
+        Reading stops at <eod>; an image cut short (no <eoi>) is dropped and the document marked unfinished."""
+        vocab = self.vocab
+        segments, words, image, finished = [], [], None, False
+        for token in (int(token) for token in ids):
+            if token == vocab.bos:
+                continue
+            if token == vocab.end_document:
+                finished = True
+                break
+            if token == vocab.begin_image:
+                image = []
+                if words:
+                    segments.append(" ".join(words))
+                    words = []
+            elif token == vocab.end_image and image is not None:
+                segments.append(torch.tensor(image, dtype=torch.long))
+                image = None
+            elif image is not None:
+                image.append(token)
+            elif token in self.id_to_word:
+                words.append(self.id_to_word[token])
+        if words:
+            segments.append(" ".join(words))
+        return Document(segments, finished=finished and image is None)

@@ -1,0 +1,205 @@
+"""The decoding engine for documents: prefill, then one token per step for every row, each row under its own
+grammar state. It knows no layout: prompts are lists of ids, the grammar says what may come next.
+
+Rows hold prompts of different lengths (left-padded) and, with classifier-free guidance, a second
+stream per row: the same document with its text left out (CM3Leon's unconditional stream). Both
+streams run in one forward per step through one `RowCache`; a slot a row must not see (padding, or
+a word in the unconditional stream) is marked invalid there, so every row reads exactly as it would
+alone. Rows that reach <eod> leave the batch, so they stop costing work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DeadlineExceeded
+from ..model import Transformer, causal_mask
+from ..sampling import filter_logits, pick
+from .grammar import DocumentGrammar
+
+
+class RowCache:
+    """A static key/value cache whose rows keep their own valid slots and positions.
+
+    Every row advances one slot per step (one forward for the whole batch), but a slot written while
+    `writing` marks it invalid is never read again and does not advance the row's position: left
+    padding and the unconditional stream's skipped words are such slots. The model reads it through the
+    same four calls as `KVCache` (positions, attention_mask, update, advance)."""
+
+    def __init__(self, model: Transformer, batch_size: int, max_length: int, device) -> None:
+        config = model.config
+        head_dim = config.d_model // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_length, head_dim)
+        self.keys = torch.zeros(shape, device=device)
+        self.values = torch.zeros(shape, device=device)
+        self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
+        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.position = 0              # slots written so far (the same for every row)
+        self.writing = None            # (B, T) validity of the slots the next forward writes
+
+    @property
+    def least_padding(self) -> int:
+        """The model checks position - least_padding + T <= block_size: the longest row's real length."""
+        return self.position - int(self.next_position.max())
+
+    def positions(self, T: int) -> torch.Tensor:
+        """(B, T) position ids of the new tokens: each row counts only its valid slots."""
+        valid = self.writing.long()
+        return self.next_position[:, None] + valid.cumsum(1) - valid
+
+    def attention_mask(self, T: int) -> torch.Tensor:
+        """(B, 1, T, S): causal over valid keys; each query also sees its own slot so that an invalid query
+        still has a key (its output is never used)."""
+        S = self.position + T
+        keys = torch.cat([self.valid[:, :self.position], self.writing], dim=1)               # (B, S)
+        causal = causal_mask(T, self.position, keys.device)                                  # (T, S)
+        own = torch.arange(S, device=keys.device)[None, :] == torch.arange(self.position, S, device=keys.device)[:, None]
+        return ((causal[None] & keys[:, None, :]) | own[None])[:, None]
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor):
+        end = self.position + key.shape[2]
+        self.keys[layer, :, :, self.position:end] = key
+        self.values[layer, :, :, self.position:end] = value
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, steps: int) -> None:
+        self.valid[:, self.position:self.position + steps] = self.writing
+        self.next_position += self.writing.sum(1)
+        self.position += steps
+        self.writing = None
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (the others have finished)."""
+        self.keys, self.values = self.keys[:, rows], self.values[:, rows]
+        self.valid, self.next_position = self.valid[rows], self.next_position[rows]
+
+
+@dataclass
+class DecodeSettings:
+    temperature: float = 1.0          # image tokens
+    top_k: int = 0
+    top_p: float = 1.0
+    guidance: float = 1.0             # classifier-free guidance of image tokens (needs unconditional prompts)
+    text_temperature: float = 0.0     # words, <boi> and <eod> (0: greedy)
+    max_new_tokens: int = 0           # 0: up to the model's block size
+
+
+def left_padded(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> (B, P) ids left-padded with 0 and (B, P) validity."""
+    P = max(len(ids) for ids in prompts)
+    ids = torch.zeros(len(prompts), P, dtype=torch.long)
+    valid = torch.zeros(len(prompts), P, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        valid[row, P - len(prompt):] = True
+    return ids.to(device), valid.to(device)
+
+
+@torch.no_grad()
+def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]], settings: DecodeSettings,
+           unconditional: list[list[int]] | None = None, generator: torch.Generator | None = None,
+           should_stop: Callable[[], bool] | None = None, use_cache: bool = True) -> list[list[int]]:
+    """Continue each prompt (ids, <bos> first) until <eod> or the room runs out; returns the new ids per row.
+
+    unconditional: one prompt per row for the guidance stream (the document without its text); with it,
+    image tokens are drawn from log p_uncond + guidance * (log p_cond - log p_uncond). should_stop is asked
+    before every step; True abandons the work with DeadlineExceeded. use_cache=False re-reads every row
+    whole at each step (the reference the cache is tested against)."""
+    model.eval()
+    device = next(model.parameters()).device
+    B = len(prompts)
+    streams = [prompts] + ([unconditional] if unconditional is not None else [])
+    rows = [ids for stream in streams for ids in stream]                                  # (groups * B) rows
+    ids, valid = left_padded(rows, device)
+    longest = max(len(prompt) for prompt in prompts)
+    room = model.config.block_size - torch.tensor([len(prompt) for prompt in prompts], device=device)
+    if settings.max_new_tokens:
+        room = room.clamp(max=settings.max_new_tokens)
+    steps = int(room.max())
+    state = grammar.start(prompts)
+    state.image_position, state.finished = state.image_position.to(device), state.finished.to(device)
+    previous = torch.tensor([prompt[-1] for prompt in prompts], device=device)
+    outputs = [[] for _ in range(B)]
+    active = torch.arange(B, device=device)                 # original index of each remaining row
+    reader = (CachedReader if use_cache else FullReader)(model, ids, valid, ids.shape[1] + steps)
+    logits = reader.prefill()                                                            # (groups * B, V)
+    groups = len(streams)
+    for _ in range(steps):
+        if should_stop is not None and should_stop():
+            raise DeadlineExceeded("decoding stopped: the time limit passed")
+        n = len(active)
+        conditional = logits[:n]
+        allowed = grammar.allowed(state, previous, room)
+        in_image = (state.image_position >= 0)[:, None]
+        image_logits = conditional
+        if groups == 2:
+            free = F.log_softmax(logits[n:].float(), -1)
+            image_logits = free + settings.guidance * (F.log_softmax(conditional.float(), -1) - free)
+        image_token = pick(filter_logits(image_logits, allowed, settings.temperature, settings.top_k or None,
+                                         settings.top_p), settings.temperature, generator)
+        text_token = pick(filter_logits(conditional, allowed, settings.text_temperature, None),
+                          settings.text_temperature, generator)
+        token = torch.where(in_image[:, 0], image_token, text_token)
+        token = torch.where(state.finished, torch.full_like(token, grammar.vocab.end_document), token)
+        for row, value in zip(active.tolist(), token.tolist()):
+            if not (len(outputs[row]) and outputs[row][-1] == grammar.vocab.end_document):
+                outputs[row].append(value)
+        state = grammar.advance(state, token)
+        room = room - 1
+        keep = ~state.finished & (room > 0)
+        if not keep.any():
+            break
+        if not keep.all():                                   # finished rows leave the batch
+            index = keep.nonzero().squeeze(1)
+            state, room, token, active = state.select(index), room[index], token[index], active[index]
+            reader.select(torch.cat([index + group * n for group in range(groups)]))
+        previous = token
+        # The unconditional stream does not see words: its copy of a word is an invalid slot.
+        seen = torch.cat([torch.ones_like(token, dtype=torch.bool)] + [~grammar.is_text(token)] * (groups - 1))
+        logits = reader.step(token.repeat(groups), seen)
+    return outputs
+
+
+class CachedReader:
+    """Prefill once, then run only the new token of each row through the RowCache."""
+
+    def __init__(self, model: Transformer, ids: torch.Tensor, valid: torch.Tensor, length: int) -> None:
+        self.model, self.ids, self.valid = model, ids, valid
+        self.cache = RowCache(model, len(ids), length, ids.device)
+
+    def prefill(self) -> torch.Tensor:
+        self.cache.writing = self.valid
+        return self.model(self.ids, kv_cache=self.cache)[:, -1]
+
+    def step(self, token: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        self.cache.writing = seen[:, None]
+        return self.model(token[:, None], kv_cache=self.cache)[:, -1]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.select(rows)
+
+
+class FullReader:
+    """No cache: each row's valid tokens so far, re-read whole at every step (one row at a time)."""
+
+    def __init__(self, model: Transformer, ids: torch.Tensor, valid: torch.Tensor, length: int) -> None:
+        self.model = model
+        self.rows = [row[mask].tolist() for row, mask in zip(ids, valid)]
+
+    def _read(self) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return torch.cat([self.model(torch.tensor([row], device=device))[:, -1] for row in self.rows])
+
+    def prefill(self) -> torch.Tensor:
+        return self._read()
+
+    def step(self, token: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        self.rows = [row + [value] if keep else row for row, value, keep in zip(self.rows, token.tolist(), seen.tolist())]
+        return self._read()
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.rows = [self.rows[index] for index in rows.tolist()]

@@ -1,0 +1,184 @@
+"""The task families: seeded documents built from colored-MNIST digits, for training and for evaluation.
+
+Each family turns a digit (and random draws) into an `Example`: a prompt with <image> placeholders,
+the answer the model should continue with, and, for every placeholder, a `Picture` saying what that
+image shows (which digit example lends its shape, in which two colors). The same examples feed
+training (as token ids, the answer's images drawn from training digits) and evaluation (the prompt's
+images shown as real pictures, the answer's judged). Families and their exact wording:
+
+    digit color        <image> make the digit COLOR .          -> <image>
+    background color   <image> make the background COLOR .     -> <image>
+    swap               <image> swap the colors .               -> <image>
+    change digit       <image> make it a DIGIT .               -> <image>
+    what digit         <image> what digit is this ?            -> DIGIT .
+    digit color name   <image> what color is the digit ?       -> COLOR .
+    background name    <image> what color is the background ?  -> COLOR .
+    addition           <image> plus <image> is                 -> DIGIT .        (sums up to nine)
+    counting           count from DIGIT to DIGIT in COLOR on COLOR :  -> <image> <image> ...  (2-4 images)
+    what comes next    <image> what comes next ?               -> DIGIT : <image>
+    draw               COLOR DIGIT on COLOR                    -> <image>
+    read               <image>                                 -> COLOR DIGIT on COLOR
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..data.colored import COLOR_NAMES, DIGIT_WORDS, VALID_PAIRS, caption_of
+
+VALID = np.zeros((len(COLOR_NAMES), len(COLOR_NAMES)), dtype=bool)
+VALID[VALID_PAIRS[:, 0], VALID_PAIRS[:, 1]] = True
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image of a document: the shape of digit example `shape` of the bank, painted in two colors.
+    same_shape: the answer must keep that exact shape (edits); otherwise any shape of `digit` will do."""
+    shape: int
+    digit: int
+    foreground: int
+    background: int
+    same_shape: bool = True
+
+
+@dataclass
+class Example:
+    family: str
+    prompt: str                                         # with <image> placeholders
+    prompt_images: list[Picture]
+    answer: str                                         # what the model should write, <image> where it draws
+    answer_images: list[Picture] = field(default_factory=list)
+
+
+class DigitBank:
+    """The digits a family may use (one split): digit labels and each example's own colors."""
+
+    def __init__(self, digits: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> None:
+        self.digits, self.foreground, self.background = (np.asarray(a, dtype=np.int64)
+                                                         for a in (digits, foreground, background))
+        self.by_digit = [np.flatnonzero(self.digits == d) for d in range(10)]
+
+    def any_of(self, digit: int, rng: np.random.Generator) -> int:
+        return int(rng.choice(self.by_digit[digit]))
+
+
+def other_color(rng: np.random.Generator, keep: int, current: int, as_foreground: bool) -> int:
+    """A color, not `current`, that makes a valid pair with `keep` (the color that stays)."""
+    partners = VALID[:, keep] if as_foreground else VALID[keep, :]
+    choices = np.flatnonzero(partners & (np.arange(len(COLOR_NAMES)) != current))
+    return int(rng.choice(choices))
+
+
+def random_pair(rng: np.random.Generator) -> tuple[int, int]:
+    foreground, background = VALID_PAIRS[rng.integers(len(VALID_PAIRS))]
+    return int(foreground), int(background)
+
+
+def source(bank: DigitBank, index: int) -> Picture:
+    return Picture(index, int(bank.digits[index]), int(bank.foreground[index]), int(bank.background[index]))
+
+
+def digit_color(bank, index, rng) -> Example:
+    image = source(bank, index)
+    new = other_color(rng, image.background, image.foreground, as_foreground=True)
+    return Example("digit color", f"<image> make the digit {COLOR_NAMES[new]} .", [image], "<image>",
+                   [Picture(index, image.digit, new, image.background)])
+
+
+def background_color(bank, index, rng) -> Example:
+    image = source(bank, index)
+    new = other_color(rng, image.foreground, image.background, as_foreground=False)
+    return Example("background color", f"<image> make the background {COLOR_NAMES[new]} .", [image], "<image>",
+                   [Picture(index, image.digit, image.foreground, new)])
+
+
+def swap(bank, index, rng) -> Example:
+    image = source(bank, index)
+    return Example("swap", "<image> swap the colors .", [image], "<image>",
+                   [Picture(index, image.digit, image.background, image.foreground)])
+
+
+def change_digit(bank, index, rng) -> Example:
+    image = source(bank, index)
+    new = int(rng.choice([d for d in range(10) if d != image.digit]))
+    return Example("change digit", f"<image> make it a {DIGIT_WORDS[new]} .", [image], "<image>",
+                   [Picture(bank.any_of(new, rng), new, image.foreground, image.background, same_shape=False)])
+
+
+def what_digit(bank, index, rng) -> Example:
+    image = source(bank, index)
+    return Example("what digit", "<image> what digit is this ?", [image], f"{DIGIT_WORDS[image.digit]} .")
+
+
+def digit_color_name(bank, index, rng) -> Example:
+    image = source(bank, index)
+    return Example("digit color name", "<image> what color is the digit ?", [image],
+                   f"{COLOR_NAMES[image.foreground]} .")
+
+
+def background_name(bank, index, rng) -> Example:
+    image = source(bank, index)
+    return Example("background name", "<image> what color is the background ?", [image],
+                   f"{COLOR_NAMES[image.background]} .")
+
+
+def addition(bank, index, rng) -> Example:
+    first = source(bank, index)
+    other = int(rng.integers(0, 10 - first.digit))                    # the sum stays at most nine
+    second_index = bank.any_of(other, rng)
+    second = source(bank, second_index)
+    return Example("addition", "<image> plus <image> is", [first, second], f"{DIGIT_WORDS[first.digit + other]} .")
+
+
+def counting(bank, index, rng) -> Example:
+    count = int(rng.integers(2, 5))                                   # two to four images
+    start = int(rng.integers(0, 11 - count))
+    foreground, background = random_pair(rng)
+    digits = range(start, start + count)
+    pictures = [Picture(bank.any_of(d, rng), d, foreground, background, same_shape=False) for d in digits]
+    return Example("counting", f"count from {DIGIT_WORDS[start]} to {DIGIT_WORDS[start + count - 1]} in "
+                   f"{COLOR_NAMES[foreground]} on {COLOR_NAMES[background]} :", [],
+                   " ".join(["<image>"] * count), pictures)
+
+
+def what_comes_next(bank, index, rng) -> Example:
+    image = source(bank, index)
+    if image.digit == 9:                                              # nine has no next digit: use an eight
+        image = source(bank, bank.any_of(8, rng))
+    following = image.digit + 1
+    return Example("what comes next", "<image> what comes next ?", [image], f"{DIGIT_WORDS[following]} : <image>",
+                   [Picture(bank.any_of(following, rng), following, image.foreground, image.background,
+                            same_shape=False)])
+
+
+def draw(bank, index, rng) -> Example:
+    image = source(bank, index)
+    return Example("draw", caption_of(image.digit, image.foreground, image.background), [], "<image>",
+                   [Picture(index, image.digit, image.foreground, image.background, same_shape=False)])
+
+
+def read(bank, index, rng) -> Example:
+    image = source(bank, index)
+    return Example("read", "<image>", [image], caption_of(image.digit, image.foreground, image.background))
+
+
+# The one registry of families: name -> (builder, share of training documents).
+FAMILIES: dict[str, tuple[Callable, float]] = {
+    "digit color": (digit_color, 1.0), "background color": (background_color, 1.0), "swap": (swap, 1.0),
+    "change digit": (change_digit, 1.0), "what digit": (what_digit, 1.0), "digit color name": (digit_color_name, 0.5),
+    "background name": (background_name, 0.5), "addition": (addition, 1.0), "counting": (counting, 1.0),
+    "what comes next": (what_comes_next, 1.0), "draw": (draw, 0.5), "read": (read, 0.5),
+}
+
+
+def examples(bank: DigitBank, count: int, seed: int | list[int], families: list[str] | None = None) -> list[Example]:
+    """`count` seeded examples; each picks a family (by its share, or evenly among `families`) and a digit."""
+    rng = np.random.default_rng(seed)
+    names = families or list(FAMILIES)
+    shares = np.array([1.0 if families else FAMILIES[name][1] for name in names])
+    chosen = rng.choice(len(names), size=count, p=shares / shares.sum())
+    indices = rng.integers(0, len(bank.digits), size=count)
+    return [FAMILIES[names[family]][0](bank, int(index), rng) for family, index in zip(chosen, indices)]

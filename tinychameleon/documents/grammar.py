@@ -1,0 +1,84 @@
+"""The per-row grammar of mixed-modal decoding: what each row of a batch may write next, from its own state.
+
+    text ──<boi>──> image position 0 .. L-1 (the image tokenizer's rules) ──<eoi>──> text ──<eod>──> done
+
+In text a row may write any word, <boi> (the model decides to draw) or <eod>. After <boi> it writes
+exactly L image tokens, each one the tokenizer allows at that position and after the previous one
+(two color tokens, then shape codes, for the palette kinds), then <eoi>: an image is never cut short
+and no text appears inside one. <boi> is refused when the room left could not hold a whole image, and
+a row with one token of room left must end. The state is two tensors, so a batch steps in one go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..tokenizers.vocab import Vocab
+
+TEXT = -1    # image_position of a row that is writing text
+
+
+@dataclass
+class RowState:
+    image_position: torch.Tensor      # (B,) long: TEXT, or the index of the next image token (L: only <eoi>)
+    finished: torch.Tensor            # (B,) bool: <eod> written
+
+    def select(self, rows: torch.Tensor) -> "RowState":
+        return RowState(self.image_position[rows], self.finished[rows])
+
+
+class DocumentGrammar:
+    def __init__(self, vocab: Vocab, image_positions: torch.Tensor | None = None,
+                 image_follows: torch.Tensor | None = None) -> None:
+        """image_positions (L, K): image ids allowed at each image position; image_follows (K, K): which image
+        id may follow which (the tokenizer's rules, e.g. only color pairs of the data). Default: any."""
+        V, K, L = vocab.size, vocab.image_tokens, vocab.image_length
+        self.vocab = vocab
+        self.text = torch.zeros(V, dtype=torch.bool)
+        self.text[vocab.text_ids] = True
+        self.text[[vocab.begin_image, vocab.end_document]] = True
+        self.image = torch.zeros(L + 1, V, dtype=torch.bool)                    # row p: the p-th image token
+        self.image[:L, :K] = True if image_positions is None else image_positions
+        self.image[L, vocab.end_image] = True
+        self.follows = torch.ones(V, V, dtype=torch.bool)
+        if image_follows is not None:
+            self.follows[:K, :K] = image_follows
+        self.end_only = torch.zeros(V, dtype=torch.bool)
+        self.end_only[vocab.end_document] = True
+
+    def start(self, prompts: list[list[int]]) -> RowState:
+        """The state after each prompt (<bos> first): inside an image if it ends after a <boi> without <eoi>."""
+        positions = []
+        for ids in prompts:
+            opened = max((i for i, token in enumerate(ids) if token == self.vocab.begin_image), default=-1)
+            closed = max((i for i, token in enumerate(ids) if token == self.vocab.end_image), default=-1)
+            positions.append(len(ids) - 1 - opened if opened > closed else TEXT)
+        finished = [bool(ids) and ids[-1] == self.vocab.end_document for ids in prompts]
+        return RowState(torch.tensor(positions, dtype=torch.long), torch.tensor(finished, dtype=torch.bool))
+
+    def allowed(self, state: RowState, previous: torch.Tensor, room: torch.Tensor) -> torch.Tensor:
+        """(B, V) booleans: the tokens each row may write next. previous (B,): the last token of each row;
+        room (B,): how many tokens each row may still write, this one included."""
+        device = previous.device
+        in_image = state.image_position >= 0
+        image = self.image.to(device)[state.image_position.clamp(min=0)] & self.follows.to(device)[previous]
+        text = self.text.to(device).expand(len(previous), -1).clone()
+        # <boi> needs room for the image, its <eoi> and the <eod> after it.
+        text[:, self.vocab.begin_image] &= room >= self.vocab.image_length + 3
+        text = torch.where((room <= 1)[:, None], self.end_only.to(device), text)
+        allowed = torch.where(in_image[:, None], image, text)
+        return torch.where(state.finished[:, None], self.end_only.to(device), allowed)
+
+    def advance(self, state: RowState, token: torch.Tensor) -> RowState:
+        """The state after each row writes `token` (B,)."""
+        vocab = self.vocab
+        position = torch.where(state.image_position >= 0, state.image_position + 1, state.image_position)
+        position = torch.where(token == vocab.end_image, TEXT, position)
+        position = torch.where(token == vocab.begin_image, 0, position)
+        return RowState(position, state.finished | (token == vocab.end_document))
+
+    def is_text(self, token: torch.Tensor) -> torch.Tensor:
+        """(B,) whether each token is a word (what the unconditional stream of guidance does not see)."""
+        return self.text.to(token.device)[token] & (token != self.vocab.begin_image) & (token != self.vocab.end_document)

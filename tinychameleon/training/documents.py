@@ -1,0 +1,50 @@
+"""The documents a run trains on beside its pairs: a fresh seeded set of task-family examples each epoch,
+built from the training digits only, and a fixed set from the validation digits to score every epoch."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..config import RunConfig
+from ..data.colored import ColoredMNIST
+from ..documents.batches import example_documents, length_batches, padded
+from ..documents.document import DocumentTokenizer
+from ..documents.families import DigitBank, examples
+from ..errors import ConfigError
+from ..tokenizers.vocab import Vocab
+
+VALIDATION_DOCUMENTS = 512
+
+
+def bank_of(split: ColoredMNIST) -> DigitBank:
+    return DigitBank(split.digits, split.foreground, split.background)
+
+
+def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor
+                    ) -> Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """epoch -> that epoch's document batches ((B, T) ids, (B, T-1) loss weights), the same on every rank."""
+    if not hasattr(image_tokenizer, "recolor"):
+        raise ConfigError("documents need an image tokenizer that keeps color apart from shape (vq.kind palette "
+                          "or patches): edits repaint a digit's tokens")
+    settings, vocab = config.train, Vocab.for_config(config)
+    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split)
+
+    def documents(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(settings.seed * 7937 + epoch)
+        chosen = examples(bank, settings.documents, [settings.seed, epoch, 22])
+        dropout = torch.rand(len(chosen), generator=generator) < settings.text_dropout
+        ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
+        return length_batches(ids, settings.batch_size, generator, pad=vocab.end_document)
+
+    return documents
+
+
+def validation_documents(config: RunConfig, image_tokenizer, split: ColoredMNIST, codes: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed seeded set of documents of the validation digits: (B, T) ids and (B, T-1) weights."""
+    vocab = Vocab.for_config(config)
+    chosen = examples(bank_of(split), VALIDATION_DOCUMENTS, [config.data_seed, 1, 22])
+    ids = example_documents(chosen, codes, image_tokenizer.recolor, DocumentTokenizer(vocab))
+    return padded(ids, vocab.end_document)
