@@ -257,3 +257,49 @@ def test_picture_codes_repaint_shapes(codes):
     from tinychameleon.documents.families import Picture
     result = picture_codes([Picture(3, 3, 5, 9), Picture(7, 7, 1, 2)], codes, recolor)
     assert result[:, :2].tolist() == [[69, 73], [65, 66]] and torch.equal(result[:, 2:], codes[[3, 7], 2:])
+
+
+def test_mixed_batches_interleave_both_kinds_and_split_rows_over_ranks():
+    from tinychameleon.device import Distributed
+    from tinychameleon.training.lm_trainer import mixed_batches
+
+    pairs = [("rows", i) for i in range(6)]
+    documents = [(torch.arange(8)[:, None].repeat(1, 5) + 10 * i, torch.ones(8, 4)) for i in range(3)]
+    order = list(mixed_batches(iter(pairs), 6, documents, torch.Generator().manual_seed(0)))
+    assert [kind for kind, _ in order].count("documents") == 3 and len(order) == 9
+    assert [batch for kind, batch in order if kind == "pairs"] == pairs                # pairs keep their order
+    again = list(mixed_batches(iter(pairs), 6, documents, torch.Generator().manual_seed(0)))
+    assert [kind for kind, _ in again] == [kind for kind, _ in order]                  # seeded: same on every rank
+
+    halves = [[batch for kind, batch in mixed_batches(iter(pairs), 6, documents, torch.Generator().manual_seed(0),
+                                                     Distributed(rank=r, world_size=2)) if kind == "documents"]
+              for r in (0, 1)]
+    for (first, _), (second, _), (whole, _) in zip(*halves, documents):
+        assert torch.equal(torch.cat([first, second]), whole)
+
+
+def test_training_documents_come_from_the_training_digits_only(document_run):
+    import json
+
+    from tinychameleon.checkpoint import load_config, load_image_tokenizer
+    from tinychameleon.data.colored import load_splits
+    from tinychameleon.training.documents import document_source
+    from tinychameleon.training.run import limit
+
+    config = load_config(document_run)
+    train = limit(load_splits(config.data_seed).train, config.train.max_train_examples)
+    tokenizer = load_image_tokenizer(document_run, config)
+    codes = tokenizer.encode(torch.from_numpy(train.images))
+    source = document_source(config, tokenizer, train, codes)
+    first, again, second = source(0), source(0), source(1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))               # seeded per epoch
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second))          # fresh each epoch
+    train_grids = {tuple(row[2:].tolist()) for row in codes}
+    vocab = Vocab.for_config(config)
+    for ids, weights in first:
+        assert ids.shape[0] == config.train.batch_size and weights.shape == (ids.shape[0], ids.shape[1] - 1)
+        for row in ids.tolist():
+            for document_image in DocumentTokenizer(vocab).decode(row).images:       # every image a training digit
+                assert tuple(document_image[2:].tolist()) in train_grids
+    log = json.loads((document_run / "transformer_metrics.json").read_text())
+    assert any("validation_document_nll" in row for row in log["epochs"])

@@ -58,6 +58,16 @@ def serving(checkpoint):
     process.wait(timeout=10)
 
 
+def draw_stroke(page) -> None:
+    """A vertical stroke down the middle of the drawing canvas."""
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.move(box["x"] + 140, box["y"] + 40)
+    page.mouse.down()
+    for step in range(1, 20):
+        page.mouse.move(box["x"] + 140, box["y"] + 40 + 10 * step)
+    page.mouse.up()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; `make browser`)")
 def test_browser_uses_all_three_panels(server):
     from playwright.sync_api import sync_playwright
@@ -87,12 +97,7 @@ def test_browser_uses_all_three_panels(server):
         page.wait_for_function("document.getElementById('generate-message').textContent.includes('did you mean')")
 
         # Image -> text: draw a stroke on the canvas and caption it.
-        box = page.locator("#canvas").bounding_box()
-        page.mouse.move(box["x"] + 140, box["y"] + 40)
-        page.mouse.down()
-        for step in range(1, 20):
-            page.mouse.move(box["x"] + 140, box["y"] + 40 + 10 * step)
-        page.mouse.up()
+        draw_stroke(page)
         page.click("#caption-button")
         page.wait_for_function("document.getElementById('caption-result').textContent.split(' ').length === 6")
         assert page.get_attribute("#seen", "src").startswith("data:image/png")
@@ -130,12 +135,7 @@ def test_browser_chat_panel(document_server):
         page = browser.new_page(viewport={"width": 1000, "height": 1600})
         page.goto(document_server)
         page.wait_for_function("document.getElementById('status').textContent.startsWith('model:')")
-        box = page.locator("#canvas").bounding_box()
-        page.mouse.move(box["x"] + 140, box["y"] + 40)
-        page.mouse.down()
-        for step in range(1, 20):
-            page.mouse.move(box["x"] + 140, box["y"] + 40 + 10 * step)
-        page.mouse.up()
+        draw_stroke(page)
         page.click("#chat-attach-drawing")
         page.wait_for_function("document.querySelectorAll('#chat-attachments img').length === 1")
         page.fill("#chat-prompt", "<image> swap the colors .")
