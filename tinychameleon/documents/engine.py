@@ -134,7 +134,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
         n = len(active)
         conditional = logits[:n]
         allowed = grammar.allowed(state, previous, room)
-        in_image = (state.image_position >= 0)[:, None]
+        in_image = (state.image_position >= 0)[:, None]                                   # (n, 1)
         image_logits = conditional
         if groups == 2:
             free = F.log_softmax(logits[n:].float(), -1)
@@ -144,10 +144,8 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
         text_token = pick(filter_logits(conditional, allowed, settings.text_temperature, None),
                           settings.text_temperature, generator)
         token = torch.where(in_image[:, 0], image_token, text_token)
-        token = torch.where(state.finished, torch.full_like(token, grammar.vocab.end_document), token)
-        for row, value in zip(active.tolist(), token.tolist()):
-            if not (len(outputs[row]) and outputs[row][-1] == grammar.vocab.end_document):
-                outputs[row].append(value)
+        for row, value in zip(active.tolist(), token.tolist()):   # finished rows have left: each writes here
+            outputs[row].append(value)
         state = grammar.advance(state, token)
         room = room - 1
         keep = ~state.finished & (room > 0)
