@@ -79,3 +79,38 @@ def test_evaluate_on_the_validation_split(tiny_run, tmp_path, judge):
         main(["evaluate", "--split", "train", "--checkpoint", str(tiny_run), "--out", str(tmp_path)])
     assert main(["evaluate", "--split", "validation", "--offset", "5000", "--checkpoint", str(tiny_run),
                  "--out", str(tmp_path)]) == 2
+
+
+def test_document_scoring_needs_words_images_and_kept_shapes(colored):
+    """A right edit scores right; the same colors on another digit's strokes, the wrong colors, a missing
+    image or other words each score wrong."""
+    import numpy as np
+
+    from tinychameleon.documents.families import DigitBank, examples
+    from tinychameleon.evaluation.documents import render, score
+
+    class Judge:  # reads what the picture was built to show (the scoring, not the judge, is under test)
+        def __init__(self, pictures):
+            self.pictures = pictures
+
+        def predict(self, images):
+            return {"digit": np.array([p.digit for p in self.pictures]),
+                    "foreground": np.array([p.foreground for p in self.pictures]),
+                    "background": np.array([p.background for p in self.pictures])}
+
+    _, test = colored
+    bank = DigitBank(test.digits, test.foreground, test.background)
+    example = examples(bank, 1, [5, 1], families=["digit color"])[0]
+    prompt_image = render(example.prompt_images, test)
+    answer = render(example.answer_images, test)
+    judge = Judge(example.answer_images)
+    assert score(example, "<image>", answer, prompt_image, judge)["right"]
+    other = example.answer_images[0].__class__(bank.any_of(example.answer_images[0].digit, np.random.default_rng(1)),
+                                                *[getattr(example.answer_images[0], f) for f in
+                                                  ("digit", "foreground", "background")])
+    redrawn = render([other], test)
+    verdict = score(example, "<image>", redrawn, prompt_image, judge)
+    assert not verdict["right"] and verdict["images"] and verdict["iou"][0] < 0.95
+    assert not score(example, "<image>", answer, prompt_image, Judge([other.__class__(0, 0, 0, 0)]))["right"]
+    assert not score(example, "", answer[:0], prompt_image, judge)["right"]
+    assert not score(example, "<image> .", answer, prompt_image, judge)["right"]
