@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="documents per family")
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), help="names from SETTINGS")
+    parser.add_argument("--families", nargs="*", default=None, help="family names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -43,7 +44,7 @@ def main() -> None:
     split = load_splits(pipeline.config.data_seed, cache)[args.split]
     table = {}
     for name in args.settings:
-        results, _ = evaluate_documents(pipeline, judge, split, args.samples, args.seed, SETTINGS[name])
+        results, _ = evaluate_documents(pipeline, judge, split, args.samples, args.seed, SETTINGS[name], args.families)
         table[name] = results
         mean = np.mean([row["accuracy"] for row in results.values()])
         print(f"{name}: mean {100 * mean:.1f}% | " + " | ".join(f"{family} {100 * row['accuracy']:.1f}"

@@ -150,7 +150,7 @@ def command_train(args) -> int:
                                 ("colorings", "train", "colorings"), ("infill_rate", "train", "infill_rate"),
                                 ("optimizer", "train", "optimizer"),
                                 ("caption_loss_weight", "train", "caption_loss_weight"),
-                                ("shifted_reading", "train", "shifted_reading")):
+                                ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="loss weight of caption words that follow the image (1 = plain next-token loss)")
     train.add_argument("--shifted-reading", type=number(float),
                        help="share of image-first rows that read their digit moved by 1-2 pixels (0..1; 0 = off)")
+    train.add_argument("--documents", type=number(int),
+                       help="task-family documents per epoch beside the pairs (0 = pairs only; overrides the preset)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -215,6 +215,9 @@ class RunConfig:
         for section in (self.vq, self.vq_train, self.model, self.train):
             section.validate()
         check_range("data_seed", self.data_seed, 0, 2**32 - 1)
+        if self.train.documents and self.vq.kind not in ("palette", "patches"):
+            raise ConfigError(f"train.documents needs an image tokenizer that keeps color apart from shape (vq.kind "
+                              f"palette or patches, got {self.vq.kind}): edits repaint a digit's color tokens")
         return self
 
 

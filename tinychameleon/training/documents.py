@@ -12,7 +12,6 @@ from ..data.colored import ColoredMNIST
 from ..documents.batches import example_documents, length_batches, padded
 from ..documents.document import DocumentTokenizer
 from ..documents.families import DigitBank, examples
-from ..errors import ConfigError
 from ..tokenizers.vocab import Vocab
 
 VALIDATION_DOCUMENTS = 512
@@ -24,10 +23,8 @@ def bank_of(split: ColoredMNIST) -> DigitBank:
 
 def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor
                     ) -> Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """epoch -> that epoch's document batches ((B, T) ids, (B, T-1) loss weights), the same on every rank."""
-    if not hasattr(image_tokenizer, "recolor"):
-        raise ConfigError("documents need an image tokenizer that keeps color apart from shape (vq.kind palette "
-                          "or patches): edits repaint a digit's tokens")
+    """epoch -> that epoch's document batches ((B, T) ids, (B, T-1) loss weights), the same on every rank.
+    The tokenizer repaints a digit's tokens with `recolor` (RunConfig.validate admits only such kinds)."""
     settings, vocab = config.train, Vocab.for_config(config)
     tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split)
 
