@@ -16,6 +16,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import PromptError
@@ -53,7 +54,7 @@ class Continuation:
     ((k, 28, 28, 3) levels, in order) and whether it ended the document itself."""
 
     text: str
-    images: "object"
+    images: np.ndarray
     finished: bool
 
 
