@@ -120,6 +120,10 @@ def test_prompts_bind_images_in_order_and_refuse_bad_input():
         TOKENIZER.check("the " * 40, 0)
     with pytest.raises(PromptError, match="characters is too long"):
         TOKENIZER.check("a" * 1000, 0)
+    # Four images and 31 words would leave no room for an answer within the model's 244 positions.
+    with pytest.raises(PromptError, match="245 of 244 tokens|244 of 244 tokens"):
+        TOKENIZER.check("<image> " * 4 + "the " * 31, 4)
+    assert len(TOKENIZER.check("<image> " * 4 + "the " * 30, 4)) == 34
 
 
 def test_batches_pad_on_the_right_with_no_loss(bank, codes):

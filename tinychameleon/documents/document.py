@@ -96,9 +96,11 @@ class DocumentTokenizer:
         if not words:
             raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
         text_tokens = len(words) - placeholders
-        if placeholders > MAX_DOCUMENT_IMAGES or text_tokens > MAX_DOCUMENT_TEXT:
+        tokens = 1 + text_tokens + placeholders * (self.vocab.image_length + 2)        # <bos>, words, images
+        if placeholders > MAX_DOCUMENT_IMAGES or text_tokens > MAX_DOCUMENT_TEXT or tokens >= self.vocab.sequence_length:
             raise PromptError(f"{quoted(prompt)} is too long for the model: at most {MAX_DOCUMENT_IMAGES} images and "
-                              f"{MAX_DOCUMENT_TEXT} other words in a document")
+                              f"{MAX_DOCUMENT_TEXT} other words in a document, with room left for the answer "
+                              f"({tokens} of {self.vocab.sequence_length} tokens)")
         return words
 
     def bind(self, prompt: str, images: list[torch.Tensor]) -> Document:
