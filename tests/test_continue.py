@@ -155,3 +155,10 @@ def test_endpoint_refuses_bad_input(client):
         response = client.post("/api/continue", data=data, files=files)
         assert response.status_code == status, (data, response.text)
         assert message in response.json()["detail"]
+
+
+def test_time_limit_stops_continue(document_pipeline):
+    from tinychameleon.errors import DeadlineExceeded
+
+    with document_pipeline.time_limit(0.0), pytest.raises(DeadlineExceeded):
+        document_pipeline.continue_documents("count from two to four in plain white on dark blue :", n=4)

@@ -307,3 +307,19 @@ def test_training_documents_come_from_the_training_digits_only(document_run):
                 assert tuple(document_image[2:].tolist()) in train_grids
     log = json.loads((document_run / "transformer_metrics.json").read_text())
     assert any("validation_document_nll" in row for row in log["epochs"])
+
+
+def test_a_deadline_stops_decoding_between_steps():
+    from tinychameleon.errors import DeadlineExceeded
+
+    model, grammar = model_and_grammar(5)
+    forced_drawing(model)
+    asked = []
+
+    def stop_after_three():
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(DeadlineExceeded):
+        decode(model, grammar, [[VOCAB.bos, VOCAB.text_ids[0]]], DecodeSettings(temperature=0.0), should_stop=stop_after_three)
+    assert len(asked) == 4                                    # asked before every step, stopped at the 4th
