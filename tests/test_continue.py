@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from tinychameleon.cli import main
@@ -162,3 +164,15 @@ def test_time_limit_stops_continue(document_pipeline):
 
     with document_pipeline.time_limit(0.0), pytest.raises(DeadlineExceeded):
         document_pipeline.continue_documents("count from two to four in plain white on dark blue :", n=4)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.one_of(st.sampled_from(["<image> swap the colors .", "<image> plus <image> is", "<image>", ""]),
+                        st.text(max_size=40)),
+       fields=st.dictionaries(st.sampled_from(["n", "seed", "temperature", "guidance", "other"]),
+                              st.one_of(st.text(max_size=12), st.integers(-5, 20).map(str)), max_size=4),
+       images=st.lists(st.one_of(st.binary(max_size=64), st.just(b"PNG")), max_size=2))
+def test_endpoint_fuzz_never_5xx(client, prompt, fields, images):
+    files = [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    response = client.post("/api/continue", data={"prompt": prompt, **fields}, files=files or None)
+    assert response.status_code < 500, response.text
