@@ -109,7 +109,8 @@ def test_cli_bad_input_exits_2_with_one_line(document_run, tmp_path, capsys, arg
 def test_cli_bad_prompts_file(document_run, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     for text, message in (("{not json", "not JSON"), ('{"prompt": 3}', "must be"), ("", "holds no prompts"),
-                          ('{"prompt": "x", "images": ["a.png"], "extra": 1}', "must be")):
+                          ('{"prompt": "x", "images": ["a.png"], "extra": 1}', "must be"),
+                          ('{"prompt": "<image>", "images": 5}', "must be")):
         bad.write_text(text)
         code, _, err = run(["continue", "--prompts-file", bad, "--out", tmp_path / "o", "--checkpoint", document_run],
                            capsys)

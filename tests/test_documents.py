@@ -10,7 +10,7 @@ from tinychameleon.checkpoint import build_transformer
 from tinychameleon.config import make_config
 from tinychameleon.data.colored import COLOR_NAMES, DIGIT_WORDS
 from tinychameleon.documents.batches import example_documents, length_batches, padded, picture_codes
-from tinychameleon.documents.document import Document, DocumentTokenizer, split_words
+from tinychameleon.documents.document import DocumentTokenizer, split_words
 from tinychameleon.documents.engine import DecodeSettings, RowCache, decode, left_padded
 from tinychameleon.documents.families import FAMILIES, DigitBank, examples
 from tinychameleon.documents.grammar import DocumentGrammar

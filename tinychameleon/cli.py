@@ -294,8 +294,8 @@ def read_document_prompts(path: str) -> list[tuple[str, list[Path]]]:
         except json.JSONDecodeError as error:
             raise TinyChameleonError(f"{path} line {number_} is not JSON: {error.msg}") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or \
-                not all(isinstance(name, str) for name in row.get("images", [])) or \
-                not isinstance(row.get("images", []), list) or set(row) - {"prompt", "images"}:
+                not isinstance(row.get("images", []), list) or \
+                not all(isinstance(name, str) for name in row.get("images", [])) or set(row) - {"prompt", "images"}:
             raise TinyChameleonError(f'{path} line {number_} must be {{"prompt": "text with <image>", '
                                      f'"images": ["file.png", ...]}}')
         rows.append((row["prompt"], [Path(path).parent / name for name in row.get("images", [])]))

@@ -453,12 +453,12 @@ class Pipeline:
         grammar = DocumentGrammar(self.vocab, self.image_tokenizer.position_tokens(), self.image_tokenizer.token_follows())
         decode_settings = DecodeSettings(settings.temperature, settings.top_k, settings.top_p, settings.guidance,
                                          settings.caption_temperature)
-        words, written = set(self.vocab.text_ids), []
+        written = []
         for chunk in batch_slices(len(rows), settings.batch_size):
             self._check_time()
             unconditional = None
             if settings.guidance != 1.0:   # the unconditional stream: the document without its words
-                unconditional = [[token for token in ids if token not in words] for ids in rows[chunk]]
+                unconditional = [grammar.without_words(ids) for ids in rows[chunk]]
             written += decode(self.model, grammar, rows[chunk], decode_settings, unconditional, generator,
                               should_stop=self._expired)
         continuations = [self._continuation(tokenizer.decode(ids)) for ids in written]

@@ -84,8 +84,9 @@ def digit_pixels(images: np.ndarray) -> np.ndarray:
     return (keys != color_counts(images).argmax(axis=1)[:, None]).reshape(len(images), 28, 28)
 
 
-def recolor(images: np.ndarray, foreground: int, background: int) -> np.ndarray:
-    """The same digit pixels under another color pair: (N, 28, 28, 3) levels -> (N, 28, 28, 3)."""
+def recolor(images: np.ndarray, foreground, background) -> np.ndarray:
+    """The same digit pixels under another color pair: (N, 28, 28, 3) levels -> (N, 28, 28, 3). The colors
+    are one id for every image, or (N,) ids, one pair per image."""
     ids = np.full(len(images), foreground), np.full(len(images), background)
     return colorize(digit_pixels(images).astype(np.uint8) * 255, *ids).astype(np.uint8)
 

@@ -44,9 +44,6 @@ class Document:
         """The words with <image> where each image stands."""
         return " ".join(segment if isinstance(segment, str) else IMAGE_PLACEHOLDER for segment in self.segments)
 
-    def __add__(self, other: "Document") -> "Document":
-        return Document(self.segments + other.segments, other.finished)
-
 
 @dataclass
 class Continuation:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DeadlineExceeded
-from ..model import Transformer, causal_mask
+from ..model import KVCache, Transformer, causal_mask
 from ..sampling import filter_logits, pick
 from .grammar import DocumentGrammar
 
@@ -60,11 +60,7 @@ class RowCache:
         own = torch.arange(S, device=keys.device)[None, :] == torch.arange(self.position, S, device=keys.device)[:, None]
         return ((causal[None] & keys[:, None, :]) | own[None])[:, None]
 
-    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor):
-        end = self.position + key.shape[2]
-        self.keys[layer, :, :, self.position:end] = key
-        self.values[layer, :, :, self.position:end] = value
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+    update = KVCache.update            # the same slots, written the same way
 
     def advance(self, steps: int) -> None:
         self.valid[:, self.position:self.position + steps] = self.writing
@@ -115,7 +111,6 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
     streams = [prompts] + ([unconditional] if unconditional is not None else [])
     rows = [ids for stream in streams for ids in stream]                                  # (groups * B) rows
     ids, valid = left_padded(rows, device)
-    longest = max(len(prompt) for prompt in prompts)
     room = model.config.block_size - torch.tensor([len(prompt) for prompt in prompts], device=device)
     if settings.max_new_tokens:
         room = room.clamp(max=settings.max_new_tokens)
@@ -134,7 +129,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
         n = len(active)
         conditional = logits[:n]
         allowed = grammar.allowed(state, previous, room)
-        in_image = (state.image_position >= 0)[:, None]                                   # (n, 1)
+        in_image = state.image_position >= 0                                              # (n,)
         image_logits = conditional
         if groups == 2:
             free = F.log_softmax(logits[n:].float(), -1)
@@ -143,7 +138,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
                                          settings.top_p), settings.temperature, generator)
         text_token = pick(filter_logits(conditional, allowed, settings.text_temperature, None),
                           settings.text_temperature, generator)
-        token = torch.where(in_image[:, 0], image_token, text_token)
+        token = torch.where(in_image, image_token, text_token)
         for row, value in zip(active.tolist(), token.tolist()):   # finished rows have left: each writes here
             outputs[row].append(value)
         state = grammar.advance(state, token)

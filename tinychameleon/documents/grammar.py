@@ -36,8 +36,9 @@ class DocumentGrammar:
         id may follow which (the tokenizer's rules, e.g. only color pairs of the data). Default: any."""
         V, K, L = vocab.size, vocab.image_tokens, vocab.image_length
         self.vocab = vocab
-        self.text = torch.zeros(V, dtype=torch.bool)
-        self.text[vocab.text_ids] = True
+        self.words = torch.zeros(V, dtype=torch.bool)
+        self.words[vocab.text_ids] = True
+        self.text = self.words.clone()
         self.text[[vocab.begin_image, vocab.end_document]] = True
         self.image = torch.zeros(L + 1, V, dtype=torch.bool)                    # row p: the p-th image token
         self.image[:L, :K] = True if image_positions is None else image_positions
@@ -81,4 +82,8 @@ class DocumentGrammar:
 
     def is_text(self, token: torch.Tensor) -> torch.Tensor:
         """(B,) whether each token is a word (what the unconditional stream of guidance does not see)."""
-        return self.text.to(token.device)[token] & (token != self.vocab.begin_image) & (token != self.vocab.end_document)
+        return self.words.to(token.device)[token]
+
+    def without_words(self, ids: list[int]) -> list[int]:
+        """A prompt as the unconditional stream of guidance reads it: the document with its words left out."""
+        return [token for token in ids if not self.words[token]]

@@ -14,10 +14,9 @@ import time
 
 import numpy as np
 
-from ..data.colored import ColoredMNIST, colorize, digit_pixels
+from ..data.colored import ColoredMNIST, digit_pixels, recolor
 from ..documents.document import split_words
 from ..documents.families import FAMILIES, DigitBank, Example, Picture, examples
-from ..imaging import caption_grid
 
 SHAPE_IOU = 0.95
 
@@ -26,9 +25,8 @@ def render(pictures: list[Picture], split: ColoredMNIST) -> np.ndarray:
     """(M, 28, 28, 3) levels: each picture's real digit shape in its two colors."""
     if not pictures:
         return np.zeros((0, 28, 28, 3), dtype=np.uint8)
-    shapes = digit_pixels(split.images[[picture.shape for picture in pictures]]).astype(np.uint8) * 255
-    return colorize(shapes, np.array([p.foreground for p in pictures]),
-                    np.array([p.background for p in pictures])).astype(np.uint8)
+    return recolor(split.images[[picture.shape for picture in pictures]], np.array([p.foreground for p in pictures]),
+                   np.array([p.background for p in pictures]))
 
 
 def shape_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
