@@ -20,7 +20,7 @@ LAYERS = [
     ("data",),
     ("tokenizers", "imaging"),
     ("model", "sequences", "device", "checkpoint", "regions"),
-    ("sampling", "reranking", "documents"),
+    ("sampling", "reranking", "documents", "retrieval"),
     ("pipeline",),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),
 ]

@@ -170,6 +170,20 @@ def command_train(args) -> int:
     return 0
 
 
+def command_train_retriever(args) -> int:
+    from .training.retriever_trainer import train_retriever
+
+    if not 1 <= args.epochs <= 1000 or not 2 <= args.batch_size <= 65536 or not 0 < args.lr <= 1 or \
+            (args.max_train_examples is not None and args.max_train_examples < 2):
+        raise TinyChameleonError("--epochs must be 1..1000, --batch-size 2..65536, --lr in (0, 1] and "
+                                 "--max-train-examples at least 2")
+    out = prepare_output(args.out)
+    train_retriever(out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.train_seed,
+                    cache_dir=args.cache_dir, resume=args.resume, max_examples=args.max_train_examples)
+    print(f"retriever written to {out} (load it with --retriever {out})")
+    return 0
+
+
 def command_generate(args) -> int:
     from .tokenizers.text import normalize_prompt
 
@@ -339,6 +353,60 @@ def command_continue(args) -> int:
     return 0
 
 
+def read_search_queries(path: str) -> list:
+    """A --queries-file of JSON rows {"text": "..."} or {"image": "a.png"} (relative to the file's folder)."""
+    from .imaging import read_image
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise TinyChameleonError(f"cannot read queries file {path}: {error}") from None
+    queries = []
+    for number_, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TinyChameleonError(f"{path} line {number_} is not JSON: {error.msg}") from None
+        if not isinstance(row, dict) or len(row) != 1 or not isinstance(row.get("text", row.get("image")), str):
+            raise TinyChameleonError(f'{path} line {number_} must be {{"text": "..."}} or {{"image": "a.png"}}')
+        queries.append(row["text"] if "text" in row else read_image(Path(path).parent / row["image"]))
+    if not queries:
+        raise TinyChameleonError(f"{path} holds no queries")
+    return queries
+
+
+def command_search(args) -> int:
+    """Nearest documents of the memory bank for text or image queries; one line (or JSON row) per hit."""
+    from .imaging import read_image
+    from .retrieval.memory import embed_queries, load_bank
+    from .retrieval.retriever import Retriever
+
+    given = [args.text is not None, args.image is not None, args.queries_file is not None]
+    if sum(given) != 1:
+        raise TinyChameleonError('give one of TEXT, --image PATH or --queries-file Q.jsonl, e.g. '
+                                 'tinychameleon search "normal red eight"')
+    if not 1 <= args.k <= 1000:
+        raise TinyChameleonError("-k must be 1..1000")
+    if not -1 <= args.min_score <= 1:
+        raise TinyChameleonError("--min-score must be -1..1 (a cosine similarity)")
+    queries = [args.text] if args.text is not None else \
+        [read_image(args.image)] if args.image is not None else read_search_queries(args.queries_file)
+    retriever = Retriever.from_pretrained(args.retriever)
+    vectors = embed_queries(retriever, queries)   # bad words fail here, before the bank is built
+    bank = load_bank(retriever, args.memory, args.cache_dir)
+    for query, hits in enumerate(bank.search(vectors, args.k, args.min_score)):
+        if not args.json:
+            shown = queries[query] if isinstance(queries[query], str) else args.image or f"image of row {query + 1}"
+            print(f"query {query}: {shown}")
+        for hit in hits:
+            row = hit.to_dict(query)
+            print(json.dumps(row) if args.json else
+                  f"  {hit.rank:>3}. {hit.score:.3f}  {hit.caption}  ({row.get('file', f'index {hit.position}')})")
+    return 0
+
+
 def command_sample(args) -> int:
     if not 1 <= args.n <= 100_000:
         raise TinyChameleonError("-n must be at least 1 (and at most 100000)")
@@ -465,6 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
     train.set_defaults(handler=command_train)
 
+    retriever = commands.add_parser("train-retriever", help="train the retriever (a small CLIP) on the training split")
+    retriever.add_argument("--out", required=True, help="folder for clip.json, clip.safetensors and metrics")
+    retriever.add_argument("--epochs", type=number(int), default=6, help="epochs, each under a fresh color draw (default 6)")
+    retriever.add_argument("--batch-size", type=number(int), default=512, help="texts and images per step (default 512)")
+    retriever.add_argument("--lr", type=number(float), default=2e-3, help="peak learning rate (default 0.002)")
+    retriever.add_argument("--train-seed", type=number(int), default=0, help="seed of initialisation and order")
+    retriever.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    retriever.add_argument("--max-train-examples", type=number(int), help="use only the first N training digits "
+                                                                          "(quick trials)")
+    retriever.add_argument("--cache-dir", help="data cache directory")
+    retriever.set_defaults(handler=command_train_retriever)
+
     generate = commands.add_parser("generate", help="text -> image: draw images for captions")
     generate.add_argument("prompt", nargs="*", help='captions like "dark green eight on bright cyan"; a "*" word is '
                                                     'a blank the model fills (the manifest\'s "caption")')
@@ -498,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     continuation = commands.add_parser("continue", help="mixed-modal documents: continue a prompt of words and "
                                                         "<image> placeholders with text and images")
-    continuation.add_argument("prompt", nargs="?", help='e.g. "<image> make the digit plain red ." or "count from '
+    continuation.add_argument("prompt", nargs="?", help='e.g. "<image> make the digit normal red ." or "count from '
                                                         'two to four in plain white on dark blue :"')
     continuation.add_argument("--image", action="append", default=[], metavar="PATH",
                               help="an image for the next <image> placeholder (repeat, in order)")
@@ -507,6 +587,21 @@ def build_parser() -> argparse.ArgumentParser:
     continuation.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     add_sampling_flags(continuation)
     continuation.set_defaults(handler=command_continue)
+
+    search = commands.add_parser("search", help="find the documents of a memory bank nearest to a text or an image")
+    search.add_argument("text", nargs="?", help='a text query, e.g. "normal red eight" or "dark green eight on bright cyan"')
+    search.add_argument("--image", help="an image query (any size, RGB/RGBA/gray)")
+    search.add_argument("--queries-file", help='JSON lines {"text": ...} or {"image": path relative to the file}')
+    search.add_argument("-k", type=number(int), default=5, help="hits per query (default 5)")
+    search.add_argument("--memory", help="a folder of images with manifest.jsonl rows {\"file\", \"caption\"} "
+                                         "(default: the training digits)")
+    search.add_argument("--min-score", type=number(float), default=-1.0,
+                        help="leave out hits less similar than this (cosine, -1..1; default: none)")
+    search.add_argument("--json", action="store_true", help='one JSON row per hit: {"query", "rank", "score", '
+                                                            '"caption", "file" or "index"}')
+    search.add_argument("--retriever", help="retriever directory (default: the shipped one)")
+    search.add_argument("--cache-dir", help="data and memory-bank cache directory")
+    search.set_defaults(handler=command_search)
 
     sample = commands.add_parser("sample", help="unconditional: sample image + caption pairs")
     sample.add_argument("-n", type=number(int), default=9, help="number of pairs (default 9)")

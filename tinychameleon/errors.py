@@ -35,3 +35,7 @@ class OutputError(TinyChameleonError):
 
 class DeadlineExceeded(TinyChameleonError):
     """Work abandoned because its time limit passed (the server's request timeout)."""
+
+
+class MemoryFolderError(TinyChameleonError, ValueError):
+    """A --memory folder that cannot serve as a memory bank (no manifest, missing files, bad captions)."""

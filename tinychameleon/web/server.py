@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES, PALETTE
 from ..config import short
-from ..errors import ConfigError, DeadlineExceeded, ImageInputError, ImageTooLargeError, PromptError
+from ..errors import ConfigError, DeadlineExceeded, ImageInputError, ImageTooLargeError, PromptError, TinyChameleonError
 from ..regions import KEEP_REGIONS
 from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
@@ -133,8 +133,22 @@ def data_url(levels, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(levels, scale)).decode()
 
 
-def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
+MAX_SEARCH_HITS = 64
+MAX_SEARCH_TEXT = 400
+
+
+def load_search(retriever_dir: str | None = None, memory: str | None = None):
+    """The retriever and its memory bank (the training digits unless `memory`); built on first use."""
+    from ..retrieval.memory import load_bank
+    from ..retrieval.retriever import Retriever
+
+    retriever = Retriever.from_pretrained(retriever_dir)
+    return retriever, load_bank(retriever, memory)
+
+
+def create_app(pipeline, settings: ServerSettings | None = None, search_loader=load_search) -> FastAPI:
     settings = settings or ServerSettings()
+    search_state = {"lock": asyncio.Lock(), "loaded": None}
     worker = InferenceWorker(pipeline, queue_size=settings.queue_size)
 
     @asynccontextmanager
@@ -279,6 +293,33 @@ def create_app(pipeline, settings: ServerSettings | None = None) -> FastAPI:
         return {"prompt": " ".join(split_words(prompt)), "seen": [data_url(picture) for picture in pictures],
                 "continuations": [{"text": item.text, "images": [data_url(image) for image in item.images],
                                    "finished": item.finished} for item in results]}
+
+    @app.post("/api/search")
+    async def search(text: str | None = Form(None, max_length=MAX_SEARCH_TEXT, description='e.g. "plain red eight"'),
+                     image: UploadFile | None = File(None, description="or an image to find documents like"),
+                     k: int = Form(8, ge=1, le=MAX_SEARCH_HITS)):
+        """Retrieval: the k documents of the memory bank nearest to a text or an image, with their pictures."""
+        from ..retrieval.memory import embed_queries
+
+        if (text is None or not text.strip()) == (image is None):
+            raise HTTPException(422, "give either a text or an image to search with")
+        async with search_state["lock"]:  # the first search builds (or loads) the bank, once
+            if search_state["loaded"] is None:
+                try:
+                    search_state["loaded"] = await asyncio.to_thread(search_loader)
+                except TinyChameleonError as error:
+                    raise HTTPException(503, f"search is not available: {error}") from None
+        retriever, bank = search_state["loaded"]
+        query = text if image is None else await read_upload(image)
+        try:
+            vectors = await asyncio.to_thread(embed_queries, retriever, [query])
+        except PromptError as error:
+            raise HTTPException(422, str(error)) from None
+        hits = bank.search(vectors, k)[0]
+        pictures = await asyncio.to_thread(bank.images, [hit.position for hit in hits])
+        return {"query": " ".join(split_words(text)) if image is None else "image",
+                "seen": None if image is None else data_url(query), "memory": bank.name,
+                "hits": [{**hit.to_dict(0), "image": data_url(picture)} for hit, picture in zip(hits, pictures)]}
 
     @app.post("/api/sample")
     async def sample(request: SampleRequest):

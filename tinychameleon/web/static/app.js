@@ -170,6 +170,22 @@ async function chat(event) {
   }
 }
 
+// Search: the memory bank's documents nearest to a text or to the drawing, best first.
+async function search(query) {
+  const form = new FormData();
+  if (typeof query === "string") form.append("text", query); else form.append("image", query, "drawing.png");
+  form.append("k", $("search-k").value);
+  $("search-message").textContent = "searching…";
+  try {
+    const body = await api("/api/search", { method: "POST", body: form });
+    $("search-message").textContent = `${body.hits.length} hits in ${body.memory} for ${body.query}`;
+    $("search-hits").replaceChildren(...body.hits.map((h) => figure(h.image, `${h.rank}. ${h.caption} (${h.score.toFixed(2)})`)));
+  } catch (error) {
+    $("search-hits").replaceChildren();
+    $("search-message").textContent = error.message;
+  }
+}
+
 async function start() {
   vocabulary = await api("/api/vocabulary");
   fill($("fg-adjective"), vocabulary.adjectives, "dark");
@@ -203,6 +219,8 @@ $("chat-form").addEventListener("submit", chat);
 $("chat-attach-drawing").addEventListener("click", () => canvas.toBlob(attach, "image/png"));
 $("chat-upload").addEventListener("change", (event) => { for (const file of event.target.files) attach(file); });
 $("chat-clear").addEventListener("click", () => { attachments.length = 0; $("chat-attachments").replaceChildren(); });
+$("search-form").addEventListener("submit", (event) => { event.preventDefault(); search($("search-text").value); });
+$("search-drawing").addEventListener("click", () => canvas.toBlob(search, "image/png"));
 $("paper").addEventListener("change", clearCanvas);
 $("caption-button").addEventListener("click", () => canvas.toBlob(captionBlob, "image/png"));
 $("upload").addEventListener("change", (event) => { if (event.target.files[0]) captionBlob(event.target.files[0]); });

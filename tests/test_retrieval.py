@@ -1,0 +1,213 @@
+"""Retrieval: the contrastive loss, the faiss index, memory banks, the shipped retriever and `search`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinychameleon.cli import main
+from tinychameleon.data.colored import caption_of, colorize
+from tinychameleon.errors import MemoryFolderError, PromptError
+from tinychameleon.imaging import save_png
+from tinychameleon.retrieval.clip import contrastive_loss
+from tinychameleon.retrieval.index import VectorIndex
+from tinychameleon.retrieval.memory import folder_bank, training_bank
+from tinychameleon.retrieval.retriever import Retriever
+from tinychameleon.tokenizers.text import PaletteWarning
+from tinychameleon.training.retriever_trainer import draw_texts, positives_of
+
+
+def test_contrastive_loss_on_a_hand_made_batch():
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    scale = torch.tensor(2.0)
+    # Each row: logits (2, 0) with the right answer first -> -log(e^2 / (e^2 + 1)), both directions alike.
+    assert contrastive_loss(text, image, scale).item() == pytest.approx(math.log(1 + math.exp(-2)))
+    # Swapped images: every right answer now has logit 0 against a wrong one at 2.
+    assert contrastive_loss(text, image.flip(0), scale).item() == pytest.approx(math.log(1 + math.exp(2)))
+    # Text 0 true of both images: its target is (1/2, 1/2); image 1 then has two right texts, image 0 one.
+    positives = torch.tensor([[True, True], [False, True]])
+    loss = contrastive_loss(text, image, scale, positives).item()
+    log_p = lambda logits, index: logits[index] - math.log(sum(math.exp(v) for v in logits))  # noqa: E731
+    text_side = (-(0.5 * log_p([2, 0], 0) + 0.5 * log_p([2, 0], 1)) - log_p([0, 2], 1)) / 2
+    image_side = (-log_p([2, 0], 0) - (0.5 * log_p([0, 2], 0) + 0.5 * log_p([0, 2], 1))) / 2
+    assert loss == pytest.approx((text_side + image_side) / 2)
+
+
+def test_partial_texts_name_what_they_say_and_fit_every_image_they_describe():
+    rng = np.random.default_rng(0)
+    digits, foreground, background = np.array([8, 8, 3]), np.array([4, 4, 0]), np.array([0, 3, 3])
+    texts, named = draw_texts(digits, foreground, background, rng)
+    for text, row, digit, fg, bg in zip(texts, named, digits, foreground, background):
+        assert text in caption_of(digit, fg, bg)  # whole captions or a part of one
+        assert (row[0] == digit) and row[1] in (-1, fg) and row[2] in (-1, bg)
+    truth = torch.tensor([[8, 4, 0], [8, 4, 3], [3, 0, 3]])
+    named = torch.tensor([[8, -1, -1], [8, 4, 3], [3, -1, 3]])
+    assert positives_of(named, truth).tolist() == [[True, True, False], [False, True, False], [False, False, True]]
+
+
+def clustered(count: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((200, dim))
+    vectors = centres[rng.integers(0, 200, count)] + 0.3 * rng.standard_normal((count, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_exact_index_returns_the_brute_force_neighbours(tmp_path):
+    vectors, queries = clustered(3000, 16, 0), clustered(25, 16, 1)
+    index = VectorIndex.build(vectors)
+    assert index.kind == "exact"
+    scores, ids = index.search(queries, 7)
+    brute = np.argsort(-(queries @ vectors.T), axis=1)[:, :7]
+    assert (ids == brute).all()
+    assert np.allclose(scores, np.take_along_axis(queries @ vectors.T, brute, axis=1), atol=1e-5)
+    index.save(tmp_path / "index.faiss")
+    assert (VectorIndex.load(tmp_path / "index.faiss").search(queries, 7)[1] == ids).all()
+
+
+def test_approximate_index_keeps_its_stated_recall(tmp_path):
+    """IVF with the default lists and probes: recall@10 against exact search >= 0.95 on clustered vectors
+    (BENCHMARKS.md states the figure at 1 M entries)."""
+    vectors, queries = clustered(40_000, 32, 0), clustered(100, 32, 1)
+    approximate = VectorIndex.build(vectors, kind="ivf")
+    assert approximate.kind == "ivf" and approximate.probes >= 1
+    exact_ids = VectorIndex.build(vectors, kind="exact").search(queries, 10)[1]
+    ids = approximate.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_ids, ids)])
+    assert recall >= 0.95
+    approximate.save(tmp_path / "ivf.faiss")
+    loaded = VectorIndex.load(tmp_path / "ivf.faiss")
+    assert loaded.kind == "ivf" and (loaded.search(queries, 10)[1] == ids).all()
+
+
+@pytest.fixture(scope="module")
+def retriever():
+    return Retriever.from_pretrained()
+
+
+def test_retriever_refuses_unknown_words_naming_the_closest(retriever):
+    with pytest.raises(PromptError, match="eihgt.*eight"):
+        retriever.embed_texts(["plain red eihgt"])
+    with pytest.warns(PaletteWarning, match="'plain red' is not a palette color.*normal red"):
+        retriever.embed_texts(["plain red eight"])
+    with pytest.raises(PromptError, match="at least one word"):
+        retriever.embed_texts(["  "])
+    with pytest.raises(PromptError, match="too long"):
+        retriever.embed_texts(["eight " * 100])
+
+
+def test_shipped_retriever_reads_test_digits_zero_shot(retriever, colored):
+    test = colored[1].subset(slice(0, 300))
+    read = retriever.read(test.images)
+    assert (read["digit"] == test.digits).mean() >= 0.95
+    assert ((read["foreground"] == test.foreground) & (read["background"] == test.background)).mean() >= 0.97
+
+
+@pytest.fixture(scope="module")
+def memory_folder(tmp_path_factory, colored):
+    """Six real test digits with their captions, in the manifest format `generate` writes."""
+    folder = tmp_path_factory.mktemp("memory")
+    test = colored[1].subset(slice(0, 6))
+    rows = []
+    for row, (image, caption) in enumerate(zip(test.images, test.captions())):
+        save_png(image, folder / f"{row:04d}_000.png")
+        rows.append({"prompt": caption, "file": f"{row:04d}_000.png", "sample": 0, "caption": caption})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder, test
+
+
+def run_search(capsys, *argv) -> tuple[int, list[dict], str]:
+    code = main(["search", *argv])
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()] if "--json" in argv and code == 0 else []
+    return code, rows, err
+
+
+def test_search_a_memory_folder_by_text_and_image(capsys, memory_folder, tmp_path):
+    folder, test = memory_folder
+    code, rows, _ = run_search(capsys, test.captions()[2], "--memory", str(folder), "-k", "3", "--json",
+                               "--cache-dir", str(tmp_path))
+    assert code == 0 and [row["rank"] for row in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"query", "rank", "score", "caption", "file"} and rows[0]["query"] == 0
+    assert rows[0]["caption"] == test.captions()[2] and rows[0]["file"].endswith("0002_000.png")
+    assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+    code, rows, _ = run_search(capsys, "--image", str(folder / "0004_000.png"), "--memory", str(folder), "-k", "1",
+                               "--json", "--cache-dir", str(tmp_path))
+    assert code == 0 and rows[0]["file"].endswith("0004_000.png")
+    assert (tmp_path / "memory").is_dir() and not list(folder.glob(".*"))  # cached outside the user's folder
+
+
+def test_search_queries_file_mixes_texts_and_images_in_order(capsys, memory_folder, tmp_path):
+    folder, test = memory_folder
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"image": str(folder / "0001_000.png")}) + "\n" +
+                       json.dumps({"text": test.captions()[5]}) + "\n")
+    code, rows, _ = run_search(capsys, "--queries-file", str(queries), "--memory", str(folder), "-k", "2", "--json",
+                               "--cache-dir", str(tmp_path))
+    assert code == 0 and [(row["query"], row["rank"]) for row in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert rows[0]["caption"] == test.captions()[1] and rows[2]["caption"] == test.captions()[5]
+
+
+def test_search_the_training_digits_by_partial_text(capsys, retriever, cache_dir):
+    bank = training_bank(retriever, cache_dir)
+    assert len(bank) == 55_000
+    code, rows, _ = run_search(capsys, "normal red eight", "-k", "5", "--json")
+    assert code == 0 and len(rows) == 5 and all(set(row) == {"query", "rank", "score", "caption", "index"}
+                                                 for row in rows)
+    assert all(row["caption"].startswith("normal red eight on") for row in rows)
+    assert all(bank.captions[row["index"]] == row["caption"] for row in rows)
+    code, rows, _ = run_search(capsys, "seven on dark blue", "-k", "5", "--json", "--min-score", "-1")
+    assert code == 0 and all(row["caption"].endswith("seven on dark blue") for row in rows)
+    # --min-score is applied: no document is as similar as 1.
+    assert run_search(capsys, "seven on dark blue", "--json", "--min-score", "1")[1] == []
+
+
+def test_memory_folders_that_cannot_serve_get_one_clear_error(capsys, memory_folder, tmp_path, retriever):
+    folder, _ = memory_folder
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    cases = [("has no manifest.jsonl", None),
+             ("line 1 is not JSON", "{not json\n"),
+             ('must hold {"file"', json.dumps({"file": "a.png"}) + "\n"),
+             ("missing.png is not a file", json.dumps({"file": "missing.png", "caption": "normal red eight"}) + "\n")]
+    for message, manifest in cases:
+        if manifest is not None:
+            (broken / "manifest.jsonl").write_text(manifest)
+        code, _, err = run_search(capsys, "normal red eight", "--memory", str(broken), "--cache-dir", str(tmp_path))
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    save_png(np.zeros((28, 28, 3), np.uint8), broken / "a.png")
+    (broken / "manifest.jsonl").write_text(json.dumps({"file": "a.png", "caption": "plain red eihgt"}) + "\n")
+    with pytest.raises(MemoryFolderError, match="row 1.*eihgt.*eight"):
+        folder_bank(retriever, broken, tmp_path)
+
+
+def test_search_flags_are_checked(capsys):
+    for argv, message in ((["normal red eight", "--image", "a.png"], "one of TEXT"), ([], "one of TEXT"),
+                          (["normal red eight", "-k", "0"], "-k must be"),
+                          (["normal red eight", "--min-score", "2"], "--min-score"),
+                          (["plain red eihgt"], "did you mean")):
+        code, _, err = run_search(capsys, *argv)
+        assert code == 2 and message in err, (argv, err)
+
+
+def test_a_changed_memory_folder_is_re_embedded(capsys, memory_folder, tmp_path, retriever):
+    folder, test = memory_folder
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in folder.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    first = folder_bank(retriever, copy, tmp_path)
+    # Repaint image 0 as another digit and caption it so: the cache must not answer with the old bank.
+    other = colorize(np.zeros((1, 28, 28), np.uint8), np.array([0]), np.array([3]))[0]
+    save_png(other, copy / "0000_000.png")
+    lines = (copy / "manifest.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({"file": "0000_000.png", "caption": "plain black one on plain white"})
+    (copy / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    second = folder_bank(retriever, copy, tmp_path)
+    assert second.captions[0] == "plain black one on plain white" != first.captions[0]
+    assert not np.allclose(second.vectors[0], first.vectors[0])
+    assert np.allclose(second.vectors[1:], first.vectors[1:], atol=1e-6)
