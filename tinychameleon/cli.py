@@ -150,7 +150,8 @@ def command_train(args) -> int:
                                 ("colorings", "train", "colorings"), ("infill_rate", "train", "infill_rate"),
                                 ("optimizer", "train", "optimizer"),
                                 ("caption_loss_weight", "train", "caption_loss_weight"),
-                                ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents")):
+                                ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
+                                ("retrieve", "train", "retrieve")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -515,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of image-first rows that read their digit moved by 1-2 pixels (0..1; 0 = off)")
     train.add_argument("--documents", type=number(int),
                        help="task-family documents per epoch beside the pairs (0 = pairs only; overrides the preset)")
+    train.add_argument("--retrieve", type=number(int),
+                       help="retrieval-augmented documents: draw and read after this many retrieved neighbours "
+                            "(1..3; needs --documents; 0 = off)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -150,6 +150,9 @@ class TrainConfig:
                                   # built afresh each epoch from the training digits; 0 = pairs only
     text_dropout: float = 0.1     # share of those documents trained with their text removed: the unconditional
                                   # stream that classifier-free guidance reads inside documents
+    retrieve: int = 0             # retrieval-augmented documents (CM3Leon): draw / read after this many retrieved
+                                  # neighbours of the example (the shipped retriever's, never the example); 0 = off
+    context_loss_weight: float = 0.5  # loss weight of those retrieved neighbours' tokens (the query's stays 1)
 
 
     def validate(self) -> None:
@@ -168,6 +171,10 @@ class TrainConfig:
         check_range("train.shifted_reading", self.shifted_reading, 0.0, 1.0)
         check_range("train.documents", self.documents, 0, 10_000_000)
         check_range("train.text_dropout", self.text_dropout, 0.0, 1.0)
+        check_range("train.retrieve", self.retrieve, 0, 3)  # a document holds 4 images: k neighbours + 1
+        check_range("train.context_loss_weight", self.context_loss_weight, 0.0, 1.0)
+        if self.retrieve and not self.documents:
+            raise ConfigError("train.retrieve needs train.documents > 0: retrieved neighbours are read in documents")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {short(repr(self.optimizer))}")
         if self.precision not in PRECISIONS:

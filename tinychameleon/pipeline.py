@@ -28,7 +28,7 @@ from .reranking import DIGIT_SLOT, best_images, digit_for_kept_part, rerank_digi
 from .sampling import ModalityRules, SpanRules, generate
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
-from .tokenizers.vocab import HEADER, TEXT_LENGTH, WORDS, Vocab
+from .tokenizers.vocab import HEADER, MAX_DOCUMENT_IMAGES, TEXT_LENGTH, WORDS, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_image_tokenizer
 from .device import resolve_device
 from .documents.document import Continuation, DocumentTokenizer
@@ -38,6 +38,7 @@ from .documents.grammar import DocumentGrammar
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 VALID_PAIR_SET = {(int(foreground), int(background)) for foreground, background in VALID_PAIRS}
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
+MAX_RETRIEVE = MAX_DOCUMENT_IMAGES - 1        # retrieved neighbours a document has room for beside its query
 
 
 COMPLETION_REDRAWS = 3  # completions without a prompt: redraws of one whose own caption disagrees with it
@@ -61,6 +62,7 @@ class Pipeline:
         self.tokenizer = WordTokenizer()
         self.source = source
         self._limits = threading.local()  # per-thread deadline set by time_limit()
+        self._banks: dict = {}            # memory banks for retrieval, loaded on first use
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
@@ -450,9 +452,16 @@ class Pipeline:
         prompt_ids = [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
                       for prompt, count in zip(prompts, counts)]
         rows = [ids for ids in prompt_ids for _ in range(n)]
+        written = self._decode_documents(rows, settings, generator)
+        continuations = [self._continuation(tokenizer.decode(ids)) for ids in written]
+        return [continuations[index * n:(index + 1) * n] for index in range(len(prompts))]
+
+    def _decode_documents(self, rows: list[list[int]], settings: SamplingConfig, generator,
+                          max_new_tokens: int = 0) -> list[list[int]]:
+        """Prompt ids (<bos> first) -> the ids each row writes, in batches, under the document grammar."""
         grammar = DocumentGrammar(self.vocab, self.image_tokenizer.position_tokens(), self.image_tokenizer.token_follows())
         decode_settings = DecodeSettings(settings.temperature, settings.top_k, settings.top_p, settings.guidance,
-                                         settings.caption_temperature)
+                                         settings.caption_temperature, max_new_tokens)
         written = []
         for chunk in batch_slices(len(rows), settings.batch_size):
             self._check_time()
@@ -461,8 +470,72 @@ class Pipeline:
                 unconditional = [grammar.without_words(ids) for ids in rows[chunk]]
             written += decode(self.model, grammar, rows[chunk], decode_settings, unconditional, generator,
                               should_stop=self._expired)
-        continuations = [self._continuation(tokenizer.decode(ids)) for ids in written]
-        return [continuations[index * n:(index + 1) * n] for index in range(len(prompts))]
+        return written
+
+    # --- retrieval-augmented drawing and reading (CM3Leon): the query's neighbours are read first -------------
+    def memory(self, memory: str | Path | None = None):
+        """(retriever, bank): the shipped retriever and the training digits, or a folder (`--memory DIR`)."""
+        from .retrieval.memory import load_bank
+        from .retrieval.retriever import Retriever
+
+        key = str(memory)
+        if key not in self._banks:
+            retriever = self._banks["retriever"] = self._banks.get("retriever") or Retriever.from_pretrained()
+            self._banks[key] = (retriever, load_bank(retriever, memory))
+        return self._banks[key]
+
+    def _memory_rows(self, prompts: list[str], contexts: list[tuple[str, np.ndarray]], query_images=None
+                     ) -> list[list[int]]:
+        """Ids of "<context> <prompt>" documents; the prompt's own <image> (reading) is the query image."""
+        tokenizer = DocumentTokenizer(self.vocab)
+        rows = []
+        for row, (prompt, (context, pictures)) in enumerate(zip(prompts, contexts)):
+            pictures = pictures if query_images is None else np.concatenate([pictures, query_images[row:row + 1]])
+            codes = self.image_tokenizer.encode(torch.from_numpy(np.asarray(pictures, np.uint8)).to(self.device)).cpu()
+            rows.append(tokenizer.encode(tokenizer.bind(f"{context} {prompt}", list(codes))))
+        return rows
+
+    def draw_from_memory(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, retrieve: int = 2,
+                         memory: str | Path | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
+        """Text -> image after the prompt's `retrieve` nearest documents of the memory bank (default: the training
+        digits; a folder changes what the model sees without retraining). Returns (len * n) images and prompts."""
+        from .retrieval.augment import retrieve_contexts
+        from .tokenizers.text import normalize_prompt
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        for prompt in prompts:
+            self.tokenizer.check(prompt)                        # whole captions: no "*" blanks with retrieval
+        self._check_retrieve(retrieve)
+        retriever, bank = self.memory(memory)
+        contexts = retrieve_contexts(retriever, bank, prompts, retrieve)
+        rows = [ids + [self.vocab.begin_image] for ids in self._memory_rows(prompts, contexts) for _ in range(n)]
+        L = self.vocab.image_length
+        written = self._decode_documents(rows, self.resolve_settings(sampling), self._generator(seed), L + 1)
+        codes = torch.tensor([ids[:L] for ids in written], device=self.device)      # the grammar wrote a whole image
+        return self.image_tokenizer.decode(codes).cpu().numpy(), [normalize_prompt(p) for p in prompts for _ in range(n)]
+
+    def caption_from_memory(self, images: np.ndarray, seed: int | None = None, retrieve: int = 2,
+                            memory: str | Path | None = None, **sampling) -> list[str]:
+        """Image -> text after the image's `retrieve` nearest documents of the memory bank."""
+        from .retrieval.augment import retrieve_contexts
+
+        images = np.asarray(images, dtype=np.uint8)
+        images = images[None] if images.ndim == 3 else images
+        self._check_retrieve(retrieve)
+        retriever, bank = self.memory(memory)
+        contexts = retrieve_contexts(retriever, bank, list(images), retrieve)
+        rows = self._memory_rows(["<image>"] * len(images), contexts, images)
+        written = self._decode_documents(rows, self._caption_settings(sampling), self._generator(seed), TEXT_LENGTH + 1)
+        tokenizer = DocumentTokenizer(self.vocab)
+        return [" ".join(tokenizer.decode(ids).text.split()[:TEXT_LENGTH]) for ids in written]
+
+    def _check_retrieve(self, retrieve: int) -> None:
+        if not self.vocab.documents:
+            raise PromptError("this checkpoint was trained without documents; --retrieve needs one trained with "
+                              "retrieved neighbours (train.retrieve)")
+        if isinstance(retrieve, bool) or not isinstance(retrieve, int) or not 1 <= retrieve <= MAX_RETRIEVE:
+            raise ConfigError(f"retrieve must be 1..{MAX_RETRIEVE} (a document holds {MAX_DOCUMENT_IMAGES} images: "
+                              f"the neighbours and the query), got {str(retrieve)[:40]}")
 
     def _continuation(self, document) -> Continuation:
         codes = document.images

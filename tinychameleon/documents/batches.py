@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .document import Document, DocumentTokenizer
+from .document import IMAGE_PLACEHOLDER, Document, DocumentTokenizer, split_words
 from .families import Example, Picture
 
 
@@ -28,38 +28,56 @@ def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tok
                       text_dropout: torch.Tensor | None = None) -> list[list[int]]:
     """The finished documents (prompt, then answer) as ids. Rows marked in text_dropout (len(examples),) keep
     their images only: what the unconditional stream of guidance reads."""
-    pictures = [picture for example in examples for picture in example.prompt_images + example.answer_images]
+    pictures = [picture for example in examples for picture in example.pictures]
     images = iter(picture_codes(pictures, codes, recolor))
     documents = []
     for row, example in enumerate(examples):
-        count = len(example.prompt_images) + len(example.answer_images)
-        bound = [next(images) for _ in range(count)]
+        bound = [next(images) for _ in range(len(example.pictures))]
         if text_dropout is not None and text_dropout[row]:
             document = Document(bound)
         else:
-            document = tokenizer.bind(f"{example.prompt} {example.answer}", bound)
+            document = tokenizer.bind(example.text, bound)
             document.finished = True
         documents.append(tokenizer.encode(document))
     return documents
 
 
-def padded(documents: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids right-padded with `pad` and (B, T-1) loss weights: 1 on each real next token, 0 on padding."""
+def context_lengths(examples: list[Example], image_length: int, text_dropout: torch.Tensor | None = None) -> list[int]:
+    """Tokens each document spends on its retrieved context (<bos> included; 0 without one)."""
+    lengths = []
+    for row, example in enumerate(examples):
+        words = split_words(example.context)
+        if not words or (text_dropout is not None and text_dropout[row]):
+            lengths.append(0)
+            continue
+        lengths.append(1 + sum(image_length + 2 if word == IMAGE_PLACEHOLDER else 1 for word in words))
+    return lengths
+
+
+def padded(documents: list[list[int]], pad: int, contexts: list[int] | None = None, context_weight: float = 1.0
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids right-padded with `pad` and (B, T-1) loss weights: 1 on each real next token, 0 on padding,
+    `context_weight` on the tokens of a retrieved context (contexts: their lengths, one per document)."""
     T = max(len(ids) for ids in documents)
     ids = torch.full((len(documents), T), pad, dtype=torch.long)
     weights = torch.zeros(len(documents), T - 1)
     for row, document in enumerate(documents):
         ids[row, :len(document)] = torch.tensor(document, dtype=torch.long)
         weights[row, :len(document) - 1] = 1.0
+        if contexts and contexts[row]:
+            weights[row, :contexts[row] - 1] = context_weight   # targets 1..c-1 lie in the context
     return ids, weights
 
 
-def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int
+def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int,
+                   contexts: list[int] | None = None, context_weight: float = 1.0
                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole batches of documents of similar length (sorted by length, random among equals), in random order;
     the last partial batch is dropped."""
     tiebreak = torch.rand(len(documents), generator=generator).tolist()
     order = sorted(range(len(documents)), key=lambda i: (len(documents[i]), tiebreak[i]))
-    batches = [padded([documents[i] for i in order[start:start + batch_size]], pad)
+    contexts = contexts or [0] * len(documents)
+    batches = [padded([documents[i] for i in order[start:start + batch_size]], pad,
+                      [contexts[i] for i in order[start:start + batch_size]], context_weight)
                for start in range(0, len(order) - batch_size + 1, batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

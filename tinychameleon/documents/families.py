@@ -18,6 +18,12 @@ images shown as real pictures, the answer's judged). Families and their exact wo
     what comes next    <image> what comes next ?               -> DIGIT : <image>
     draw               COLOR DIGIT on COLOR                    -> <image>
     read               <image>                                 -> COLOR DIGIT on COLOR
+
+With retrieval (CM3Leon), two more families put k retrieved documents of the bank in front, each as
+"<image> CAPTION .", never the example itself (a `context`, trained at a lower loss weight):
+
+    draw from memory   <image> CAPTION . ... COLOR DIGIT on COLOR  -> <image>
+    read from memory   <image> CAPTION . ... <image>               -> COLOR DIGIT on COLOR
 """
 
 from __future__ import annotations
@@ -51,15 +57,31 @@ class Example:
     prompt_images: list[Picture]
     answer: str                                         # what the model should write, <image> where it draws
     answer_images: list[Picture] = field(default_factory=list)
+    context: str = ""                                   # retrieved documents read before the prompt
+    context_images: list[Picture] = field(default_factory=list)
+
+    @property
+    def pictures(self) -> list[Picture]:
+        """Every image of the document, in reading order."""
+        return self.context_images + self.prompt_images + self.answer_images
+
+    @property
+    def text(self) -> str:
+        """The whole document's words with <image> placeholders."""
+        return " ".join(part for part in (self.context, self.prompt, self.answer) if part)
 
 
 class DigitBank:
-    """The digits a family may use (one split): digit labels and each example's own colors."""
+    """The digits a family may use (one split): digit labels and each example's own colors; with retrieval,
+    `neighbours` (N, M) are each example's M nearest other examples and `retrieve` how many of them a
+    document reads."""
 
-    def __init__(self, digits: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> None:
+    def __init__(self, digits: np.ndarray, foreground: np.ndarray, background: np.ndarray,
+                 neighbours: np.ndarray | None = None, retrieve: int = 0) -> None:
         self.digits, self.foreground, self.background = (np.asarray(a, dtype=np.int64)
                                                          for a in (digits, foreground, background))
         self.by_digit = [np.flatnonzero(self.digits == d) for d in range(10)]
+        self.neighbours, self.retrieve = neighbours, retrieve
 
     def any_of(self, digit: int, rng: np.random.Generator) -> int:
         return int(rng.choice(self.by_digit[digit]))
@@ -165,6 +187,34 @@ def read(bank, index, rng) -> Example:
     return Example("read", "<image>", [image], caption_of(image.digit, image.foreground, image.background))
 
 
+def context_text(captions: list[str]) -> str:
+    """Retrieved documents as the model reads them: "<image> CAPTION ." each (training and inference alike)."""
+    return " ".join(f"<image> {caption} ." for caption in captions)
+
+
+def memory_context(pictures: list[Picture]) -> str:
+    return context_text([caption_of(p.digit, p.foreground, p.background) for p in pictures])
+
+
+def retrieved(bank, index, rng) -> list[Picture]:
+    """`bank.retrieve` of the example's neighbours, drawn at random among its M nearest (diversity)."""
+    chosen = rng.choice(bank.neighbours[index], size=bank.retrieve, replace=False)
+    return [source(bank, int(row)) for row in chosen]
+
+
+def draw_from_memory(bank, index, rng) -> Example:
+    image, context = source(bank, index), retrieved(bank, index, rng)
+    return Example("draw from memory", caption_of(image.digit, image.foreground, image.background), [], "<image>",
+                   [Picture(index, image.digit, image.foreground, image.background, same_shape=False)],
+                   memory_context(context), context)
+
+
+def read_from_memory(bank, index, rng) -> Example:
+    image, context = source(bank, index), retrieved(bank, index, rng)
+    return Example("read from memory", "<image>", [image], caption_of(image.digit, image.foreground, image.background),
+                   [], memory_context(context), context)
+
+
 # The one registry of families: name -> (builder, share of training documents).
 FAMILIES: dict[str, tuple[Callable, float]] = {
     "digit color": (digit_color, 1.0), "background color": (background_color, 1.0), "swap": (swap, 1.0),
@@ -172,13 +222,18 @@ FAMILIES: dict[str, tuple[Callable, float]] = {
     "background name": (background_name, 0.5), "addition": (addition, 1.0), "counting": (counting, 1.0),
     "what comes next": (what_comes_next, 1.0), "draw": (draw, 0.5), "read": (read, 0.5),
 }
+# Families that read retrieved documents: chosen only from a bank with neighbours (train.retrieve > 0).
+MEMORY_FAMILIES: dict[str, tuple[Callable, float]] = {
+    "draw from memory": (draw_from_memory, 2.0), "read from memory": (read_from_memory, 1.0),
+}
 
 
 def examples(bank: DigitBank, count: int, seed: int | list[int], families: list[str] | None = None) -> list[Example]:
     """`count` seeded examples; each picks a family (by its share, or evenly among `families`) and a digit."""
     rng = np.random.default_rng(seed)
-    names = families or list(FAMILIES)
-    shares = np.array([1.0 if families else FAMILIES[name][1] for name in names])
+    registry = {**FAMILIES, **(MEMORY_FAMILIES if bank.retrieve else {})}
+    names = families or list(registry)
+    shares = np.array([1.0 if families else registry[name][1] for name in names])
     chosen = rng.choice(len(names), size=count, p=shares / shares.sum())
     indices = rng.integers(0, len(bank.digits), size=count)
-    return [FAMILIES[names[family]][0](bank, int(index), rng) for family, index in zip(chosen, indices)]
+    return [registry[names[family]][0](bank, int(index), rng) for family, index in zip(chosen, indices)]

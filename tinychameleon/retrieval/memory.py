@@ -172,6 +172,20 @@ def folder_bank(retriever: Retriever, folder: str | Path, cache_dir: str | Path 
     return MemoryBank(str(folder), captions, vectors, index, [str(path) for path in files], cache_dir)
 
 
+def neighbour_table(vectors: np.ndarray, count: int) -> np.ndarray:
+    """(N, D) document vectors -> (N, count) rows of each one's nearest other documents, best first: the
+    example itself and exact copies of it (similarity > 0.9999) are never among them."""
+    index = VectorIndex.build(vectors, kind="exact")
+    scores, ids = index.search(vectors, count + 8)
+    table = np.empty((len(vectors), count), dtype=np.int64)
+    for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
+        keep = row_ids[(row_ids != row) & (row_scores < 0.9999) & (row_ids >= 0)][:count]
+        if len(keep) < count:
+            raise TinyChameleonError(f"document {row} has fewer than {count} distinct neighbours")
+        table[row] = keep
+    return table
+
+
 def load_bank(retriever: Retriever, memory: str | Path | None = None, cache_dir: str | Path | None = None
               ) -> MemoryBank:
     return training_bank(retriever, cache_dir) if memory is None else folder_bank(retriever, memory, cache_dir)

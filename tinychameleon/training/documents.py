@@ -9,16 +9,25 @@ import torch
 
 from ..config import RunConfig
 from ..data.colored import ColoredMNIST
-from ..documents.batches import example_documents, length_batches, padded
+from ..documents.batches import context_lengths, example_documents, length_batches, padded
 from ..documents.document import DocumentTokenizer
 from ..documents.families import DigitBank, examples
+from ..retrieval.memory import neighbour_table
+from ..retrieval.retriever import Retriever
 from ..tokenizers.vocab import Vocab
 
 VALIDATION_DOCUMENTS = 512
 
 
-def bank_of(split: ColoredMNIST) -> DigitBank:
-    return DigitBank(split.digits, split.foreground, split.background)
+NEIGHBOURS = 8  # a retrieval-augmented document reads `train.retrieve` of its example's 8 nearest (diversity)
+
+
+def bank_of(split: ColoredMNIST, retrieve: int = 0) -> DigitBank:
+    """The split's digits; with `retrieve`, each example's neighbours by the shipped retriever's document vectors."""
+    if not retrieve:
+        return DigitBank(split.digits, split.foreground, split.background)
+    vectors = Retriever.from_pretrained().embed_documents(split.captions(), split.images)
+    return DigitBank(split.digits, split.foreground, split.background, neighbour_table(vectors, NEIGHBOURS), retrieve)
 
 
 def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor
@@ -26,14 +35,16 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
     """epoch -> that epoch's document batches ((B, T) ids, (B, T-1) loss weights), the same on every rank.
     The tokenizer repaints a digit's tokens with `recolor` (RunConfig.validate admits only such kinds)."""
     settings, vocab = config.train, Vocab.for_config(config)
-    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split)
+    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve)
 
     def documents(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(settings.seed * 7937 + epoch)
         chosen = examples(bank, settings.documents, [settings.seed, epoch, 22])
         dropout = torch.rand(len(chosen), generator=generator) < settings.text_dropout
         ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
-        return length_batches(ids, settings.batch_size, generator, pad=vocab.end_document)
+        contexts = context_lengths(chosen, vocab.image_length, dropout)
+        return length_batches(ids, settings.batch_size, generator, vocab.end_document, contexts,
+                              settings.context_loss_weight)
 
     return documents
 
