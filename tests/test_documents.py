@@ -323,3 +323,47 @@ def test_a_deadline_stops_decoding_between_steps():
     with pytest.raises(DeadlineExceeded):
         decode(model, grammar, [[VOCAB.bos, VOCAB.text_ids[0]]], DecodeSettings(temperature=0.0), should_stop=stop_after_three)
     assert len(asked) == 4                                    # asked before every step, stopped at the 4th
+
+
+def memory_bank(count: int = 60, retrieve: int = 2, seed: int = 0):
+    from tinychameleon.documents.families import DigitBank
+
+    rng = np.random.default_rng(seed)
+    neighbours = np.stack([rng.permutation(np.delete(np.arange(count), row))[:8] for row in range(count)])
+    return DigitBank(rng.integers(0, 10, count), np.full(count, 4), np.zeros(count, int), neighbours, retrieve)
+
+
+def test_retrieved_context_never_holds_the_example_and_reads_like_training():
+    from tinychameleon.documents.families import MEMORY_FAMILIES, examples
+
+    bank = memory_bank()
+    chosen = [example for example in examples(bank, 2000, 0) if example.family in MEMORY_FAMILIES]
+    assert {example.family for example in chosen} == set(MEMORY_FAMILIES)
+    for example in chosen:
+        query = (example.answer_images or example.prompt_images)[0].shape
+        assert len(example.context_images) == 2 and query not in [p.shape for p in example.context_images]
+        assert example.context.count("<image>") == 2 and example.context.endswith(" .")
+        assert example.text.startswith(example.context + " ")
+    # Without neighbours the memory families are never chosen.
+    plain = memory_bank(retrieve=0)
+    assert not [e for e in examples(plain, 500, 0) if e.family in MEMORY_FAMILIES]
+
+
+def test_retrieval_augmented_documents_keep_their_layout_and_loss_weights():
+    from tinychameleon.documents.batches import context_lengths, example_documents, padded
+    from tinychameleon.documents.families import MEMORY_FAMILIES, examples
+
+    bank = memory_bank()
+    chosen = [e for e in examples(bank, 400, 1) if e.family in MEMORY_FAMILIES][:6]
+    L = VOCAB.image_length
+    codes = torch.randint(0, VOCAB.image_tokens, (len(bank.digits), L))
+    ids = example_documents(chosen, codes, lambda c, f, b: c, TOKENIZER)
+    contexts = context_lengths(chosen, L)
+    batch, weights = padded(ids, VOCAB.end_document, contexts, 0.25)
+    for row, (example, document, context) in enumerate(zip(chosen, ids, contexts)):
+        assert context == 1 + 2 * (L + 2 + 7)            # <bos>, then two "<image> six words ." documents
+        assert document[context - 1] == TOKENIZER.word_to_id["."] and document[context - L - 9] == VOCAB.begin_image
+        # The context's own next tokens at 0.25, the query's (from its first token) at 1, padding at 0.
+        assert (weights[row, :context - 1] == 0.25).all() and (weights[row, context - 1:len(document) - 1] == 1).all()
+        assert (weights[row, len(document) - 1:] == 0).all()
+        assert TOKENIZER.decode(document).text == example.text

@@ -153,6 +153,37 @@ def test_browser_chat_panel(document_server):
         browser.close()
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; `make browser`)")
+def test_browser_search_box(server):
+    """Type words, see the training digits they describe; search with the drawing; a misspelling shows the error."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1000, "height": 1600})
+        page.goto(server)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('model:')")
+        page.fill("#search-text", "seven on dark blue")
+        page.fill("#search-k", "6")
+        page.click("#search-button")
+        page.wait_for_function("document.querySelectorAll('#search-hits figure').length === 6", timeout=120_000)
+        captions = page.locator("#search-hits figcaption").all_inner_texts()
+        assert all("seven on dark blue" in caption for caption in captions), captions
+        assert all(page.evaluate("[...document.querySelectorAll('#search-hits img')].map(i => i.naturalWidth)"))
+        page.locator("#search").screenshot(path=str(ARTIFACTS / "search-panel.png"))
+        draw_stroke(page)
+        page.click("#search-drawing")
+        page.wait_for_function("document.getElementById('search-message').textContent.includes('for image')")
+        assert page.locator("#search-hits figure").count() == 6
+        page.fill("#search-text", "sevn")
+        page.click("#search-button")
+        page.wait_for_function("document.getElementById('search-message').textContent.includes('did you mean')")
+        assert page.locator("#search-hits figure").count() == 0
+        browser.close()
+
+
 def test_load_200_requests_from_16_clients(server, tiny_pipeline):
     """Bounded load on loopback: only 200 or the documented 503; every 200 matches its own request."""
     prompts = ["dark green eight on bright cyan", "plain white one on plain black", "light pink four on dark blue",

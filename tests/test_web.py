@@ -170,3 +170,48 @@ def test_slow_request_times_out_with_504(tiny_pipeline):
     with TestClient(app) as client:
         response = client.post("/api/sample", json={"n": 16})
         assert response.status_code == 504 and "stopped" in response.json()["detail"]
+
+
+def test_search_by_text_returns_the_bank_pictures(client, cache_dir):
+    from tinychameleon.data.colored import load_splits
+
+    response = client.post("/api/search", data={"text": "Seven on DARK blue", "k": "4"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"] == "seven on dark blue" and body["memory"] == "train" and len(body["hits"]) == 4
+    train = load_splits(cache_dir=cache_dir).train
+    captions = train.captions()
+    for rank, hit in enumerate(body["hits"], 1):
+        assert hit["rank"] == rank and hit["caption"].endswith("seven on dark blue")
+        assert hit["caption"] == captions[hit["index"]]
+        assert (decode(hit["image"]) == train.images[hit["index"]] * 85).all()  # the document's own picture
+
+
+def test_search_by_image_finds_its_caption(client, colored):
+    test = colored[1]
+    hits = client.post("/api/search", files={"image": ("q.png", png((test.images[3] * 85).astype(np.uint8)))},
+                       data={"k": "1"}).json()["hits"]
+    assert hits[0]["caption"] == test.captions()[3]
+
+
+@pytest.mark.parametrize("data, files, fragment", [
+    ({}, None, "either a text or an image"),
+    ({"text": "seven"}, {"image": ("q.png", png(np.zeros((28, 28, 3), np.uint8)))}, "either a text or an image"),
+    ({"text": "sevn on dark blue"}, None, "seven"),
+    ({"text": "seven", "k": "0"}, None, "k"),
+    ({"text": "seven", "k": "65"}, None, "k"),
+])
+def test_search_bad_input_is_422(client, data, files, fragment):
+    response = client.post("/api/search", data=data, files=files)
+    assert response.status_code == 422 and fragment in response.json()["detail"]
+
+
+def test_search_without_a_retriever_is_503(tiny_pipeline):
+    from tinychameleon.errors import CheckpointError
+
+    def missing():
+        raise CheckpointError("no retriever here")
+
+    with TestClient(create_app(tiny_pipeline, search_loader=missing)) as client:
+        response = client.post("/api/search", data={"text": "seven"})
+    assert response.status_code == 503 and "no retriever here" in response.json()["detail"]

@@ -94,6 +94,37 @@ def sampling_overrides(args) -> dict:
     return overrides
 
 
+RETRIEVAL_SETTINGS = ("temperature", "top_k", "top_p", "guidance")  # what a retrieval-augmented request reads
+
+
+def retrieval_request(args, sampling: dict) -> dict | None:
+    """{"retrieve": K, "memory": DIR} for --retrieve K [--memory DIR], or None; flags it would not honour are refused."""
+    if args.retrieve is None:
+        if args.memory is not None:
+            raise TinyChameleonError("--memory DIR needs --retrieve K (how many of its documents to read)")
+        return None
+    from .pipeline import MAX_RETRIEVE
+
+    if not 1 <= args.retrieve <= MAX_RETRIEVE:
+        raise TinyChameleonError(f"--retrieve must be 1..{MAX_RETRIEVE}: a document has room for "
+                                 f"{MAX_RETRIEVE} neighbours beside the query")
+    ignored = [flag for flag, field, _ in SAMPLER_FLAGS if field in sampling and field not in RETRIEVAL_SETTINGS]
+    ignored += ["--rerank" for key in ("rerank_captions",) if key in sampling]
+    ignored += ["--mixed-pool" for key in ("mixed_pool",) if key in sampling]
+    if ignored:
+        raise TinyChameleonError(f"with --retrieve only --temperature, --top-k, --top-p and --guidance apply; "
+                                 f"drop {', '.join(ignored)}")
+    return {"retrieve": args.retrieve, "memory": args.memory}
+
+
+def add_retrieval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retrieve", type=number(int), metavar="K",
+                        help="read the K nearest documents of the memory bank first (retrieval-augmented; needs a "
+                             "checkpoint trained with train.retrieve)")
+    parser.add_argument("--memory", metavar="DIR", help="with --retrieve: a folder of images + manifest.jsonl rows "
+                                                        "{\"file\", \"caption\"} instead of the training digits")
+
+
 def prepare_output(out: str | Path) -> Path:
     """Check an output folder before any work: it can be created and written to."""
     out = Path(out)
@@ -198,10 +229,14 @@ def command_generate(args) -> int:
     if not 1 <= count <= 100_000:
         raise TinyChameleonError("the number of samples must be at least 1 (and at most 100000)")
     sampling = sampling_overrides(args)
+    retrieval = retrieval_request(args, sampling)
     out = prepare_output(args.out)
     pipeline = load_pipeline(args)
-    pipeline.encode_partial(prompts)  # every prompt is checked before any drawing ("*" blanks allowed)
-    images, captions = pipeline.draw(prompts, n=count, seed=args.seed, **sampling)
+    if retrieval:
+        images, captions = pipeline.draw_from_memory(prompts, n=count, seed=args.seed, **retrieval, **sampling)
+    else:
+        pipeline.encode_partial(prompts)  # every prompt is checked before any drawing ("*" blanks allowed)
+        images, captions = pipeline.draw(prompts, n=count, seed=args.seed, **sampling)
     rows = [{"prompt": normalize_prompt(prompts[index // count]), "file": f"{index // count:04d}_{index % count:03d}.png",
              "sample": index % count, "caption": captions[index]} for index in range(len(images))]
     write_outputs(out, images, rows)
@@ -235,6 +270,7 @@ def command_caption(args) -> int:
     from .imaging import read_image
 
     sampling = sampling_overrides(args)
+    retrieval = retrieval_request(args, sampling)
     files = collect_images(args.images)
     readable, images, skipped = [], [], []
     for path in files:
@@ -248,7 +284,9 @@ def command_caption(args) -> int:
         raise TinyChameleonError(f"{len(skipped)} of {len(files)} images could not be read (--strict)")
     if not images:
         raise TinyChameleonError(f"none of the {len(files)} images could be read")
-    captions = load_pipeline(args).caption(np.stack(images), seed=args.seed, **sampling)
+    pipeline = load_pipeline(args)
+    captions = (pipeline.caption_from_memory(np.stack(images), seed=args.seed, **retrieval, **sampling) if retrieval
+                else pipeline.caption(np.stack(images), seed=args.seed, **sampling))
     for path, caption in zip(readable, captions):
         print(json.dumps({"image": str(path), "caption": caption}) if args.json else f"{path}: {caption}")
     if args.json:
@@ -557,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--samples-per-prompt", type=number(int), default=1, help="images per prompt with --prompts-file")
     generate.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     add_sampling_flags(generate)
+    add_retrieval_flags(generate)
     generate.set_defaults(handler=command_generate)
 
     complete = commands.add_parser("complete", help="keep part of each image and let the model draw the rest")
@@ -578,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--strict", action="store_true", help="exit 2 if any image cannot be read (default: "
                                                                "report it on stderr, caption the rest)")
     add_sampling_flags(caption)
+    add_retrieval_flags(caption)
     caption.set_defaults(handler=command_caption)
 
     continuation = commands.add_parser("continue", help="mixed-modal documents: continue a prompt of words and "

@@ -196,9 +196,16 @@ def memory_context(pictures: list[Picture]) -> str:
     return context_text([caption_of(p.digit, p.foreground, p.background) for p in pictures])
 
 
+UNRELATED = 0.25  # share of retrieved slots given to a random document: retrieval at inference is not always right
+
+
 def retrieved(bank, index, rng) -> list[Picture]:
-    """`bank.retrieve` of the example's neighbours, drawn at random among its M nearest (diversity)."""
+    """`bank.retrieve` of the example's neighbours, drawn at random among its M nearest (diversity), each
+    replaced by a random other document with probability UNRELATED (the model learns not to trust them blindly)."""
     chosen = rng.choice(bank.neighbours[index], size=bank.retrieve, replace=False)
+    unrelated = rng.random(bank.retrieve) < UNRELATED
+    chosen[unrelated] = rng.integers(0, len(bank.digits) - 1, size=int(unrelated.sum()))
+    chosen[unrelated & (chosen >= index)] += 1          # any document but the example itself
     return [source(bank, int(row)) for row in chosen]
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..config import RunConfig
-from ..data.colored import ColoredMNIST
+from ..data.colored import COLOR_ID, ColoredMNIST, recolor
 from ..documents.batches import context_lengths, example_documents, length_batches, padded
 from ..documents.document import DocumentTokenizer
 from ..documents.families import DigitBank, examples
@@ -23,10 +23,15 @@ NEIGHBOURS = 8  # a retrieval-augmented document reads `train.retrieve` of its e
 
 
 def bank_of(split: ColoredMNIST, retrieve: int = 0) -> DigitBank:
-    """The split's digits; with `retrieve`, each example's neighbours by the shipped retriever's document vectors."""
+    """The split's digits; with `retrieve`, each example's nearest shapes by the shipped retriever.
+
+    Neighbours are found by shape alone (every digit painted white on black before it is embedded) and shown
+    in their own colors: what a neighbour can teach is how the digit is drawn, while the digit and its colors
+    must come from the document's own words (families.retrieved also mixes in unrelated documents)."""
     if not retrieve:
         return DigitBank(split.digits, split.foreground, split.background)
-    vectors = Retriever.from_pretrained().embed_documents(split.captions(), split.images)
+    shapes = recolor(split.images, COLOR_ID["plain white"], COLOR_ID["plain black"])
+    vectors = Retriever.from_pretrained().embed_images(shapes)
     return DigitBank(split.digits, split.foreground, split.background, neighbour_table(vectors, NEIGHBOURS), retrieve)
 
 

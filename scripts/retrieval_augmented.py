@@ -1,0 +1,108 @@
+"""Retrieval-augmented vs plain: drawing and reading with and without retrieved neighbours, and style from memory.
+
+For each checkpoint: text -> image judged right (plain, and after `--retrieve K` neighbours from the training
+digits), image -> text exact (the same two ways), and "style from memory": a memory folder of held-out digits
+drawn with strokes one pixel wider all round (built here from the split's digits, captioned), from which
+`draw_from_memory` retrieves; the drawn stroke area is compared with the plain drawing's and the memory's.
+
+    python scripts/retrieval_augmented.py --checkpoints runs/ft-plain runs/ft-retrieval --split validation \\
+        --samples 300 --retrieve 2 --json runs/retrieval_augmented_validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinychameleon.data.colored import colorize, digit_pixels, load_splits
+from tinychameleon.data.mnist import default_cache_dir
+from tinychameleon.evaluation.judge import attribute_accuracy, load_or_train_judge
+from tinychameleon.imaging import save_png
+from tinychameleon.pipeline import Pipeline
+
+
+def thicker(images: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Strokes one pixel wider all round: each digit pixel's 3x3 neighbourhood becomes digit."""
+    shape = np.pad(digit_pixels(images), ((0, 0), (1, 1), (1, 1)))
+    grown = np.zeros(images.shape[:3], dtype=bool)
+    for dy in range(3):
+        for dx in range(3):
+            grown |= shape[:, dy:dy + 28, dx:dx + 28]
+    return colorize(grown.astype(np.uint8) * 255, foreground, background).astype(np.uint8)
+
+
+def write_memory(folder: Path, split, count: int) -> np.ndarray:
+    """The first `count` digits of the split, thickened, as a memory folder; returns their images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    part = split.subset(slice(0, count))
+    images = thicker(part.images, part.foreground, part.background)
+    rows = []
+    for row, (image, caption) in enumerate(zip(images, part.captions())):
+        save_png(image, folder / f"{row:05d}.png")
+        rows.append({"file": f"{row:05d}.png", "caption": caption})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return images
+
+
+def ink(images: np.ndarray) -> np.ndarray:
+    return digit_pixels(images).sum(axis=(1, 2)).astype(float)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", nargs="+", required=True)
+    parser.add_argument("--split", choices=("validation", "test"), default="validation")
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--retrieve", type=int, default=2)
+    parser.add_argument("--memory-size", type=int, default=2000)
+    parser.add_argument("--memory", default="runs/style-memory", help="folder for the thick-stroke memory")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    splits = load_splits()
+    judge = load_or_train_judge(splits.train, default_cache_dir(), 0, progress=False)
+    split = splits[args.split]
+    memory_images = write_memory(Path(args.memory) / args.split, split, args.memory_size)
+    # Queries: other digits of the same split (never in the memory), their captions as new prompts.
+    queries = split.subset(slice(args.memory_size, args.memory_size + args.samples))
+    prompts = queries.captions()
+    train_ink = ink(splits.train.images)
+    results = {"split": args.split, "samples": args.samples, "retrieve": args.retrieve,
+               "memory_ink": float(ink(memory_images).mean()), "train_ink": float(train_ink.mean()),
+               "train_share_with_memory_ink": float((train_ink >= ink(memory_images).mean()).mean()),
+               "real_ink": float(ink(queries.images).mean()), "models": {}}
+    for checkpoint in args.checkpoints:
+        pipe = Pipeline.from_pretrained(checkpoint)
+        row, started = {}, time.perf_counter()
+        plain, _ = pipe.draw(prompts, seed=0)
+        row["text_to_image"] = attribute_accuracy(judge.predict(plain), queries.digits, queries.foreground,
+                                                  queries.background)["all"]
+        row["plain_ink"] = float(ink(plain).mean())
+        row["image_to_text"] = float(np.mean([a == b for a, b in zip(pipe.caption(queries.images), prompts)]))
+        if pipe.vocab.documents:
+            drawn, _ = pipe.draw_from_memory(prompts, seed=0, retrieve=args.retrieve)
+            row["text_to_image_retrieved"] = attribute_accuracy(judge.predict(drawn), queries.digits,
+                                                                queries.foreground, queries.background)["all"]
+            read = pipe.caption_from_memory(queries.images, retrieve=args.retrieve)
+            row["image_to_text_retrieved"] = float(np.mean([a == b for a, b in zip(read, prompts)]))
+            styled, _ = pipe.draw_from_memory(prompts, seed=0, retrieve=args.retrieve,
+                                              memory=Path(args.memory) / args.split)
+            judged = judge.predict(styled)
+            row["style_ink"] = float(ink(styled).mean())
+            row["style_digit_right"] = float((judged["digit"] == queries.digits).mean())
+            row["style_all_right"] = attribute_accuracy(judged, queries.digits, queries.foreground,
+                                                        queries.background)["all"]
+            row["style_shift"] = (row["style_ink"] - row["plain_ink"]) / (results["memory_ink"] - row["plain_ink"])
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        results["models"][checkpoint] = row
+        print(checkpoint, json.dumps(row), flush=True)
+    print(json.dumps({key: value for key, value in results.items() if key != "models"}))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
