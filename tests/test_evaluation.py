@@ -64,8 +64,11 @@ def test_evaluate_quick_on_a_tiny_checkpoint(tiny_run, tmp_path, capsys, judge):
     assert metrics["unconditional"]["looks"]["stray"]["clean"] == 1.0
     assert metrics["real_test_looks"]["shape"]["precision"] > 0.6
     assert metrics["frechet"]["real_test_halves"] < metrics["frechet"]["generated_vs_real"]  # a 1-epoch toy model
+    # The CLIP score: real images agree with their captions far more than a 1-epoch toy model's drawings do.
+    clip = metrics["clip_score"]
+    assert clip["real"] > 0.5 and clip["real"] > clip["text_to_image"] + 0.1
     report = (tmp_path / "report.md").read_text()
-    assert "text -> image" in report and "![text_to_image.png]" in report
+    assert "text -> image" in report and "![text_to_image.png]" in report and "CLIP score" in report
     assert (tmp_path / "text_to_image.png").exists()
 
 

@@ -122,6 +122,11 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     metrics["unconditional_ancestral"] = unconditional_metrics(judge.predict(plain), plain_captions)
     stage(f"ancestral unconditional agreement {metrics['unconditional_ancestral']['agreement']:.3f}", started)
 
+    metrics["clip_score"] = clip_scores(prompts, generated, subset.images, sampled_captions, sampled)
+    if metrics["clip_score"]:
+        stage(f"CLIP score text -> image {metrics['clip_score']['text_to_image']:.3f} "
+              f"(real {metrics['clip_score']['real']:.3f})", started)
+
     half = samples // 2
     reference = judge.predict(train.images[:samples])["features"]
     real_features = real["features"][offset:offset + samples]
@@ -159,6 +164,24 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
         write_json(out_dir / "metrics.json", metrics)
         write_report(metrics, out_dir / "report.md", list(grids))
     return metrics
+
+
+def clip_scores(prompts, generated, real, sampled_captions, sampled) -> dict:
+    """Mean cosine similarity of image and caption by the shipped retriever (a CLIP trained here): a score that
+    needs no judge of this dataset. Real images with their captions are the ceiling. {} without a retriever."""
+    from ..errors import CheckpointError
+    from ..retrieval.retriever import Retriever
+
+    try:
+        retriever = Retriever.from_pretrained()
+    except CheckpointError:
+        return {}
+    well_formed = [row for row, caption in enumerate(sampled_captions) if parse_caption(caption)]
+    return {"text_to_image": float(retriever.similarity(prompts, generated).mean()),
+            "real": float(retriever.similarity(prompts, real).mean()),
+            "unconditional": float(retriever.similarity([sampled_captions[row] for row in well_formed],
+                                                        sampled[well_formed]).mean()) if well_formed else None,
+            "retriever": retriever.version}
 
 
 def caption_digits(captions: list[str]) -> np.ndarray:

@@ -67,6 +67,11 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"{percent(t2i['all'])} |",
         f"| image -> text, exact caption ({i2t.get('ms_per_image', float('nan')):.0f} ms per image) | {percent(i2t['digit'])} | {percent(i2t['foreground'])} | "
         f"{percent(i2t['background'])} | {percent(i2t['exact'])} |", "",
+        *([f"CLIP score (cosine of image and caption by the retriever, a CLIP trained here): text -> image "
+           f"{metrics['clip_score']['text_to_image']:.3f}, real {split} images {metrics['clip_score']['real']:.3f} "
+           f"(ceiling), unconditional " + (f"{metrics['clip_score']['unconditional']:.3f}"
+                                           if metrics['clip_score']['unconditional'] is not None else "n/a"), ""]
+          if metrics.get("clip_score") else []),
         "## Unconditional samples", "",
         f"- image agrees with its own caption: {percent(unc['agreement'])} (caption drawn first, then its image as "
         f"a text -> image request); plain ancestral samples, order picked by the model: "
