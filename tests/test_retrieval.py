@@ -211,3 +211,48 @@ def test_a_changed_memory_folder_is_re_embedded(capsys, memory_folder, tmp_path,
     assert second.captions[0] == "plain black one on plain white" != first.captions[0]
     assert not np.allclose(second.vectors[0], first.vectors[0])
     assert np.allclose(second.vectors[1:], first.vectors[1:], atol=1e-6)
+
+
+def test_generate_and_caption_read_retrieved_neighbours(capsys, document_run, document_pipeline, memory_folder,
+                                                        tmp_path, monkeypatch):
+    """--retrieve K and --memory DIR change what the model reads: K documents of that bank, nearest first."""
+    from tinychameleon.documents.document import DocumentTokenizer
+
+    folder, test = memory_folder
+    read = []
+    decode_documents = document_pipeline._decode_documents
+    monkeypatch.setattr(document_pipeline, "_decode_documents",
+                        lambda rows, *rest: read.extend(rows) or decode_documents(rows, *rest))
+    tokenizer = DocumentTokenizer(document_pipeline.vocab)
+    prompt = test.captions()[4]
+    images, captions = document_pipeline.draw_from_memory(prompt, n=2, seed=3, retrieve=2, memory=folder)
+    assert images.shape == (2, 28, 28, 3) and images.max() <= 3 and captions == [prompt, prompt]
+    document = tokenizer.decode(read[0])
+    # Two retrieved documents, the query's own caption (it is in the folder) first, then the prompt and <boi>.
+    assert document.text.startswith(f"<image> {prompt} . <image> ") and document.text.endswith(f". {prompt}")
+    assert len(document.images) == 2 and read[0][-1] == document_pipeline.vocab.begin_image
+    read.clear()
+    document_pipeline.draw_from_memory(prompt, seed=3, retrieve=1)            # the training digits instead
+    assert len(tokenizer.decode(read[0]).images) == 1
+    read.clear()
+    assert len(document_pipeline.caption_from_memory(test.images[:3], retrieve=3, memory=folder)) == 3
+    assert all(len(tokenizer.decode(row).images) == 4 and tokenizer.decode(row).text.endswith(". <image>")
+               for row in read)
+    # Through the CLI: one manifest row per image, the prompt as its caption.
+    out = tmp_path / "drawn"
+    assert main(["generate", prompt, "-n", "2", "--retrieve", "2", "--memory", str(folder), "--checkpoint",
+                 str(document_run), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [row["caption"] for row in rows] == [prompt, prompt] and all((out / row["file"]).exists() for row in rows)
+    capsys.readouterr()
+    assert main(["caption", str(folder), "--retrieve", "1", "--json", "--checkpoint", str(document_run)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(test)
+
+
+def test_retrieval_flags_are_checked(capsys, tiny_run, tmp_path):
+    for argv, message in ((["--retrieve", "4"], "--retrieve must be 1..3"),
+                          (["--memory", str(tmp_path)], "--memory DIR needs --retrieve"),
+                          (["--retrieve", "1", "--candidates", "4"], "drop --candidates"),
+                          (["--retrieve", "1", "--checkpoint", str(tiny_run)], "trained without documents")):
+        code = main(["generate", "dark green eight on bright cyan", "--out", str(tmp_path / "x"), *argv])
+        assert code == 2 and message in capsys.readouterr().err, argv
