@@ -238,6 +238,9 @@ def test_generate_and_caption_read_retrieved_neighbours(capsys, document_run, do
     assert len(document_pipeline.caption_from_memory(test.images[:3], retrieve=3, memory=folder)) == 3
     assert all(len(tokenizer.decode(row).images) == 4 and tokenizer.decode(row).text.endswith(". <image>")
                for row in read)
+    read.clear()
+    document_pipeline.continue_documents("<image> swap the colors .", [test.images[2]], retrieve=1, memory=folder)
+    assert tokenizer.decode(read[0]).text == f"<image> {test.captions()[2]} . <image> swap the colors ."
     # Through the CLI: one manifest row per image, the prompt as its caption.
     out = tmp_path / "drawn"
     assert main(["generate", prompt, "-n", "2", "--retrieve", "2", "--memory", str(folder), "--checkpoint",
@@ -256,3 +259,29 @@ def test_retrieval_flags_are_checked(capsys, tiny_run, tmp_path):
                           (["--retrieve", "1", "--checkpoint", str(tiny_run)], "trained without documents")):
         code = main(["generate", "dark green eight on bright cyan", "--out", str(tmp_path / "x"), *argv])
         assert code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_an_interrupted_retriever_training_resumes_to_the_same_weights(tmp_path, cache_dir):
+    from safetensors.torch import load_file
+
+    from tinychameleon.errors import TinyChameleonError
+    from tinychameleon.training.retriever_trainer import train_retriever
+
+    settings = dict(epochs=2, batch_size=256, max_examples=1024, cache_dir=cache_dir)
+    train_retriever(tmp_path / "whole", log=lambda line: None, **settings)
+
+    def stop_after_first_epoch(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_retriever(tmp_path / "cut", log=stop_after_first_epoch, **settings)
+    assert not (tmp_path / "cut" / "clip.safetensors").exists()      # not finished: no weights to load by mistake
+    with pytest.raises(TinyChameleonError, match="--resume"):
+        train_retriever(tmp_path / "cut", log=lambda line: None, **settings)
+    lines = []
+    train_retriever(tmp_path / "cut", resume=True, log=lines.append, **settings)
+    assert len(lines) == 1 and lines[0].startswith("epoch 2 ")         # only the missing epoch ran
+    whole, resumed = (load_file(str(tmp_path / name / "clip.safetensors")) for name in ("whole", "cut"))
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+    metrics = json.loads((tmp_path / "cut" / "retriever_metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]

@@ -372,10 +372,11 @@ def command_continue(args) -> int:
     requests = read_document_prompts(args.prompts_file) if args.prompts_file else \
         [(args.prompt, [Path(name) for name in args.image])]
     sampling = sampling_overrides(args)
+    retrieval = retrieval_request(args, sampling) or {}
     out = prepare_output(args.out)
     images = [[read_image(path) for path in paths] for _, paths in requests]   # unreadable: one clear error
     results = load_pipeline(args).continue_documents([prompt for prompt, _ in requests], images, n=args.n,
-                                                     seed=args.seed, **sampling)
+                                                     seed=args.seed, **retrieval, **sampling)
     rows = []
     try:
         for index, continuations in enumerate(results):
@@ -577,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retriever = commands.add_parser("train-retriever", help="train the retriever (a small CLIP) on the training split")
     retriever.add_argument("--out", required=True, help="folder for clip.json, clip.safetensors and metrics")
-    retriever.add_argument("--epochs", type=number(int), default=6, help="epochs, each under a fresh color draw (default 6)")
+    retriever.add_argument("--epochs", type=number(int), default=15, help="epochs, each under a fresh color draw (default 15)")
     retriever.add_argument("--batch-size", type=number(int), default=512, help="texts and images per step (default 512)")
     retriever.add_argument("--lr", type=number(float), default=2e-3, help="peak learning rate (default 0.002)")
     retriever.add_argument("--train-seed", type=number(int), default=0, help="seed of initialisation and order")
@@ -630,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     continuation.add_argument("-n", type=number(int), default=1, help="continuations per prompt (default 1)")
     continuation.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     add_sampling_flags(continuation)
+    add_retrieval_flags(continuation)
     continuation.set_defaults(handler=command_continue)
 
     search = commands.add_parser("search", help="find the documents of a memory bank nearest to a text or an image")

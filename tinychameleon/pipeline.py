@@ -428,12 +428,15 @@ class Pipeline:
         return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
 
     def continue_documents(self, prompts: list[str] | str, images: list[list[np.ndarray]] | None = None, n: int = 1,
-                           seed: int | None = None, **sampling) -> list[list[Continuation]]:
+                           seed: int | None = None, retrieve: int = 0, memory: str | Path | None = None,
+                           **sampling) -> list[list[Continuation]]:
         """Mixed-modal documents: each prompt (words with <image> placeholders, bound in order to its list of
         (28, 28, 3) level images) is continued n times; the model writes text, decides when to draw, and
         ends the document. Returns, per prompt, n Continuations (text with <image> where it drew, images).
+        With `retrieve` K, the K nearest documents of the memory bank to the prompt's first image (or to its
+        words, if it has none) are read first.
 
-            pipe.continue_documents("<image> make the digit plain red .", [[image]])[0][0].images[0]
+            pipe.continue_documents("<image> make the digit normal red .", [[image]])[0][0].images[0]
         """
         tokenizer = DocumentTokenizer(self.vocab)
         if isinstance(prompts, str):      # one prompt: `images` is its list of images
@@ -443,6 +446,8 @@ class Pipeline:
             raise PromptError(f"{len(prompts)} prompts but {len(images)} image lists: one list per prompt")
         settings = self.resolve_settings(sampling)
         generator = self._generator(seed)
+        if retrieve:
+            prompts, images = self._with_memory(prompts, images, retrieve, memory)
         counts = [len(group) for group in images]
         for prompt, count in zip(prompts, counts):
             tokenizer.check(prompt, count)                      # every prompt is checked before any work
@@ -528,6 +533,20 @@ class Pipeline:
         written = self._decode_documents(rows, self._caption_settings(sampling), self._generator(seed), TEXT_LENGTH + 1)
         tokenizer = DocumentTokenizer(self.vocab)
         return [" ".join(tokenizer.decode(ids).text.split()[:TEXT_LENGTH]) for ids in written]
+
+    def _with_memory(self, prompts: list[str], images: list[list[np.ndarray]], retrieve: int, memory
+                     ) -> tuple[list[str], list[list[np.ndarray]]]:
+        """Prompts with their retrieved context in front (queried by the first image, else by the words)."""
+        from .retrieval.augment import retrieve_contexts
+        from .documents.document import IMAGE_PLACEHOLDER, split_words
+
+        self._check_retrieve(retrieve)
+        retriever, bank = self.memory(memory)
+        queries = [group[0] if len(group) else " ".join(w for w in split_words(prompt) if w != IMAGE_PLACEHOLDER)
+                   for prompt, group in zip(prompts, images)]
+        contexts = retrieve_contexts(retriever, bank, queries, retrieve)
+        return ([f"{context} {prompt}" for prompt, (context, _) in zip(prompts, contexts)],
+                [list(pictures) + list(group) for group, (_, pictures) in zip(images, contexts)])
 
     def _check_retrieve(self, retrieve: int) -> None:
         if not self.vocab.documents:

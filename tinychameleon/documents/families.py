@@ -231,7 +231,7 @@ FAMILIES: dict[str, tuple[Callable, float]] = {
 }
 # Families that read retrieved documents: chosen only from a bank with neighbours (train.retrieve > 0).
 MEMORY_FAMILIES: dict[str, tuple[Callable, float]] = {
-    "draw from memory": (draw_from_memory, 2.0), "read from memory": (read_from_memory, 1.0),
+    "draw from memory": (draw_from_memory, 4.0), "read from memory": (read_from_memory, 2.0),
 }
 
 

@@ -57,7 +57,7 @@ def reading_accuracy(retriever: Retriever, split) -> dict[str, float]:
     return {"digit": float(digit.mean()), "colors": float(colors.mean()), "all": float((digit & colors).mean())}
 
 
-def train_retriever(out: Path, epochs: int = 6, batch_size: int = 512, lr: float = 2e-3, seed: int = 0,
+def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: float = 2e-3, seed: int = 0,
                     cache_dir: str | None = None, resume: bool = False, max_examples: int | None = None,
                     log=print) -> Retriever:
     """Train (or resume) a retriever into `out`: clip.json, clip.safetensors, retriever_metrics.json.
