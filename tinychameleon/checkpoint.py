@@ -44,6 +44,9 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
         module.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path} is corrupt or does not match its config: {str(error).splitlines()[0]}") from None
+    broken = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:  # a valid header over NaN / inf weights would draw noise or crash deep in sampling
+        raise CheckpointError(f"{path} holds non-finite weights ({broken[0]}{' and others' if len(broken) > 1 else ''})")
 
 
 def save_config(run_dir: Path, config: RunConfig) -> None:

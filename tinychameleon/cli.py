@@ -125,17 +125,39 @@ def add_retrieval_flags(parser: argparse.ArgumentParser) -> None:
                                                         "{\"file\", \"caption\"} instead of the training digits")
 
 
-def prepare_output(out: str | Path) -> Path:
-    """Check an output folder before any work: it can be created and written to."""
+OUTPUT_LOCK = ".tinychameleon.lock"
+_held_locks = []  # open lock files: held until the process ends
+
+
+def prepare_output(out: str | Path, inputs=()) -> Path:
+    """Check an output folder before any work: it can be created and written to, it is none of the command's
+    `inputs` and holds none of them (its PNGs and manifest would overwrite them), and no other command is
+    writing to it (an exclusive lock, held until this process ends)."""
+    import fcntl
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder")
+    target = out.resolve()
+    for path in inputs:
+        path = Path(path).resolve()
+        if path == target or target in path.parents:
+            raise OutputError(f"--out {out} holds the input {path.name}: its files would be overwritten; "
+                              "choose another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
+        lock = open(out / OUTPUT_LOCK, "a")
     except OSError as error:
         raise OutputError(f"cannot write to {out}: {error.strerror or error}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise OutputError(f"another tinychameleon command is writing to {out}; wait for it or choose "
+                          "another --out") from None
+    _held_locks.append(lock)
     return out
 
 
@@ -230,7 +252,7 @@ def command_generate(args) -> int:
         raise TinyChameleonError("the number of samples must be at least 1 (and at most 100000)")
     sampling = sampling_overrides(args)
     retrieval = retrieval_request(args, sampling)
-    out = prepare_output(args.out)
+    out = prepare_output(args.out, [args.prompts_file] if args.prompts_file else [])
     pipeline = load_pipeline(args)
     if retrieval:
         images, captions = pipeline.draw_from_memory(prompts, n=count, seed=args.seed, **retrieval, **sampling)
@@ -264,14 +286,29 @@ def collect_images(paths: list[str]) -> list[Path]:
 def command_caption(args) -> int:
     """Caption every readable file; each unreadable one is reported on stderr (and in --json output) and
     skipped. Exit 2 if nothing could be read, or with --strict if anything was skipped."""
+    sampling = sampling_overrides(args)
+    retrieval = retrieval_request(args, sampling)
+    readable, images, skipped = read_images(collect_images(args.images), strict=args.strict)
+    pipeline = load_pipeline(args)
+    captions = (pipeline.caption_from_memory(images, seed=args.seed, **retrieval, **sampling) if retrieval
+                else pipeline.caption(images, seed=args.seed, **sampling))
+    for path, caption in zip(readable, captions):
+        print(json.dumps({"image": str(path), "caption": caption}) if args.json else f"{path}: {caption}")
+    if args.json:
+        for path, error in skipped:
+            print(json.dumps({"image": str(path), "caption": None, "error": error}))
+    return 0
+
+
+def read_images(files: list[Path], strict: bool = False) -> tuple[list[Path], "np.ndarray", list[tuple[Path, str]]]:
+    """The readable files, their (N, 28, 28, 3) levels and the skipped (file, reason) pairs: each unreadable
+    one (not an image, a FIFO, a folder) is reported on stderr and skipped. Exit 2 if none can be read, or
+    with `strict` if any cannot."""
     import numpy as np
 
     from .errors import ImageInputError
     from .imaging import read_image
 
-    sampling = sampling_overrides(args)
-    retrieval = retrieval_request(args, sampling)
-    files = collect_images(args.images)
     readable, images, skipped = [], [], []
     for path in files:
         try:
@@ -280,19 +317,24 @@ def command_caption(args) -> int:
         except ImageInputError as error:
             skipped.append((path, str(error)))
             print(f"skipped: {error}", file=sys.stderr)
-    if skipped and args.strict:
+    if strict and skipped:
         raise TinyChameleonError(f"{len(skipped)} of {len(files)} images could not be read (--strict)")
     if not images:
         raise TinyChameleonError(f"none of the {len(files)} images could be read")
-    pipeline = load_pipeline(args)
-    captions = (pipeline.caption_from_memory(np.stack(images), seed=args.seed, **retrieval, **sampling) if retrieval
-                else pipeline.caption(np.stack(images), seed=args.seed, **sampling))
-    for path, caption in zip(readable, captions):
-        print(json.dumps({"image": str(path), "caption": caption}) if args.json else f"{path}: {caption}")
-    if args.json:
-        for path, error in skipped:
-            print(json.dumps({"image": str(path), "caption": None, "error": error}))
-    return 0
+    return readable, np.stack(images), skipped
+
+
+def read_mask(path: str) -> "np.ndarray":
+    """A --keep mask: a 28x28 image whose white pixels are kept (any other size is refused, not resized)."""
+    from .imaging import image_size, read_image
+    from .regions import mask_from_levels
+
+    levels = read_image(path)               # unreadable files: one clear error
+    width, height = image_size(path)
+    if (width, height) != (28, 28):
+        raise TinyChameleonError(f"--keep mask {path} is {width}x{height} pixels; a mask is 28x28 "
+                                 "(white pixels are kept)")
+    return mask_from_levels(levels)
 
 
 def read_prompts_file(path: str) -> list[str]:
@@ -304,24 +346,24 @@ def read_prompts_file(path: str) -> list[str]:
 
 def command_complete(args) -> int:
     """Keep part of each image, let the model draw the rest (for a prompt, or reading one off the kept part)."""
-    import numpy as np
-
-    from .imaging import read_image
-    from .regions import KEEP_REGIONS, mask_from_levels
+    from .regions import KEEP_REGIONS
 
     if not 1 <= args.n <= 1000:
         raise TinyChameleonError("-n must be at least 1 (and at most 1000)")
     sampling = sampling_overrides(args)
     if args.keep not in KEEP_REGIONS and not Path(args.keep).is_file():
         raise TinyChameleonError(f"--keep must be {', '.join(KEEP_REGIONS)} or a mask image file; got {args.keep[:60]!r}")
-    keep = args.keep if args.keep in KEEP_REGIONS else mask_from_levels(read_image(args.keep))
+    keep = args.keep if args.keep in KEEP_REGIONS else read_mask(args.keep)
     files = collect_images(args.images)
     prompts = read_prompts_file(args.prompts_file) if args.prompts_file else args.prompt
     if isinstance(prompts, list) and len(prompts) != len(files):
         raise TinyChameleonError(f"{args.prompts_file} has {len(prompts)} prompts for {len(files)} images: "
                                  "line i goes with the i-th image in sorted name order")
-    images = np.stack([read_image(path) for path in files])
-    out = prepare_output(args.out)
+    readable, images, _ = read_images(files)  # unreadable entries are skipped, as by caption
+    if isinstance(prompts, list):
+        prompts = [prompt for path, prompt in zip(files, prompts) if path in readable]
+    files = readable
+    out = prepare_output(args.out, files + ([args.prompts_file] if args.prompts_file else []))
     completed, captions = load_pipeline(args).complete(images, keep=keep, prompts=prompts, n=args.n,
                                                        seed=args.seed, **sampling)
     rows = [{"source": str(files[index // args.n]), "file": f"{index // args.n:04d}_{index % args.n:03d}.png",
@@ -373,7 +415,8 @@ def command_continue(args) -> int:
         [(args.prompt, [Path(name) for name in args.image])]
     sampling = sampling_overrides(args)
     retrieval = retrieval_request(args, sampling) or {}
-    out = prepare_output(args.out)
+    out = prepare_output(args.out, [path for _, paths in requests for path in paths] +
+                         ([args.prompts_file] if args.prompts_file else []))
     images = [[read_image(path) for path in paths] for _, paths in requests]   # unreadable: one clear error
     results = load_pipeline(args).continue_documents([prompt for prompt, _ in requests], images, n=args.n,
                                                      seed=args.seed, **retrieval, **sampling)
@@ -722,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished epochs are saved (use --resume to continue training)", file=sys.stderr)
         return 130
+    finally:
+        while _held_locks:          # the command has written what it will write: other writers may go on
+            _held_locks.pop().close()
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ def two_colors(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def read_image(source: str | Path | bytes) -> np.ndarray:
     """Read a file path or raw bytes as (28, 28, 3) levels; ImageInputError on anything unreadable."""
     name = "upload" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)) and Path(source).exists() and not Path(source).is_file():
+        # A FIFO or device named like an image would block the open() below forever.
+        raise ImageInputError(f"{name} is not a regular file")
     try:
         handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
     except OSError as error:
@@ -91,6 +94,12 @@ def read_image(source: str | Path | bytes) -> np.ndarray:
                                   f"{', '.join(ACCEPTED_FORMATS)})") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageInputError(f"{name} is not a readable image: {error}") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding its pixels."""
+    with Image.open(path) as image:
+        return image.size
 
 
 def save_png(levels: np.ndarray, path: str | Path) -> None:
