@@ -64,7 +64,7 @@ def test_a_second_writer_to_one_folder_is_refused_not_silently_dropped(tiny_run,
     from tinychameleon import cli
 
     while cli._held_locks:
-        cli._held_locks.pop().close()
+        os.close(cli._held_locks.pop())
     assert run(["generate", "dark green eight on bright cyan", "--checkpoint", str(tiny_run), "--out", str(out)],
                capsys)[0] == 0
     assert run(["sample", "-n", "1", "--checkpoint", str(tiny_run), "--out", str(out)], capsys)[0] == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 import tempfile
@@ -125,14 +126,13 @@ def add_retrieval_flags(parser: argparse.ArgumentParser) -> None:
                                                         "{\"file\", \"caption\"} instead of the training digits")
 
 
-OUTPUT_LOCK = ".tinychameleon.lock"
-_held_locks = []  # open lock files: held until the process ends
+_held_locks = []  # descriptors of --out folders this command has locked (flock on the folder itself)
 
 
 def prepare_output(out: str | Path, inputs=()) -> Path:
     """Check an output folder before any work: it can be created and written to, it is none of the command's
     `inputs` and holds none of them (its PNGs and manifest would overwrite them), and no other command is
-    writing to it (an exclusive lock, held until this process ends)."""
+    writing to it (an exclusive flock on the folder itself, so nothing is left in it; released when main returns)."""
     import fcntl
 
     out = Path(out)
@@ -148,13 +148,13 @@ def prepare_output(out: str | Path, inputs=()) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
-        lock = open(out / OUTPUT_LOCK, "a")
+        lock = os.open(out, os.O_RDONLY)
     except OSError as error:
         raise OutputError(f"cannot write to {out}: {error.strerror or error}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        lock.close()
+        os.close(lock)
         raise OutputError(f"another tinychameleon command is writing to {out}; wait for it or choose "
                           "another --out") from None
     _held_locks.append(lock)
@@ -767,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         while _held_locks:          # the command has written what it will write: other writers may go on
-            _held_locks.pop().close()
+            os.close(_held_locks.pop())
 
 
 if __name__ == "__main__":
