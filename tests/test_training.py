@@ -345,3 +345,43 @@ def test_shifted_reading_rows_read_moved_digits_and_draw_none(tiny_run, tmp_path
         assert not torch.equal(moved, plain)
         L = tokenizer.tokens_per_image
         assert weights[image_first, 1:1 + L].eq(0).all() and weights[~image_first].eq(1).all()
+
+
+def test_a_kill_inside_the_first_save_of_each_stage_never_reads_as_finished(tmp_path, cache_dir, monkeypatch):
+    """The weights of an epoch are written before its resume state: a kill between the two (inside the state's
+    save) used to leave "weights, no state", read as "already fully trained". progress.json decides now."""
+    from tinychameleon.training import state
+    from tinychameleon.training.run import train
+
+    def config():
+        return make_config("tiny", train={"epochs": 2}, vq_train={"epochs": 2})
+
+    whole = tmp_path / "whole"
+    train(config(), whole, cache_dir=cache_dir, progress=False, device_name="cpu")
+    real_save = state.save_state
+
+    def killed_inside(stage_file):
+        def save(path, data):
+            if path.name == stage_file:
+                (path.parent / f".{path.name}.killed.tmp").write_bytes(b"")   # what a kill mid-write leaves
+                raise KeyboardInterrupt
+            real_save(path, data)
+        return save
+
+    run = tmp_path / "killed"
+    for stage_file, weights in (("vqvae_state.pt", "vqvae.safetensors"), ("train_state.pt", "model.safetensors")):
+        monkeypatch.setattr(state, "save_state", killed_inside(stage_file))
+        with pytest.raises(KeyboardInterrupt):
+            train(config(), run, resume=run.exists(), cache_dir=cache_dir, progress=False, device_name="cpu")
+        assert (run / weights).exists() and not (run / stage_file).exists()   # the state of the hole
+        monkeypatch.setattr(state, "save_state", real_save)
+    train(config(), run, resume=True, cache_dir=cache_dir, progress=False, device_name="cpu")
+    assert not list(run.glob(".*.tmp"))                                         # stale temp files are gone
+    assert [row["epoch"] for row in json.loads((run / "vqvae_metrics.json").read_text())["epochs"]] == [1, 2]
+    assert [row["epoch"] for row in json.loads((run / "transformer_metrics.json").read_text())["epochs"]] == [0, 1, 2]
+    assert (run / "run_info.json").exists() and json.loads((run / "progress.json").read_text()) == {
+        "vqvae": {"finished": True}, "transformer": {"finished": True}}
+    for name in ("load_transformer", "load_image_tokenizer"):
+        finished = getattr(checkpoint, name)(whole).state_dict()
+        for key, value in getattr(checkpoint, name)(run).state_dict().items():
+            torch.testing.assert_close(value, finished[key])

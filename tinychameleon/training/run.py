@@ -25,6 +25,7 @@ from ..tokenizers.text import WordTokenizer
 from ..checkpoint import VQVAE_FILE, load_config, load_image_tokenizer, module_hash, save_config
 from ..device import init_distributed
 from .documents import document_source, validation_documents
+from .state import PROGRESS_FILE, mark_finished, remove_stale_temporaries, stage_finished
 from .lm_trainer import train_transformer
 from .vqvae_trainer import STATE_FILE as VQ_STATE_FILE
 from .vqvae_trainer import reconstruction_metrics, train_vqvae
@@ -141,6 +142,15 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def finished(run_dir: Path, stage: str) -> bool:
+    """Whether a stage is finished: progress.json says so. Runs from before that record count as finished
+    where their last artifact exists (stage 1: its validation metrics; stage 2: run_info.json)."""
+    if (run_dir / PROGRESS_FILE).exists():
+        return stage_finished(run_dir, stage)
+    last = {"vqvae": "vqvae_validation_metrics.json", "transformer": "run_info.json"}[stage]
+    return (run_dir / last).exists()
+
+
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_from: str | Path | None = None,
           device_name: str = "auto", cache_dir: str | Path | None = None, progress: bool = True,
           compile_model: bool = False, command: str = "") -> Path:
@@ -163,23 +173,29 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     started, earlier = time.time(), 0.0
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(run_dir):
+            print(f"removed {path.name}, the temp file of a write that was interrupted")
         earlier = start_segment(run_dir, resume)  # before anything is written: it reads the last save's time
         save_config(run_dir, config)
     splits = load_splits(config.data_seed, cache_dir, config.train.holdout_pairs)
     train_split = limit(splits.train, config.train.max_train_examples)
     validation_split = limit(splits.validation, config.train.max_validation_examples)  # the test split stays unseen
 
-    # Stage 1: the image tokenizer (trained by rank 0 only; the others wait, then load it).
-    vq_done = (run_dir / VQVAE_FILE).exists() and not (run_dir / VQ_STATE_FILE).exists()
-    if vqvae_from and world.is_main and not (run_dir / VQVAE_FILE).exists():
-        shutil.copyfile(Path(vqvae_from) / VQVAE_FILE, run_dir / VQVAE_FILE)
+    # Stage 1: the image tokenizer (trained by rank 0 only; the others wait, then load it). Whether a stage
+    # is finished is read from progress.json alone (written last): weights without it are a stage cut short.
+    vq_done = finished(run_dir, "vqvae")
+    if vqvae_from and world.is_main and not vq_done:
+        with atomic_path(run_dir / VQVAE_FILE) as temp:
+            shutil.copyfile(Path(vqvae_from) / VQVAE_FILE, temp)
+        mark_finished(run_dir, "vqvae")
         vq_done = True
     if not vq_done and world.is_main:
         train_vqvae(config, train_split.images, validation_split.images, run_dir, device, resume, progress)
         metrics = reconstruction_metrics(load_image_tokenizer(run_dir, config).to(device), validation_split.images,
                                          device=device)
         write_json(run_dir / "vqvae_validation_metrics.json", metrics)
-        (run_dir / VQ_STATE_FILE).unlink(missing_ok=True)  # marks stage 1 complete
+        mark_finished(run_dir, "vqvae")
+        (run_dir / VQ_STATE_FILE).unlink(missing_ok=True)
     world.barrier()
     image_tokenizer = load_image_tokenizer(run_dir, config)
 
@@ -187,7 +203,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     data_key = f"seed{config.data_seed}-hold{config.train.holdout_pairs}-val"
     train_codes = shared_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device, world)
     validation_codes = shared_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device, world)
-    if resume and (run_dir / "model.safetensors").exists() and not (run_dir / "train_state.pt").exists():
+    if resume and finished(run_dir, "transformer"):
         print(f"{run_dir} is already fully trained; nothing to resume")
         (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
         return run_dir
@@ -201,8 +217,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
                       run_dir, device, resume, progress, world, compile_model, shifted_codes=shifted_codes,
                       documents=documents, validation_documents=validation)
     if world.is_main:
-        (run_dir / "train_state.pt").unlink(missing_ok=True)
         write_json(run_dir / "run_info.json", run_info(started, device, world, command, earlier))
+        mark_finished(run_dir, "transformer")
+        (run_dir / "train_state.pt").unlink(missing_ok=True)
         (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
         print(f"done in {time.time() - started:.0f}s: checkpoint in {run_dir}")
     return run_dir

@@ -6,14 +6,48 @@ never code to run, so a crafted file in a run directory cannot execute anything.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import save_weights
 from ..errors import CheckpointError
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, write_json
 from .logs import write_history
+
+
+PROGRESS_FILE = "progress.json"  # which stages are finished: the one record "done" is read from
+
+
+def read_progress(run_dir: Path) -> dict:
+    """{"vqvae": {"finished": bool}, "transformer": {...}}; a missing or unreadable record means nothing is."""
+    try:
+        progress = json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
+        return progress if isinstance(progress, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def stage_finished(run_dir: Path, stage: str) -> bool:
+    entry = read_progress(run_dir).get(stage)
+    return isinstance(entry, dict) and entry.get("finished") is True
+
+
+def mark_finished(run_dir: Path, stage: str) -> None:
+    """Written last, after every artifact of the stage, in one atomic step: a kill at any earlier instant
+    (inside any save included) leaves the stage unfinished, and --resume continues it."""
+    progress = read_progress(run_dir)
+    progress[stage] = {"finished": True}
+    write_json(Path(run_dir) / PROGRESS_FILE, progress)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temp files of writes a kill interrupted (atomic_path names them .NAME.*.tmp); they are never data."""
+    stale = sorted(Path(run_dir).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def save_state(path: Path, state: dict) -> None:
