@@ -301,6 +301,23 @@ def test_body_limit(client):
     assert response.status_code == 413
 
 
+def test_chunked_body_over_the_limit_is_413_not_400(client):
+    """No Content-Length (Transfer-Encoding: chunked): the limit is found mid-parse; the answer stays 413."""
+    boundary = b"----limit"
+    head = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+
+    def chunks():
+        yield head
+        for _ in range(40):
+            yield b"\x00" * 100_000
+
+    for path in ("/api/caption", "/api/search"):
+        response = client.post(path, content=chunks(),
+                               headers={"content-type": f"multipart/form-data; boundary={boundary.decode()}"})
+        assert response.status_code == 413 and "larger than" in response.json()["detail"], (path, response.text)
+
+
 @pytest.mark.parametrize("query", ["seed=18446744073709551616", "seed=-1", "temperature=nan", "temperature=inf",
                                    "temperature=1e-300", "seed=abc"])
 def test_caption_query_parameters(client, colored, query):

@@ -97,19 +97,27 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self.refuse(send)
-        received, started = 0, False
+        received, started, too_large = 0, False, False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    too_large = True
                     raise BodyTooLarge
             return message
 
         async def tracking_send(message):
             nonlocal started
+            if too_large:
+                # A body without Content-Length (chunked) ran over the limit mid-parse; the form parser answers
+                # that with its own 400. The documented answer is 413: send it instead of the app's.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self.refuse(send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
