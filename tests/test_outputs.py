@@ -116,3 +116,35 @@ def test_non_finite_weights_are_refused_at_load(tiny_run, tmp_path, capsys):
                     ["caption", str(tiny_run / "training_curve.png")]):
         code, err = run([*command, "--checkpoint", str(broken)], capsys)
         assert code == 2 and "non-finite weights" in err and err.count("\n") == 1
+
+
+def test_a_completion_prompt_must_match_the_kept_pixels_by_role(tiny_pipeline, colored):
+    from tinychameleon.data.colored import COLOR_ID, colorize
+    from tinychameleon.errors import PromptError
+
+    test = colored[1]
+    eight = test.images[np.flatnonzero(test.digits == 8)[0]]
+    shape = (eight != eight.reshape(-1, 3)[0]).any(-1) * 255        # corner pixel = paper
+    image = colorize(shape[None].astype(np.uint8), np.array([COLOR_ID["dark green"]]),
+                     np.array([COLOR_ID["bright cyan"]]))[0].astype(np.uint8)
+    with pytest.raises(PromptError, match="ink and paper swapped"):
+        tiny_pipeline.complete(image[None], keep="top", prompts="bright cyan eight on dark green", seed=0)
+    with pytest.raises(PromptError, match="digit 'normal red'"):
+        tiny_pipeline.complete(image[None], keep="top", prompts="normal red eight on * *", seed=0)
+    images, captions = tiny_pipeline.complete(image[None], keep="top", prompts="dark green eight on * *", seed=0)
+    assert captions[0].startswith("dark green eight on")
+
+
+def test_blanks_no_valid_pair_can_fill_are_refused(tiny_pipeline, tiny_run, tmp_path, capsys):
+    from tinychameleon.errors import PromptError
+
+    with pytest.raises(PromptError, match="no pair of palette colors fits"):
+        tiny_pipeline.draw(["* black eight on * black"], seed=0)
+    code, err = run(["generate", "* black eight on * black", "--checkpoint", str(tiny_run), "--out",
+                     str(tmp_path / "x")], capsys)
+    assert code == 2 and "no pair of palette colors fits" in err
+    images, captions = tiny_pipeline.draw(["* * eight on plain black"], n=8, seed=0)
+    from tinychameleon.data.colored import VALID_PAIRS, parse_caption
+
+    valid = {tuple(pair) for pair in VALID_PAIRS.tolist()}
+    assert all(parse_caption(caption) and parse_caption(caption)[1:] in valid for caption in captions)

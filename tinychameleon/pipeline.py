@@ -23,7 +23,8 @@ from .batching import batch_slices
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask
-from .data.colored import COLOR_ID, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption
+from .data.colored import COLOR_ID, COLOR_NAMES, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption
+from .imaging import two_colors
 from .reranking import DIGIT_SLOT, best_images, digit_for_kept_part, rerank_digits, view_images
 from .sampling import ModalityRules, SpanRules, generate
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, image_prefix, split_sequences, text_prefix
@@ -266,6 +267,7 @@ class Pipeline:
         blank = partial < 0
         if not blank.any():
             return partial
+        self._check_fillable(partial)
         words = partial.clone()
         offset = (self.vocab.image_first_words if codes is not None else self.vocab.text_first_words).start
         for attempt in range(tries):
@@ -286,7 +288,30 @@ class Pipeline:
                 drawn = self._generate(image_prefix(self.vocab, codes[rows.to(codes.device)]), read, generator,
                                        forced=forced)
             words[rows] = drawn[:, offset:offset + TEXT_LENGTH].cpu() - self.vocab.word_offset
+        unfilled = blank.any(1) & ~self._valid_colors(words)
+        if codes is None and unfilled.any():  # never draw for a pair the palette does not have (a reading of an
+            # image, codes given, is what the model reads: it is returned as read)
+            row = int(unfilled.nonzero()[0])
+            raise PromptError(f"could not fill the blanks of '{self._partial_text(partial[row])}' with a valid color "
+                              f"pair in {tries} tries; name a color")
         return words
+
+    def _partial_text(self, row: torch.Tensor) -> str:
+        return " ".join(WORDS[int(word)] if word >= 0 else "*" for word in row)
+
+    def _check_fillable(self, partial: torch.Tensor) -> None:
+        """Refuse, before any work, a prompt whose blanks no valid pair can fill ("* black eight on * black":
+        the palette's only black cannot be both colors)."""
+        for row in partial:
+            options = []
+            for slots in (slice(0, 2), slice(4, 6)):
+                adjective, hue = (int(word) for word in row[slots])
+                options.append({index for index, name in enumerate(COLOR_NAMES)
+                                if (adjective < 0 or name.split()[0] == WORDS[adjective])
+                                and (hue < 0 or name.split()[1] == WORDS[hue])})
+            if not any((foreground, background) in VALID_PAIR_SET for foreground in options[0] for background in options[1]):
+                raise PromptError(f"no pair of palette colors fits '{self._partial_text(row)}': the two colors must "
+                                  "be palette colors far enough apart to tell apart")
 
     def _valid_colors(self, words: torch.Tensor) -> torch.Tensor:
         """(B, 6) word ids -> (B,) whether the two colors are palette colors that make a pair the data has
@@ -349,21 +374,29 @@ class Pipeline:
         return completed, self._decode_words(captions)
 
     def _check_kept_colors(self, images: np.ndarray, mask: np.ndarray, partial: torch.Tensor) -> None:
-        """A prompt's colors must be able to paint the kept pixels."""
+        """A prompt's colors must paint the kept pixels in their roles: the named digit color is the kept ink,
+        the named background the kept paper (the image's most common color), not merely the same two colors."""
         for index, (image, row) in enumerate(zip(images, partial)):
-            names = [" ".join(WORDS[int(w)] for w in row[slots]) for slots in (slice(0, 2), slice(4, 6))
-                     if (row[slots] >= 0).all()]
-            off_palette = [name for name in names if name not in COLOR_ID]
-            if off_palette:  # generate only warns; here the color must paint the kept pixels, so it must exist
-                raise PromptError(f"'{off_palette[0]}' is not a palette color, so it cannot match the kept part "
-                                  f"of image {index}")
-            named = {tuple(COLOR_RGB[COLOR_ID[name]]) for name in names}
-            if len(named) < 2:
-                continue  # a blank color: the model chooses it to fit
-            present = {tuple(color) for color in image[mask].reshape(-1, 3)}
-            if not present <= named:
+            named = {}
+            for role, slots in (("digit", slice(0, 2)), ("background", slice(4, 6))):
+                if (row[slots] >= 0).all():
+                    name = " ".join(WORDS[int(w)] for w in row[slots])
+                    if name not in COLOR_ID:  # generate only warns; here the color must paint kept pixels
+                        raise PromptError(f"'{name}' is not a palette color, so it cannot match the kept part "
+                                          f"of image {index}")
+                    named[role] = (name, tuple(COLOR_RGB[COLOR_ID[name]]))
+            ink, paper = (tuple(int(v) for v in color) for color in two_colors(image))
+            kept = {tuple(int(v) for v in color) for color in image[mask].reshape(-1, 3)}
+            for role, shown in (("digit", ink), ("background", paper)):
+                if role == "digit" and ink == paper:
+                    continue  # a one-color image shows no ink to compare with
+                if role in named and shown in kept and named[role][1] != shown:
+                    raise PromptError(f"the prompt's colors do not match the kept part of image {index}: it names "
+                                      f"the {role} '{named[role][0]}', but the kept {role} is another color"
+                                      + (" (ink and paper swapped?)" if named[role][1] in kept else ""))
+            if len(named) == 2 and not kept <= {named["digit"][1], named["background"][1]}:
                 raise PromptError(f"the prompt's colors do not match the kept part of image {index}: it shows "
-                                  f"{len(present - named)} other color(s)")
+                                  f"{len(kept - {c for _, c in named.values()})} other color(s)")
 
     def _caption_settings(self, sampling: dict) -> SamplingConfig:
         """Settings of an image -> text request: the caption's own temperature and guidance unless the call
