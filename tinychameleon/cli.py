@@ -129,10 +129,11 @@ def add_retrieval_flags(parser: argparse.ArgumentParser) -> None:
 _held_locks = []  # descriptors of --out folders this command has locked (flock on the folder itself)
 
 
-def prepare_output(out: str | Path, inputs=()) -> Path:
+def prepare_output(out: str | Path, inputs=(), lock: bool = True) -> Path:
     """Check an output folder before any work: it can be created and written to, it is none of the command's
     `inputs` and holds none of them (its PNGs and manifest would overwrite them), and no other command is
-    writing to it (an exclusive flock on the folder itself, so nothing is left in it; released when main returns)."""
+    writing to it (an exclusive flock on the folder itself, so nothing is left in it; released when main returns).
+    `train` does not lock: under torchrun its ranks write one run directory together."""
     import fcntl
 
     out = Path(out)
@@ -148,16 +149,18 @@ def prepare_output(out: str | Path, inputs=()) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
-        lock = os.open(out, os.O_RDONLY)
+        if not lock:
+            return out
+        descriptor = os.open(out, os.O_RDONLY)
     except OSError as error:
         raise OutputError(f"cannot write to {out}: {error.strerror or error}") from None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        os.close(lock)
+        os.close(descriptor)
         raise OutputError(f"another tinychameleon command is writing to {out}; wait for it or choose "
                           "another --out") from None
-    _held_locks.append(lock)
+    _held_locks.append(descriptor)
     return out
 
 
@@ -217,7 +220,7 @@ def command_train(args) -> int:
             config.train.lr = base.lr * (args.batch_size / base.batch_size) ** 0.5
     except ValueError as error:
         raise TinyChameleonError(str(error)) from None
-    prepare_output(out)
+    prepare_output(out, lock=False)
     command = " ".join(["tinychameleon"] + [shlex.quote(word) for word in sys.argv[1:]])
     train(config, out, resume=args.resume, vqvae_from=args.vqvae_from, device_name=args.device,
           cache_dir=args.cache_dir, progress=not args.no_progress, compile_model=args.compile, command=command)
