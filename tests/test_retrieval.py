@@ -285,3 +285,29 @@ def test_an_interrupted_retriever_training_resumes_to_the_same_weights(tmp_path,
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
     metrics = json.loads((tmp_path / "cut" / "retriever_metrics.json").read_text())
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+
+
+def test_distinct_hits_skip_near_duplicates_of_the_query_and_of_each_other():
+    from tinychameleon.retrieval.memory import MemoryBank
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((4, 16)).astype(np.float32)
+    vectors = np.concatenate([base[:1], base[:1] + 0.01, base[1:], base[:1] + 0.02 * rng.standard_normal(16)])
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    bank = MemoryBank("hand-made", [f"doc {i}" for i in range(len(vectors))], vectors, VectorIndex.build(vectors), None)
+    query = vectors[:1] * 0.7 + 0.3 * vectors[2:3]               # near the copies, not one of them
+    query = query / np.linalg.norm(query)
+    plain = [hit.position for hit in bank.search(query, 3)[0]]
+    assert set(plain[:3]) == {0, 1, 5}                          # three copies of one document fill the top 3
+    distinct = [hit.position for hit in bank.search(query, 3, distinct=0.99)[0]]
+    assert distinct[0] in (0, 1, 5) and len(set(distinct) & {0, 1, 5}) == 1 and len(distinct) == 3
+    # The query's own copy in the bank is skipped too.
+    assert 0 not in [hit.position for hit in bank.search(vectors[:1], 2, distinct=0.999)[0]]
+
+
+def test_search_distinct_flag_changes_the_hits(capsys):
+    captions = {tuple(row["caption"] for row in run_search(capsys, "seven on dark blue", "-k", "4", "--json",
+                                                            *extra)[1])
+                for extra in ([], ["--distinct", "0.9"])}
+    plain, distinct = sorted(captions, key=lambda c: len(set(c)))
+    assert len(set(plain)) == 1 and len(set(distinct)) == 4    # one caption four times, then four kinds of seven

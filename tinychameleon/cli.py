@@ -475,14 +475,14 @@ def command_search(args) -> int:
                                  'tinychameleon search "normal red eight"')
     if not 1 <= args.k <= 1000:
         raise TinyChameleonError("-k must be 1..1000")
-    if not -1 <= args.min_score <= 1:
-        raise TinyChameleonError("--min-score must be -1..1 (a cosine similarity)")
+    if not -1 <= args.min_score <= 1 or not (args.distinct is None or -1 <= args.distinct <= 1):
+        raise TinyChameleonError("--min-score and --distinct must be -1..1 (cosine similarities)")
     queries = [args.text] if args.text is not None else \
         [read_image(args.image)] if args.image is not None else read_search_queries(args.queries_file)
     retriever = Retriever.from_pretrained(args.retriever)
     vectors = embed_queries(retriever, queries)   # bad words fail here, before the bank is built
     bank = load_bank(retriever, args.memory, args.cache_dir)
-    for query, hits in enumerate(bank.search(vectors, args.k, args.min_score)):
+    for query, hits in enumerate(bank.search(vectors, args.k, args.min_score, args.distinct)):
         if not args.json:
             shown = queries[query] if isinstance(queries[query], str) else args.image or f"image of row {query + 1}"
             print(f"query {query}: {shown}")
@@ -689,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: the training digits)")
     search.add_argument("--min-score", type=number(float), default=-1.0,
                         help="leave out hits less similar than this (cosine, -1..1; default: none)")
+    search.add_argument("--distinct", type=number(float), metavar="X",
+                        help="diversity: skip a hit as alike as this (cosine) to the query or to a better hit, e.g. 0.9")
     search.add_argument("--json", action="store_true", help='one JSON row per hit: {"query", "rank", "score", '
                                                             '"caption", "file" or "index"}')
     search.add_argument("--retriever", help="retriever directory (default: the shipped one)")

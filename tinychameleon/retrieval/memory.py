@@ -62,13 +62,36 @@ class MemoryBank:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def search(self, queries: np.ndarray, k: int, min_score: float = -1.0) -> list[list[Hit]]:
-        """(Q, D) query vectors -> per query the k best documents with score >= min_score, best first."""
-        scores, ids = self.index.search(queries, k)
-        return [[Hit(rank + 1, float(score), self.captions[row], int(row), self.files[row] if self.files else None)
-                 for rank, (score, row) in enumerate((s, r) for s, r in zip(row_scores, row_ids)
-                                                     if r >= 0 and s >= min_score)]
-                for row_scores, row_ids in zip(scores, ids)]
+    def search(self, queries: np.ndarray, k: int, min_score: float = -1.0, distinct: float | None = None
+               ) -> list[list[Hit]]:
+        """(Q, D) query vectors -> per query the k best documents with score >= min_score (relevance), best first.
+
+        distinct (CM3Leon's diversity): a hit whose vector has cosine >= distinct with the query or with a
+        better hit is skipped as a near-duplicate, and the next one taken (None: plain top k)."""
+        fetched = k if distinct is None else min(len(self), 4 * k + 16)
+        scores, ids = self.index.search(queries, fetched)
+        results = []
+        for query, row_scores, row_ids in zip(queries, scores, ids):
+            kept = [(float(score), int(row)) for score, row in zip(row_scores, row_ids) if row >= 0 and score >= min_score]
+            if distinct is not None:
+                kept = self._distinct(query, kept, k, distinct)
+            results.append([Hit(rank + 1, score, self.captions[row], row, self.files[row] if self.files else None)
+                            for rank, (score, row) in enumerate(kept[:k])])
+        return results
+
+    def _distinct(self, query: np.ndarray, candidates: list[tuple[float, int]], k: int, threshold: float
+                  ) -> list[tuple[float, int]]:
+        chosen = []
+        for score, row in candidates:
+            vector = self.vectors[row]
+            if float(vector @ query) >= threshold:
+                continue                                 # the query itself (or a copy of it) is no news
+            if any(float(vector @ self.vectors[other]) >= threshold for _, other in chosen):
+                continue
+            chosen.append((score, row))
+            if len(chosen) == k:
+                break
+        return chosen
 
 
 def embed_queries(retriever: Retriever, queries: list) -> np.ndarray:
