@@ -378,3 +378,19 @@ def test_expired_request_stops_its_work(tiny_pipeline):
         freed = time.perf_counter() - started
         assert client.get("/api/health").status_code == 200
     assert freed < 0.3 * unstopped, (freed, unstopped)
+
+
+def test_the_two_colors_of_an_upload_are_counted_as_in_numpy():
+    """image_two_colors (counted inside PIL, no pixel copy) agrees with two_colors on the rounded levels,
+    ties included (the lower color id wins in both)."""
+    from tinychameleon.imaging import LEVEL_SCALE, image_two_colors, two_colors
+
+    rng = np.random.default_rng(0)
+    for size in ((31, 17), (64, 64), (2, 2)):
+        pixels = rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+        pixels[: size[1] // 2] = (10, 200, 90)                       # a most common color
+        image = Image.fromarray(pixels, "RGB")
+        expected = two_colors((pixels.astype(np.uint16) + LEVEL_SCALE // 2) // LEVEL_SCALE)
+        assert all((a == b).all() for a, b in zip(image_two_colors(image), expected))
+    tie = Image.fromarray(np.array([[[255, 0, 0], [0, 0, 255]]], dtype=np.uint8), "RGB")
+    assert all((a == b).all() for a, b in zip(image_two_colors(tie), two_colors(np.array([[[3, 0, 0], [0, 0, 3]]]))))

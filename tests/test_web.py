@@ -215,3 +215,33 @@ def test_search_without_a_retriever_is_503(tiny_pipeline):
     with TestClient(create_app(tiny_pipeline, search_loader=missing)) as client:
         response = client.post("/api/search", data={"text": "seven"})
     assert response.status_code == 503 and "no retriever here" in response.json()["detail"]
+
+
+def test_uploads_are_decoded_a_few_at_a_time(tiny_pipeline, monkeypatch):
+    """A burst of uploads waits for DECODE_SLOTS decoders instead of decoding all at once (memory stays bounded)."""
+    import threading
+    import time as clock
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tinychameleon.web import server
+
+    active, most, guard = 0, 0, threading.Lock()
+    real_read = server.read_image
+
+    def slow_read(data):
+        nonlocal active, most
+        with guard:
+            active += 1
+            most = max(most, active)
+        clock.sleep(0.2)
+        with guard:
+            active -= 1
+        return real_read(data)
+
+    monkeypatch.setattr(server, "read_image", slow_read)
+    upload = png((np.full((28, 28, 3), 3) * 85).astype(np.uint8))
+    with TestClient(create_app(tiny_pipeline, ServerSettings(queue_size=32))) as client:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: client.post("/api/caption", files={"file": ("a.png", upload)}).status_code,
+                                  range(8)))
+    assert codes == [200] * 8 and most == server.DECODE_SLOTS

@@ -28,7 +28,8 @@ def levels_to_pil(levels: np.ndarray, scale: int = 1) -> Image.Image:
 
 def pil_to_levels(image: Image.Image) -> np.ndarray:
     """Any PIL image (RGB, RGBA, grayscale, palette, 16-bit or float; any size) -> (28, 28, 3) uint8 levels."""
-    image = ImageOps.exif_transpose(image)  # a phone photo is read the way it is shown
+    if image.getexif().get(0x0112, 1) != 1:        # a phone photo is read the way it is shown (no copy otherwise)
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("F", "I", "I;16", "I;16B", "I;16L"):
         # 16-bit and float images: scale their own range to 0..255 (a plain convert would clip to black).
         values = np.asarray(image, dtype=np.float64)
@@ -40,8 +41,9 @@ def pil_to_levels(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent pixels read as black
         image = Image.alpha_composite(background, rgba)
-    image = image.convert("RGB")
-    ink, paper = two_colors((np.asarray(image, dtype=np.uint16) + LEVEL_SCALE // 2) // LEVEL_SCALE)  # rounded levels
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    ink, paper = image_two_colors(image)
     if image.size != (28, 28):
         image = image.resize((28, 28), Image.BOX if min(image.size) >= 28 else Image.NEAREST)
     values = np.asarray(image, dtype=np.float32) / LEVEL_SCALE                              # (28, 28, 3)
@@ -50,6 +52,18 @@ def pil_to_levels(image: Image.Image) -> np.ndarray:
     # gray); each pixel takes whichever of the two colors it is nearer to instead.
     nearer_ink = np.square(values - ink).sum(-1) < np.square(values - paper).sum(-1)
     return np.where(nearer_ink[..., None], ink, paper).astype(np.uint8)
+
+
+def image_two_colors(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """two_colors of a full-size RGB image, counted inside PIL: each channel rounded to its level by a lookup
+    table, then the (at most 64) colors counted. No numpy copy of the pixels is made, so a 4096x4096 upload
+    costs about two images of 50 MB, not the ~370 MB of integer arrays counting them in numpy took."""
+    rounded = image.point([(value + LEVEL_SCALE // 2) // LEVEL_SCALE for value in range(256)] * 3)
+    # [(pixels, (r, g, b))], most common first; ties go to the lower color id, as in two_colors' argmax
+    counts = sorted(rounded.getcolors(64), key=lambda entry: (-entry[0], entry[1]))
+    paper = counts[0][1]
+    ink = counts[1][1] if len(counts) > 1 else paper
+    return np.array(ink, dtype=np.float32), np.array(paper, dtype=np.float32)
 
 
 def two_colors(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

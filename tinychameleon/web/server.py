@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -137,10 +138,28 @@ class BodyTooLarge(Exception):
     pass
 
 
+def _release_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps a large decode's pages in its arenas otherwise,
+    and the server would stay hundreds of MB above its baseline after a burst of uploads)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
+def decode_upload(data: bytes):
+    """read_image, then the decode's memory returned: the (28, 28, 3) levels are all that is kept."""
+    try:
+        return read_image(data)
+    finally:
+        _release_memory()
+
+
 def data_url(levels, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(levels, scale)).decode()
 
 
+DECODE_SLOTS = 2  # uploads decoded at once: a 4096x4096 PNG takes ~130 MB while it is read (BENCHMARKS.md)
 MAX_SEARCH_HITS = 64
 MAX_SEARCH_TEXT = 400
 
@@ -157,6 +176,7 @@ def load_search(retriever_dir: str | None = None, memory: str | None = None):
 def create_app(pipeline, settings: ServerSettings | None = None, search_loader=load_search) -> FastAPI:
     settings = settings or ServerSettings()
     search_state = {"lock": asyncio.Lock(), "loaded": None}
+    decode_slots = asyncio.Semaphore(DECODE_SLOTS)   # bounds the memory a burst of large uploads can take
     worker = InferenceWorker(pipeline, queue_size=settings.queue_size)
 
     @asynccontextmanager
@@ -250,7 +270,8 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         if not data:
             raise HTTPException(400, "the upload is empty")
         try:
-            return await asyncio.to_thread(read_image, data)  # decoding is CPU work: keep the loop free
+            async with decode_slots:  # decoding is CPU work off the loop, a few at a time
+                return await asyncio.to_thread(decode_upload, data)
         except ImageTooLargeError as error:
             raise HTTPException(413, str(error)) from None
         except ImageInputError as error:
