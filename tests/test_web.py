@@ -10,6 +10,7 @@ from PIL import Image
 
 from tinychameleon.data.colored import parse_caption
 from tinychameleon.web.server import ServerSettings, create_app
+from tinychameleon.web.worker import Job
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +246,85 @@ def test_uploads_are_decoded_a_few_at_a_time(tiny_pipeline, monkeypatch):
             codes = list(pool.map(lambda _: client.post("/api/caption", files={"file": ("a.png", upload)}).status_code,
                                   range(8)))
     assert codes == [200] * 8 and most == server.DECODE_SLOTS
+
+
+def test_requests_that_cannot_finish_in_time_are_refused_up_front(tiny_pipeline, monkeypatch):
+    """At the measured rate, a request over the time limit on an idle server is a 422 (never an admitted 504);
+    one that only the waiting work would push over is a 503 with Retry-After."""
+    app = create_app(tiny_pipeline, ServerSettings(max_samples=64, timeout_s=10.0))
+    with TestClient(app) as client:
+        worker = app.state.worker
+        worker.seconds_per_cost["generate"] = 1.0                 # as if measured: one second per decoded row
+        response = client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 16})
+        assert response.status_code == 422 and "would take about 16s" in response.json()["detail"]
+        assert worker.predicted_seconds(Job("generate", {}, [None] * 4, cost=4)) == 4.0
+        monkeypatch.setattr(worker, "predicted_seconds", lambda job, waiting=True: 12.5 if waiting else 4.0)
+        response = client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 4})
+        assert response.status_code == 503 and response.headers["retry-after"] == "3"
+        monkeypatch.undo()
+        worker.seconds_per_cost.clear()
+        assert client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 4}).status_code == 200
+        assert worker.seconds_per_cost["generate"] > 0            # measured from the batch that just ran
+
+
+def test_completion_without_a_prompt_is_priced_with_its_redraws(client):
+    """complete n=8 draws, reads and may redraw each image up to 3 more times: priced 4x, it leaves the
+    light lane (it took 2.5 s where a generate of its old price took 0.47 s)."""
+    image = png((np.full((28, 28, 3), 3) * 85).astype(np.uint8))
+    response = client.post("/api/complete", files={"file": ("a.png", image)}, data={"keep": "top", "n": "16"})
+    assert response.status_code == 200
+    from tinychameleon.pipeline import COMPLETION_REDRAWS
+
+    app = create_app(client.app.state.worker.pipeline, ServerSettings(max_samples=64, max_cost=50))  # 16 x 4 = 64 > 50
+    with TestClient(app) as small:
+        refused = small.post("/api/complete", files={"file": ("a.png", image)}, data={"keep": "top", "n": "16"})
+    assert refused.status_code == 422 and f"x {1 + COMPLETION_REDRAWS} draws and redraws" in refused.json()["detail"]
+
+
+def test_work_whose_clients_have_gone_stops_at_the_next_step():
+    """The worker asks, before each decode step, whether anyone still waits; a cancelled job stops there."""
+    import asyncio
+    import contextlib
+
+    from tinychameleon.errors import DeadlineExceeded
+    from tinychameleon.web.worker import InferenceWorker
+
+    steps = []
+
+    class SteppingPipeline:
+        pause = None
+
+        @contextlib.contextmanager
+        def time_limit(self, seconds, pause=None):
+            SteppingPipeline.pause = pause
+            yield
+
+        def sample(self, n, seed=None, **settings):
+            for step in range(200):
+                SteppingPipeline.pause()           # what Pipeline._expired calls between decode steps
+                steps.append(step)
+                if step == 5:
+                    cancelled.wait(5)
+            return [], []
+
+    import threading
+
+    cancelled = threading.Event()
+
+    async def main():
+        worker = InferenceWorker(SteppingPipeline())
+        worker.start()
+        job = Job("sample", {}, [None], cost=1)
+        waiting = asyncio.create_task(worker.submit(job, 30))
+        while len(steps) < 6:
+            await asyncio.sleep(0.01)
+        job.future.cancel()                        # the client went away
+        cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.2)
+        await worker.stop()
+
+    asyncio.run(main())
+    assert len(steps) == 6                         # step 6 never ran: DeadlineExceeded at its check
+    assert issubclass(DeadlineExceeded, Exception)

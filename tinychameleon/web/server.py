@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import math
 import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
 from ..documents.document import MAX_PROMPT_CHARACTERS as MAX_DOCUMENT_PROMPT, DocumentTokenizer, split_words
 from ..tokenizers.vocab import MAX_DOCUMENT_IMAGES
+from ..pipeline import COMPLETION_REDRAWS
 from .worker import InferenceWorker, Job, QueueFull
 
 STATIC = Path(__file__).parent / "static"
@@ -191,9 +193,30 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    async def run(job: Job):
+    async def run(job: Job, client: Request):
+        """Admit a job only if it can finish in time at the measured rate; wait for it, and stop its work if the
+        client goes away."""
+        predicted = worker.predicted_seconds(job)
+        if predicted is not None and predicted > settings.timeout_s:
+            alone = worker.predicted_seconds(job, waiting=False)
+            if alone > settings.timeout_s:  # even on an idle server it would end in a 504: say so now
+                raise HTTPException(422, f"this request would take about {alone:.0f}s, over the server's "
+                                         f"{settings.timeout_s:g}s limit; ask for fewer images")
+            retry = max(1, math.ceil(predicted - settings.timeout_s))
+            raise HTTPException(503, f"the server is busy: this request would finish in about {predicted:.0f}s, "
+                                     f"over its {settings.timeout_s:g}s limit; retry in {retry}s",
+                                headers={"Retry-After": str(retry)})
+        waiting = asyncio.create_task(worker.submit(job, settings.timeout_s))
         try:
-            return await worker.submit(job, settings.timeout_s)
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=0.25)
+                if done:
+                    return waiting.result()
+                if await client.is_disconnected():  # nobody will read the answer: free the CPU
+                    if job.future is not None:
+                        job.future.cancel()
+                    waiting.cancel()
+                    raise HTTPException(499, "the client closed the connection")
         except QueueFull:
             raise HTTPException(503, "the server is busy: too many requests are waiting; retry shortly") from None
         except (asyncio.TimeoutError, DeadlineExceeded):
@@ -202,9 +225,11 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         except (ConfigError, PromptError) as error:  # e.g. a prompt whose colors contradict a kept half
             raise HTTPException(422, str(error)) from None
 
-    def check_cost(n: int, sampling: dict, candidates_used: bool = True, images_per_sample: int = 1) -> int:
-        """Refuse up front what would cost more than the budget: images x candidates x guidance streams
-        (a document may draw `images_per_sample` images)."""
+    def check_cost(n: int, sampling: dict, candidates_used: bool = True, images_per_sample: int = 1,
+                   passes: int = 1) -> int:
+        """Refuse up front what would cost more than the budget: images x candidates x guidance streams, times
+        the images a document may draw (`images_per_sample`) and the times each may be drawn (`passes`: a
+        completion without a prompt is redrawn up to COMPLETION_REDRAWS times, each read back)."""
         if n > settings.max_samples:
             raise HTTPException(422, f"n={n} is more than the {settings.max_samples} samples one request may ask for")
         try:
@@ -212,9 +237,10 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         except ConfigError as error:
             raise HTTPException(422, str(error)) from None
         candidates = chosen.image_candidates if candidates_used else 1
-        cost = n * candidates * chosen.streams * images_per_sample
+        cost = n * candidates * chosen.streams * images_per_sample * passes
         if cost > settings.max_cost:
-            per_sample = f" x {images_per_sample} images" if images_per_sample > 1 else ""
+            per_sample = (f" x {images_per_sample} images" if images_per_sample > 1 else "") + \
+                (f" x {passes} draws and redraws" if passes > 1 else "")
             raise HTTPException(422, f"this request would decode {cost} rows (n {n} x candidates {candidates} x "
                                      f"{chosen.streams} guidance streams{per_sample}); the limit is {settings.max_cost}")
         return cost
@@ -236,7 +262,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
                 "template": TEMPLATE}
 
     @app.post("/api/generate")
-    async def generate(request: GenerateRequest):
+    async def generate(request: GenerateRequest, http: Request):
         """Text -> image: `n` images for one caption."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
                     "image_candidates": request.candidates}
@@ -248,7 +274,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
         prompt = normalize_prompt(request.prompt)
-        pairs = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost))
+        pairs = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost), http)
         return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
                 "images": [data_url(image) for image, _ in pairs], "captions": [text for _, text in pairs]}
 
@@ -260,7 +286,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         cost = check_cost(1, {"temperature": temperature, "guidance": pipeline.sampling.caption_guidance},
                           candidates_used=False)
         levels = await read_upload(file)
-        result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost))
+        result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost), request)
         return {"caption": result[0], "seen": data_url(levels)}
 
     async def read_upload(file: UploadFile):
@@ -278,7 +304,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             raise HTTPException(415, str(error)) from None
 
     @app.post("/api/complete")
-    async def complete(file: UploadFile = File(..., description="the image to complete"),
+    async def complete(http: Request, file: UploadFile = File(..., description="the image to complete"),
                        keep: str = Form("top", description="the half kept: top, bottom, left or right"),
                        prompt: str | None = Form(None, max_length=MAX_PROMPT_CHARACTERS,
                                                  description='caption to draw for ("*" blanks allowed); '
@@ -288,19 +314,19 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         if keep not in KEEP_REGIONS:
             raise HTTPException(422, f"keep must be one of {', '.join(KEEP_REGIONS)}")
         prompt = normalize_prompt(prompt) if prompt and prompt.strip() else None
-        cost = check_cost(n, {})
+        cost = check_cost(n, {}, passes=1 + COMPLETION_REDRAWS if prompt is None else 1)
         if prompt is not None:
             try:
                 pipeline.encode_partial([prompt])
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
         levels = await read_upload(file)
-        pairs = await run(Job("complete", {}, [(levels, keep, prompt)] * n, seed, cost))
+        pairs = await run(Job("complete", {}, [(levels, keep, prompt)] * n, seed, cost), http)
         return {"keep": keep, "seen": data_url(levels),
                 "completions": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
     @app.post("/api/continue")
-    async def continue_document(prompt: str = Form(..., max_length=MAX_DOCUMENT_PROMPT,
+    async def continue_document(http: Request, prompt: str = Form(..., max_length=MAX_DOCUMENT_PROMPT,
                                                    description='words with <image> placeholders, e.g. '
                                                                '"<image> make the digit plain red ."'),
                                 images: list[UploadFile] = File([], description="one image per <image>, in order"),
@@ -318,7 +344,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             raise HTTPException(422, str(error)) from None
         cost = check_cost(n, sampling, candidates_used=False, images_per_sample=MAX_DOCUMENT_IMAGES)
         pictures = [await read_upload(file) for file in images]
-        results = await run(Job("continue", sampling, [(prompt, pictures)] * n, seed, cost))
+        results = await run(Job("continue", sampling, [(prompt, pictures)] * n, seed, cost), http)
         return {"prompt": " ".join(split_words(prompt)), "seen": [data_url(picture) for picture in pictures],
                 "continuations": [{"text": item.text, "images": [data_url(image) for image in item.images],
                                    "finished": item.finished} for item in results]}
@@ -351,16 +377,17 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
                 "hits": [{**hit.to_dict(0), "image": data_url(picture)} for hit, picture in zip(hits, pictures)]}
 
     @app.post("/api/sample")
-    async def sample(request: SampleRequest):
+    async def sample(request: SampleRequest, http: Request):
         """Unconditional: `n` image + caption pairs."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k}
         cost = check_cost(request.n, sampling)
-        pairs = await run(Job("sample", sampling, [None] * request.n, request.seed, cost))
+        pairs = await run(Job("sample", sampling, [None] * request.n, request.seed, cost), http)
         return {"samples": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return JSONResponse({"detail": safe_text(error.detail)}, status_code=error.status_code)
+        return JSONResponse({"detail": safe_text(error.detail)}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import DeadlineExceeded
+
 
 class QueueFull(Exception):
     pass
@@ -63,6 +65,24 @@ class InferenceWorker:
         self.lanes = {"light": Lane("light", queue_size), "heavy": Lane("heavy", queue_size)}
         self.light_idle = threading.Event()
         self.light_idle.set()
+        # Measured seconds per unit of cost, per kind (moving average of finished batches): what admission
+        # predicts a request's time from. None until a batch of that kind has run.
+        self.seconds_per_cost: dict[str, float] = {}
+
+    def predicted_seconds(self, job: Job, waiting: bool = True) -> float | None:
+        """Seconds until `job` would finish if queued now: the cost waiting in its lane (unless not `waiting`),
+        plus its own, at the measured rate (None before any measurement)."""
+        rate = self.seconds_per_cost.get(job.kind) or (max(self.seconds_per_cost.values())
+                                                        if self.seconds_per_cost else None)
+        if rate is None:
+            return None
+        queued = list(self.lane_of(job).queue._queue) if waiting else []   # a snapshot; the lane may move on
+        return (sum(other.cost for other in queued if not other.abandoned) + job.cost) * rate
+
+    def _measure(self, kind: str, cost: int, seconds: float) -> None:
+        rate = seconds / max(1, cost)
+        previous = self.seconds_per_cost.get(kind)
+        self.seconds_per_cost[kind] = rate if previous is None else 0.7 * previous + 0.3 * rate
 
     @property
     def queued(self) -> int:
@@ -111,13 +131,20 @@ class InferenceWorker:
             queue.put_nowait(job)
         return batch
 
-    def _compute(self, lane: Lane, kind: str, settings: dict, payload: list, seed: int | None, deadline: float):
+    def _compute(self, lane: Lane, kind: str, settings: dict, payload: list, seed: int | None, deadline: float,
+                 batch: list[Job]):
         light = lane is self.lanes["light"]
         if light:
             self.light_idle.clear()
         try:
             # A heavy batch waits (up to a second at a time) while a light one runs; its deadline still holds.
-            pause = None if light else (lambda: self.light_idle.wait(1.0))
+            # Work whose every client has gone (disconnected or timed out) stops at the next decode step.
+            def pause():
+                if all(job.future.done() for job in batch):
+                    raise DeadlineExceeded("every client of this batch has gone")
+                if not light:
+                    self.light_idle.wait(1.0)
+
             with self.pipeline.time_limit(max(0.0, deadline - time.monotonic()), pause=pause):
                 return self._call(kind, settings, payload, seed)
         finally:
@@ -149,9 +176,11 @@ class InferenceWorker:
                 continue
             payload = [item for job in batch for item in job.payload]
             deadline = max(job.deadline for job in batch)  # stop once the last waiting client gave up
+            started = time.monotonic()
             try:
                 results = await loop.run_in_executor(lane.executor, self._compute, lane, first.kind, first.settings,
-                                                     payload, first.seed, deadline)
+                                                     payload, first.seed, deadline, batch)
+                self._measure(first.kind, sum(job.cost for job in batch), time.monotonic() - started)
             except Exception as error:  # hand the failure to every waiting request
                 for job in batch:
                     if not job.future.done():
