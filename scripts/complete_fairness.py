@@ -11,14 +11,14 @@ import argparse
 import asyncio
 import io
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import httpx
 import numpy as np
 from PIL import Image
+
+from serving import served
 
 SMALL = {"prompt": "plain white seven on dark blue", "n": 1, "candidates": 1}
 
@@ -65,24 +65,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--port", type=int, default=8767)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-m", "tinychameleon", "serve", "--port", str(args.port)])
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with served(args.port) as (url, server):
         upload = digit_png()
         results = {name: asyncio.run(condition(url, name, args.seconds, upload)) for name in ("generate", "complete")}
         for name, (median, statuses) in results.items():
             print(f"3 clients looping on {name}: small generate median {median * 1000:.0f} ms; statuses {dict(statuses)}")
         ratio = results["complete"][0] / results["generate"][0]
         print(f"ratio {ratio:.2f} (target <= 2)")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

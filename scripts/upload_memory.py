@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 from PIL import Image, ImageDraw
+
+from serving import served
 
 
 def rss_mb(pid: int) -> float:
@@ -48,16 +48,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-m", "tinychameleon", "serve", "--port", str(args.port),
-                               "--queue-size", "64", "--timeout", "120"])
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with served(args.port, "--queue-size", "64", "--timeout", "120") as (url, server):
         data = big_png(args.size)
         asyncio.run(burst(url, big_png(64), 1))          # warm up: the first request loads lazily
         time.sleep(1)
@@ -82,9 +73,6 @@ def main() -> None:
         print(f"{args.uploads} uploads of {args.size}x{args.size} ({len(data) / 1024:.0f} KB each): status "
               f"{sorted(set(codes))}, {seconds:.1f} s; RSS baseline {baseline:.0f} MB, peak {peak:.0f} MB "
               f"(+{peak - baseline:.0f}), 3 s after {after:.0f} MB (+{after - baseline:.0f})")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

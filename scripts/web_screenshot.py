@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
-import time
 
-import httpx
+from serving import served
+
 
 
 def main() -> None:
@@ -22,15 +20,7 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    server = subprocess.Popen([sys.executable, "-m", "tinychameleon", "serve", "--port", str(args.port)])
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with served(args.port) as (url, server):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
                                                  args=["--no-sandbox", "--disable-gpu"])
@@ -64,9 +54,6 @@ def main() -> None:
             page.screenshot(path=args.out, full_page=True)
             browser.close()
         print(f"wrote {args.out}")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

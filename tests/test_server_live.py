@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,24 @@ def serving(checkpoint):
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+@contextmanager
+def opened_page(url: str):
+    """A Chromium page on the served web page, once the page has loaded its model's name."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 1600})
+            page.goto(url)
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('model:')")
+            yield page
+        finally:
+            browser.close()
 
 
 def draw_stroke(page) -> None:
@@ -126,15 +145,7 @@ def test_browser_uses_all_three_panels(server):
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; `make browser`)")
 def test_browser_chat_panel(document_server):
     """Draw, attach the drawing, ask for an edit: the answer shows inline; a mismatched prompt shows the error."""
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1000, "height": 1600})
-        page.goto(document_server)
-        page.wait_for_function("document.getElementById('status').textContent.startsWith('model:')")
+    with opened_page(document_server) as page:
         draw_stroke(page)
         page.click("#chat-attach-drawing")
         page.wait_for_function("document.querySelectorAll('#chat-attachments img').length === 1")
@@ -150,21 +161,12 @@ def test_browser_chat_panel(document_server):
         page.wait_for_function("document.getElementById('chat-message').textContent.includes('placeholders')")
         assert page.locator("#chat-log .chat-line").count() == 2
         page.locator("#chat").screenshot(path=str(ARTIFACTS / "chat-panel.png"))
-        browser.close()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; `make browser`)")
 def test_browser_search_box(server):
     """Type words, see the training digits they describe; search with the drawing; a misspelling shows the error."""
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1000, "height": 1600})
-        page.goto(server)
-        page.wait_for_function("document.getElementById('status').textContent.startsWith('model:')")
+    with opened_page(server) as page:
         page.fill("#search-text", "seven on dark blue")
         page.fill("#search-k", "6")
         page.click("#search-button")
@@ -181,7 +183,6 @@ def test_browser_search_box(server):
         page.click("#search-button")
         page.wait_for_function("document.getElementById('search-message').textContent.includes('did you mean')")
         assert page.locator("#search-hits figure").count() == 0
-        browser.close()
 
 
 def test_load_200_requests_from_16_clients(server, tiny_pipeline):

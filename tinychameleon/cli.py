@@ -379,18 +379,10 @@ def command_complete(args) -> int:
 def read_document_prompts(path: str) -> list[tuple[str, list[Path]]]:
     """A --prompts-file of JSON rows {"prompt": "... <image> ...", "images": ["a.png", ...]}; image paths are
     relative to the file's folder unless absolute."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise TinyChameleonError(f"cannot read prompts file {path}: {error}") from None
+    from .io_utils import json_lines
+
     rows = []
-    for number_, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TinyChameleonError(f"{path} line {number_} is not JSON: {error.msg}") from None
+    for number_, row in json_lines(path, "prompts file"):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or \
                 not isinstance(row.get("images", []), list) or \
                 not all(isinstance(name, str) for name in row.get("images", [])) or set(row) - {"prompt", "images"}:
@@ -442,19 +434,10 @@ def command_continue(args) -> int:
 def read_search_queries(path: str) -> list:
     """A --queries-file of JSON rows {"text": "..."} or {"image": "a.png"} (relative to the file's folder)."""
     from .imaging import read_image
+    from .io_utils import json_lines
 
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise TinyChameleonError(f"cannot read queries file {path}: {error}") from None
     queries = []
-    for number_, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TinyChameleonError(f"{path} line {number_} is not JSON: {error.msg}") from None
+    for number_, row in json_lines(path, "queries file"):
         if not isinstance(row, dict) or len(row) != 1 or not isinstance(row.get("text", row.get("image")), str):
             raise TinyChameleonError(f'{path} line {number_} must be {{"text": "..."}} or {{"image": "a.png"}}')
         queries.append(row["text"] if "text" in row else read_image(Path(path).parent / row["image"]))

@@ -28,3 +28,21 @@ def atomic_path(path: str | Path):
 def write_json(path: str | Path, data) -> None:
     with atomic_path(path) as temp:
         temp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def json_lines(path: str | Path, what: str, error=None):
+    """(line number, value) of each non-blank line of a JSON-lines file. An unreadable file or a line that is
+    not JSON raises `error` (a user-facing exception class; TinyChameleonError by default) naming `what`."""
+    from .errors import TinyChameleonError
+
+    error = error or TinyChameleonError
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as failure:
+        raise error(f"cannot read {what} {path}: {failure}") from None
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as failure:
+                raise error(f"{path} line {number} is not JSON: {failure.msg}") from None

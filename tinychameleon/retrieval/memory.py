@@ -20,7 +20,7 @@ from ..data.colored import load_splits
 from ..data.mnist import default_cache_dir
 from ..errors import MemoryFolderError, PromptError, TinyChameleonError
 from ..imaging import read_image
-from ..io_utils import atomic_path, write_json
+from ..io_utils import atomic_path, json_lines, write_json
 from .index import VectorIndex
 from .retriever import Retriever
 
@@ -146,18 +146,8 @@ def read_memory_manifest(folder: Path) -> tuple[list[str], list[Path]]:
     if not manifest.is_file():
         raise MemoryFolderError(f"--memory {folder} has no {MANIFEST} (rows {{\"file\": \"a.png\", \"caption\": \"...\"}}, "
                            "as tinychameleon generate writes)")
-    try:
-        lines = manifest.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise MemoryFolderError(f"cannot read {manifest}: {error}") from None
     captions, files = [], []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise MemoryFolderError(f"{manifest} line {number} is not JSON: {error.msg}") from None
+    for number, row in json_lines(manifest, "memory manifest", MemoryFolderError):
         if not isinstance(row, dict) or not isinstance(row.get("file"), str) or not isinstance(row.get("caption"), str):
             raise MemoryFolderError(f'{manifest} line {number} must hold {{"file": "a.png", "caption": "..."}}')
         path = folder / row["file"]
