@@ -148,3 +148,20 @@ def test_blanks_no_valid_pair_can_fill_are_refused(tiny_pipeline, tiny_run, tmp_
 
     valid = {tuple(pair) for pair in VALID_PAIRS.tolist()}
     assert all(parse_caption(caption) and parse_caption(caption)[1:] in valid for caption in captions)
+
+
+def test_a_full_disk_during_training_is_one_error_line_and_nothing_half_written(tmp_path, capsys, monkeypatch,
+                                                                               cache_dir):
+    from tinychameleon.training import state
+
+    def full_disk(data, path):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")                    # what a write cut short leaves
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(state.torch, "save", full_disk)
+    out = tmp_path / "run"
+    code, err = run(["train", "--preset", "tiny", "--out", str(out), "--no-progress", "--cache-dir", str(cache_dir)],
+                    capsys)
+    assert code == 2 and err.startswith("error: writing") and "is the disk full?" in err and err.count("\n") == 1
+    assert not list(out.glob("*.pt")) and not list(out.glob(".*.tmp"))   # no state file, no temp left behind

@@ -12,6 +12,7 @@ A run directory holds everything needed to rebuild the models:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -35,7 +36,10 @@ SAMPLING_FILE = "sampling.json"  # the run's default sampler settings (SamplingC
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     state = {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
     with atomic_path(path) as temp:
-        save_file(state, str(temp))
+        try:
+            save_file(state, str(temp))
+        except (SafetensorError, RuntimeError) as error:  # a failed write (a full disk): one clear line
+            raise OSError(errno.EIO, f"writing {path} failed ({str(error).splitlines()[0]}); is the disk full?") from None
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:

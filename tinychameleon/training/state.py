@@ -6,6 +6,7 @@ never code to run, so a crafted file in a run directory cannot execute anything.
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 def save_state(path: Path, state: dict) -> None:
     with atomic_path(path) as temp:
-        torch.save(state, temp)
+        try:
+            torch.save(state, temp)
+        except RuntimeError as error:  # torch reports a failed write (a full disk) as a RuntimeError
+            raise OSError(errno.EIO, f"writing {path} failed ({str(error).splitlines()[0]}); is the disk full?") from None
 
 
 def load_state(path: Path) -> dict | None:
