@@ -328,3 +328,24 @@ def test_work_whose_clients_have_gone_stops_at_the_next_step():
     asyncio.run(main())
     assert len(steps) == 6                         # step 6 never ran: DeadlineExceeded at its check
     assert issubclass(DeadlineExceeded, Exception)
+
+
+def test_complete_takes_a_mask_like_the_cli(client):
+    """The API's mask: a 28x28 image whose white pixels are kept (other sizes refused, not resized)."""
+    image = (np.full((28, 28, 3), 1) * 85).astype(np.uint8)
+    image[:, :10] = 255                                   # a white band on the left, kept by the mask below
+    mask = np.zeros((28, 28, 3), np.uint8)
+    mask[:, :10] = 255
+    response = client.post("/api/complete", files={"file": ("a.png", png(image)), "mask": ("m.png", png(mask))},
+                           data={"n": "2"})
+    assert response.status_code == 200 and response.json()["keep"] == "mask"
+    for item in response.json()["completions"]:
+        assert (decode(item["image"])[:, :10] == 255).all()   # every kept pixel comes back unchanged
+    tiny = png(np.full((1, 1, 3), 255, np.uint8))
+    refused = client.post("/api/complete", files={"file": ("a.png", png(image)), "mask": ("m.png", tiny)})
+    assert refused.status_code == 422 and "1x1 pixels" in refused.json()["detail"]
+    everything = png(np.full((28, 28, 3), 255, np.uint8))
+    refused = client.post("/api/complete", files={"file": ("a.png", png(image)), "mask": ("m.png", everything)})
+    assert refused.status_code == 422 and "nothing to fill" in refused.json()["detail"]
+    refused = client.post("/api/complete", files={"file": ("a.png", png(image)), "mask": ("m.png", b"not an image")})
+    assert refused.status_code == 415

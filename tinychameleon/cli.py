@@ -327,19 +327,6 @@ def read_images(files: list[Path], strict: bool = False) -> tuple[list[Path], "n
     return readable, np.stack(images), skipped
 
 
-def read_mask(path: str) -> "np.ndarray":
-    """A --keep mask: a 28x28 image whose white pixels are kept (any other size is refused, not resized)."""
-    from .imaging import image_size, read_image
-    from .regions import mask_from_levels
-
-    levels = read_image(path)               # unreadable files: one clear error
-    width, height = image_size(path)
-    if (width, height) != (28, 28):
-        raise TinyChameleonError(f"--keep mask {path} is {width}x{height} pixels; a mask is 28x28 "
-                                 "(white pixels are kept)")
-    return mask_from_levels(levels)
-
-
 def read_prompts_file(path: str) -> list[str]:
     try:
         return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
@@ -349,14 +336,14 @@ def read_prompts_file(path: str) -> list[str]:
 
 def command_complete(args) -> int:
     """Keep part of each image, let the model draw the rest (for a prompt, or reading one off the kept part)."""
-    from .regions import KEEP_REGIONS
+    from .regions import KEEP_REGIONS, read_mask
 
     if not 1 <= args.n <= 1000:
         raise TinyChameleonError("-n must be at least 1 (and at most 1000)")
     sampling = sampling_overrides(args)
     if args.keep not in KEEP_REGIONS and not Path(args.keep).is_file():
         raise TinyChameleonError(f"--keep must be {', '.join(KEEP_REGIONS)} or a mask image file; got {args.keep[:60]!r}")
-    keep = args.keep if args.keep in KEEP_REGIONS else read_mask(args.keep)
+    keep = args.keep if args.keep in KEEP_REGIONS else read_mask(args.keep)   # 28x28 only
     files = collect_images(args.images)
     prompts = read_prompts_file(args.prompts_file) if args.prompts_file else args.prompt
     if isinstance(prompts, list) and len(prompts) != len(files):

@@ -8,6 +8,8 @@ unchanged.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from .data.colored import color_counts, key_colors
@@ -37,6 +39,18 @@ def keep_mask(keep: str | np.ndarray) -> np.ndarray:
     if mask.all():
         raise RegionError("the mask keeps every pixel: there is nothing to fill")
     return mask
+
+
+def read_mask(source) -> np.ndarray:
+    """A mask image (a path or an upload's bytes), exactly 28x28 pixels, whose white pixels are kept -> (28, 28)
+    booleans. Any other size is refused, not resized (a 1x1 white mask would otherwise keep everything)."""
+    from .imaging import image_size, read_image
+
+    levels = read_image(source)               # unreadable files: ImageInputError
+    width, height = image_size(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    if (width, height) != (SIZE, SIZE):
+        raise RegionError(f"the mask is {width}x{height} pixels; a mask is {SIZE}x{SIZE} (white pixels are kept)")
+    return mask_from_levels(levels)
 
 
 def mask_from_levels(levels: np.ndarray) -> np.ndarray:

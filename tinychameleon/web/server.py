@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES, PALETTE
 from ..config import short
 from ..errors import ConfigError, DeadlineExceeded, ImageInputError, ImageTooLargeError, PromptError, TinyChameleonError
-from ..regions import KEEP_REGIONS
+from ..regions import KEEP_REGIONS, RegionError, keep_mask, read_mask
 from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
 from ..documents.document import MAX_PROMPT_CHARACTERS as MAX_DOCUMENT_PROMPT, DocumentTokenizer, split_words
@@ -306,6 +306,8 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
     @app.post("/api/complete")
     async def complete(http: Request, file: UploadFile = File(..., description="the image to complete"),
                        keep: str = Form("top", description="the half kept: top, bottom, left or right"),
+                       mask: UploadFile | None = File(None, description="instead of keep: a 28x28 mask image "
+                                                                        "whose white pixels are kept"),
                        prompt: str | None = Form(None, max_length=MAX_PROMPT_CHARACTERS,
                                                  description='caption to draw for ("*" blanks allowed); '
                                                              "default: read off the kept half"),
@@ -313,6 +315,17 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         """Completion: keep one half of an uploaded image, draw the rest; returns the images and captions."""
         if keep not in KEEP_REGIONS:
             raise HTTPException(422, f"keep must be one of {', '.join(KEEP_REGIONS)}")
+        kept = keep
+        if mask is not None:   # the same 28x28 mask the CLI's --keep MASK.png takes
+            data = await mask.read(settings.max_upload_bytes + 1)
+            if len(data) > settings.max_upload_bytes:
+                raise HTTPException(413, f"the mask is larger than {settings.max_upload_bytes} bytes")
+            try:
+                kept = keep_mask(await asyncio.to_thread(read_mask, data))
+            except RegionError as error:
+                raise HTTPException(422, str(error)) from None
+            except ImageInputError as error:
+                raise HTTPException(415, f"the mask: {error}") from None
         prompt = normalize_prompt(prompt) if prompt and prompt.strip() else None
         cost = check_cost(n, {}, passes=1 + COMPLETION_REDRAWS if prompt is None else 1)
         if prompt is not None:
@@ -321,8 +334,8 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
         levels = await read_upload(file)
-        pairs = await run(Job("complete", {}, [(levels, keep, prompt)] * n, seed, cost), http)
-        return {"keep": keep, "seen": data_url(levels),
+        pairs = await run(Job("complete", {}, [(levels, kept, prompt)] * n, seed, cost), http)
+        return {"keep": "mask" if mask is not None else keep, "seen": data_url(levels),
                 "completions": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
     @app.post("/api/continue")

@@ -93,6 +93,8 @@ async function completeBlob(blob) {
   const form = new FormData();
   form.append("file", blob, "image.png");
   form.append("keep", $("keep").value);
+  const mask = $("complete-mask").files[0];   // a 28x28 mask, white = kept: replaces the half
+  if (mask) form.append("mask", mask, "mask.png");
   form.append("n", $("complete-n").value);
   if ($("complete-prompt").value.trim()) form.append("prompt", $("complete-prompt").value);
   $("complete-message").textContent = "completing…";
