@@ -1,6 +1,8 @@
 import json
 import time
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -385,3 +387,36 @@ def test_a_kill_inside_the_first_save_of_each_stage_never_reads_as_finished(tmp_
         finished = getattr(checkpoint, name)(whole).state_dict()
         for key, value in getattr(checkpoint, name)(run).state_dict().items():
             torch.testing.assert_close(value, finished[key])
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_instants_then_resume_ends_like_the_uninterrupted_run(tmp_path, cache_dir):
+    """A real SIGKILL at 6 random instants of a tiny run (scripts/kill_resume.py does 50): each resume finishes,
+    writes every artifact and ends with the uninterrupted run's weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    def train_command(out, resume=False):
+        return [sys.executable, "-m", "tinychameleon", "train", "--preset", "tiny", "--vq-epochs", "2", "--epochs", "2",
+                "--no-progress", "--device", "cpu", "--cache-dir", str(cache_dir), "--out", str(out)] + \
+            (["--resume"] if resume else [])
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.time()
+    subprocess.run(train_command(tmp_path / "whole"), check=True, env=env, capture_output=True)
+    duration = time.time() - started
+    whole = checkpoint.load_transformer(tmp_path / "whole").state_dict()
+    for trial, at in enumerate(np.random.default_rng(1).uniform(0.5, duration, 6)):
+        out = tmp_path / f"killed{trial}"
+        process = subprocess.Popen(train_command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(at)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        resumed = subprocess.run(train_command(out, resume=(out / "config.json").exists()), env=env,
+                                 capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        assert (out / "run_info.json").exists() and not list(out.glob(".*.tmp")) and not list(out.glob("*_state.pt"))
+        for key, value in checkpoint.load_transformer(out).state_dict().items():
+            torch.testing.assert_close(value, whole[key])
