@@ -311,3 +311,22 @@ def test_search_distinct_flag_changes_the_hits(capsys):
                 for extra in ([], ["--distinct", "0.9"])}
     plain, distinct = sorted(captions, key=lambda c: len(set(c)))
     assert len(set(plain)) == 1 and len(set(distinct)) == 4    # one caption four times, then four kinds of seven
+
+
+def test_clip_rerank_keeps_the_candidate_the_retriever_prefers(tiny_pipeline, monkeypatch):
+    seen = {}
+
+    def similarity(self, captions, images):
+        seen["captions"], seen["images"] = captions, images
+        scores = np.zeros(len(images))
+        scores[2::4] = 1.0                                   # the third candidate of each prompt
+        return scores
+
+    monkeypatch.setattr(Retriever, "similarity", similarity)
+    prompts = ["dark green eight on bright cyan", "plain white one on plain black"]
+    images = tiny_pipeline.generate_images(prompts, seed=0, image_candidates=4, clip_rerank=True)
+    assert seen["captions"] == [prompts[0]] * 4 + [prompts[1]] * 4
+    assert (images[0] == seen["images"][2]).all() and (images[1] == seen["images"][6]).all()
+    seen.clear()
+    tiny_pipeline.generate_images(prompts, seed=0, image_candidates=4)     # self-reranking: CLIP is not asked
+    assert not seen

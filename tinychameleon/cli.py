@@ -66,6 +66,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                         help="image -> text: choose the digit word by Bayes re-ranking in both orders")
     parser.add_argument("--mixed-pool", action=argparse.BooleanOptionalAction, dest="mixed_pool",
                         help="with --candidates N: draw half of them by CD-K, half with guidance")
+    parser.add_argument("--clip-rerank", action=argparse.BooleanOptionalAction, dest="clip_rerank",
+                        help="with --candidates N: keep the image the retriever (CLIP) finds closest to the prompt")
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +80,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 def sampling_overrides(args) -> dict:
     """The sampler flags that were given, validated before any work (ConfigError names the bad one)."""
     overrides = {field: getattr(args, field, None) for _, field, _ in SAMPLER_FLAGS}
-    for switch in ("rerank_captions", "mixed_pool"):
+    for switch in ("rerank_captions", "mixed_pool", "clip_rerank"):
         overrides[switch] = getattr(args, switch, None)
     overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
@@ -112,6 +114,7 @@ def retrieval_request(args, sampling: dict) -> dict | None:
     ignored = [flag for flag, field, _ in SAMPLER_FLAGS if field in sampling and field not in RETRIEVAL_SETTINGS]
     ignored += ["--rerank" for key in ("rerank_captions",) if key in sampling]
     ignored += ["--mixed-pool" for key in ("mixed_pool",) if key in sampling]
+    ignored += ["--clip-rerank" for key in ("clip_rerank",) if key in sampling]
     if ignored:
         raise TinyChameleonError(f"with --retrieve only --temperature, --top-k, --top-p and --guidance apply; "
                                  f"drop {', '.join(ignored)}")
@@ -303,7 +306,7 @@ def command_caption(args) -> int:
     return 0
 
 
-def read_images(files: list[Path], strict: bool = False) -> tuple[list[Path], "np.ndarray", list[tuple[Path, str]]]:
+def read_images(files: list[Path], strict: bool = False) -> tuple:
     """The readable files, their (N, 28, 28, 3) levels and the skipped (file, reason) pairs: each unreadable
     one (not an image, a FIFO, a folder) is reported on stderr and skipped. Exit 2 if none can be read, or
     with `strict` if any cannot."""

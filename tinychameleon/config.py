@@ -304,6 +304,8 @@ class SamplingConfig:
     grammar: bool = True          # word slots follow the caption template (False: any word in any slot)
     image_candidates: int = 1     # text -> image: draw this many per prompt, keep the one the model captions best
     mixed_pool: bool = False      # with image_candidates > 1: half of them drawn by CD-K (cd_k, or 5), half guided
+    clip_rerank: bool = False     # with image_candidates > 1: keep the one the retriever (a CLIP trained here) finds
+                                  # closest to its prompt, instead of the one the model itself captions best
     rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
     caption_views: int = 1        # with rerank_captions: sum the digit scores over the image and views - 1 recolorings
     caption_hypotheses: int = 10  # with rerank_captions: digits (the image-first reading's top ones) given the full score

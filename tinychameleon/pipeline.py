@@ -174,8 +174,27 @@ class Pipeline:
                                                                        generator, forced, candidates))
         if candidates > 1:
             self._check_time()
-            codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
+            if settings.clip_rerank:
+                codes = self._clip_best(repeated, codes, candidates)
+            else:
+                codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
         return codes
+
+    def _clip_best(self, words: torch.Tensor, codes: torch.Tensor, candidates: int) -> torch.Tensor:
+        """Best of n by the retriever's image-caption similarity (DALL-E's and CM3Leon's CLIP reranking):
+        (B*n, 6) word ids and (B*n, L) codes, prompt-major -> (B, L)."""
+        retriever = self._load_retriever()
+        images = self.image_tokenizer.decode(codes.to(self.device)).cpu().numpy()
+        scores = torch.from_numpy(retriever.similarity(self._decode_words(words), images)).view(-1, candidates)
+        best = scores.argmax(dim=1)
+        return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best.to(codes.device)]
+
+    def _load_retriever(self):
+        from .retrieval.retriever import Retriever
+
+        if "retriever" not in self._banks:
+            self._banks["retriever"] = Retriever.from_pretrained()
+        return self._banks["retriever"]
 
     def _generate_pool(self, prefix: torch.Tensor, settings: SamplingConfig, generator, forced, candidates: int
                        ) -> torch.Tensor:
@@ -514,11 +533,10 @@ class Pipeline:
     def memory(self, memory: str | Path | None = None):
         """(retriever, bank): the shipped retriever and the training digits, or a folder (`--memory DIR`)."""
         from .retrieval.memory import load_bank
-        from .retrieval.retriever import Retriever
 
         key = str(memory)
         if key not in self._banks:
-            retriever = self._banks["retriever"] = self._banks.get("retriever") or Retriever.from_pretrained()
+            retriever = self._load_retriever()
             self._banks[key] = (retriever, load_bank(retriever, memory))
         return self._banks[key]
 
