@@ -169,6 +169,10 @@ def test_full_queue_answers_503(tiny_pipeline):
 def test_slow_request_times_out_with_504(tiny_pipeline):
     app = create_app(tiny_pipeline, ServerSettings(timeout_s=0.001))
     with TestClient(app) as client:
+        # Admission would refuse it up front at the calibrated rate (422); forget the rate, as if the prediction
+        # were wrong, to reach the deadline that still guards every admitted request.
+        assert client.post("/api/sample", json={"n": 16}).status_code == 422
+        app.state.worker.seconds_per_cost.clear()
         response = client.post("/api/sample", json={"n": 16})
         assert response.status_code == 504 and "stopped" in response.json()["detail"]
 

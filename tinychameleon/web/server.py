@@ -184,6 +184,8 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         worker.start()
+        await worker.calibrate("dark green eight on bright cyan", pipeline.sampling.image_candidates
+                               * pipeline.sampling.streams)
         yield
         await worker.stop()
 

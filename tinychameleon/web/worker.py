@@ -79,6 +79,14 @@ class InferenceWorker:
         queued = list(self.lane_of(job).queue._queue) if waiting else []   # a snapshot; the lane may move on
         return (sum(other.cost for other in queued if not other.abandoned) + job.cost) * rate
 
+    async def calibrate(self, prompt: str, cost: int) -> None:
+        """Time one small generate before serving, so the first requests of every kind are admitted on a
+        measured rate (each kind then refines its own) rather than on the cost budget alone."""
+        lane = self.lanes["light"]
+        started = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(lane.executor, self._call, "generate", {}, [prompt], 0)
+        self._measure("generate", cost, time.monotonic() - started)
+
     def _measure(self, kind: str, cost: int, seconds: float) -> None:
         rate = seconds / max(1, cost)
         previous = self.seconds_per_cost.get(kind)
