@@ -21,7 +21,7 @@ LAYERS = [
     ("tokenizers", "imaging"),
     ("model", "sequences", "device", "checkpoint", "regions"),
     ("sampling", "reranking", "documents", "retrieval"),
-    ("pipeline",),
+    ("pipeline", "pipeline_retrieval"),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),
 ]
 

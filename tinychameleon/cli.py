@@ -106,7 +106,7 @@ def retrieval_request(args, sampling: dict) -> dict | None:
         if args.memory is not None:
             raise TinyChameleonError("--memory DIR needs --retrieve K (how many of its documents to read)")
         return None
-    from .pipeline import MAX_RETRIEVE
+    from .pipeline_retrieval import MAX_RETRIEVE
 
     if not 1 <= args.retrieve <= MAX_RETRIEVE:
         raise TinyChameleonError(f"--retrieve must be 1..{MAX_RETRIEVE}: a document has room for "

@@ -1,0 +1,112 @@
+"""What a Pipeline does with the retriever (CM3Leon): read a query's retrieved documents before drawing, reading
+or continuing, and rerank best-of-n drawings by CLIP. A mixin of `Pipeline`, kept apart so that the pipeline
+stays about the model; every method uses the pipeline's own decoding (`_decode_documents`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .documents.document import DocumentTokenizer
+from .errors import ConfigError, PromptError
+from .tokenizers.vocab import MAX_DOCUMENT_IMAGES, TEXT_LENGTH
+
+MAX_RETRIEVE = MAX_DOCUMENT_IMAGES - 1        # retrieved neighbours a document has room for beside its query
+
+
+class RetrievalTasks:
+    def _clip_best(self, words: torch.Tensor, codes: torch.Tensor, candidates: int) -> torch.Tensor:
+        """Best of n by the retriever's image-caption similarity (DALL-E's and CM3Leon's CLIP reranking):
+        (B*n, 6) word ids and (B*n, L) codes, prompt-major -> (B, L)."""
+        retriever = self._load_retriever()
+        images = self.image_tokenizer.decode(codes.to(self.device)).cpu().numpy()
+        scores = torch.from_numpy(retriever.similarity(self._decode_words(words), images)).view(-1, candidates)
+        best = scores.argmax(dim=1)
+        return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best.to(codes.device)]
+
+    def _load_retriever(self):
+        from .retrieval.retriever import Retriever
+
+        if "retriever" not in self._banks:
+            self._banks["retriever"] = Retriever.from_pretrained()
+        return self._banks["retriever"]
+
+    def memory(self, memory: str | Path | None = None):
+        """(retriever, bank): the shipped retriever and the training digits, or a folder (`--memory DIR`)."""
+        from .retrieval.memory import load_bank
+
+        key = str(memory)
+        if key not in self._banks:
+            retriever = self._load_retriever()
+            self._banks[key] = (retriever, load_bank(retriever, memory))
+        return self._banks[key]
+
+    def _memory_rows(self, prompts: list[str], contexts: list[tuple[str, np.ndarray]], query_images=None
+                     ) -> list[list[int]]:
+        """Ids of "<context> <prompt>" documents; the prompt's own <image> (reading) is the query image."""
+        tokenizer = DocumentTokenizer(self.vocab)
+        rows = []
+        for row, (prompt, (context, pictures)) in enumerate(zip(prompts, contexts)):
+            pictures = pictures if query_images is None else np.concatenate([pictures, query_images[row:row + 1]])
+            codes = self.image_tokenizer.encode(torch.from_numpy(np.asarray(pictures, np.uint8)).to(self.device)).cpu()
+            rows.append(tokenizer.encode(tokenizer.bind(f"{context} {prompt}", list(codes))))
+        return rows
+
+    def draw_from_memory(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, retrieve: int = 2,
+                         memory: str | Path | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
+        """Text -> image after the prompt's `retrieve` nearest documents of the memory bank (default: the training
+        digits; a folder changes what the model sees without retraining). Returns (len * n) images and prompts."""
+        from .retrieval.augment import retrieve_contexts
+        from .tokenizers.text import normalize_prompt
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        for prompt in prompts:
+            self.tokenizer.check(prompt)                        # whole captions: no "*" blanks with retrieval
+        self._check_retrieve(retrieve)
+        retriever, bank = self.memory(memory)
+        contexts = retrieve_contexts(retriever, bank, prompts, retrieve)
+        rows = [ids + [self.vocab.begin_image] for ids in self._memory_rows(prompts, contexts) for _ in range(n)]
+        L = self.vocab.image_length
+        written = self._decode_documents(rows, self.resolve_settings(sampling), self._generator(seed), L + 1)
+        codes = torch.tensor([ids[:L] for ids in written], device=self.device)      # the grammar wrote a whole image
+        return self.image_tokenizer.decode(codes).cpu().numpy(), [normalize_prompt(p) for p in prompts for _ in range(n)]
+
+    def caption_from_memory(self, images: np.ndarray, seed: int | None = None, retrieve: int = 2,
+                            memory: str | Path | None = None, **sampling) -> list[str]:
+        """Image -> text after the image's `retrieve` nearest documents of the memory bank."""
+        from .retrieval.augment import retrieve_contexts
+
+        images = np.asarray(images, dtype=np.uint8)
+        images = images[None] if images.ndim == 3 else images
+        self._check_retrieve(retrieve)
+        retriever, bank = self.memory(memory)
+        contexts = retrieve_contexts(retriever, bank, list(images), retrieve)
+        rows = self._memory_rows(["<image>"] * len(images), contexts, images)
+        written = self._decode_documents(rows, self._caption_settings(sampling), self._generator(seed), TEXT_LENGTH + 1)
+        tokenizer = DocumentTokenizer(self.vocab)
+        return [" ".join(tokenizer.decode(ids).text.split()[:TEXT_LENGTH]) for ids in written]
+
+    def _with_memory(self, prompts: list[str], images: list[list[np.ndarray]], retrieve: int, memory
+                     ) -> tuple[list[str], list[list[np.ndarray]]]:
+        """Prompts with their retrieved context in front (queried by the first image, else by the words)."""
+        from .retrieval.augment import retrieve_contexts
+        from .documents.document import IMAGE_PLACEHOLDER, split_words
+
+        self._check_retrieve(retrieve)
+        retriever, bank = self.memory(memory)
+        queries = [group[0] if len(group) else " ".join(w for w in split_words(prompt) if w != IMAGE_PLACEHOLDER)
+                   for prompt, group in zip(prompts, images)]
+        contexts = retrieve_contexts(retriever, bank, queries, retrieve)
+        return ([f"{context} {prompt}" for prompt, (context, _) in zip(prompts, contexts)],
+                [list(pictures) + list(group) for group, (_, pictures) in zip(images, contexts)])
+
+    def _check_retrieve(self, retrieve: int) -> None:
+        if not self.vocab.documents:
+            raise PromptError("this checkpoint was trained without documents; --retrieve needs one trained with "
+                              "retrieved neighbours (train.retrieve)")
+        if isinstance(retrieve, bool) or not isinstance(retrieve, int) or not 1 <= retrieve <= MAX_RETRIEVE:
+            raise ConfigError(f"retrieve must be 1..{MAX_RETRIEVE} (a document holds {MAX_DOCUMENT_IMAGES} images: "
+                              f"the neighbours and the query), got {str(retrieve)[:40]}")
+
