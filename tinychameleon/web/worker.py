@@ -82,9 +82,10 @@ class InferenceWorker:
     async def calibrate(self, prompt: str, cost: int) -> None:
         """Time one small generate before serving, so the first requests of every kind are admitted on a
         measured rate (each kind then refines its own) rather than on the cost budget alone."""
-        lane = self.lanes["light"]
+        lane, loop = self.lanes["light"], asyncio.get_running_loop()
+        await loop.run_in_executor(lane.executor, self._call, "generate", {}, [prompt], 0)  # warm-up: not timed
         started = time.monotonic()
-        await asyncio.get_running_loop().run_in_executor(lane.executor, self._call, "generate", {}, [prompt], 0)
+        await loop.run_in_executor(lane.executor, self._call, "generate", {}, [prompt], 0)
         self._measure("generate", cost, time.monotonic() - started)
 
     def _measure(self, kind: str, cost: int, seconds: float) -> None:
