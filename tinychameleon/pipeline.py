@@ -63,7 +63,8 @@ class Pipeline(RetrievalTasks):
         self.tokenizer = WordTokenizer()
         self.source = source
         self._limits = threading.local()  # per-thread deadline set by time_limit()
-        self._banks: dict = {}            # memory banks for retrieval, loaded on first use
+        self._retriever = None            # the shipped retriever and its memory banks (None: the training digits),
+        self._banks: dict = {}            # loaded on first use
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
@@ -482,20 +483,27 @@ class Pipeline(RetrievalTasks):
             raise PromptError(f"{len(prompts)} prompts but {len(images)} image lists: one list per prompt")
         settings = self.resolve_settings(sampling)
         generator = self._generator(seed)
+        for prompt, group in zip(prompts, images):
+            tokenizer.check(prompt, len(group))                 # every prompt is checked before any work
         if retrieve:
             prompts, images = self._with_memory(prompts, images, retrieve, memory)
-        counts = [len(group) for group in images]
-        for prompt, count in zip(prompts, counts):
-            tokenizer.check(prompt, count)                      # every prompt is checked before any work
-        pictures = [np.asarray(image, dtype=np.uint8) for group in images for image in group]
-        codes = iter(self.image_tokenizer.encode(torch.from_numpy(np.stack(pictures)).to(self.device)).cpu()
-                     if pictures else [])
-        prompt_ids = [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
-                      for prompt, count in zip(prompts, counts)]
-        rows = [ids for ids in prompt_ids for _ in range(n)]
+        rows = [ids for ids in self._prompt_ids(prompts, images) for _ in range(n)]
         written = self._decode_documents(rows, settings, generator)
         continuations = [self._continuation(tokenizer.decode(ids)) for ids in written]
         return [continuations[index * n:(index + 1) * n] for index in range(len(prompts))]
+
+    def _prompt_ids(self, prompts: list[str], images: list[list[np.ndarray]]) -> list[list[int]]:
+        """Document prompts with <image> placeholders and their (28, 28, 3) images -> ids (<bos> first), each
+        checked; every image of every prompt is encoded in one batch."""
+        tokenizer = DocumentTokenizer(self.vocab)
+        counts = [len(group) for group in images]
+        for prompt, count in zip(prompts, counts):
+            tokenizer.check(prompt, count)
+        pictures = [np.asarray(image, dtype=np.uint8) for group in images for image in group]
+        codes = iter(self.image_tokenizer.encode(torch.from_numpy(np.stack(pictures)).to(self.device)).cpu()
+                     if pictures else [])
+        return [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
+                for prompt, count in zip(prompts, counts)]
 
     def _decode_documents(self, rows: list[list[int]], settings: SamplingConfig, generator,
                           max_new_tokens: int = 0) -> list[list[int]]:

@@ -29,15 +29,15 @@ class RetrievalTasks:
     def _load_retriever(self):
         from .retrieval.retriever import Retriever
 
-        if "retriever" not in self._banks:
-            self._banks["retriever"] = Retriever.from_pretrained()
-        return self._banks["retriever"]
+        if self._retriever is None:
+            self._retriever = Retriever.from_pretrained()
+        return self._retriever
 
     def memory(self, memory: str | Path | None = None):
         """(retriever, bank): the shipped retriever and the training digits, or a folder (`--memory DIR`)."""
         from .retrieval.memory import load_bank
 
-        key = str(memory)
+        key = None if memory is None else str(memory)   # a folder named "None" is not the default bank
         if key not in self._banks:
             retriever = self._load_retriever()
             self._banks[key] = (retriever, load_bank(retriever, memory))
@@ -46,13 +46,9 @@ class RetrievalTasks:
     def _memory_rows(self, prompts: list[str], contexts: list[tuple[str, np.ndarray]], query_images=None
                      ) -> list[list[int]]:
         """Ids of "<context> <prompt>" documents; the prompt's own <image> (reading) is the query image."""
-        tokenizer = DocumentTokenizer(self.vocab)
-        rows = []
-        for row, (prompt, (context, pictures)) in enumerate(zip(prompts, contexts)):
-            pictures = pictures if query_images is None else np.concatenate([pictures, query_images[row:row + 1]])
-            codes = self.image_tokenizer.encode(torch.from_numpy(np.asarray(pictures, np.uint8)).to(self.device)).cpu()
-            rows.append(tokenizer.encode(tokenizer.bind(f"{context} {prompt}", list(codes))))
-        return rows
+        images = [list(pictures) + ([] if query_images is None else [query_images[row]])
+                  for row, (_, pictures) in enumerate(contexts)]
+        return self._prompt_ids([f"{context} {prompt}" for prompt, (context, _) in zip(prompts, contexts)], images)
 
     def draw_from_memory(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, retrieve: int = 2,
                          memory: str | Path | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
