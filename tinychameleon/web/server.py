@@ -140,19 +140,28 @@ class BodyTooLarge(Exception):
     pass
 
 
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
 def _release_memory() -> None:
     """Hand freed heap pages back to the system (glibc keeps a large decode's pages in its arenas otherwise,
     and the server would stay hundreds of MB above its baseline after a burst of uploads)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
-def decode_upload(data: bytes):
-    """read_image, then the decode's memory returned: the (28, 28, 3) levels are all that is kept."""
+def decode_upload(data: bytes, reader=None):
+    """reader(data) (read_image unless given, e.g. read_mask), then the decode's memory returned: the small
+    result is all that is kept."""
     try:
-        return read_image(data)
+        return (reader or read_image)(data)
     finally:
         _release_memory()
 
@@ -291,19 +300,21 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost), request)
         return {"caption": result[0], "seen": data_url(levels)}
 
-    async def read_upload(file: UploadFile):
+    async def read_upload(file: UploadFile, reader=None, what: str | None = None):
+        """An upload decoded by `reader` off the event loop, in one of the few decode slots; `what` names it in
+        errors ("the mask") when it is not the request's image."""
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
+            raise HTTPException(413, f"{what or 'the upload'} is larger than {settings.max_upload_bytes} bytes")
         if not data:
-            raise HTTPException(400, "the upload is empty")
+            raise HTTPException(400, f"{what or 'the upload'} is empty")
         try:
             async with decode_slots:  # decoding is CPU work off the loop, a few at a time
-                return await asyncio.to_thread(decode_upload, data)
+                return await asyncio.to_thread(decode_upload, data, reader)
         except ImageTooLargeError as error:
-            raise HTTPException(413, str(error)) from None
+            raise HTTPException(413, f"{what}: {error}" if what else str(error)) from None
         except ImageInputError as error:
-            raise HTTPException(415, str(error)) from None
+            raise HTTPException(415, f"{what}: {error}" if what else str(error)) from None
 
     @app.post("/api/complete")
     async def complete(http: Request, file: UploadFile = File(..., description="the image to complete"),
@@ -319,15 +330,10 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             raise HTTPException(422, f"keep must be one of {', '.join(KEEP_REGIONS)}")
         kept = keep
         if mask is not None:   # the same 28x28 mask the CLI's --keep MASK.png takes
-            data = await mask.read(settings.max_upload_bytes + 1)
-            if len(data) > settings.max_upload_bytes:
-                raise HTTPException(413, f"the mask is larger than {settings.max_upload_bytes} bytes")
             try:
-                kept = keep_mask(await asyncio.to_thread(read_mask, data))
+                kept = keep_mask(await read_upload(mask, read_mask, "the mask"))
             except RegionError as error:
                 raise HTTPException(422, str(error)) from None
-            except ImageInputError as error:
-                raise HTTPException(415, f"the mask: {error}") from None
         prompt = normalize_prompt(prompt) if prompt and prompt.strip() else None
         cost = check_cost(n, {}, passes=1 + COMPLETION_REDRAWS if prompt is None else 1)
         if prompt is not None:
