@@ -41,6 +41,15 @@ SAMPLER_FLAGS = [
 ]
 
 
+# Sampler on/off switches: (flag, SamplingConfig field, help); each also has its --no- form.
+SAMPLER_SWITCHES = [
+    ("--rerank", "rerank_captions", "image -> text: choose the digit word by Bayes re-ranking in both orders"),
+    ("--mixed-pool", "mixed_pool", "with --candidates N: draw half of them by CD-K, half with guidance"),
+    ("--clip-rerank", "clip_rerank", "with --candidates N: keep the image the retriever (CLIP) finds closest to "
+                                     "the prompt"),
+]
+
+
 def number(kind):
     """An argparse type: a finite int or float, so 'nan', 'inf' and '1e309' are refused with exit 2."""
     def parse(text: str):
@@ -62,12 +71,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
         low, high = SamplingConfig.RANGES[field]
         parser.add_argument(flag, type=number(kind), dest=field, metavar="N" if kind is int else "X",
                             help=f"{text}; {low}..{high}")
-    parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, dest="rerank_captions",
-                        help="image -> text: choose the digit word by Bayes re-ranking in both orders")
-    parser.add_argument("--mixed-pool", action=argparse.BooleanOptionalAction, dest="mixed_pool",
-                        help="with --candidates N: draw half of them by CD-K, half with guidance")
-    parser.add_argument("--clip-rerank", action=argparse.BooleanOptionalAction, dest="clip_rerank",
-                        help="with --candidates N: keep the image the retriever (CLIP) finds closest to the prompt")
+    for flag, field, text in SAMPLER_SWITCHES:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, dest=field, help=text)
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +85,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 def sampling_overrides(args) -> dict:
     """The sampler flags that were given, validated before any work (ConfigError names the bad one)."""
     overrides = {field: getattr(args, field, None) for _, field, _ in SAMPLER_FLAGS}
-    for switch in ("rerank_captions", "mixed_pool", "clip_rerank"):
+    for _, switch, _ in SAMPLER_SWITCHES:
         overrides[switch] = getattr(args, switch, None)
     overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
@@ -111,10 +116,8 @@ def retrieval_request(args, sampling: dict) -> dict | None:
     if not 1 <= args.retrieve <= MAX_RETRIEVE:
         raise TinyChameleonError(f"--retrieve must be 1..{MAX_RETRIEVE}: a document has room for "
                                  f"{MAX_RETRIEVE} neighbours beside the query")
-    ignored = [flag for flag, field, _ in SAMPLER_FLAGS if field in sampling and field not in RETRIEVAL_SETTINGS]
-    ignored += ["--rerank" for key in ("rerank_captions",) if key in sampling]
-    ignored += ["--mixed-pool" for key in ("mixed_pool",) if key in sampling]
-    ignored += ["--clip-rerank" for key in ("clip_rerank",) if key in sampling]
+    flags = {field: flag for flag, field, _ in SAMPLER_FLAGS + SAMPLER_SWITCHES}
+    ignored = [flags[field] for field in sampling if field not in RETRIEVAL_SETTINGS]
     if ignored:
         raise TinyChameleonError(f"with --retrieve only --temperature, --top-k, --top-p and --guidance apply; "
                                  f"drop {', '.join(ignored)}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.colored import ColoredMNIST
 from ..retrieval.memory import MemoryBank
-from ..retrieval.retriever import Retriever
+from ..retrieval.retriever import Retriever, reading_accuracy
 
 
 def recall_at(scores: np.ndarray, right: np.ndarray, ks=(1, 5)) -> dict[int, float]:
@@ -26,11 +26,8 @@ def recall_at(scores: np.ndarray, right: np.ndarray, ks=(1, 5)) -> dict[int, flo
 def evaluate_retriever(retriever: Retriever, split: ColoredMNIST, bank: MemoryBank, judge=None) -> dict:
     captions = np.array(split.captions())
     started = time.perf_counter()
-    read = retriever.read(split.images)
-    digit_ok = read["digit"] == split.digits
-    colors_ok = (read["foreground"] == split.foreground) & (read["background"] == split.background)
-    results = {"examples": len(split), "reading_digit": float(digit_ok.mean()), "reading_colors": float(colors_ok.mean()),
-               "reading_all": float((digit_ok & colors_ok).mean())}
+    results = {"examples": len(split), **{f"reading_{key}": value
+                                          for key, value in reading_accuracy(retriever, split).items()}}
     if judge is not None:  # the project's supervised judge, trained on the same training digits: a ceiling
         judged = judge.predict(split.images)
         results["judge_digit"] = float((judged["digit"] == split.digits).mean())

@@ -97,7 +97,7 @@ class MemoryBank:
 def embed_queries(retriever: Retriever, queries: list) -> np.ndarray:
     """Queries (text strings or (28, 28, 3) level images, mixed) -> (Q, D) vectors, in order."""
     texts = [row for row, query in enumerate(queries) if isinstance(query, str)]
-    images = [row for row in range(len(queries)) if row not in set(texts)]
+    images = [row for row, query in enumerate(queries) if not isinstance(query, str)]
     vectors = np.zeros((len(queries), retriever.config.embed_dim), np.float32)
     if texts:
         vectors[texts] = retriever.embed_texts([queries[row] for row in texts])

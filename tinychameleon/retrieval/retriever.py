@@ -130,3 +130,10 @@ class Retriever:
             self._captions = self.embed_texts(all_captions())
         return self._captions
 
+
+def reading_accuracy(retriever: Retriever, split) -> dict[str, float]:
+    """Zero-shot reading of a split's images against their true digit and colors: shares right."""
+    read = retriever.read(split.images)
+    digit = read["digit"] == split.digits
+    colors = (read["foreground"] == split.foreground) & (read["background"] == split.background)
+    return {"digit": float(digit.mean()), "colors": float(colors.mean()), "all": float((digit & colors).mean())}

@@ -19,7 +19,7 @@ from ..data.colored import COLOR_NAMES, DIGIT_WORDS, load_splits, recolored_trai
 from ..errors import TinyChameleonError
 from ..io_utils import write_json
 from ..retrieval.clip import Clip, ClipConfig, contrastive_loss, padded
-from ..retrieval.retriever import Retriever, save_retriever
+from ..retrieval.retriever import Retriever, reading_accuracy, save_retriever
 from .state import load_state, save_state
 
 STATE_FILE, METRICS_FILE = "retriever_state.pt", "retriever_metrics.json"
@@ -47,14 +47,6 @@ def positives_of(named: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """(B, 3) named attributes (-1 = any) x (B, 3) true attributes -> (B texts, B images) bool: text fits image."""
     fits = (named[:, None, :] == truth[None, :, :]) | (named[:, None, :] < 0)             # (B, B, 3)
     return fits.all(-1)
-
-
-@torch.no_grad()
-def reading_accuracy(retriever: Retriever, split) -> dict[str, float]:
-    read = retriever.read(split.images)
-    digit = read["digit"] == split.digits
-    colors = (read["foreground"] == split.foreground) & (read["background"] == split.background)
-    return {"digit": float(digit.mean()), "colors": float(colors.mean()), "all": float((digit & colors).mean())}
 
 
 def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: float = 2e-3, seed: int = 0,
