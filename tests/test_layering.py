@@ -19,18 +19,22 @@ LAYERS = [
     ("errors", "io_utils", "config", "batching"),
     ("data",),
     ("tokenizers", "imaging"),
-    ("model", "sequences", "device", "checkpoint", "regions"),
-    ("sampling", "reranking", "documents", "retrieval"),
-    ("pipeline", "pipeline_retrieval"),
+    ("model", "sequences", "device", "checkpoint", "regions", "nextscale.model", "nextscale.objective"),
+    ("sampling", "reranking", "documents", "retrieval", "nextscale"),
+    ("pipeline", "pipeline_retrieval", "pipeline_scales"),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),
 ]
 
 
 def layer_of(module: str) -> int:
-    top = module.split(".")[0]
-    for index, names in enumerate(LAYERS):
-        if top in names:
-            return index
+    """The layer of the longest entry of LAYERS that is the module or a package above it (a folder may
+    span two layers: nextscale's model sits beside model.py, its sampler beside sampling.py)."""
+    parts = module.split(".")
+    for length in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:length])
+        for index, names in enumerate(LAYERS):
+            if prefix in names:
+                return index
     raise AssertionError(f"module {module} is in no layer: add it to LAYERS")
 
 

@@ -24,7 +24,9 @@ from safetensors.torch import load_file, save_file
 from .config import RunConfig, SamplingConfig
 from .errors import CheckpointError, ConfigError
 from .io_utils import atomic_path, write_json
+from .config import NEXT_SCALES
 from .model import Transformer
+from .nextscale.model import NextScaleTransformer
 from .tokenizers.vocab import Vocab
 from .tokenizers.image import build_image_tokenizer as build_tokenizer
 
@@ -86,10 +88,13 @@ def build_image_tokenizer(config: RunConfig):
     return build_tokenizer(config.vq)
 
 
-def build_transformer(config: RunConfig) -> Transformer:
+def build_transformer(config: RunConfig) -> Transformer | NextScaleTransformer:
+    """The run's stage-2 model: the raster transformer, or the next-scale one over a "scales" tokenizer."""
     vocab = Vocab.for_config(config)
     config.model.vocab_size = vocab.size
     config.model.block_size = max(config.model.block_size, vocab.sequence_length)
+    if config.vq.kind == "scales":
+        return NextScaleTransformer(config.model, NEXT_SCALES, config.vq.code_dim)
     return Transformer(config.model)
 
 

@@ -40,7 +40,8 @@ def short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-IMAGE_TOKENIZER_KINDS = ("vq", "rvq", "fsq", "pixels", "palette", "patches")  # built by tokenizers/image.py
+IMAGE_TOKENIZER_KINDS = ("vq", "rvq", "fsq", "pixels", "palette", "patches", "scales")  # built by tokenizers/image.py
+NEXT_SCALES = (1, 2, 3, 4, 5, 7)  # "scales": the side of each scale of the 7x7 shape latent, coarse to fine (VAR)
 # FSQ's levels per dimension for about K codes, as the FSQ paper (Mentzer et al. 2023) recommends them.
 FSQ_LEVELS = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [7, 5, 5, 5, 5], 16384: [8, 8, 8, 6, 5]}
 
@@ -49,7 +50,8 @@ FSQ_LEVELS = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [7, 5, 5, 5, 5], 16384: 
 class VQConfig:
     kind: str = "vq"              # image tokenizer: "vq" (codes of colored patches) | "rvq" (residual_depth codes per
                                   # patch) | "fsq" (finite scalar codes) | "pixels" (a token per pixel) | "palette"
-                                  # (2 colors + VQ codes of the shape) | "patches" (2 colors + 4x4 shape patches)
+                                  # (2 colors + VQ codes of the shape) | "patches" (2 colors + 4x4 shape patches) |
+                                  # "scales" (2 colors + the shape coded at 1x1 .. 7x7 for next-scale prediction)
     codebook_size: int = 256      # number of VQ codes (K); "fsq": the levels of FSQ_LEVELS[K] (their product codes)
     residual_depth: int = 2       # "rvq": codebooks per patch, each coding what the previous ones left
     code_dim: int = 32            # dimension of each code vector
@@ -148,8 +150,8 @@ class TrainConfig:
                                   # loss, so the model learns to read digits off any grid phase but draws them centred
     documents: int = 0            # mixed-modal documents (documents/families.py) trained per epoch beside the pairs,
                                   # built afresh each epoch from the training digits; 0 = pairs only
-    text_dropout: float = 0.1     # share of those documents trained with their text removed: the unconditional
-                                  # stream that classifier-free guidance reads inside documents
+    text_dropout: float = 0.1     # share of those documents (and of a next-scale model's drawing rows) trained with
+                                  # their text removed: the unconditional stream classifier-free guidance reads
     retrieve: int = 0             # retrieval-augmented documents (CM3Leon): draw / read after this many retrieved
                                   # neighbours of the example (the shipped retriever's, never the example); 0 = off
     context_loss_weight: float = 0.5  # loss weight of those retrieved neighbours' tokens (the query's stays 1)
@@ -222,6 +224,9 @@ class RunConfig:
         for section in (self.vq, self.vq_train, self.model, self.train):
             section.validate()
         check_range("data_seed", self.data_seed, 0, 2**32 - 1)
+        if self.vq.kind == "scales" and (self.train.documents or self.train.infill_rate or self.train.shifted_reading):
+            raise ConfigError("a next-scale run (vq.kind scales) trains on pairs only: train.documents, "
+                              "train.infill_rate and train.shifted_reading must be 0")
         if self.train.documents and self.vq.kind not in ("palette", "patches"):
             raise ConfigError(f"train.documents needs an image tokenizer that keeps color apart from shape (vq.kind "
                               f"palette or patches, got {self.vq.kind}): edits repaint a digit's color tokens")
@@ -258,6 +263,17 @@ PRESETS: dict[str, dict] = {
         "model": {"n_layer": 4, "n_head": 4, "d_model": 128},
         "train": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "max_train_examples": 15000,
                   "max_validation_examples": 500, "precision": "bf16", "optimizer": "muon"},
+    },
+    # Next-scale prediction (VAR) on the same data, in one command: the "scales" tokenizer (two color tokens +
+    # a VQ-VAE on the shape whose 7x7 latent is coded at 1, 2, 3, 4, 5 and 7 per side by one shared codebook)
+    # and a next-scale transformer that draws a scale per forward pass and reads images in the same weights
+    # (nextscale/). MODEL_CARD in pretrained/var has its curve and choices.
+    "var": {
+        "vq": {"kind": "scales", "codebook_size": 512, "hidden": 64, "code_dim": 32},
+        "vq_train": {"epochs": 3, "batch_size": 128, "lr": 2e-3},
+        "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
+        "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
+                  "precision": "bf16", "patience": 2, "optimizer": "muon", "caption_loss_weight": 4.0},
     },
     # A few seconds end to end: for tests only.
     "tiny": {

@@ -36,8 +36,12 @@ from .documents.document import Continuation, DocumentTokenizer
 from .documents.engine import DecodeSettings, decode
 from .documents.grammar import DocumentGrammar
 from .pipeline_retrieval import RetrievalTasks
+from .pipeline_scales import NextScaleTasks
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+# Shipped checkpoints by name (`--checkpoint var`, `Pipeline.from_pretrained("var")`); a directory of that name,
+# where one exists, is loaded instead.
+PRETRAINED = {"raster": PRETRAINED_DIR, "var": PRETRAINED_DIR / "var"}
 VALID_PAIR_SET = {(int(foreground), int(background)) for foreground, background in VALID_PAIRS}
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
 
@@ -51,7 +55,16 @@ def hole_span(kept: torch.Tensor) -> tuple[int, int]:
     return (int(hole[0]), int(hole[-1]) + 1) if len(hole) else (kept.shape[1], kept.shape[1])
 
 
-class Pipeline(RetrievalTasks):
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """A run directory, or the shipped checkpoint a name stands for (None: the default, "raster")."""
+    if path is None:
+        return PRETRAINED["raster"]
+    if str(path) in PRETRAINED and not Path(path).is_dir():
+        return PRETRAINED[str(path)]
+    return Path(path)
+
+
+class Pipeline(RetrievalTasks, NextScaleTasks):
     def __init__(self, config: RunConfig, image_tokenizer, model, device: torch.device,
                  sampling: SamplingConfig | None = None, source: str = "") -> None:
         self.config, self.image_tokenizer, self.model, self.device = config, image_tokenizer, model, device
@@ -69,8 +82,8 @@ class Pipeline(RetrievalTasks):
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
                         sampling: SamplingConfig | None = None) -> "Pipeline":
-        """Load a run directory (default: the checkpoint shipped inside the package)."""
-        path = Path(path) if path else PRETRAINED_DIR
+        """Load a run directory, or a shipped checkpoint by name ("raster", the default, or "var")."""
+        path = resolve_checkpoint(path)
         config = load_config(path)
         torch_device = resolve_device(device)
         image_tokenizer = load_image_tokenizer(path, config).to(torch_device)
@@ -85,7 +98,8 @@ class Pipeline(RetrievalTasks):
         unknown = [key for key in overrides if key not in known]
         if unknown:
             raise ConfigError(f"unknown sampling setting {unknown[0]!r}")
-        return replace(self.sampling, **{key: value for key, value in overrides.items() if value is not None}).validate()
+        settings = replace(self.sampling, **{key: value for key, value in overrides.items() if value is not None})
+        return self._check_next_scale_settings(settings.validate()) if self.next_scale else settings.validate()
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
@@ -164,6 +178,10 @@ class Pipeline(RetrievalTasks):
         kept (B, L): image tokens to keep (-1 where the model draws)."""
         candidates = max(1, settings.image_candidates)
         repeated = words.repeat_interleave(candidates, dim=0)
+        if self.next_scale:
+            if kept is not None:
+                self._require_raster("completion")
+            return self._draw_scales(repeated, settings, generator, candidates)
         if kept is not None and self.vocab.infill and not self._hole_is_a_suffix(kept):
             codes = self._infill_codes(repeated, kept.repeat_interleave(candidates, dim=0), settings, generator)
         else:
@@ -208,6 +226,8 @@ class Pipeline(RetrievalTasks):
         With `images` (the pixels behind `codes`) and caption_views > 1, the digit is re-ranked
         on recolored, shifted views of them too.
         """
+        if self.next_scale:
+            return self._read_scales(codes, settings, generator)
         words, _ = split_sequences(self.vocab, self._generate(image_prefix(self.vocab, codes), settings, generator))
         if settings.rerank_captions and settings.temperature <= 0:
             # Only greedy captions are re-ranked: a sampled caption should stay a sample.
@@ -336,6 +356,7 @@ class Pipeline(RetrievalTasks):
         prompt is returned. Nothing outside `keep` is ever looked at. Returns len(images) * n images,
         image-major, and their captions.
         """
+        self._require_raster("completion")
         settings = self.resolve_settings(sampling)
         generator = self._generator(seed)
         images = np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28, 3)
@@ -440,6 +461,8 @@ class Pipeline(RetrievalTasks):
             raise ValueError(f"first must be one of {', '.join(FIRST_MODALITY)}, got {first!r}")
         settings = self.resolve_settings(sampling)
         generator = self._generator(seed)
+        if self.next_scale:
+            return self._sample_next_scale(n, settings, generator, first, ancestral, sampling)
         if first == "model":
             heads = self._generate(header(self.vocab, n, None), settings, generator, length=HEADER)
         else:
@@ -464,6 +487,21 @@ class Pipeline(RetrievalTasks):
             words[image_rows] = self._write_words(codes[image_rows], self._caption_settings(sampling), generator)
         return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
 
+    def _sample_next_scale(self, n: int, settings: SamplingConfig, generator, first: str, ancestral: bool,
+                           sampling: dict) -> tuple[np.ndarray, list[str]]:
+        """`sample` for the next-scale model, which writes the caption first in its one generative order
+        (first="model" is that order). first="image" draws from the masked caption, then reads the image."""
+        if ancestral:
+            settings = replace(settings, guidance=1.0)
+        if first == "image":
+            codes = self._draw_unconditional_scales(n, settings, generator)
+            words = self._write_words(codes, self._caption_settings(sampling), generator)
+        else:
+            blanks = torch.full((n, TEXT_LENGTH), -1, dtype=torch.long)
+            words = self.fill_blanks(blanks, settings, generator)
+            codes = self._draw_codes(words, settings, generator)
+        return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
+
     def continue_documents(self, prompts: list[str] | str, images: list[list[np.ndarray]] | None = None, n: int = 1,
                            seed: int | None = None, retrieve: int = 0, memory: str | Path | None = None,
                            **sampling) -> list[list[Continuation]]:
@@ -475,6 +513,7 @@ class Pipeline(RetrievalTasks):
 
             pipe.continue_documents("<image> make the digit normal red .", [[image]])[0][0].images[0]
         """
+        self._require_raster("continuing documents")
         tokenizer = DocumentTokenizer(self.vocab)
         if isinstance(prompts, str):      # one prompt: `images` is its list of images
             prompts, images = [prompts], [list(images) if images is not None else []]

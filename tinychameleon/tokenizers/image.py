@@ -3,6 +3,7 @@
   vq, rvq, fsq      a VQ-VAE with one codebook, residual codebooks, or finite scalar codes (vqvae.py)
   pixels            a token per pixel, nothing learnt (pixels.py)
   palette, patches  two color tokens + the shape's codes from a VQ-VAE or a patch dictionary (palette.py)
+  scales            two color tokens + the shape coded at six scales, coarse to fine (scales.py; for nextscale/)
 
 Every image tokenizer is an nn.Module with
   tokens_per_image (L), token_count (K: ids 0..K-1), code_count (ids 0..code_count-1 are codes, the
@@ -25,7 +26,7 @@ from .pixels import PixelTokenizer
 from .vqvae import VQVAE
 
 TOKENIZER_KINDS = {"vq": VQVAE, "rvq": VQVAE, "fsq": VQVAE, "pixels": PixelTokenizer,
-                   "palette": PaletteTokenizer, "patches": PaletteTokenizer}
+                   "palette": PaletteTokenizer, "patches": PaletteTokenizer, "scales": PaletteTokenizer}
 assert tuple(TOKENIZER_KINDS) == IMAGE_TOKENIZER_KINDS, "config.py validates the kinds built here"
 
 

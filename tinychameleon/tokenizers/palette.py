@@ -21,6 +21,7 @@ import torch
 from ..config import VQConfig
 from ..data.colored import COLOR_RGB, VALID_PAIRS
 from .patches import PatchDictionary
+from .scales import MultiScaleVQVAE
 from .vqvae import GRID, VQVAE, kept_patches
 
 COLORS = len(COLOR_RGB)  # 31
@@ -41,22 +42,27 @@ PARTNER = torch.as_tensor(np.abs(COLOR_RGB[:, None].astype(int) - COLOR_RGB[None
                           ).argmax(dim=1)                                                  # the most distant color
 
 
+SHAPE_CODERS = {"palette": VQVAE, "scales": MultiScaleVQVAE}   # "patches": a PatchDictionary (fitted, no network)
+
+
 class PaletteTokenizer(torch.nn.Module):
     """Two color tokens and the shape's VQ codes; the same interface as `VQVAE` (tokenizers/image.py)."""
 
-    tokens_per_image = 2 + GRID * GRID   # 51
+    tokens_per_image = 2 + GRID * GRID   # 51 for the raster kinds (an instance of kind "scales" has 2 + 104)
 
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = config
         # Shapes are one plane of two levels: digit pixels (1) and background (0).
         self.shape = PatchDictionary(config.codebook_size) if config.kind == "patches" else \
-            VQVAE(config, planes=1, levels=2)
+            SHAPE_CODERS.get(config.kind, VQVAE)(config, planes=1, levels=2)
+        self.tokens_per_image = self.layout(config)[1]
 
     @classmethod
     def layout(cls, config: VQConfig) -> tuple[int, int]:
-        """(token_count, tokens_per_image): K shape codes and 31 colors; 2 + 49 tokens."""
-        return config.codebook_size + COLORS, cls.tokens_per_image
+        """(token_count, tokens_per_image): K shape codes and 31 colors; 2 + 49 tokens (2 + 104: "scales")."""
+        shape_tokens = MultiScaleVQVAE.layout(config)[1] if config.kind == "scales" else GRID * GRID
+        return config.codebook_size + COLORS, 2 + shape_tokens
 
     @property
     def token_count(self) -> int:
@@ -83,9 +89,10 @@ class PaletteTokenizer(torch.nn.Module):
         follows[self.color_offset:, self.color_offset:] = VALID
         return follows
 
-    @staticmethod
-    def kept_tokens(mask: torch.Tensor) -> torch.Tensor:
+    def kept_tokens(self, mask: torch.Tensor) -> torch.Tensor:
         """(28, 28) pixel mask -> (51,) booleans: both colors (read off the kept part) and the fully kept patches."""
+        if self.config.kind == "scales":
+            self.shape.kept_tokens(mask)   # raises: no token of a multi-scale image owns a patch
         return torch.cat([torch.ones(2, dtype=torch.bool), kept_patches(mask)])
 
     def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,6 +7,8 @@ vectors from indices with `get_output_from_indices`. The kinds they serve (token
 - "vq":  EMAQuantizer, one codebook of K learnt vectors (VQ-VAE, van den Oord et al. 2017).
 - "rvq": ResidualQuantizer, `depth` EMA codebooks, each coding what the previous ones left (RQ-VAE,
          Lee et al. 2022): K**depth combinations from depth*K vectors, at depth tokens per position.
+- "scales": MultiScaleQuantizer, one shared codebook coding the map at several resolutions, each scale
+         what the coarser ones left (VAR, Tian et al. 2024): the next-scale transformer's tokens.
 - "fsq": FSQuantizer, each of a few dimensions squashed and rounded to a handful of levels (Mentzer
          et al. 2023): the codebook is the grid of level combinations, nothing to learn, no codebook
          loss and no dead codes.
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import FSQ_LEVELS, VQConfig
+from ..config import FSQ_LEVELS, NEXT_SCALES, VQConfig
 
 
 def channels_last(z: torch.Tensor) -> torch.Tensor:
@@ -183,4 +185,83 @@ def build_quantizer(config: VQConfig) -> nn.Module:
     settings = (config.codebook_size, config.code_dim, config.beta, config.ema_decay, config.dead_code_threshold)
     if config.kind == "rvq":
         return ResidualQuantizer(config.residual_depth, *settings)
+    if config.kind == "scales":
+        return MultiScaleQuantizer(NEXT_SCALES, *settings)
     return EMAQuantizer(*settings)
+
+
+class MultiScaleQuantizer(nn.Module):
+    """Residual quantization over scales (VAR, Tian et al. 2024): one shared EMA codebook codes the 7x7 map
+    at 1x1, then 2x2, ... 7x7, each scale coding what the coarser ones left.
+
+    Scale k area-downsamples the residual to s_k x s_k, takes each vector's nearest code, upsamples the
+    codes back to 7x7 (bicubic) and refines them with its own 3x3 conv ("phi", half of the output) before
+    subtracting: the coarse scales carry the digit's overall form in a few tokens, the fine ones its
+    strokes. Indices are (B, sum s_k^2), scale by scale, raster order inside a scale."""
+
+    depth = 1
+
+    def __init__(self, scales: tuple[int, ...], codebook_size: int, code_dim: int, beta: float, decay: float,
+                 dead_threshold: float) -> None:
+        super().__init__()
+        self.scales, self.codebook_size, self.dim = tuple(scales), codebook_size, code_dim
+        self.book = EMAQuantizer(codebook_size, code_dim, beta, decay, dead_threshold)
+        self.refine = nn.ModuleList(nn.Conv2d(code_dim, code_dim, 3, padding=1) for _ in scales)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s * s for s in self.scales)
+
+    def upsampled(self, scale: int, indices: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, s*s) codes of scale number `scale` -> (B, C, size, size): their vectors, upsampled and refined."""
+        side = self.scales[scale]
+        vectors = self.book.codebook[indices.long()].view(-1, side, side, self.dim).permute(0, 3, 1, 2)
+        if side != size:
+            vectors = F.interpolate(vectors, size=(size, size), mode="bicubic", align_corners=False)
+        return 0.5 * vectors + 0.5 * self.refine[scale](vectors)
+
+    def pyramid(self, z: torch.Tensor, update: bool = False):
+        """(B, C, H, W) -> (f_hat (B, C, H, W) built from the codes alone, indices (B, tokens))."""
+        B, C, H, W = z.shape
+        residual, total, indices = z.detach(), torch.zeros_like(z), []
+        for scale, side in enumerate(self.scales):
+            coarse = F.adaptive_avg_pool2d(residual, side) if side != H else residual   # "area" downsampling
+            flat = channels_last(coarse)                                                  # (B*s*s, C)
+            if update and self.training:
+                index = self.book(coarse)[1].reshape(B, side * side)                      # EMA step on this scale
+            else:
+                index = self.book.nearest(flat).view(B, side * side)
+            step = self.upsampled(scale, index, H)
+            total = total + step
+            residual = residual - step.detach()
+            indices.append(index)
+        return total, torch.cat(indices, dim=1)
+
+    def forward(self, z: torch.Tensor):
+        f_hat, indices = self.pyramid(z, update=True)
+        # The encoder commits to the codes' sum; the refining convs learn to make that sum match the encoder.
+        loss = self.book.beta * F.mse_loss(z, f_hat.detach()) + F.mse_loss(f_hat, z.detach())
+        return z + (f_hat - z).detach(), indices, loss                                  # straight-through
+
+    def get_output_from_indices(self, indices: torch.Tensor, size: int = 7) -> torch.Tensor:
+        """(B, tokens) -> (B, C, size, size): the sum of every scale's upsampled codes."""
+        return sum(self.upsampled(scale, part, size) for scale, part in enumerate(self.split(indices)))
+
+    def split(self, indices: torch.Tensor) -> list[torch.Tensor]:
+        """(B, tokens) -> one (B, s*s) tensor per scale."""
+        return list(indices.split([s * s for s in self.scales], dim=1))
+
+    def next_inputs(self, indices: torch.Tensor, size: int = 7) -> torch.Tensor:
+        """(B, tokens) -> (B, tokens - 1, C): the input of every scale after the first (teacher forcing):
+        the sum of the coarser scales' codes, area-downsampled to that scale's grid, in raster order."""
+        inputs, f_hat = [], 0
+        for scale, part in enumerate(self.split(indices)[:-1]):
+            f_hat = f_hat + self.upsampled(scale, part, size)
+            inputs.append(self.input_at(f_hat, scale + 1))
+        return torch.cat(inputs, dim=1)
+
+    def input_at(self, f_hat: torch.Tensor, scale: int) -> torch.Tensor:
+        """(B, C, 7, 7) partial sum -> (B, s*s, C) the input of scale number `scale`."""
+        side = self.scales[scale]
+        coarse = F.adaptive_avg_pool2d(f_hat, side) if side != f_hat.shape[-1] else f_hat
+        return coarse.flatten(2).transpose(1, 2)

@@ -39,9 +39,10 @@ class Vocab:
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
-        """The vocabulary of a RunConfig: its image tokenizer's ids and length, and <mask> when it infills."""
+        """The vocabulary of a RunConfig: its image tokenizer's ids and length, and <mask> when it infills or
+        draws next-scale (guidance's unconditional stream reads the caption as <mask> tokens)."""
         tokens, length = image_token_layout(config.vq)
-        return cls(tokens, infill=config.train.infill_rate > 0, image_length=length,
+        return cls(tokens, infill=config.train.infill_rate > 0 or config.vq.kind == "scales", image_length=length,
                    documents=config.train.documents > 0)
 
     @property

@@ -19,6 +19,8 @@ from tqdm import tqdm
 from ..batching import batch_slices
 from ..config import RunConfig
 from ..model import Transformer, next_token_log_probs
+from ..nextscale import objective as next_scale
+from ..nextscale.model import NextScaleTransformer
 from ..sequences import IMAGE_FIRST, build_sequences, image_first_rows, random_spans, target_kinds
 from ..tokenizers.vocab import Vocab
 from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transformer
@@ -170,15 +172,25 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                       device: torch.device, resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
                       compile_model: bool = False, shifted_codes: torch.Tensor | None = None,
                       documents: Callable[[int], list] | None = None,
-                      validation_documents: tuple[torch.Tensor, torch.Tensor] | None = None) -> Transformer:
+                      validation_documents: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      image_tokenizer=None) -> Transformer:
     """Train (or resume) the transformer; `shifted_codes` (D, N, L), tokens of the training digits moved by
     a pixel or two, are read by a train.shifted_reading share of the image-first rows. `documents(epoch)`
     gives that epoch's document batches ((B, T) ids, (B, T-1) loss weights; this rank's rows), trained
-    beside the pairs; `validation_documents` (ids, weights) are scored after every epoch."""
+    beside the pairs; `validation_documents` (ids, weights) are scored after every epoch. A next-scale
+    run (vq.kind "scales") trains the same way on its own objective (nextscale/objective.py), which reads
+    the frozen `image_tokenizer`'s multi-scale codes."""
     settings = config.train
     vocab = Vocab.for_config(config)
     torch.manual_seed(settings.seed)
     model = build_transformer(config).to(device)
+    coder = image_tokenizer.shape.to(device).eval() if isinstance(model, NextScaleTransformer) else None
+
+    def validation_nll() -> dict:
+        if coder is not None:
+            return next_scale.split_nll(model, coder, vocab, validation_words, validation_codes)
+        return split_nll(model, vocab, validation_words, validation_codes)
+
     optimizer = build_optimizer(model, settings, fused=device.type == "cuda")
     if settings.batch_size % world.world_size:
         raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
@@ -197,6 +209,8 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         load_grown(model, load_transformer(settings.init_from).state_dict())
         if world.is_main:
             print(f"transformer: starting from the weights of {settings.init_from}")
+    if coder is not None and (world.enabled or compile_model):
+        raise ValueError("a next-scale run trains in one process, without --compile")
     train_model = model
     if world.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -207,7 +221,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     shifted_codes = None if shifted_codes is None else shifted_codes.to(device)
     validation_words, validation_codes = validation_words.to(device), validation_codes.to(device)
     if not epoch_log and world.is_main:
-        epoch_log.append({"epoch": 0, "step": 0, **split_nll(model, vocab, validation_words, validation_codes)})
+        epoch_log.append({"epoch": 0, "step": 0, **validation_nll()})
         print(f"transformer epoch 0: validation nll {epoch_log[0]['validation_nll']:.4f}", flush=True)
     started = time.time()
     for epoch in range(start_epoch, settings.epochs):
@@ -248,12 +262,15 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_steps, settings.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)   # older resume states lack the scale
-            if kind == "pairs":
-                sequences, weights = pair_batch(*batch)
-            else:
-                sequences, weights = (tensor.to(device) for tensor in batch)
             with autocast(device, precision=settings.precision):
-                loss = sequence_loss(train_model, sequences, weights)
+                if coder is not None:   # next-scale: its own two orders, built from the pairs' tokens
+                    rows, orders = batch
+                    loss = next_scale.pair_loss(model, coder, vocab, epoch_words[rows.to(device)],
+                                                epoch_codes[rows.to(device)], orders.to(device) == IMAGE_FIRST,
+                                                settings.text_dropout, settings.caption_loss_weight, span_generator)
+                else:
+                    sequences, weights = pair_batch(*batch) if kind == "pairs" else (t.to(device) for t in batch)
+                    loss = sequence_loss(train_model, sequences, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
@@ -267,7 +284,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         step_log.extend({"step": epoch * steps_per_epoch + i, "epoch": epoch, "loss": value}
                         for i, value in enumerate(losses))
         if world.is_main:
-            metrics = split_nll(model, vocab, validation_words, validation_codes)
+            metrics = validation_nll()
             if validation_documents is not None:
                 metrics["validation_document_nll"] = document_nll(model, *(t.to(device) for t in validation_documents))
             epoch_log.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,

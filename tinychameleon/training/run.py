@@ -215,7 +215,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
         validation = validation_documents(config, image_tokenizer, validation_split, validation_codes)
     train_transformer(config, train_words, train_codes, caption_word_ids(validation_split), validation_codes,
                       run_dir, device, resume, progress, world, compile_model, shifted_codes=shifted_codes,
-                      documents=documents, validation_documents=validation)
+                      documents=documents, validation_documents=validation, image_tokenizer=image_tokenizer)
     if world.is_main:
         write_json(run_dir / "run_info.json", run_info(started, device, world, command, earlier))
         mark_finished(run_dir, "transformer")

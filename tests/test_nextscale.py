@@ -1,0 +1,200 @@
+"""Next-scale prediction (VAR): the multi-scale tokenizer, the block-causal transformer, its sampler and
+the shipped `var` checkpoint, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tinychameleon.config import NEXT_SCALES, VQConfig, make_config
+from tinychameleon.data.colored import VALID_PAIRS, color_counts, parse_caption
+from tinychameleon.errors import ConfigError
+from tinychameleon.nextscale.model import CAPTION, NextScaleLayout
+from tinychameleon.nextscale.objective import captions, drawing_nll, reading_nll
+from tinychameleon.nextscale.sampler import ImageRules, draw, read
+from tinychameleon.pipeline import PRETRAINED, Pipeline
+from tinychameleon.checkpoint import build_transformer, load_config
+from tinychameleon.sampling import ModalityRules, filter_logits
+from tinychameleon.sequences import IMAGE_FIRST
+from tinychameleon.tokenizers import Vocab, build_image_tokenizer
+
+SIDES = [side * side for side in NEXT_SCALES]          # 1, 4, 9, 16, 25, 49
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """A small next-scale model and tokenizer with random weights: the rules hold whatever the weights."""
+    torch.manual_seed(0)
+    config = make_config("tiny", vq={"kind": "scales", "codebook_size": 16})
+    tokenizer = build_image_tokenizer(config.vq).eval()
+    model = build_transformer(config).eval()
+    return config, tokenizer, model, Vocab.for_config(config)
+
+
+def test_multi_scale_tokenizer_round_trips_and_scales_add_up(colored, untrained):
+    _, tokenizer, _, _ = untrained
+    images = torch.from_numpy(colored[1].images[:8])
+    ids = tokenizer.encode(images)
+    assert ids.shape == (8, 2 + sum(SIDES)) and tokenizer.tokens_per_image == 106
+    foreground, background, shape = tokenizer.split(images)
+    assert torch.equal(ids[:, 0] - tokenizer.color_offset, foreground)
+    assert torch.equal(ids[:, 1] - tokenizer.color_offset, background)
+    coder = tokenizer.shape
+    quantizer = coder.quantizer
+    z = coder.encode_latent(shape[..., None])
+    f_hat, indices = quantizer.pyramid(z)
+    assert torch.equal(indices, ids[:, 2:])
+    # Each scale codes what the coarser ones left: the scales' upsampled codes add up to the reconstruction
+    # the decoder reads, and that sum rebuilt from the ids alone is the same.
+    parts = quantizer.split(indices)
+    assert [p.shape[1] for p in parts] == SIDES
+    summed = sum(quantizer.upsampled(k, part, 7) for k, part in enumerate(parts))
+    assert torch.allclose(summed, f_hat, atol=1e-5)
+    assert torch.allclose(quantizer.get_output_from_indices(indices), f_hat, atol=1e-5)
+    # The first scale is the nearest code to the whole latent's mean.
+    first = quantizer.book.nearest(z.mean(dim=(2, 3)))
+    assert torch.equal(parts[0][:, 0], first)
+    # Decoding paints exactly the two encoded colors.
+    decoded = tokenizer.decode(ids)
+    assert ((color_counts(decoded.numpy()) > 0).sum(1) <= 2).all()
+    with pytest.raises(ValueError, match="raster tokenizer"):
+        tokenizer.kept_tokens(torch.ones(28, 28, dtype=torch.bool))
+
+
+def test_block_causal_mask_sees_exactly_the_caption_and_coarser_scales():
+    layout = NextScaleLayout(NEXT_SCALES)
+    mask = layout.drawing_mask()
+    assert layout.block_sizes == [3] + SIDES[1:] and layout.drawing_length == CAPTION + 106
+    assert torch.equal(mask[:CAPTION, :CAPTION], torch.tril(torch.ones(CAPTION, CAPTION, dtype=torch.bool)))
+    assert not mask[:CAPTION, CAPTION:].any()                           # the caption never sees the image
+    for index, (start, size) in enumerate(zip(layout.block_starts(), layout.block_sizes)):
+        rows = mask[start:start + size]
+        assert rows[:, :CAPTION].all()                                 # the whole caption
+        assert rows[:, CAPTION:start + size].all()                     # coarser blocks and its own inputs
+        assert not rows[:, start + size:].any()                        # nothing finer
+
+
+def test_a_scale_never_sees_its_own_or_finer_tokens(untrained):
+    """Changing the tokens of scale k and finer leaves the logits of every block up to k unchanged."""
+    config, tokenizer, model, vocab = untrained
+    words = torch.randint(0, 31, (2, 6))
+    ids = torch.randint(0, 16, (2, 106))
+    ids[:, :2] = tokenizer.color_offset + torch.tensor([3, 5])
+    starts = [0] + list(np.cumsum([3] + SIDES[1:]))                   # block starts inside the image
+    for k in range(1, len(SIDES)):
+        changed = ids.clone()
+        changed[:, starts[k]:] = torch.randint(0, 16, (2, 106 - starts[k]))
+        latents = [tokenizer.shape.quantizer.next_inputs(x[:, 2:]) for x in (ids, changed)]
+        a, b = (model.drawing_logits(captions(vocab, words), x)[:, CAPTION:] for x in latents)
+        stop = starts[k + 1] if k + 1 < len(starts) else 106
+        assert torch.allclose(a[:, :stop], b[:, :stop], atol=1e-5)     # block k predicts from coarser codes only
+        if stop < 106:
+            assert not torch.allclose(a[:, stop:], b[:, stop:])        # finer blocks do read them
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_cached_sampler_equals_uncached(untrained, guidance):
+    config, tokenizer, model, vocab = untrained
+    rules, words = ImageRules(vocab, tokenizer), torch.randint(0, 31, (5, 6))
+    runs = [draw(model, tokenizer.shape, vocab, rules, words, 1.0, None, 0.9, guidance,
+                 torch.Generator().manual_seed(3), use_cache=cache) for cache in (True, False)]
+    assert torch.equal(*runs)
+    # The rules hold for an untrained model: colors first, a pair of the data, codes after.
+    drawn = runs[0]
+    offset = tokenizer.color_offset
+    assert (drawn[:, :2] >= offset).all() and (drawn[:, 2:] < offset).all()
+    valid = set(map(tuple, VALID_PAIRS.tolist()))
+    assert all((f - offset, b - offset) in valid for f, b in drawn[:, :2].tolist())
+
+
+def test_guidance_one_equals_plain_sampling(untrained):
+    """Scale 1 runs one stream; a scale a hair above 1 runs two and combines them - same greedy draws."""
+    config, tokenizer, model, vocab = untrained
+    rules, words = ImageRules(vocab, tokenizer), torch.randint(0, 31, (4, 6))
+    plain = draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=1.0)
+    two_streams = draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=1.0 + 1e-7)
+    assert torch.equal(plain, two_streams)
+    assert not torch.equal(plain, draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=4.0))
+
+
+def test_cached_reading_equals_teacher_forced_argmax(untrained):
+    config, tokenizer, model, vocab = untrained
+    rules = ModalityRules(vocab)
+    ids = draw(model, tokenizer.shape, vocab, ImageRules(vocab, tokenizer), torch.randint(0, 31, (4, 6)),
+               generator=torch.Generator().manual_seed(1))
+    words = read(model, tokenizer.shape, vocab, rules, ids)
+    # Teacher forcing the read words: each is the allowed argmax of -nll over its slot.
+    nll = reading_nll(model, tokenizer.shape, vocab, words, ids)
+    assert nll.shape == (4, 6) and torch.isfinite(nll).all()
+    head = torch.cat([torch.tensor([vocab.bos, vocab.end_of_text]).expand(4, 2), ids[:, :2]], dim=1)
+    tail = torch.cat([torch.full((4, 1), vocab.end_of_image), words[:, :-1] + vocab.word_offset], dim=1)
+    logits = model.reading_logits(head, tokenizer.shape.features(ids[:, 2:]), tail)[:, -6:]
+    orders = torch.full((4,), IMAGE_FIRST)
+    previous = torch.full((4,), vocab.end_of_image)
+    for slot in range(6):
+        allowed = rules.mask(orders, vocab.image_first_words.start + slot, previous)
+        expected = filter_logits(logits[:, slot], allowed, 0.0, None).argmax(-1)
+        assert torch.equal(expected, words[:, slot] + vocab.word_offset)
+        previous = expected
+
+
+def test_drawing_loss_is_the_sampled_tokens_likelihood(untrained):
+    """The objective scores exactly what the sampler draws: greedy draws are each block's argmax."""
+    config, tokenizer, model, vocab = untrained
+    words = torch.randint(0, 31, (3, 6))
+    ids = draw(model, tokenizer.shape, vocab, ImageRules(vocab, tokenizer), words, temperature=0.0)
+    _, image_nll = drawing_nll(model, tokenizer.shape, vocab, words, ids)
+    assert image_nll.shape == (3, 106)
+    # Shape codes are each block's allowed argmax, so each has the lowest loss among codes at its slot.
+    latents = tokenizer.shape.quantizer.next_inputs(ids[:, 2:])
+    logits = model.drawing_logits(captions(vocab, words), latents)[:, CAPTION + 3:, :tokenizer.color_offset]
+    assert torch.equal(logits.argmax(-1), ids[:, 3:])
+
+
+@pytest.fixture(scope="module")
+def scales_run(tmp_path_factory, cache_dir):
+    from tinychameleon.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "scales"
+    config = make_config("tiny", vq={"kind": "scales", "codebook_size": 16})
+    train(config, run_dir, cache_dir=cache_dir, progress=False, device_name="cpu")
+    return run_dir
+
+
+def test_a_next_scale_run_trains_reloads_draws_reads_and_refuses_raster_tasks(scales_run, colored):
+    metrics = json.loads((scales_run / "transformer_metrics.json").read_text())
+    epochs = metrics["epochs"] if isinstance(metrics, dict) else metrics
+    assert epochs[-1]["validation_nll"] < epochs[0]["validation_nll"]     # it learnt something
+    pipe = Pipeline.from_pretrained(scales_run)
+    assert pipe.next_scale and pipe.vocab.image_length == 106
+    images = pipe.generate_images(["dark green eight on bright cyan"], n=3, seed=0, guidance=2.0, image_candidates=2)
+    assert images.shape == (3, 28, 28, 3) and ((color_counts(images) > 0).sum(1) <= 2).all()
+    again = pipe.generate_images(["dark green eight on bright cyan"], n=3, seed=0, guidance=2.0, image_candidates=2)
+    assert np.array_equal(images, again)                                 # seeded
+    captions_read = pipe.caption(colored[1].images[:4])
+    assert len(captions_read) == 4 and all(len(c.split()) == 6 for c in captions_read)
+    sampled, sampled_captions = pipe.sample(3, seed=0)
+    assert sampled.shape == (3, 28, 28, 3) and all(parse_caption(c) is not None for c in sampled_captions)
+    for first in ("image", "model"):
+        assert pipe.sample(2, seed=0, first=first, ancestral=first == "model")[0].shape == (2, 28, 28, 3)
+    with pytest.raises(ConfigError, match="raster"):
+        pipe.generate_images("dark green eight on bright cyan", cd_k=4)
+    with pytest.raises(ConfigError, match="raster model"):
+        pipe.complete(colored[1].images[:1])
+    with pytest.raises(ConfigError, match="raster model"):
+        pipe.continue_documents("<image> what digit is this ?", [colored[1].images[0]])
+
+
+def test_shipped_var_checkpoint_is_selectable_by_name_and_matches_its_preset():
+    path = PRETRAINED["var"]
+    if not (path / "model.safetensors").exists():
+        pytest.skip("no shipped var checkpoint")
+    shipped, preset = load_config(path), make_config("var")
+    for section in ("vq", "vq_train", "train"):
+        assert getattr(shipped, section) == getattr(preset, section), section
+    assert (shipped.model.n_layer, shipped.model.d_model) == (preset.model.n_layer, preset.model.d_model)
+    pipe = Pipeline.from_pretrained("var")
+    assert pipe.next_scale and pipe.source == str(path)

@@ -1,0 +1,149 @@
+"""The next-scale transformer (VAR, Tian et al. 2024) on the same blocks as the raster model (model.py).
+
+Two orders, like the raster model's, over a "scales" image tokenizer (tokenizers/scales.py):
+
+  drawing : <bos> <end of image> w1..w6 <end of text> | fg bg s1 | s2 (4) | s3 (9) | s4 (16) | s5 (25) | s7 (49)
+  reading : <bos> <end of text> fg bg f1..f49 <end of image> w1..w6
+
+Drawing: the caption is read causally; then each *block* of image positions predicts its own tokens
+at once. Block 0's inputs are three learnt queries (the two colors and the 1x1 code); block k's inputs
+are the sum of the coarser scales' codes, area-downsampled to scale k's grid (the tokenizer's
+`next_inputs`), so a block only carries what coarser scales said and may see itself: a token sees the
+caption, every coarser scale and its own block's inputs - never a token of its own scale. Six forward
+passes draw an image. Reading: the two color tokens and the finest latent (f1..f49), then the words
+causally, so the same model writes captions (image -> text) and scores them (reranking).
+
+Classifier-free guidance reads the caption replaced by <mask> tokens (dropped in training).
+`forward(ids)` on plain token ids reads captions alone (prompts with blanks use the raster sampler).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from ..model import Block, KVCache
+from ..tokenizers.vocab import TEXT_LENGTH
+
+CAPTION = 1 + 1 + TEXT_LENGTH + 1   # <bos> <marker> w1..w6 <end of text>
+COLORS = 2
+
+
+class NextScaleLayout:
+    """Where everything sits in the two orders, from the scales alone."""
+
+    def __init__(self, scales: tuple[int, ...]) -> None:
+        self.scales = tuple(scales)
+        # Block 0 holds the two colors and the 1x1 scale: all three are drawn from the caption alone.
+        self.block_sizes = [COLORS + scales[0] ** 2] + [side * side for side in scales[1:]]
+        self.image_length = sum(self.block_sizes)                                   # 106
+        self.drawing_length = CAPTION + self.image_length                           # 115
+        self.finest = scales[-1] ** 2                                               # 49
+        self.reading_length = 2 + COLORS + self.finest + 1 + TEXT_LENGTH             # 60
+
+    def block_starts(self) -> list[int]:
+        """Position of each block's first token in the drawing order."""
+        return [CAPTION + sum(self.block_sizes[:k]) for k in range(len(self.block_sizes))]
+
+    def drawing_mask(self) -> torch.Tensor:
+        """(T, T) booleans, True where query i sees key j: causal over the caption, block-causal over the image."""
+        T = self.drawing_length
+        group = torch.arange(T)                                    # caption tokens: a group each (causal)
+        for index, (start, size) in enumerate(zip(self.block_starts(), self.block_sizes)):
+            group[start:start + size] = CAPTION + index           # one group per block
+        return group[None, :] <= group[:, None]
+
+
+class NextScaleTransformer(nn.Module):
+    """Token, position, scale and latent embeddings into `model.Block`s; the same head over the joint vocabulary."""
+
+    def __init__(self, config: ModelConfig, scales: tuple[int, ...], code_dim: int) -> None:
+        super().__init__()
+        self.config, self.layout = config, NextScaleLayout(scales)
+        C = config.d_model
+        self.token_embedding = nn.Embedding(config.vocab_size, C)
+        self.position_embedding = nn.Embedding(config.block_size, C)
+        self.queries = nn.Parameter(torch.randn(self.layout.block_sizes[0], C) * 0.02)   # block 0's inputs
+        self.latent_projection = nn.Linear(code_dim, C)                              # a scale's input vectors
+        self.scale_embedding = nn.Embedding(len(scales) + 1, C)                     # + 1: the latent read
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = nn.LayerNorm(C)
+        self.head = nn.Linear(C, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, parameter in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("down.weight"):
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))   # GPT-2 residual scaling
+        scale_of = torch.cat([torch.full((size,), k) for k, size in enumerate(self.layout.block_sizes)])
+        self.register_buffer("scale_of", scale_of, persistent=False)                # (106,) block of each slot
+        self.register_buffer("mask", self.layout.drawing_mask(), persistent=False)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, T) ids at positions start.. -> (B, T, C)."""
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        return self.token_embedding(ids) + self.position_embedding(positions)
+
+    def embed_blocks(self, first: int, count: int, latents: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Inputs of drawing blocks first..first+count-1: (B, n, C). latents (B, n - queries, code_dim): the
+        inputs of every block after block 0 among them (None when only block 0 is asked)."""
+        starts = self.layout.block_starts()
+        stop = starts[first + count - 1] + self.layout.block_sizes[first + count - 1]
+        slots = torch.arange(starts[first], stop, device=self.queries.device)        # sequence positions
+        parts = []
+        if first == 0:
+            parts.append(self.queries.expand(batch, -1, -1))
+        if latents is not None:
+            parts.append(self.latent_projection(latents))
+        x = torch.cat(parts, dim=1)
+        return x + self.position_embedding(slots) + self.scale_embedding(self.scale_of[slots - CAPTION])
+
+    def embed_reading(self, head: torch.Tensor, latents: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """head (B, 4) = <bos> <end of text> fg bg, latents (B, 49, code_dim), words (B, W) = <end of image> w..
+        -> (B, 4 + 49 + W, C)."""
+        finest = latents.shape[1]
+        image = (self.latent_projection(latents) + self.scale_embedding.weight[-1]
+                 + self.position_embedding(torch.arange(4, 4 + finest, device=latents.device)))
+        return torch.cat([self.embed_tokens(head), image, self.embed_tokens(words, 4 + finest)], dim=1)
+
+    # -- the network -----------------------------------------------------------------------------
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, C) inputs, mask (T, S) booleans (None: causal) -> (B, T, vocab) logits."""
+        if mask is None:
+            past = 0 if kv_cache is None else kv_cache.position
+            mask = self.causal(past, x.shape[1], x.device)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, kv_cache, layer, mask)
+        if kv_cache is not None:
+            kv_cache.advance(x.shape[1])
+        return self.head(self.norm(x))
+
+    @staticmethod
+    def causal(past: int, T: int, device) -> torch.Tensor:
+        return torch.arange(past + T, device=device)[None, :] <= torch.arange(past, past + T, device=device)[:, None]
+
+    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Plain token ids, causally (the caption of the drawing order): the raster sampler's interface, so
+        prompts with blanks are filled by the same code for either model."""
+        start = 0 if kv_cache is None else kv_cache.position
+        return self.run(self.embed_tokens(ids, start), None, kv_cache)
+
+    def drawing_logits(self, captions: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: captions (B, 9), latents (B, 103, code_dim) -> (B, 115, vocab): the caption's
+        next-token logits, then each image token's logits from its block's inputs."""
+        x = torch.cat([self.embed_tokens(captions),
+                       self.embed_blocks(0, len(self.layout.block_sizes), latents, len(captions))], dim=1)
+        return self.run(x, self.mask)
+
+    def reading_logits(self, head: torch.Tensor, latents: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """The reading order, causally: (B, 4 + 49 + W, vocab) (`embed_reading`'s arguments)."""
+        return self.run(self.embed_reading(head, latents, words), None)

@@ -1,0 +1,130 @@
+"""Sampling the next-scale transformer: a whole scale per forward pass, with a KV cache across scales.
+
+`draw` turns (B, 9) captions into (B, 106) image ids in six passes: the caption and block 0 (both
+colors and the 1x1 code) in one prefill, then one pass per finer scale, whose inputs are the codes
+drawn so far summed and downsampled (the tokenizer's quantizer). Temperature, top-k / top-p and
+classifier-free guidance (the unconditional stream reads the caption as <mask> tokens) apply to every
+token of every scale, exactly as the raster sampler applies them per token (sampling.filter_logits).
+`read` writes a caption for image ids, word by word, within the caption grammar (sampling.ModalityRules).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DeadlineExceeded
+from ..model import KVCache
+from ..sampling import ModalityRules, filter_logits, pick
+from ..sequences import IMAGE_FIRST
+from ..tokenizers.vocab import TEXT_LENGTH, Vocab
+from ..tokenizers.vqvae import GRID
+from .model import CAPTION, COLORS, NextScaleTransformer
+from .objective import captions as caption_ids
+
+
+class ImageRules:
+    """Which ids may stand at each image slot (the tokenizer's position_tokens), and which background may
+    follow a foreground (its token_follows), over the whole vocabulary."""
+
+    def __init__(self, vocab: Vocab, tokenizer) -> None:
+        K = vocab.image_tokens
+        self.allowed = torch.zeros(vocab.image_length, vocab.size, dtype=torch.bool)
+        self.allowed[:, :K] = tokenizer.position_tokens()
+        self.follows = torch.ones(vocab.size, vocab.size, dtype=torch.bool)
+        self.follows[:K, :K] = tokenizer.token_follows()
+
+
+def guided(logits: torch.Tensor, rows: int, guidance: float) -> torch.Tensor:
+    """(streams * B, ..., V) -> (B, ..., V): log p_free + guidance * (log p_cond - log p_free)."""
+    if logits.shape[0] == rows:
+        return logits
+    conditional, free = F.log_softmax(logits[:rows].float(), -1), F.log_softmax(logits[rows:].float(), -1)
+    return free + guidance * (conditional - free)
+
+
+@torch.no_grad()
+def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, words: torch.Tensor,
+         temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, guidance: float = 1.0,
+         generator: torch.Generator | None = None, use_cache: bool = True,
+         should_stop: Callable[[], bool] | None = None, masked: bool = False) -> torch.Tensor:
+    """(B, 6) word ids -> (B, 106) image ids: fg, bg, then every scale's codes. masked=True draws from
+    nothing: the caption is read as <mask> tokens (the unconditional stream itself)."""
+    model.eval()
+    B, device, layout = len(words), words.device, model.layout
+    streams = caption_ids(vocab, words, torch.full((B,), masked, dtype=torch.bool))
+    if guidance != 1.0:   # both streams in one batch: one forward per scale reads the weights once for both
+        streams = torch.cat([streams, caption_ids(vocab, words, torch.ones(B, dtype=torch.bool))])
+    R = len(streams)
+    starts, sizes = layout.block_starts(), layout.block_sizes
+    cache = KVCache(model.config, R, max_length=layout.drawing_length, device=device) if use_cache else None
+    image = torch.empty(B, layout.image_length, dtype=torch.long, device=device)
+    latents, f_hat = [], 0
+    for block in range(len(sizes)):
+        if should_stop is not None and should_stop():
+            raise DeadlineExceeded("sampling stopped: the time limit passed")
+        stop = starts[block] + sizes[block]
+        new = model.embed_blocks(block, 1, latents[-1] if block else None, R)
+        if cache is not None:   # only this block runs; the caption and coarser blocks are in the cache
+            x = torch.cat([model.embed_tokens(streams), new], dim=1) if block == 0 else new
+            logits = model.run(x, model.mask[stop - x.shape[1]:stop, :stop], cache)
+        else:                   # the reference: re-read everything so far
+            earlier = model.embed_blocks(0, block, torch.cat(latents[:-1], 1) if block > 1 else None, R) \
+                if block else None
+            x = torch.cat([model.embed_tokens(streams)] + ([earlier] if block else []) + [new], dim=1)
+            logits = model.run(x, model.mask[:stop, :stop])
+        logits = guided(logits[:, -sizes[block]:], B, guidance)                    # (B, n, V)
+        slots = slice(starts[block] - CAPTION, stop - CAPTION)
+        tokens = sample_block(logits, rules, slots, temperature, top_k, top_p, generator, first=block == 0)
+        image[:, slots] = tokens
+        if block == len(sizes) - 1:
+            break
+        codes = tokens[:, COLORS:] if block == 0 else tokens
+        f_hat = f_hat + coder.quantizer.upsampled(block, codes, GRID)
+        latents.append(coder.quantizer.input_at(f_hat, block + 1).repeat(R // B, 1, 1))
+    return image
+
+
+def sample_block(logits: torch.Tensor, rules: ImageRules, slots: slice, temperature: float, top_k, top_p: float,
+                 generator, first: bool) -> torch.Tensor:
+    """(B, n, V) logits of one block -> (B, n) ids. In block 0 the slots go one after another, so the
+    background is drawn among the partners of the drawn foreground; every other block is drawn at once."""
+    B, n, V = logits.shape
+    allowed = rules.allowed.to(logits.device)[slots]                                 # (n, V)
+    if not first:
+        flat = filter_logits(logits.reshape(B * n, V), allowed.repeat(B, 1), temperature, top_k, top_p)
+        return pick(flat, temperature, generator).view(B, n)
+    tokens, previous = [], None
+    for slot in range(n):
+        mask = allowed[slot].expand(B, V)
+        if previous is not None:
+            mask = mask & rules.follows.to(logits.device)[previous]
+        previous = pick(filter_logits(logits[:, slot], mask, temperature, top_k, top_p), temperature, generator)
+        tokens.append(previous)
+    return torch.stack(tokens, dim=1)
+
+
+@torch.no_grad()
+def read(model: NextScaleTransformer, coder, vocab: Vocab, rules: ModalityRules, image_ids: torch.Tensor,
+         temperature: float = 0.0, top_k: int | None = None, top_p: float = 1.0,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 106) image ids -> (B, 6) caption word ids 0..30, one word per pass with a KV cache."""
+    model.eval()
+    B, device = len(image_ids), image_ids.device
+    head = torch.cat([torch.tensor([vocab.bos, vocab.end_of_text], device=device).expand(B, 2),
+                      image_ids[:, :2].long()], dim=1)
+    cache = KVCache(model.config, B, max_length=model.layout.reading_length, device=device)
+    token = torch.full((B, 1), vocab.end_of_image, dtype=torch.long, device=device)
+    logits = model.run(model.embed_reading(head, coder.features(image_ids[:, 2:]), token), None, cache)[:, -1]
+    orders = torch.full((B,), IMAGE_FIRST, dtype=torch.long, device=device)
+    words, previous = [], token[:, 0]
+    for slot in range(TEXT_LENGTH):
+        allowed = rules.mask(orders, vocab.image_first_words.start + slot, previous)
+        previous = pick(filter_logits(logits, allowed, temperature, top_k, top_p), temperature, generator)
+        words.append(previous)
+        if slot == TEXT_LENGTH - 1:
+            break
+        logits = model.run(model.embed_tokens(previous[:, None], cache.position), None, cache)[:, -1]
+    return torch.stack(words, dim=1) - vocab.word_offset

@@ -1,0 +1,79 @@
+"""What a Pipeline does with a next-scale checkpoint (`--checkpoint var`): draw a scale per forward pass,
+read captions in the same weights, and keep the best of n drawings by the model's own reading of the
+prompt. A mixin of `Pipeline`: the pipeline's public methods (generate, caption, sample) stay the same
+for either generator and call these where the raster model would decode token by token."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .batching import batch_slices
+from .config import SamplingConfig
+from .errors import ConfigError
+from .nextscale import sampler
+from .nextscale.model import NextScaleTransformer
+from .nextscale.objective import reading_nll
+
+# Raster-only settings: each names a decoding the next-scale sampler does not have (refused, never ignored).
+RASTER_ONLY_SETTINGS = {"cd_k": 0, "mixed_pool": False, "rerank_captions": False, "caption_guidance": 1.0}
+
+
+class NextScaleTasks:
+    @property
+    def next_scale(self) -> bool:
+        return isinstance(self.model, NextScaleTransformer)
+
+    def _require_raster(self, task: str) -> None:
+        if self.next_scale:
+            raise ConfigError(f"{task} needs the raster model: the next-scale model (this checkpoint) draws whole "
+                              "images from captions and reads them; use the default checkpoint")
+
+    def _check_next_scale_settings(self, settings: SamplingConfig) -> SamplingConfig:
+        for name, off in RASTER_ONLY_SETTINGS.items():
+            if getattr(settings, name) != off:
+                raise ConfigError(f"{name} is a raster-decoding setting; the next-scale model has no such decoding "
+                                  f"(leave it at {off})")
+        return settings
+
+    def _draw_scales(self, words: torch.Tensor, settings: SamplingConfig, generator, candidates: int
+                     ) -> torch.Tensor:
+        """(B * candidates, 6) word ids, prompt-major -> (B, 106) image ids: every candidate drawn a scale per
+        pass, then the one whose prompt the model reads back likeliest (or CLIP's choice)."""
+        rules = sampler.ImageRules(self.vocab, self.image_tokenizer)
+        codes = []
+        for rows in batch_slices(len(words), settings.batch_size):
+            self._check_time()
+            codes.append(sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, rules,
+                                      words[rows].to(self.device), settings.temperature, settings.top_k or None,
+                                      settings.top_p, settings.guidance, generator, should_stop=self._expired))
+        codes = torch.cat(codes)
+        if candidates == 1:
+            return codes
+        self._check_time()
+        if settings.clip_rerank:
+            return self._clip_best(words, codes, candidates)
+        with torch.no_grad():
+            scores = -reading_nll(self.model, self.image_tokenizer.shape, self.vocab, words.to(self.device),
+                                  codes).sum(1)
+        best = scores.view(-1, candidates).argmax(dim=1)
+        return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best]
+
+    def _read_scales(self, codes: torch.Tensor, settings: SamplingConfig, generator) -> torch.Tensor:
+        """(B, 106) image ids -> (B, 6) caption word ids, within the caption grammar."""
+        words = []
+        for rows in batch_slices(len(codes), settings.batch_size):
+            self._check_time()
+            words.append(sampler.read(self.model, self.image_tokenizer.shape, self.vocab, self.rules,
+                                      codes[rows].to(self.device), settings.temperature, settings.top_k or None,
+                                      settings.top_p, generator))
+        return torch.cat(words)
+
+    def _draw_unconditional_scales(self, n: int, settings: SamplingConfig, generator) -> torch.Tensor:
+        """n images from nothing: the caption read as <mask> tokens (guidance's unconditional stream), drawn plain."""
+        rules = sampler.ImageRules(self.vocab, self.image_tokenizer)
+        plain = replace(settings, guidance=1.0)
+        return sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, rules,
+                            torch.zeros(n, 6, dtype=torch.long, device=self.device), plain.temperature,
+                            plain.top_k or None, plain.top_p, 1.0, generator, masked=True)
