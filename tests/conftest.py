@@ -54,3 +54,14 @@ def document_pipeline(document_run):
     from tinychameleon.pipeline import Pipeline
 
     return Pipeline.from_pretrained(document_run)
+
+
+@pytest.fixture(scope="session")
+def scales_run(tmp_path_factory, cache_dir):
+    """The `tiny` preset as a next-scale run: a multi-scale tokenizer and a next-scale transformer."""
+    from tinychameleon.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "scales"
+    config = make_config("tiny", vq={"kind": "scales", "codebook_size": 16})
+    train(config, run_dir, cache_dir=cache_dir, progress=False, device_name="cpu")
+    return run_dir

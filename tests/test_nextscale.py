@@ -154,16 +154,6 @@ def test_drawing_loss_is_the_sampled_tokens_likelihood(untrained):
     assert torch.equal(logits.argmax(-1), ids[:, 3:])
 
 
-@pytest.fixture(scope="module")
-def scales_run(tmp_path_factory, cache_dir):
-    from tinychameleon.training.run import train
-
-    run_dir = tmp_path_factory.mktemp("runs") / "scales"
-    config = make_config("tiny", vq={"kind": "scales", "codebook_size": 16})
-    train(config, run_dir, cache_dir=cache_dir, progress=False, device_name="cpu")
-    return run_dir
-
-
 def test_a_next_scale_run_trains_reloads_draws_reads_and_refuses_raster_tasks(scales_run, colored):
     metrics = json.loads((scales_run / "transformer_metrics.json").read_text())
     epochs = metrics["epochs"] if isinstance(metrics, dict) else metrics

@@ -353,3 +353,29 @@ def test_complete_takes_a_mask_like_the_cli(client):
     assert refused.status_code == 422 and "nothing to fill" in refused.json()["detail"]
     refused = client.post("/api/complete", files={"file": ("a.png", png(image)), "mask": ("m.png", b"not an image")})
     assert refused.status_code == 415
+
+
+def test_requests_choose_a_served_model_by_name(tiny_pipeline, scales_run, colored):
+    """`model` picks a served pipeline for generate, caption and sample; the page lists them; unknown -> 422."""
+    from tinychameleon.pipeline import Pipeline
+
+    scales = Pipeline.from_pretrained(scales_run)
+    with TestClient(create_app(tiny_pipeline, ServerSettings(max_samples=16), models={"var": scales})) as client:
+        served = client.get("/api/models").json()["models"]
+        assert [(row["name"], row["generator"]) for row in served] == [(None, "raster"), ("var", "next-scale")]
+        assert client.get("/api/health").json()["models"] == ["var"]
+        prompt = {"prompt": "dark green eight on bright cyan", "n": 2, "seed": 3, "guidance": 2.0}
+        drawn = {name: [decode(url) // 85 for url in client.post("/api/generate", json={**prompt, **extra}).json()["images"]]
+                 for name, extra in (("raster", {}), ("var", {"model": "var"}))}
+        expected = scales.generate_images([prompt["prompt"]] * 2, seed=3, guidance=2.0)   # what the var pipeline draws
+        assert np.array_equal(np.stack(drawn["var"]), expected)
+        assert not np.array_equal(np.stack(drawn["raster"]), expected)
+        image = png(colored[1].images[0] * 85)
+        answer = client.post("/api/caption?model=var", files={"file": ("a.png", image, "image/png")}).json()
+        assert answer["caption"] == scales.caption(colored[1].images[:1])[0]
+        assert len(client.post("/api/sample", json={"n": 2, "model": "var"}).json()["samples"]) == 2
+        refused = client.post("/api/generate", json={**prompt, "model": "dalle"})
+        assert refused.status_code == 422 and "unknown model" in refused.json()["detail"]
+        assert client.post("/api/caption?model=dalle", files={"file": ("a.png", image, "image/png")}).status_code == 422
+        # Raster-only decodings are refused for the next-scale model, not ignored.
+        assert client.post("/api/generate", json={**prompt, "model": "var", "candidates": 2}).status_code == 200

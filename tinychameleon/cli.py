@@ -76,7 +76,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="run directory to load (default: the shipped checkpoint)")
+    parser.add_argument("--checkpoint", help="run directory, or a shipped model by name: raster (the default) or "
+                                             "var (next-scale)")
     parser.add_argument("--seed", type=number(int), default=0, help="random seed of the sampler (default 0)")
     add_sampler_flags(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
@@ -555,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(handler=command_data)
 
     train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
-    train.add_argument("--preset", default="quick", help="seed, quick, best, pixels or tiny (default quick)")
+    train.add_argument("--preset", default="quick", help="seed, quick, best, var (next-scale), pixels or tiny (default quick)")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--vqvae-from", help="reuse the image tokenizer of another run directory")
@@ -586,8 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tokenizer", choices=IMAGE_TOKENIZER_KINDS,
                        help="image tokenizer: vq (VQ codes of colored 4x4 patches), rvq (2 residual VQ codes per "
                             "patch), fsq (finite scalar codes), pixels (a token per pixel), palette (two color tokens "
-                            "and VQ codes of the digit's shape) or patches (two color tokens and the most frequent 4x4 "
-                            "shape patches); overrides the preset")
+                            "and VQ codes of the digit's shape), patches (two color tokens and the most frequent 4x4 "
+                            "shape patches) or scales (two color tokens and the shape coded at six scales: a "
+                            "next-scale model); overrides the preset")
     train.add_argument("--codebook-size", type=number(int), help="image codes (VQ codes or patches; overrides the preset)")
     train.add_argument("--holdout-pairs", type=number(int), help="hold this many color pairs out of training")
     train.add_argument("--train-seed", type=number(int), help="seed of initialisation and batch order")
@@ -691,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a checkpoint: NLL, judged accuracy, diversity, FD, "
                                                     "speckle and shape realism")
-    evaluate.add_argument("--checkpoint", help="run directory to evaluate (default: the shipped checkpoint)")
+    evaluate.add_argument("--checkpoint", help="run directory, or a shipped model by name: raster (default) or var")
     evaluate.add_argument("--out", default="evaluation", help="folder for metrics.json, report.md and grids")
     evaluate.add_argument("--samples", type=number(int), default=1000, help="samples per direction (default 1000)")
     evaluate.add_argument("--offset", type=number(int), default=0,
@@ -710,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the web page and JSON API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=number(int), default=8000, help="port (default 8000)")
-    serve.add_argument("--checkpoint", help="run directory to load (default: the shipped checkpoint)")
+    serve.add_argument("--checkpoint", help="run directory, or a shipped model by name: raster (default) or var")
     serve.add_argument("--max-samples", type=number(int), default=64, help="most images one request may ask for")
     serve.add_argument("--queue-size", type=number(int), default=32, help="requests waiting before 503s are returned")
     serve.add_argument("--timeout", type=number(float), default=10.0, help="seconds before a request is cancelled")
@@ -722,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-batches", default="32,256", help="comma-separated training batch sizes")
     bench.add_argument("--repeats", type=number(int), default=3, help="timed repetitions per measurement")
     bench.add_argument("--json", help="also write the results to this JSON file")
-    bench.add_argument("--checkpoint", help="run directory for the one-request timings (default: the shipped one)")
+    bench.add_argument("--checkpoint", help="run directory or shipped model name (raster, var) for the one-request "
+                                          "timings (default: raster)")
     bench.set_defaults(handler=command_bench)
     return parser
 

@@ -19,6 +19,7 @@ from ..data.colored import VALID_PAIRS, holdout_pair_ids, load_colored_mnist, lo
 from ..data.mnist import default_cache_dir
 from ..imaging import caption_grid
 from ..io_utils import atomic_path, write_json
+from ..nextscale.objective import split_nll as next_scale_nll
 from ..pipeline import Pipeline
 from ..training.lm_trainer import split_nll
 from ..training.run import caption_word_ids, encode_images
@@ -74,8 +75,9 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
 
     nll_split = test if not nll_examples else test.subset(slice(0, nll_examples))
     codes = encode_images(pipeline.image_tokenizer, nll_split.images, pipeline.device).long().to(pipeline.device)
-    metrics["nll"] = split_nll(pipeline.model, pipeline.vocab, caption_word_ids(nll_split).to(pipeline.device), codes,
-                               split=split)
+    words = caption_word_ids(nll_split).to(pipeline.device)
+    metrics["nll"] = (next_scale_nll(pipeline.model, pipeline.image_tokenizer.shape, pipeline.vocab, words, codes, split)
+                      if pipeline.next_scale else split_nll(pipeline.model, pipeline.vocab, words, codes, split=split))
     metrics["nll"]["examples"] = len(nll_split)
     stage(f"{split} NLL {metrics['nll'][f'{split}_nll']:.4f}", started)
 

@@ -59,6 +59,8 @@ class Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 = greedy; default: the checkpoint's")
     top_k: StrictInt | None = Field(None, ge=0, le=2048, description="0 = no top-k filtering; default: the checkpoint's")
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED, description="fix the random stream")
+    model: str | None = Field(None, max_length=40, description="a served model by name (GET /api/models); "
+                                                               "default: the served checkpoint")
 
 
 class GenerateRequest(Sampling):
@@ -184,17 +186,30 @@ def load_search(retriever_dir: str | None = None, memory: str | None = None):
     return retriever, load_bank(retriever, memory)
 
 
-def create_app(pipeline, settings: ServerSettings | None = None, search_loader=load_search) -> FastAPI:
+def create_app(pipeline, settings: ServerSettings | None = None, search_loader=load_search,
+               models: dict | None = None) -> FastAPI:
+    """The app serving `pipeline`; `models` ({name: Pipeline}) are the others a request may name (`model`)."""
     settings = settings or ServerSettings()
+    models = dict(models or {})
     search_state = {"lock": asyncio.Lock(), "loaded": None}
     decode_slots = asyncio.Semaphore(DECODE_SLOTS)   # bounds the memory a burst of large uploads can take
-    worker = InferenceWorker(pipeline, queue_size=settings.queue_size)
+    worker = InferenceWorker(pipeline, queue_size=settings.queue_size, models=models)
+
+    def pipeline_for(name: str | None):
+        """The pipeline a request names (None: the served checkpoint); 422 for a name not served."""
+        if name is None:
+            return pipeline
+        if name not in models:
+            raise HTTPException(422, f"unknown model {short(name, 40)!r}; served: {', '.join(models) or 'only the default'}")
+        return models[name]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         worker.start()
-        await worker.calibrate("dark green eight on bright cyan", pipeline.sampling.image_candidates
-                               * pipeline.sampling.streams)
+        for name in [None, *models]:
+            served = pipeline_for(name)
+            await worker.calibrate("dark green eight on bright cyan",
+                                   served.sampling.image_candidates * served.sampling.streams, name)
         yield
         await worker.stop()
 
@@ -237,14 +252,14 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             raise HTTPException(422, str(error)) from None
 
     def check_cost(n: int, sampling: dict, candidates_used: bool = True, images_per_sample: int = 1,
-                   passes: int = 1) -> int:
+                   passes: int = 1, model: str | None = None) -> int:
         """Refuse up front what would cost more than the budget: images x candidates x guidance streams, times
         the images a document may draw (`images_per_sample`) and the times each may be drawn (`passes`: a
         completion without a prompt is redrawn up to COMPLETION_REDRAWS times, each read back)."""
         if n > settings.max_samples:
             raise HTTPException(422, f"n={n} is more than the {settings.max_samples} samples one request may ask for")
         try:
-            chosen = pipeline.resolve_settings(sampling)
+            chosen = pipeline_for(model).resolve_settings(sampling)
         except ConfigError as error:
             raise HTTPException(422, str(error)) from None
         candidates = chosen.image_candidates if candidates_used else 1
@@ -263,7 +278,14 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
     @app.get("/api/health")
     async def health():
         return {"status": "ok", "checkpoint": Path(pipeline.source).name, "queued": worker.queued,
-                "max_samples": settings.max_samples}
+                "max_samples": settings.max_samples, "models": list(models)}
+
+    @app.get("/api/models")
+    async def served_models():
+        """The models a request may name, and which generator each is (the default first, named null)."""
+        rows = [(None, pipeline)] + [(name, served) for name, served in models.items() if served is not pipeline]
+        return {"models": [{"name": name, "checkpoint": Path(served.source).name,
+                            "generator": "next-scale" if served.next_scale else "raster"} for name, served in rows]}
 
     @app.get("/api/vocabulary")
     async def vocabulary():
@@ -277,7 +299,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         """Text -> image: `n` images for one caption."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
                     "image_candidates": request.candidates}
-        cost = check_cost(request.n, sampling)
+        cost = check_cost(request.n, sampling, model=request.model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -285,19 +307,20 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             except PromptError as error:
                 raise HTTPException(422, str(error)) from None
         prompt = normalize_prompt(request.prompt)
-        pairs = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost), http)
+        pairs = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost, model=request.model), http)
         return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
                 "images": [data_url(image) for image, _ in pairs], "captions": [text for _, text in pairs]}
 
     @app.post("/api/caption")
     async def caption(request: Request, file: UploadFile = File(..., description="an image of any size"),
                       temperature: float | None = Query(None, ge=0.0, le=5.0, allow_inf_nan=False),
-                      seed: int | None = Query(None, ge=0, le=MAX_SEED)):
+                      seed: int | None = Query(None, ge=0, le=MAX_SEED),
+                      model: str | None = Query(None, max_length=40, description="a served model by name")):
         """Image -> text: upload an image; returns its caption and the 2-bit 28x28 image the model saw."""
-        cost = check_cost(1, {"temperature": temperature, "guidance": pipeline.sampling.caption_guidance},
-                          candidates_used=False)
+        cost = check_cost(1, {"temperature": temperature, "guidance": pipeline_for(model).sampling.caption_guidance},
+                          candidates_used=False, model=model)
         levels = await read_upload(file)
-        result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost), request)
+        result = await run(Job("caption", {"temperature": temperature}, [levels], seed, cost, model=model), request)
         return {"caption": result[0], "seen": data_url(levels)}
 
     async def read_upload(file: UploadFile, reader=None, what: str | None = None):
@@ -401,8 +424,8 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
     async def sample(request: SampleRequest, http: Request):
         """Unconditional: `n` image + caption pairs."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k}
-        cost = check_cost(request.n, sampling)
-        pairs = await run(Job("sample", sampling, [None] * request.n, request.seed, cost), http)
+        cost = check_cost(request.n, sampling, model=request.model)
+        pairs = await run(Job("sample", sampling, [None] * request.n, request.seed, cost, model=request.model), http)
         return {"samples": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
     @app.exception_handler(HTTPException)
@@ -421,8 +444,12 @@ def serve(checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 80
           settings: ServerSettings | None = None) -> None:
     import uvicorn
 
-    from ..pipeline import Pipeline
+    from ..pipeline import PRETRAINED, Pipeline, resolve_checkpoint
 
     pipeline = Pipeline.from_pretrained(checkpoint)
-    print(f"serving {pipeline.source} on http://{host}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="warning")
+    # Every shipped model is served beside the checkpoint, by name (the web page's model choice).
+    models = {name: pipeline if path.resolve() == resolve_checkpoint(checkpoint).resolve() else Pipeline.from_pretrained(path)
+              for name, path in PRETRAINED.items() if (path / "model.safetensors").exists()}
+    print(f"serving {pipeline.source} on http://{host}:{port}/ (API docs at /docs); models by name: "
+          f"{', '.join(models) or 'none'}", flush=True)
+    uvicorn.run(create_app(pipeline, settings, models=models), host=host, port=port, log_level="warning")

@@ -35,6 +35,7 @@ class Job:
     payload: list                  # one item per output row: prompts, images, or None (sample)
     seed: int | None = None
     cost: int = 1                  # decoded rows (images x candidates x guidance streams): picks the lane
+    model: str | None = None       # a served model by name (None: the default one)
     future: asyncio.Future = field(default=None, repr=False)
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for the result
 
@@ -46,7 +47,12 @@ class Job:
     def batch_key(self):
         if self.seed is not None or self.kind in ("complete", "continue"):
             return None  # a fixed seed must see exactly its own random stream; these carry their own images
-        return (self.kind, tuple(sorted(self.settings.items())))
+        return (self.kind, self.model, tuple(sorted(self.settings.items())))
+
+    @property
+    def rate_key(self) -> str:
+        """Jobs whose seconds per cost are measured together: a kind, on one model."""
+        return self.kind if self.model is None else f"{self.kind}@{self.model}"
 
 
 class Lane:
@@ -59,8 +65,10 @@ class Lane:
 
 
 class InferenceWorker:
-    def __init__(self, pipeline, queue_size: int = 32, max_batch_rows: int = 256, light_cost: int = 16) -> None:
+    def __init__(self, pipeline, queue_size: int = 32, max_batch_rows: int = 256, light_cost: int = 16,
+                 models: dict | None = None) -> None:
         self.pipeline = pipeline
+        self.models = dict(models or {})   # other pipelines a job may name (Job.model); None is `pipeline`
         self.max_batch_rows, self.light_cost = max_batch_rows, light_cost
         self.lanes = {"light": Lane("light", queue_size), "heavy": Lane("heavy", queue_size)}
         self.light_idle = threading.Event()
@@ -72,21 +80,24 @@ class InferenceWorker:
     def predicted_seconds(self, job: Job, waiting: bool = True) -> float | None:
         """Seconds until `job` would finish if queued now: the cost waiting in its lane (unless not `waiting`),
         plus its own, at the measured rate (None before any measurement)."""
-        rate = self.seconds_per_cost.get(job.kind) or (max(self.seconds_per_cost.values())
+        rate = self.seconds_per_cost.get(job.rate_key) or (max(self.seconds_per_cost.values())
                                                         if self.seconds_per_cost else None)
         if rate is None:
             return None
         queued = list(self.lane_of(job).queue._queue) if waiting else []   # a snapshot; the lane may move on
         return (sum(other.cost for other in queued if not other.abandoned) + job.cost) * rate
 
-    async def calibrate(self, prompt: str, cost: int) -> None:
+    def pipeline_of(self, model: str | None):
+        return self.pipeline if model is None else self.models[model]
+
+    async def calibrate(self, prompt: str, cost: int, model: str | None = None) -> None:
         """Time one small generate before serving, so the first requests of every kind are admitted on a
         measured rate (each kind then refines its own) rather than on the cost budget alone."""
-        lane, loop = self.lanes["light"], asyncio.get_running_loop()
-        await loop.run_in_executor(lane.executor, self._call, "generate", {}, [prompt], 0)  # warm-up: not timed
+        lane, loop, job = self.lanes["light"], asyncio.get_running_loop(), Job("generate", {}, [prompt], 0, model=model)
+        await loop.run_in_executor(lane.executor, self._call, job, [prompt])  # warm-up: not timed
         started = time.monotonic()
-        await loop.run_in_executor(lane.executor, self._call, "generate", {}, [prompt], 0)
-        self._measure("generate", cost, time.monotonic() - started)
+        await loop.run_in_executor(lane.executor, self._call, job, [prompt])
+        self._measure(job.rate_key, cost, time.monotonic() - started)
 
     def _measure(self, kind: str, cost: int, seconds: float) -> None:
         rate = seconds / max(1, cost)
@@ -140,8 +151,7 @@ class InferenceWorker:
             queue.put_nowait(job)
         return batch
 
-    def _compute(self, lane: Lane, kind: str, settings: dict, payload: list, seed: int | None, deadline: float,
-                 batch: list[Job]):
+    def _compute(self, lane: Lane, first: Job, payload: list, deadline: float, batch: list[Job]):
         light = lane is self.lanes["light"]
         if light:
             self.light_idle.clear()
@@ -154,24 +164,26 @@ class InferenceWorker:
                 if not light:
                     self.light_idle.wait(1.0)
 
-            with self.pipeline.time_limit(max(0.0, deadline - time.monotonic()), pause=pause):
-                return self._call(kind, settings, payload, seed)
+            with self.pipeline_of(first.model).time_limit(max(0.0, deadline - time.monotonic()), pause=pause):
+                return self._call(first, payload)
         finally:
             if light:
                 self.light_idle.set()
 
-    def _call(self, kind: str, settings: dict, payload: list, seed: int | None):
+    def _call(self, job: Job, payload: list):
+        """Run a batch of jobs like `job` (same kind, model and settings) on their `payload`, in order."""
+        kind, settings, seed, pipeline = job.kind, job.settings, job.seed, self.pipeline_of(job.model)
         if kind == "generate":  # (image, the caption drawn for: prompts may hold blanks)
-            return list(zip(*self.pipeline.draw(payload, n=1, seed=seed, **settings)))
+            return list(zip(*pipeline.draw(payload, n=1, seed=seed, **settings)))
         if kind == "complete":  # payload: n copies of (image, keep, prompt)
             levels, keep, prompt = payload[0]
-            return list(zip(*self.pipeline.complete(levels[None], keep, prompt, n=len(payload), seed=seed, **settings)))
+            return list(zip(*pipeline.complete(levels[None], keep, prompt, n=len(payload), seed=seed, **settings)))
         if kind == "continue":  # payload: n copies of (prompt, images)
             prompt, images = payload[0]
-            return self.pipeline.continue_documents(prompt, images, n=len(payload), seed=seed, **settings)[0]
+            return pipeline.continue_documents(prompt, images, n=len(payload), seed=seed, **settings)[0]
         if kind == "caption":
-            return self.pipeline.caption(np.stack(payload), seed=seed, **settings)
-        images, captions = self.pipeline.sample(len(payload), seed=seed, **settings)
+            return pipeline.caption(np.stack(payload), seed=seed, **settings)
+        images, captions = pipeline.sample(len(payload), seed=seed, **settings)
         return list(zip(images, captions))
 
     async def _run(self, lane: Lane) -> None:
@@ -187,9 +199,8 @@ class InferenceWorker:
             deadline = max(job.deadline for job in batch)  # stop once the last waiting client gave up
             started = time.monotonic()
             try:
-                results = await loop.run_in_executor(lane.executor, self._compute, lane, first.kind, first.settings,
-                                                     payload, first.seed, deadline, batch)
-                self._measure(first.kind, sum(job.cost for job in batch), time.monotonic() - started)
+                results = await loop.run_in_executor(lane.executor, self._compute, lane, first, payload, deadline, batch)
+                self._measure(first.rate_key, sum(job.cost for job in batch), time.monotonic() - started)
             except Exception as error:  # hand the failure to every waiting request
                 for job in batch:
                     if not job.future.done():

@@ -28,6 +28,11 @@ function figure(src, text) {
   return item;
 }
 
+// The model that draws, captions and samples: "" is the served checkpoint, else a model by name (/api/models).
+function chosenModel() {
+  return $("model").value ? { model: $("model").value } : {};
+}
+
 function promptFromPickers() {
   $("prompt").value = [$("fg-adjective").value, $("fg-hue").value, $("digit").value, "on",
     $("bg-adjective").value, $("bg-hue").value].join(" ");
@@ -41,7 +46,7 @@ async function generate(event) {
     const body = await api("/api/generate", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ prompt: $("prompt").value, n: Number($("count").value),
-                             temperature: Number($("temperature").value) }),
+                             temperature: Number($("temperature").value), ...chosenModel() }),
     });
     // Each image under the caption it was drawn for ("*" blanks in the prompt are filled per image).
     $("generated").replaceChildren(...body.images.map((src, i) => figure(src, body.captions[i])));
@@ -80,7 +85,9 @@ async function captionBlob(blob) {
   const form = new FormData();
   form.append("file", blob, "drawing.png");
   try {
-    const body = await api("/api/caption", { method: "POST", body: form });
+    const model = chosenModel().model;
+    const body = await api("/api/caption" + (model ? `?model=${encodeURIComponent(model)}` : ""),
+                           { method: "POST", body: form });
     $("caption-result").textContent = body.caption;
     $("seen").src = body.seen;
   } catch (error) {
@@ -112,7 +119,7 @@ async function sample() {
   $("sample-message").textContent = "";
   try {
     const body = await api("/api/sample", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ n: 8 }),
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ n: 8, ...chosenModel() }),
     });
     $("samples").replaceChildren(...body.samples.map((s) => figure(s.image, s.caption)));
   } catch (error) {
@@ -207,6 +214,9 @@ async function start() {
   clearCanvas();
   const health = await api("/api/health");
   $("status").textContent = `model: ${health.checkpoint}`;
+  const served = (await api("/api/models")).models;
+  $("model").innerHTML = served.map((m) => `<option value="${m.name ?? ""}">${m.name ?? health.checkpoint} ` +
+                                    `(${m.generator})</option>`).join("");
 }
 
 $("generate-form").addEventListener("submit", generate);
