@@ -6,7 +6,9 @@ The shipped default is chosen from this table by a stated rule: the highest all-
 among rows within one standard error of it the best shape precision (within one standard error too),
 then the cheapest.
 
-One row per method: judged all-three accuracy, shape precision, images with no stray pixel,
+Variety has its own table with the real-data ceiling and the recall rule: scripts/fidelity_table.py.
+
+One row per method: judged all-three accuracy, shape precision and recall, images with no stray pixel,
 distinct images per prompt (5 draws of 20 prompts) and milliseconds per image.
 """
 
@@ -68,7 +70,8 @@ def main() -> None:
         rows.append({"method": name, "settings": settings, "ms_per_image": ms,
                      "all_three": attribute_accuracy(judge.predict(images), split.digits, split.foreground,
                                                      split.background)["all"],
-                     "shape_precision": shape_realism(*reference, judge.shape_features(images), split.digits)["precision"],
+                     **{f"shape_{key}": value for key, value in
+                        shape_realism(*reference, judge.shape_features(images), split.digits).items() if key != "k"},
                      "clean": stray_pixels(images, split.foreground, split.background)["clean"],
                      "distinct_per_prompt": float(distinct)})
         print(json.dumps(rows[-1]), flush=True)

@@ -27,6 +27,8 @@ MAX_SEED = 2**63 - 1
 # the web API and sampling.json; ranges come from SamplingConfig.RANGES.
 SAMPLER_FLAGS = [
     ("--temperature", "temperature", "sampling temperature (0 = greedy)"),
+    ("--fine-temperature", "fine_temperature", "next-scale model: the finest scale's temperature as a multiple of "
+                                               "--temperature, scales between interpolated (1 = flat)"),
     ("--top-k", "top_k", "keep only the k most likely tokens (0 = all)"),
     ("--top-p", "top_p", "nucleus sampling: keep the tokens that make up this much probability (1 = off)"),
     ("--guidance", "guidance", "classifier-free guidance scale (1 = off)"),

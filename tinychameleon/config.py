@@ -310,6 +310,8 @@ def make_config(preset: str = "seed", **overrides) -> RunConfig:
 @dataclass
 class SamplingConfig:
     temperature: float = 1.0
+    fine_temperature: float = 1.0  # next-scale: the finest scale's temperature as a multiple of `temperature`, the
+                                  # scales between interpolated (coarse scales keep the variety, fine ones the strokes)
     caption_temperature: float = 0.0  # image -> text wants the single best caption: greedy by default
     caption_guidance: float = 1.0  # image -> text: guidance of the caption (1 = off; `guidance` is for images)
     top_k: int = 0                # 0 = no top-k filtering
@@ -328,7 +330,8 @@ class SamplingConfig:
     batch_size: int = 1024        # rows decoded together; bounds memory
 
     # The allowed range of each numeric setting: one table for the CLI, the web API and sampling.json.
-    RANGES = {"temperature": (0.0, 100.0), "caption_temperature": (0.0, 100.0), "top_k": (0, 1 << 20),
+    RANGES = {"temperature": (0.0, 100.0), "fine_temperature": (0.0, 10.0), "caption_temperature": (0.0, 100.0),
+              "top_k": (0, 1 << 20),
               "guidance": (0.0, 100.0), "caption_guidance": (0.0, 100.0), "image_candidates": (1, 64),
               "top_p": (0.01, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
               "caption_hypotheses": (1, 10),

@@ -99,7 +99,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         if unknown:
             raise ConfigError(f"unknown sampling setting {unknown[0]!r}")
         settings = replace(self.sampling, **{key: value for key, value in overrides.items() if value is not None})
-        return self._check_next_scale_settings(settings.validate()) if self.next_scale else settings.validate()
+        return self._check_decoding_settings(settings.validate())
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:

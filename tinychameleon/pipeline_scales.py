@@ -30,12 +30,24 @@ class NextScaleTasks:
             raise ConfigError(f"{task} needs the raster model: the next-scale model (this checkpoint) draws whole "
                               "images from captions and reads them; use the default checkpoint")
 
-    def _check_next_scale_settings(self, settings: SamplingConfig) -> SamplingConfig:
+    def _check_decoding_settings(self, settings: SamplingConfig) -> SamplingConfig:
+        """Refuse a setting the checkpoint's generator has no use for, naming it (never ignore one)."""
+        if not self.next_scale:
+            if settings.fine_temperature != 1.0:
+                raise ConfigError("fine_temperature sets each scale's temperature of the next-scale model; the raster "
+                                  "model draws with one temperature (leave it at 1)")
+            return settings
         for name, off in RASTER_ONLY_SETTINGS.items():
             if getattr(settings, name) != off:
                 raise ConfigError(f"{name} is a raster-decoding setting; the next-scale model has no such decoding "
                                   f"(leave it at {off})")
         return settings
+
+    def _scale_temperatures(self, settings: SamplingConfig) -> list[float]:
+        """One temperature per block: `temperature` at the coarsest, times `fine_temperature` at the finest."""
+        blocks = len(self.model.layout.block_sizes)
+        return [settings.temperature * (1 + (settings.fine_temperature - 1) * block / (blocks - 1))
+                for block in range(blocks)]
 
     def _draw_scales(self, words: torch.Tensor, settings: SamplingConfig, generator, candidates: int
                      ) -> torch.Tensor:
@@ -46,7 +58,7 @@ class NextScaleTasks:
         for rows in batch_slices(len(words), settings.batch_size):
             self._check_time()
             codes.append(sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, rules,
-                                      words[rows].to(self.device), settings.temperature, settings.top_k or None,
+                                      words[rows].to(self.device), self._scale_temperatures(settings), settings.top_k or None,
                                       settings.top_p, settings.guidance, generator, should_stop=self._expired))
         codes = torch.cat(codes)
         if candidates == 1:
@@ -75,5 +87,5 @@ class NextScaleTasks:
         rules = sampler.ImageRules(self.vocab, self.image_tokenizer)
         plain = replace(settings, guidance=1.0)
         return sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, rules,
-                            torch.zeros(n, 6, dtype=torch.long, device=self.device), plain.temperature,
+                            torch.zeros(n, 6, dtype=torch.long, device=self.device), self._scale_temperatures(plain),
                             plain.top_k or None, plain.top_p, 1.0, generator, masked=True)

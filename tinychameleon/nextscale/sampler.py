@@ -47,11 +47,12 @@ def guided(logits: torch.Tensor, rows: int, guidance: float) -> torch.Tensor:
 
 @torch.no_grad()
 def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, words: torch.Tensor,
-         temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, guidance: float = 1.0,
+         temperature: float | list[float] = 1.0, top_k: int | None = None, top_p: float = 1.0, guidance: float = 1.0,
          generator: torch.Generator | None = None, use_cache: bool = True,
          should_stop: Callable[[], bool] | None = None, masked: bool = False) -> torch.Tensor:
-    """(B, 6) word ids -> (B, 106) image ids: fg, bg, then every scale's codes. masked=True draws from
-    nothing: the caption is read as <mask> tokens (the unconditional stream itself)."""
+    """(B, 6) word ids -> (B, 106) image ids: fg, bg, then every scale's codes; `temperature` is one for all
+    blocks or one per block. masked=True draws from nothing: the caption is read as <mask> tokens (the
+    unconditional stream itself)."""
     model.eval()
     B, device, layout = len(words), words.device, model.layout
     streams = caption_ids(vocab, words, torch.full((B,), masked, dtype=torch.bool))
@@ -77,7 +78,8 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
             logits = model.run(x, model.mask[:stop, :stop])
         logits = guided(logits[:, -sizes[block]:], B, guidance)                    # (B, n, V)
         slots = slice(starts[block] - CAPTION, stop - CAPTION)
-        tokens = sample_block(logits, rules, slots, temperature, top_k, top_p, generator, first=block == 0)
+        heat = temperature[block] if isinstance(temperature, (list, tuple)) else temperature
+        tokens = sample_block(logits, rules, slots, heat, top_k, top_p, generator, first=block == 0)
         image[:, slots] = tokens
         if block == len(sizes) - 1:
             break
