@@ -188,3 +188,19 @@ def test_shipped_var_checkpoint_is_selectable_by_name_and_matches_its_preset():
     assert (shipped.model.n_layer, shipped.model.d_model) == (preset.model.n_layer, preset.model.d_model)
     pipe = Pipeline.from_pretrained("var")
     assert pipe.next_scale and pipe.source == str(path)
+
+
+def test_a_temperature_per_scale(untrained, scales_run, tiny_pipeline):
+    config, tokenizer, model, vocab = untrained
+    rules, words = ImageRules(vocab, tokenizer), torch.randint(0, 31, (4, 6))
+    greedy = draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0)
+    assert torch.equal(draw(model, tokenizer.shape, vocab, rules, words, temperature=[0.0] * 6), greedy)
+    pipe = Pipeline.from_pretrained(scales_run)
+    from tinychameleon.config import SamplingConfig
+    assert pipe._scale_temperatures(SamplingConfig(temperature=0.8, fine_temperature=0.5)) == \
+        pytest.approx([0.8, 0.72, 0.64, 0.56, 0.48, 0.4])
+    hot, cold = (pipe.generate_images(["dark green eight on bright cyan"] * 8, seed=5, fine_temperature=value)
+                 for value in (1.0, 0.0))
+    assert not np.array_equal(hot, cold)                      # the setting is honoured, not ignored
+    with pytest.raises(ConfigError, match="raster model draws with one temperature"):
+        tiny_pipeline.generate_images("dark green eight on bright cyan", fine_temperature=0.5)

@@ -166,6 +166,19 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def init_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and residual output projections scaled by
+    1 / sqrt(2 * n_layer) so the residual stream's variance stays ~1 however deep the model."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for name, parameter in model.named_parameters():
+        if name.endswith("proj.weight") or name.endswith("down.weight"):
+            nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * n_layer))
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -176,18 +189,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        for name, parameter in self.named_parameters():
-            if name.endswith("proj.weight") or name.endswith("down.weight"):
-                # GPT-2 scaling: residual branches start small so the stream's variance stays ~1.
-                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self, config.n_layer)
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:

@@ -19,13 +19,11 @@ Classifier-free guidance reads the caption replaced by <mask> tokens (dropped in
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..model import Block, KVCache
+from ..model import Block, KVCache, init_weights
 from ..tokenizers.vocab import TEXT_LENGTH
 
 CAPTION = 1 + 1 + TEXT_LENGTH + 1   # <bos> <marker> w1..w6 <end of text>
@@ -72,20 +70,10 @@ class NextScaleTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(C)
         self.head = nn.Linear(C, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        for name, parameter in self.named_parameters():
-            if name.endswith("proj.weight") or name.endswith("down.weight"):
-                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))   # GPT-2 residual scaling
+        init_weights(self, config.n_layer)
         scale_of = torch.cat([torch.full((size,), k) for k, size in enumerate(self.layout.block_sizes)])
         self.register_buffer("scale_of", scale_of, persistent=False)                # (106,) block of each slot
         self.register_buffer("mask", self.layout.drawing_mask(), persistent=False)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     # -- embeddings ------------------------------------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
