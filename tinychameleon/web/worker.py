@@ -28,7 +28,7 @@ class QueueFull(Exception):
     pass
 
 
-@dataclass
+@dataclass(eq=False)   # a job is itself: two equal requests are still two jobs
 class Job:
     kind: str                      # "generate" | "caption" | "sample" | "complete" | "continue"
     settings: dict                 # sampling overrides; jobs with equal settings can share a batch
@@ -60,6 +60,7 @@ class Lane:
 
     def __init__(self, name: str, queue_size: int) -> None:
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
+        self.waiting: list[Job] = []      # the queued jobs, in order (what admission adds up; read on the loop)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"inference-{name}")
         self.task: asyncio.Task | None = None
 
@@ -84,7 +85,7 @@ class InferenceWorker:
                                                         if self.seconds_per_cost else None)
         if rate is None:
             return None
-        queued = list(self.lane_of(job).queue._queue) if waiting else []   # a snapshot; the lane may move on
+        queued = self.lane_of(job).waiting if waiting else []
         return (sum(other.cost for other in queued if not other.abandoned) + job.cost) * rate
 
     def pipeline_of(self, model: str | None):
@@ -129,10 +130,12 @@ class InferenceWorker:
         """Queue a job and wait for its result; QueueFull or asyncio.TimeoutError otherwise."""
         job.future = asyncio.get_running_loop().create_future()
         job.deadline = time.monotonic() + timeout
+        lane = self.lane_of(job)
         try:
-            self.lane_of(job).queue.put_nowait(job)
+            lane.queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFull from None
+        lane.waiting.append(job)
         return await asyncio.wait_for(job.future, timeout)  # on timeout the future is cancelled
 
     def _take_batch(self, queue: asyncio.Queue, first: Job) -> list[Job]:
@@ -190,9 +193,13 @@ class InferenceWorker:
         loop = asyncio.get_running_loop()
         while True:
             first = await lane.queue.get()
+            lane.waiting.remove(first)
             if first.abandoned:  # timed out or cancelled while waiting: skip the work
                 continue
-            batch = [job for job in self._take_batch(lane.queue, first) if not job.abandoned]
+            taken = self._take_batch(lane.queue, first)
+            for job in taken[1:]:
+                lane.waiting.remove(job)
+            batch = [job for job in taken if not job.abandoned]
             if not batch:
                 continue
             payload = [item for job in batch for item in job.payload]
