@@ -1,0 +1,70 @@
+"""Seconds per training step of the `best` (raster) and `var` (next-scale) presets' transformers, measured in one
+run at their batch size, bf16 autocast and optimizer (random weights and tokens: speed does not depend on them).
+
+    python scripts/preset_step_time.py --steps 20
+
+With the steps per epoch this gives a training time free of whatever else the machine ran during a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from tinychameleon.checkpoint import build_image_tokenizer, build_transformer
+from tinychameleon.config import make_config
+from tinychameleon.device import autocast
+from tinychameleon.nextscale.objective import pair_loss
+from tinychameleon.sequences import build_sequences
+from tinychameleon.tokenizers.vocab import Vocab
+from tinychameleon.training.lm_trainer import sequence_loss
+from tinychameleon.training.optimizers import build_optimizer
+
+
+def step_seconds(preset: str, steps: int) -> float:
+    config = make_config(preset)
+    vocab, settings = Vocab.for_config(config), config.train
+    torch.manual_seed(0)
+    model = build_transformer(config)
+    optimizer = build_optimizer(model, settings, fused=False)
+    B = settings.batch_size
+    words = torch.randint(0, vocab.num_words, (B, 6))
+    codes = torch.randint(0, config.vq.codebook_size, (B, vocab.image_length))
+    codes[:, :2] = config.vq.codebook_size + torch.randint(0, 31, (B, 2))
+    orders = torch.arange(B) % 2
+    coder = build_image_tokenizer(config).shape.eval() if config.vq.kind == "scales" else None
+
+    def step():
+        with autocast(torch.device("cpu"), precision=settings.precision):
+            if coder is not None:
+                loss = pair_loss(model, coder, vocab, words, codes, orders == 1, settings.text_dropout,
+                                 settings.caption_loss_weight)
+            else:
+                loss = sequence_loss(model, build_sequences(vocab, words, codes, orders))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - started) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    results = {}
+    for _ in range(2):   # interleaved twice: a noisy machine shows as two different readings
+        for preset in ("best", "var"):
+            results.setdefault(preset, []).append(step_seconds(preset, args.steps))
+    print(json.dumps({preset: [round(s, 3) for s in values] for preset, values in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
