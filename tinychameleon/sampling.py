@@ -109,6 +109,13 @@ def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: floa
     return logits
 
 
+def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance on logits of any shape (..., vocab): log p_uncond + guidance * (log p_cond -
+    log p_uncond). Every sampler (pairs, documents, next-scale) combines its two streams with this."""
+    free = F.log_softmax(unconditional.float(), -1)
+    return free + guidance * (F.log_softmax(conditional.float(), -1) - free)
+
+
 def contrastive_scores(conditional: torch.Tensor, unconditional: torch.Tensor, allowed: torch.Tensor, k: int,
                        alpha: float) -> torch.Tensor:
     """CD-K (CM3Leon): among allowed tokens whose conditional probability is at least alpha x the k-th largest,
@@ -170,8 +177,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
         if guided and cd_k:
             logits = contrastive_scores(logits, free_logits[0], allowed, cd_k, cd_alpha)
         elif guided:
-            free = F.log_softmax(free_logits[0].float(), -1)
-            logits = free + guidance * (F.log_softmax(logits.float(), -1) - free)
+            logits = guided_logits(logits, free_logits[0], guidance)
         token = pick(filter_logits(logits, allowed, temperature, top_k, top_p), temperature, generator)
         if forced is not None:
             token = torch.where(forced[:, position] >= 0, forced[:, position], token)

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import DeadlineExceeded
 from ..model import KVCache, Transformer, causal_mask
-from ..sampling import filter_logits, pick
+from ..sampling import filter_logits, guided_logits, pick
 from .grammar import DocumentGrammar
 
 
@@ -132,8 +131,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
         in_image = state.image_position >= 0                                              # (n,)
         image_logits = conditional
         if groups == 2:
-            free = F.log_softmax(logits[n:].float(), -1)
-            image_logits = free + settings.guidance * (F.log_softmax(conditional.float(), -1) - free)
+            image_logits = guided_logits(conditional, logits[n:], settings.guidance)
         image_token = pick(filter_logits(image_logits, allowed, settings.temperature, settings.top_k or None,
                                          settings.top_p), settings.temperature, generator)
         text_token = pick(filter_logits(conditional, allowed, settings.text_temperature, None),

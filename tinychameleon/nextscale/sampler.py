@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import DeadlineExceeded
 from ..model import KVCache
-from ..sampling import ModalityRules, filter_logits, pick
+from ..sampling import ModalityRules, filter_logits, guided_logits, pick
 from ..sequences import IMAGE_FIRST
 from ..tokenizers.vocab import TEXT_LENGTH, Vocab
 from ..tokenizers.vqvae import GRID
@@ -35,14 +34,6 @@ class ImageRules:
         self.allowed[:, :K] = tokenizer.position_tokens()
         self.follows = torch.ones(vocab.size, vocab.size, dtype=torch.bool)
         self.follows[:K, :K] = tokenizer.token_follows()
-
-
-def guided(logits: torch.Tensor, rows: int, guidance: float) -> torch.Tensor:
-    """(streams * B, ..., V) -> (B, ..., V): log p_free + guidance * (log p_cond - log p_free)."""
-    if logits.shape[0] == rows:
-        return logits
-    conditional, free = F.log_softmax(logits[:rows].float(), -1), F.log_softmax(logits[rows:].float(), -1)
-    return free + guidance * (conditional - free)
 
 
 @torch.no_grad()
@@ -76,7 +67,9 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
                 if block else None
             x = torch.cat([model.embed_tokens(streams)] + ([earlier] if block else []) + [new], dim=1)
             logits = model.run(x, model.mask[:stop, :stop])
-        logits = guided(logits[:, -sizes[block]:], B, guidance)                    # (B, n, V)
+        logits = logits[:, -sizes[block]:]                                         # (R, n, V)
+        if R > B:                                                                 # the two guidance streams
+            logits = guided_logits(logits[:B], logits[B:], guidance)
         slots = slice(starts[block] - CAPTION, stop - CAPTION)
         heat = temperature[block] if isinstance(temperature, (list, tuple)) else temperature
         tokens = sample_block(logits, rules, slots, heat, top_k, top_p, generator, first=block == 0)
