@@ -103,11 +103,11 @@ def header(vocab: Vocab, rows: int, order: int | None) -> torch.Tensor:
 
 
 def text_prefix(vocab: Vocab, word_ids: torch.Tensor) -> torch.Tensor:
-    """Prompt for text -> image: <bos> <end of image> w1..w6 <end of text>  (B, 9)."""
-    B = word_ids.shape[0]
-    bos = torch.full((B, 1), vocab.bos, dtype=torch.long)
-    eoi = torch.full((B, 1), vocab.end_of_image, dtype=torch.long)
-    eot = torch.full((B, 1), vocab.end_of_text, dtype=torch.long)
+    """Prompt for text -> image: <bos> <end of image> w1..w6 <end of text>  (B, 9), on word_ids' device."""
+    B, device = word_ids.shape[0], word_ids.device
+    bos = torch.full((B, 1), vocab.bos, dtype=torch.long, device=device)
+    eoi = torch.full((B, 1), vocab.end_of_image, dtype=torch.long, device=device)
+    eot = torch.full((B, 1), vocab.end_of_text, dtype=torch.long, device=device)
     return torch.cat([bos, eoi, word_ids.long() + vocab.word_offset, eot], dim=1)
 
 

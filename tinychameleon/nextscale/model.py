@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..model import Block, KVCache, init_weights
+from ..model import Block, KVCache, causal_mask, init_weights
 from ..tokenizers.vocab import TEXT_LENGTH
 
 CAPTION = 1 + 1 + TEXT_LENGTH + 1   # <bos> <marker> w1..w6 <end of text>
@@ -108,16 +108,12 @@ class NextScaleTransformer(nn.Module):
         """(B, T, C) inputs, mask (T, S) booleans (None: causal) -> (B, T, vocab) logits."""
         if mask is None:
             past = 0 if kv_cache is None else kv_cache.position
-            mask = self.causal(past, x.shape[1], x.device)
+            mask = causal_mask(x.shape[1], past, x.device)
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, mask)
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
         return self.head(self.norm(x))
-
-    @staticmethod
-    def causal(past: int, T: int, device) -> torch.Tensor:
-        return torch.arange(past + T, device=device)[None, :] <= torch.arange(past, past + T, device=device)[:, None]
 
     def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Plain token ids, causally (the caption of the drawing order): the raster sampler's interface, so

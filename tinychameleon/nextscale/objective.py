@@ -9,19 +9,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..sequences import text_prefix
 from ..tokenizers.vocab import Vocab
 from .model import CAPTION, NextScaleTransformer
 
 
 def captions(vocab: Vocab, words: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 6) word ids 0..30 -> (B, 9) <bos> <end of image> w1..w6 <end of text>; rows in `masked` (B,) have
-    <mask> for every word (guidance's unconditional stream, and caption dropout in training)."""
-    B, device = len(words), words.device
-    ids = words.long() + vocab.word_offset
+    """(B, 6) word ids 0..30 -> (B, 9) <bos> <end of image> w1..w6 <end of text> (the raster model's text prompt);
+    rows in `masked` (B,) have <mask> for every word (guidance's unconditional stream, and caption dropout)."""
+    ids = text_prefix(vocab, words)
     if masked is not None:
-        ids = torch.where(masked[:, None].to(device), vocab.mask, ids)
-    column = lambda token: torch.full((B, 1), token, dtype=torch.long, device=device)   # noqa: E731
-    return torch.cat([column(vocab.bos), column(vocab.end_of_image), ids, column(vocab.end_of_text)], dim=1)
+        words_slots = vocab.text_first_words
+        ids[:, words_slots] = torch.where(masked[:, None].to(ids.device), vocab.mask, ids[:, words_slots])
+    return ids
+
+
+def reading_head(vocab: Vocab, image_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 106) image ids -> (B, 4) <bos> <end of text> fg bg: the reading order's tokens before the latent."""
+    markers = torch.tensor([vocab.bos, vocab.end_of_text], device=image_ids.device).expand(len(image_ids), 2)
+    return torch.cat([markers, image_ids[:, :2].long()], dim=1)
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -44,12 +50,9 @@ def drawing_nll(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.T
 def reading_nll(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.Tensor, image_ids: torch.Tensor
                 ) -> torch.Tensor:
     """The reading order: -log p(w_i | image, w_<i), (B, 6)."""
-    B, device = len(words), words.device
-    head = torch.cat([torch.tensor([vocab.bos, vocab.end_of_text], device=device).expand(B, 2),
-                      image_ids[:, :2].long()], dim=1)
     targets = words.long() + vocab.word_offset
-    tail = torch.cat([torch.full((B, 1), vocab.end_of_image, device=device), targets[:, :-1]], dim=1)
-    logits = model.reading_logits(head, coder.features(image_ids[:, 2:]), tail)
+    tail = torch.cat([torch.full((len(words), 1), vocab.end_of_image, device=words.device), targets[:, :-1]], dim=1)
+    logits = model.reading_logits(reading_head(vocab, image_ids), coder.features(image_ids[:, 2:]), tail)
     return token_nll(logits[:, -words.shape[1]:], targets)
 
 

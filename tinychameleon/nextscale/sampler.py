@@ -22,6 +22,7 @@ from ..tokenizers.vocab import TEXT_LENGTH, Vocab
 from ..tokenizers.vqvae import GRID
 from .model import CAPTION, COLORS, NextScaleTransformer
 from .objective import captions as caption_ids
+from .objective import reading_head
 
 
 class ImageRules:
@@ -108,11 +109,9 @@ def read(model: NextScaleTransformer, coder, vocab: Vocab, rules: ModalityRules,
     """(B, 106) image ids -> (B, 6) caption word ids 0..30, one word per pass with a KV cache."""
     model.eval()
     B, device = len(image_ids), image_ids.device
-    head = torch.cat([torch.tensor([vocab.bos, vocab.end_of_text], device=device).expand(B, 2),
-                      image_ids[:, :2].long()], dim=1)
     cache = KVCache(model.config, B, max_length=model.layout.reading_length, device=device)
     token = torch.full((B, 1), vocab.end_of_image, dtype=torch.long, device=device)
-    logits = model.run(model.embed_reading(head, coder.features(image_ids[:, 2:]), token), None, cache)[:, -1]
+    logits = model.run(model.embed_reading(reading_head(vocab, image_ids), coder.features(image_ids[:, 2:]), token), None, cache)[:, -1]
     orders = torch.full((B,), IMAGE_FIRST, dtype=torch.long, device=device)
     words, previous = [], token[:, 0]
     for slot in range(TEXT_LENGTH):
