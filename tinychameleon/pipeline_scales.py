@@ -6,6 +6,7 @@ for either generator and call these where the raster model would decode token by
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 
 import torch
 
@@ -15,6 +16,7 @@ from .errors import ConfigError
 from .nextscale import sampler
 from .nextscale.model import NextScaleTransformer
 from .nextscale.objective import reading_nll
+from .tokenizers.vocab import TEXT_LENGTH
 
 # Raster-only settings: each names a decoding the next-scale sampler does not have (refused, never ignored).
 RASTER_ONLY_SETTINGS = {"cd_k": 0, "mixed_pool": False, "rerank_captions": False, "caption_guidance": 1.0}
@@ -49,17 +51,22 @@ class NextScaleTasks:
         return [settings.temperature * (1 + (settings.fine_temperature - 1) * block / (blocks - 1))
                 for block in range(blocks)]
 
-    def _draw_scales(self, words: torch.Tensor, settings: SamplingConfig, generator, candidates: int
-                     ) -> torch.Tensor:
+    @cached_property
+    def _image_rules(self) -> sampler.ImageRules:
+        return sampler.ImageRules(self.vocab, self.image_tokenizer)
+
+    def _draw_scales(self, words: torch.Tensor, settings: SamplingConfig, generator, candidates: int = 1,
+                     masked: bool = False) -> torch.Tensor:
         """(B * candidates, 6) word ids, prompt-major -> (B, 106) image ids: every candidate drawn a scale per
-        pass, then the one whose prompt the model reads back likeliest (or CLIP's choice)."""
-        rules = sampler.ImageRules(self.vocab, self.image_tokenizer)
+        pass, then the one whose prompt the model reads back likeliest (or CLIP's choice). masked=True draws
+        from nothing (the caption read as <mask> tokens; the words are placeholders)."""
         codes = []
         for rows in batch_slices(len(words), settings.batch_size):
             self._check_time()
-            codes.append(sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, rules,
+            codes.append(sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, self._image_rules,
                                       words[rows].to(self.device), self._scale_temperatures(settings), settings.top_k or None,
-                                      settings.top_p, settings.guidance, generator, should_stop=self._expired))
+                                      settings.top_p, settings.guidance, generator, should_stop=self._expired,
+                                      masked=masked))
         codes = torch.cat(codes)
         if candidates == 1:
             return codes
@@ -84,8 +91,5 @@ class NextScaleTasks:
 
     def _draw_unconditional_scales(self, n: int, settings: SamplingConfig, generator) -> torch.Tensor:
         """n images from nothing: the caption read as <mask> tokens (guidance's unconditional stream), drawn plain."""
-        rules = sampler.ImageRules(self.vocab, self.image_tokenizer)
-        plain = replace(settings, guidance=1.0)
-        return sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, rules,
-                            torch.zeros(n, 6, dtype=torch.long, device=self.device), self._scale_temperatures(plain),
-                            plain.top_k or None, plain.top_p, 1.0, generator, masked=True)
+        return self._draw_scales(torch.zeros(n, TEXT_LENGTH, dtype=torch.long), replace(settings, guidance=1.0),
+                                 generator, masked=True)

@@ -61,8 +61,7 @@ class PaletteTokenizer(torch.nn.Module):
     @classmethod
     def layout(cls, config: VQConfig) -> tuple[int, int]:
         """(token_count, tokens_per_image): K shape codes and 31 colors; 2 + 49 tokens (2 + 104: "scales")."""
-        shape_tokens = MultiScaleVQVAE.layout(config)[1] if config.kind == "scales" else GRID * GRID
-        return config.codebook_size + COLORS, 2 + shape_tokens
+        return config.codebook_size + COLORS, 2 + SHAPE_CODERS.get(config.kind, VQVAE).layout(config)[1]
 
     @property
     def token_count(self) -> int:
