@@ -379,3 +379,16 @@ def test_requests_choose_a_served_model_by_name(tiny_pipeline, scales_run, color
         assert client.post("/api/caption?model=dalle", files={"file": ("a.png", image, "image/png")}).status_code == 422
         # Raster-only decodings are refused for the next-scale model, not ignored.
         assert client.post("/api/generate", json={**prompt, "model": "var", "candidates": 2}).status_code == 200
+
+
+def test_an_unmeasured_kind_is_priced_like_the_calibrated_generate():
+    """Before a kind has run, admission prices it at the model's calibrated generate rate, not at the slowest
+    kind measured so far (a heavy `continue` once made small `sample` requests look too slow to admit)."""
+    from tinychameleon.web.worker import InferenceWorker
+
+    worker = InferenceWorker(pipeline=None)
+    worker.seconds_per_cost.update({"generate": 0.01, "continue": 1.0, "generate@var": 0.002})
+    assert worker.predicted_seconds(Job("sample", {}, [None] * 8, cost=16), waiting=False) == pytest.approx(0.16)
+    assert worker.predicted_seconds(Job("sample", {}, [None] * 8, cost=16, model="var"), waiting=False) == \
+        pytest.approx(0.032)
+    assert worker.predicted_seconds(Job("continue", {}, [None], cost=4), waiting=False) == pytest.approx(4.0)

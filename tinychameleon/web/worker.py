@@ -81,8 +81,12 @@ class InferenceWorker:
     def predicted_seconds(self, job: Job, waiting: bool = True) -> float | None:
         """Seconds until `job` would finish if queued now: the cost waiting in its lane (unless not `waiting`),
         plus its own, at the measured rate (None before any measurement)."""
-        rate = self.seconds_per_cost.get(job.rate_key) or (max(self.seconds_per_cost.values())
-                                                        if self.seconds_per_cost else None)
+        # A kind not measured yet on this model is priced like the generate calibrated at start-up (a decoded
+        # row costs about the same), not like the slowest kind measured on any model: a `continue` or another
+        # model's rate made an 8-pair `sample` of 0.7 s look like 12 s, and it was refused.
+        calibrated = Job("generate", {}, [], model=job.model).rate_key
+        rate = self.seconds_per_cost.get(job.rate_key) or self.seconds_per_cost.get(calibrated) or (
+            max(self.seconds_per_cost.values()) if self.seconds_per_cost else None)
         if rate is None:
             return None
         queued = self.lane_of(job).waiting if waiting else []
