@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tinychameleon.config import ModelConfig
-from tinychameleon.model import KVCache, Transformer, causal_mask
+from tinychameleon.config import POSITIONS, ModelConfig
+from tinychameleon.model import KVCache, Rotary, Transformer, causal_mask, rotate
 
 
 def small_model(**overrides) -> Transformer:
@@ -16,8 +16,9 @@ def test_logits_shape():
     assert model(torch.randint(0, 50, (3, 58))).shape == (3, 58, 50)
 
 
-def test_manual_and_fused_attention_agree():
-    model = small_model()
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_manual_and_fused_attention_agree(positions):
+    model = small_model(positions=positions)
     ids = torch.randint(0, 50, (4, 58))
     fused = model(ids)
     model.set_fused_attention(False)
@@ -25,17 +26,19 @@ def test_manual_and_fused_attention_agree():
     torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_is_causal():
-    model = small_model()
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_attention_is_causal(positions):
+    model = small_model(positions=positions)
     ids = torch.randint(0, 50, (2, 58))
     changed = ids.clone()
     changed[:, 30:] = (changed[:, 30:] + 1) % 50
     torch.testing.assert_close(model(ids)[:, :30], model(changed)[:, :30])
 
 
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("fused", [True, False])
-def test_kv_cache_decoding_equals_full_forward(fused):
-    model = small_model()
+def test_kv_cache_decoding_equals_full_forward(fused, positions):
+    model = small_model(positions=positions)
     model.set_fused_attention(fused)
     ids = torch.randint(0, 50, (3, 58))
     full = model(ids)
@@ -47,11 +50,12 @@ def test_kv_cache_decoding_equals_full_forward(fused):
     assert cache.position == 58
 
 
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("fused", [True, False])
-def test_left_padded_rows_read_as_they_would_alone(fused):
+def test_left_padded_rows_read_as_they_would_alone(fused, positions):
     """Prompts of different lengths in one cached batch (the guidance streams): each row's logits at every
     step equal a full forward of that row alone, and padding slots never change them."""
-    model = small_model()
+    model = small_model(positions=positions)
     model.set_fused_attention(fused)
     long, short = torch.randint(0, 50, (2, 40)), torch.randint(0, 50, (2, 33))
     padding = torch.tensor([0, 0, 7, 7])
@@ -83,3 +87,31 @@ def test_no_torch_transformer_modules_used():
     model = small_model()
     banned = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
     assert not any(isinstance(module, banned) for module in model.modules())
+
+
+def test_rotary_attention_scores_depend_only_on_the_offset():
+    """What RoPE is for: a query at position p and a key at p - d score the same at every p."""
+    torch.manual_seed(0)
+    rotary = Rotary(head_dim=8)
+    query, key = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    scores = [(rotate(query, *rotary.angles(torch.tensor([p + 5]))) *
+               rotate(key, *rotary.angles(torch.tensor([p])))).sum() for p in (0, 17, 90)]
+    torch.testing.assert_close(torch.stack(scores), scores[0].expand(3))
+    unrotated = (query * key).sum()
+    assert not torch.isclose(scores[0], unrotated)       # the offset of 5 does change the score
+
+
+def test_rope_model_has_no_position_table_and_learned_one_keeps_its_weights():
+    assert not hasattr(small_model(positions="rope"), "position_embedding")
+    assert small_model().position_embedding.weight.shape == (58, 32)
+
+
+def test_positions_setting_is_checked():
+    from tinychameleon.config import make_config
+    from tinychameleon.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.positions must be one of learned, rope"):
+        ModelConfig(vocab_size=50, positions="alibi").validate()
+    with pytest.raises(ConfigError, match="even head dimension"):
+        ModelConfig(vocab_size=50, n_head=2, d_model=34, positions="rope").validate()
+    with pytest.raises(ValueError, match="must be learned"):        # make_config re-raises it as ValueError
+        make_config("var", model={"positions": "rope"})

@@ -93,6 +93,9 @@ class VQTrainConfig:
         check_range(f"{section}.warmup_steps", self.warmup_steps, 0)
 
 
+POSITIONS = ("learned", "rope")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 0           # filled in from the joint vocabulary
@@ -101,7 +104,7 @@ class ModelConfig:
     n_head: int = 4
     d_model: int = 128
     dropout: float = 0.0
-
+    positions: str = "learned"    # learned absolute embeddings, or "rope" (rotary: attention sees relative offsets)
 
     def validate(self) -> None:
         check_types("model", self)
@@ -111,6 +114,10 @@ class ModelConfig:
         check_range("model.n_head", self.n_head, 1, 256)
         check_range("model.d_model", self.d_model, 1, 1 << 16)
         check_range("model.dropout", self.dropout, 0.0, 1.0)
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}")
+        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
+            raise ConfigError("model.positions rope needs an even head dimension (d_model / n_head)")
         if self.d_model % self.n_head:
             raise ConfigError(f"model.d_model ({self.d_model}) must be a multiple of model.n_head ({self.n_head})")
 
@@ -227,6 +234,9 @@ class RunConfig:
         if self.vq.kind == "scales" and (self.train.documents or self.train.infill_rate or self.train.shifted_reading):
             raise ConfigError("a next-scale run (vq.kind scales) trains on pairs only: train.documents, "
                               "train.infill_rate and train.shifted_reading must be 0")
+        if self.vq.kind == "scales" and self.model.positions != "learned":
+            raise ConfigError("a next-scale run (vq.kind scales) has learned scale and position embeddings: "
+                              "model.positions must be learned")
         if self.train.documents and self.vq.kind not in ("palette", "patches"):
             raise ConfigError(f"train.documents needs an image tokenizer that keeps color apart from shape (vq.kind "
                               f"palette or patches, got {self.vq.kind}): edits repaint a digit's color tokens")
@@ -252,9 +262,9 @@ PRESETS: dict[str, dict] = {
     "best": {
         "vq": {"kind": "patches", "codebook_size": 2048, "hidden": 96},
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
-        "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
+        "model": {"n_layer": 6, "n_head": 6, "d_model": 192, "positions": "rope"},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
-                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 30000},
+                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 36000},
     },
     # The iGPT baseline: a token per pixel (784 per image), so a small model on the 15k digits the
     # tokenizer comparison uses (about 23 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).

@@ -1,6 +1,7 @@
 """The decoder-only transformer, built from primitives. It knows only token ids and tensors.
 
-Token + learned position embeddings, pre-LayerNorm blocks of multi-head causal
+Token embeddings plus positions (learned absolute embeddings, or rotary embeddings (RoPE) that rotate
+queries and keys by their position so attention sees only relative offsets), pre-LayerNorm blocks of multi-head causal
 self-attention and a GELU MLP, a final LayerNorm and an output head. Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
 tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
@@ -91,8 +92,9 @@ class CausalSelfAttention(nn.Module):
         self.fused = True  # use F.scaled_dot_product_attention; False runs the hand-written path
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """mask (B, 1, T, S): which keys each query sees, for padded cached rows (KVCache.attention_mask)."""
+                mask: torch.Tensor | None = None, rotary: tuple | None = None) -> torch.Tensor:
+        """mask (B, 1, T, S): which keys each query sees, for padded cached rows (KVCache.attention_mask).
+        rotary: (cos, sin) of the new tokens' positions (Rotary.angles), or None for learned positions."""
         B, T, C = x.shape
         head_dim = C // self.n_head
         # (B, T, C) -> (B, nh, T, hs)
@@ -100,6 +102,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_head, head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, head_dim).transpose(1, 2)
+        if rotary is not None:
+            # Rotated before caching: a cached key keeps the rotation of its own position.
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         past = 0
         if kv_cache is not None:
             past = kv_cache.position
@@ -141,6 +146,32 @@ def manual_attention(q, k, v, mask, dropout: float = 0.0, training: bool = False
     return weights @ v  # (B, nh, T, hs)
 
 
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al.): channel pair i of a head is rotated by position *
+    base^(-2i / head_dim). The dot product of a rotated query and key then depends only on their offset,
+    so "the token 58 back" is one pattern at every position: copying a shape from an earlier image is
+    learnt once, not once per absolute position."""
+
+    def __init__(self, head_dim: int, base: float = 10_000.0) -> None:
+        super().__init__()
+        assert head_dim % 2 == 0, "rotary embeddings need an even head dimension"
+        self.register_buffer("inverse_frequencies", base ** (-torch.arange(0, head_dim, 2).float() / head_dim),
+                             persistent=False)
+
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) or (B, T) -> (cos, sin), each (1 or B, 1, T, head_dim / 2), ready for `rotate`."""
+        angles = positions.float()[..., None] * self.inverse_frequencies     # (T, hs/2) or (B, T, hs/2)
+        if angles.dim() == 2:
+            angles = angles[None]
+        return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, nh, T, hs) queries or keys: each channel pair (first half, second half) by its angle."""
+    first, second = x.float().chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).type_as(x)
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -161,8 +192,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None, layer=0, mask=None):
-        x = x + self.dropout(self.attention(self.norm1(x), kv_cache, layer, mask))
+    def forward(self, x, kv_cache=None, layer=0, mask=None, rotary=None):
+        x = x + self.dropout(self.attention(self.norm1(x), kv_cache, layer, mask, rotary))
         return x + self.mlp(self.norm2(x))
 
 
@@ -185,7 +216,11 @@ class Transformer(nn.Module):
         assert config.vocab_size > 0, "set ModelConfig.vocab_size from the joint vocabulary"
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.position_embedding = nn.Embedding(config.block_size, config.d_model)
+        # One of the two: learned absolute positions, or rotary ones (no parameters).
+        if config.positions == "rope":
+            self.rotary = Rotary(config.d_model // config.n_head)
+        else:
+            self.position_embedding = nn.Embedding(config.block_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -204,9 +239,13 @@ class Transformer(nn.Module):
             positions, mask = kv_cache.positions(T), kv_cache.attention_mask(T)  # the mask is None unless padded
         end = T + (0 if kv_cache is None else kv_cache.position - kv_cache.least_padding)
         assert end <= self.config.block_size, "sequence longer than block_size"
-        x = self.token_embedding(ids) + self.position_embedding(positions)  # (B, T, C)
+        rotary = None
+        if self.config.positions == "rope":
+            x, rotary = self.token_embedding(ids), self.rotary.angles(positions)           # (B, T, C)
+        else:
+            x = self.token_embedding(ids) + self.position_embedding(positions)              # (B, T, C)
         for layer, block in enumerate(self.blocks):
-            x = block(x, kv_cache, layer, mask)
+            x = block(x, kv_cache, layer, mask, rotary)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.head(self.norm(x))
