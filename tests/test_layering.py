@@ -21,7 +21,7 @@ LAYERS = [
     ("tokenizers", "imaging"),
     ("model", "sequences", "device", "checkpoint", "regions", "nextscale.model", "nextscale.objective"),
     ("sampling", "reranking", "documents", "retrieval", "nextscale"),
-    ("pipeline", "pipeline_retrieval", "pipeline_scales"),
+    ("pipeline", "pipeline_retrieval", "pipeline_scales", "tasks"),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),
 ]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import IMAGE_TOKENIZER_KINDS, SamplingConfig
 from .errors import ConfigError, OutputError, TinyChameleonError
+from .tasks import TASKS
 
 MAX_SEED = 2**63 - 1
 
@@ -614,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     retriever.add_argument("--cache-dir", help="data cache directory")
     retriever.set_defaults(handler=command_train_retriever)
 
-    generate = commands.add_parser("generate", help="text -> image: draw images for captions")
+    generate = commands.add_parser("generate", help=TASKS["generate"].summary)
     generate.add_argument("prompt", nargs="*", help='captions like "dark green eight on bright cyan"; a "*" word is '
                                                     'a blank the model fills (the manifest\'s "caption")')
     generate.add_argument("--prompts-file", help="a file with one caption per line")
@@ -625,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_retrieval_flags(generate)
     generate.set_defaults(handler=command_generate)
 
-    complete = commands.add_parser("complete", help="keep part of each image and let the model draw the rest")
+    complete = commands.add_parser("complete", help=TASKS["complete"].summary)
     complete.add_argument("images", nargs="+", help="image files or folders of images (sorted by name)")
     complete.add_argument("--keep", required=True, help="top, bottom, left or right (rows / columns 0-13 or 14-27), "
                                                          "or a 28x28 mask image whose white pixels are kept")
@@ -637,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(complete)
     complete.set_defaults(handler=command_complete)
 
-    caption = commands.add_parser("caption", help="image -> text: caption images (any size, RGB/RGBA/gray)")
+    caption = commands.add_parser("caption", help=TASKS["caption"].summary)
     caption.add_argument("images", nargs="+", help="image files or folders of images")
     caption.add_argument("--json", action="store_true", help="one JSON object per image on stdout (skipped files "
                                                              "with \"caption\": null and an \"error\")")
@@ -647,8 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_retrieval_flags(caption)
     caption.set_defaults(handler=command_caption)
 
-    continuation = commands.add_parser("continue", help="mixed-modal documents: continue a prompt of words and "
-                                                        "<image> placeholders with text and images")
+    continuation = commands.add_parser("continue", help=TASKS["continue"].summary)
     continuation.add_argument("prompt", nargs="?", help='e.g. "<image> make the digit normal red ." or "count from '
                                                         'two to four in plain white on dark blue :"')
     continuation.add_argument("--image", action="append", default=[], metavar="PATH",
@@ -660,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_retrieval_flags(continuation)
     continuation.set_defaults(handler=command_continue)
 
-    search = commands.add_parser("search", help="find the documents of a memory bank nearest to a text or an image")
+    search = commands.add_parser("search", help=TASKS["search"].summary)
     search.add_argument("text", nargs="?", help='a text query, e.g. "normal red eight" or "dark green eight on bright cyan"')
     search.add_argument("--image", help="an image query (any size, RGB/RGBA/gray)")
     search.add_argument("--queries-file", help='JSON lines {"text": ...} or {"image": path relative to the file}')
@@ -677,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--cache-dir", help="data and memory-bank cache directory")
     search.set_defaults(handler=command_search)
 
-    sample = commands.add_parser("sample", help="unconditional: sample image + caption pairs")
+    sample = commands.add_parser("sample", help=TASKS["sample"].summary)
     sample.add_argument("-n", type=number(int), default=9, help="number of pairs (default 9)")
     sample.add_argument("--out", required=True, help="folder for the PNGs and manifest.jsonl")
     sample.add_argument("--first", choices=["text", "image", "model"], default="text",

@@ -34,6 +34,7 @@ from ..imaging import png_bytes, read_image
 from ..documents.document import MAX_PROMPT_CHARACTERS as MAX_DOCUMENT_PROMPT, DocumentTokenizer, split_words
 from ..tokenizers.vocab import MAX_DOCUMENT_IMAGES
 from ..pipeline import COMPLETION_REDRAWS
+from ..tasks import TASKS
 from .worker import InferenceWorker, Job, QueueFull
 
 STATIC = Path(__file__).parent / "static"
@@ -294,7 +295,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
                 "colors": [{"name": f"{a} {h}", "rgb": [v * 85 for v in rgb]} for (a, h), rgb in PALETTE.items()],
                 "template": TEMPLATE}
 
-    @app.post("/api/generate")
+    @app.post(TASKS["generate"].endpoint, summary=TASKS["generate"].summary)
     async def generate(request: GenerateRequest, http: Request):
         """Text -> image: `n` images for one caption."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
@@ -311,7 +312,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
                 "images": [data_url(image) for image, _ in pairs], "captions": [text for _, text in pairs]}
 
-    @app.post("/api/caption")
+    @app.post(TASKS["caption"].endpoint, summary=TASKS["caption"].summary)
     async def caption(request: Request, file: UploadFile = File(..., description="an image of any size"),
                       temperature: float | None = Query(None, ge=0.0, le=5.0, allow_inf_nan=False),
                       seed: int | None = Query(None, ge=0, le=MAX_SEED),
@@ -339,7 +340,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         except ImageInputError as error:
             raise HTTPException(415, f"{what}: {error}" if what else str(error)) from None
 
-    @app.post("/api/complete")
+    @app.post(TASKS["complete"].endpoint, summary=TASKS["complete"].summary)
     async def complete(http: Request, file: UploadFile = File(..., description="the image to complete"),
                        keep: str = Form("top", description="the half kept: top, bottom, left or right"),
                        mask: UploadFile | None = File(None, description="instead of keep: a 28x28 mask image "
@@ -369,7 +370,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         return {"keep": "mask" if mask is not None else keep, "seen": data_url(levels),
                 "completions": [{"caption": text, "image": data_url(image)} for image, text in pairs]}
 
-    @app.post("/api/continue")
+    @app.post(TASKS["continue"].endpoint, summary=TASKS["continue"].summary)
     async def continue_document(http: Request, prompt: str = Form(..., max_length=MAX_DOCUMENT_PROMPT,
                                                    description='words with <image> placeholders, e.g. '
                                                                '"<image> make the digit plain red ."'),
@@ -393,7 +394,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
                 "continuations": [{"text": item.text, "images": [data_url(image) for image in item.images],
                                    "finished": item.finished} for item in results]}
 
-    @app.post("/api/search")
+    @app.post(TASKS["search"].endpoint, summary=TASKS["search"].summary)
     async def search(text: str | None = Form(None, max_length=MAX_SEARCH_TEXT, description='e.g. "plain red eight"'),
                      image: UploadFile | None = File(None, description="or an image to find documents like"),
                      k: int = Form(8, ge=1, le=MAX_SEARCH_HITS)):
@@ -420,7 +421,7 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
                 "seen": None if image is None else data_url(query), "memory": bank.name,
                 "hits": [{**hit.to_dict(0), "image": data_url(picture)} for hit, picture in zip(hits, pictures)]}
 
-    @app.post("/api/sample")
+    @app.post(TASKS["sample"].endpoint, summary=TASKS["sample"].summary)
     async def sample(request: SampleRequest, http: Request):
         """Unconditional: `n` image + caption pairs."""
         sampling = {"temperature": request.temperature, "top_k": request.top_k}

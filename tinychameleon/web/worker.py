@@ -19,9 +19,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..errors import DeadlineExceeded
+from ..tasks import TASKS
 
 
 class QueueFull(Exception):
@@ -30,7 +29,7 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)   # a job is itself: two equal requests are still two jobs
 class Job:
-    kind: str                      # "generate" | "caption" | "sample" | "complete" | "continue"
+    kind: str                      # a task of tasks.TASKS that has a `run`
     settings: dict                 # sampling overrides; jobs with equal settings can share a batch
     payload: list                  # one item per output row: prompts, images, or None (sample)
     seed: int | None = None
@@ -39,14 +38,18 @@ class Job:
     future: asyncio.Future = field(default=None, repr=False)
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for the result
 
+    def __post_init__(self) -> None:
+        if self.kind not in TASKS or TASKS[self.kind].run is None:
+            raise ValueError(f"{self.kind!r} is not a task the worker runs (tasks.TASKS)")
+
     @property
     def abandoned(self) -> bool:
         return self.future.done() or time.monotonic() >= self.deadline
 
     @property
     def batch_key(self):
-        if self.seed is not None or self.kind in ("complete", "continue"):
-            return None  # a fixed seed must see exactly its own random stream; these carry their own images
+        if self.seed is not None or not TASKS[self.kind].shares_batches:
+            return None  # a fixed seed must see exactly its own random stream; some tasks carry their own images
         return (self.kind, self.model, tuple(sorted(self.settings.items())))
 
     @property
@@ -179,19 +182,7 @@ class InferenceWorker:
 
     def _call(self, job: Job, payload: list):
         """Run a batch of jobs like `job` (same kind, model and settings) on their `payload`, in order."""
-        kind, settings, seed, pipeline = job.kind, job.settings, job.seed, self.pipeline_of(job.model)
-        if kind == "generate":  # (image, the caption drawn for: prompts may hold blanks)
-            return list(zip(*pipeline.draw(payload, n=1, seed=seed, **settings)))
-        if kind == "complete":  # payload: n copies of (image, keep, prompt)
-            levels, keep, prompt = payload[0]
-            return list(zip(*pipeline.complete(levels[None], keep, prompt, n=len(payload), seed=seed, **settings)))
-        if kind == "continue":  # payload: n copies of (prompt, images)
-            prompt, images = payload[0]
-            return pipeline.continue_documents(prompt, images, n=len(payload), seed=seed, **settings)[0]
-        if kind == "caption":
-            return pipeline.caption(np.stack(payload), seed=seed, **settings)
-        images, captions = pipeline.sample(len(payload), seed=seed, **settings)
-        return list(zip(images, captions))
+        return TASKS[job.kind].run(self.pipeline_of(job.model), payload, job.seed, job.settings)
 
     async def _run(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()
