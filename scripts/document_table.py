@@ -21,10 +21,13 @@ from tinychameleon.io_utils import write_json
 from tinychameleon.pipeline import Pipeline
 
 SETTINGS = {
+    "shipped": {},                                   # the checkpoint's sampling.json
     "plain (temperature 1)": {"guidance": 1.0, "top_p": 1.0},
     "guidance 2": {"guidance": 2.0, "top_p": 1.0},
     "guidance 2, top-p 0.8": {"guidance": 2.0, "top_p": 0.8},
     "greedy images": {"guidance": 1.0, "temperature": 0.0},
+    "guidance 1.75, temperature 0.7": {"guidance": 1.75, "temperature": 0.7},
+    "guidance 1.75, temperature 0.5": {"guidance": 1.75, "temperature": 0.5},
 }
 
 

@@ -104,8 +104,8 @@ def test_infilling_reads_both_sides_and_keeps_the_kept_part(infill_run, colored,
 
     pipe = Pipeline.from_pretrained(infill_run)
     calls = []
-    real = pipe._infill_codes
-    monkeypatch.setattr(pipe, "_infill_codes", lambda *args: calls.append(args[1]) or real(*args))
+    real = pipe.pairs.infill
+    monkeypatch.setattr(pipe.pairs, "infill", lambda *args: calls.append(args[1]) or real(*args))
     images = colored[1].images[:3]
     completed, captions = pipe.complete(images, keep="bottom", n=2, seed=0)
     # One infilling pass for all six rows, then up to COMPLETION_REDRAWS for rows whose caption names
@@ -144,8 +144,8 @@ def test_a_mixed_pool_draws_half_its_candidates_by_contrastive_decoding(tiny_run
 
     pipe = Pipeline.from_pretrained(tiny_run)
     seen = []
-    real = pipe._generate
-    monkeypatch.setattr(pipe, "_generate", lambda prefix, settings, *a, **k: seen.append((len(prefix), settings.cd_k))
+    real = pipe.pairs.generate
+    monkeypatch.setattr(pipe.pairs, "generate", lambda prefix, settings, *a, **k: seen.append((len(prefix), settings.cd_k))
                         or real(prefix, settings, *a, **k))
     images = pipe.generate_images(["normal red four on plain white"] * 3, seed=0, image_candidates=4, mixed_pool=True,
                                   guidance=2.0)

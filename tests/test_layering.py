@@ -20,7 +20,7 @@ LAYERS = [
     ("data",),
     ("tokenizers", "imaging"),
     ("model", "sequences", "device", "checkpoint", "regions", "nextscale.model", "nextscale.objective"),
-    ("sampling", "reranking", "documents", "retrieval", "nextscale"),
+    ("sampling", "reranking", "pairs", "documents", "retrieval", "nextscale"),
     ("pipeline", "pipeline_retrieval", "pipeline_scales", "tasks"),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),
 ]

@@ -146,13 +146,13 @@ def test_guidance_one_is_plain_conditional_sampling(tiny_pipeline):
 def test_captions_use_their_own_guidance(tiny_pipeline, monkeypatch):
     """Image guidance is not applied to captions: a caption decodes one stream unless the call (or
     caption_guidance) asks for guidance."""
-    import tinychameleon.pipeline as pipeline_module
+    import tinychameleon.pairs as pairs_module
 
     pipe = tiny_pipeline
     images = pipe.generate_images(["dark green eight on bright cyan"] * 2, seed=0)
     scales = []
-    real_generate = pipeline_module.generate
-    monkeypatch.setattr(pipeline_module, "generate",
+    real_generate = pairs_module.generate
+    monkeypatch.setattr(pairs_module, "generate",
                         lambda *args, **kwargs: scales.append(args[5]) or real_generate(*args, **kwargs))
     monkeypatch.setattr(pipe, "sampling", pipe.resolve_settings({"guidance": 3.0}))
     pipe.caption(images)

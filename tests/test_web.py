@@ -392,3 +392,28 @@ def test_an_unmeasured_kind_is_priced_like_the_calibrated_generate():
     assert worker.predicted_seconds(Job("sample", {}, [None] * 8, cost=16, model="var"), waiting=False) == \
         pytest.approx(0.032)
     assert worker.predicted_seconds(Job("continue", {}, [None], cost=4), waiting=False) == pytest.approx(4.0)
+
+
+@pytest.mark.slow
+def test_admission_predicts_each_kind_within_the_stated_factor_on_the_shipped_model():
+    """The cost model against the clock (scripts/cost_check.py, which states the factors in BENCHMARKS.md): once
+    a kind has run, the time predicted for its next request is within 3x of the time it takes, for every kind."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from tinychameleon.data.colored import load_splits
+    from tinychameleon.pipeline import Pipeline
+
+    path = Path(__file__).parents[1] / "scripts" / "cost_check.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("cost_check", path)
+    cost_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost_check)
+    digit = cost_check.png(load_splits().validation.images[0])
+    app = create_app(Pipeline.from_pretrained(), ServerSettings(timeout_s=60))
+    posts = {name: post for name, post in cost_check.requests(digit).items() if "var" not in name}
+    rows = cost_check.cost_factors(app, posts, repeats=2)
+    assert set(rows) == set(posts)
+    for name, row in rows.items():
+        assert 1 / 3 <= row["factor"] <= 3, (name, row)

@@ -23,11 +23,11 @@ from .batching import batch_slices
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, DeadlineExceeded, PromptError
 from .regions import erase_outside, keep_mask
-from .data.colored import COLOR_ID, COLOR_NAMES, COLOR_RGB, VALID_PAIRS, caption_of, parse_caption
+from .data.colored import COLOR_ID, COLOR_RGB
 from .imaging import two_colors
-from .reranking import DIGIT_SLOT, best_images, digit_for_kept_part, rerank_digits, view_images
-from .sampling import ModalityRules, SpanRules, generate
-from .sequences import IMAGE_FIRST, TEXT_FIRST, header, image_prefix, split_sequences, text_prefix
+from .reranking import DIGIT_SLOT, digit_for_kept_part
+from .sampling import ModalityRules
+from .sequences import IMAGE_FIRST, TEXT_FIRST, header, split_sequences
 from .tokenizers.text import WordTokenizer
 from .tokenizers.vocab import HEADER, TEXT_LENGTH, WORDS, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_image_tokenizer
@@ -35,6 +35,7 @@ from .device import resolve_device
 from .documents.document import Continuation, DocumentTokenizer
 from .documents.engine import DecodeSettings, decode
 from .documents.grammar import DocumentGrammar
+from .pairs import PairDecoder
 from .pipeline_retrieval import RetrievalTasks
 from .pipeline_scales import NextScaleTasks
 
@@ -42,17 +43,10 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # Shipped checkpoints by name (`--checkpoint var`, `Pipeline.from_pretrained("var")`); a directory of that name,
 # where one exists, is loaded instead.
 PRETRAINED = {"raster": PRETRAINED_DIR, "var": PRETRAINED_DIR / "var"}
-VALID_PAIR_SET = {(int(foreground), int(background)) for foreground, background in VALID_PAIRS}
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
 
 
 COMPLETION_REDRAWS = 3  # completions without a prompt: redraws of one whose own caption disagrees with it
-
-
-def hole_span(kept: torch.Tensor) -> tuple[int, int]:
-    """(B, L) kept codes (-1 where any row draws) -> [start, stop) from the first to the last drawn position."""
-    hole = (kept < 0).any(dim=0).nonzero().squeeze(1)
-    return (int(hole[0]), int(hole[-1]) + 1) if len(hole) else (kept.shape[1], kept.shape[1])
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
@@ -74,6 +68,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
                                    image_positions=image_tokenizer.position_tokens(),
                                    image_follows=image_tokenizer.token_follows())
         self.tokenizer = WordTokenizer()
+        self.pairs = PairDecoder(model, self.vocab, image_tokenizer, self.rules, device, self._expired)
         self.source = source
         self._limits = threading.local()  # per-thread deadline set by time_limit()
         self._retriever = None            # the shipped retriever and its memory banks (None: the training digits),
@@ -133,117 +128,31 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         if self._expired():
             raise DeadlineExceeded("stopped: the time limit passed")
 
-    def _generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator,
-                  length: int | None = None, forced: torch.Tensor | None = None, rules=None,
-                  unconditional: torch.Tensor | None = None) -> torch.Tensor:
-        """Complete prefixes in chunks of settings.batch_size; `forced` (B, length) keeps tokens (-1: draw)."""
-        outputs = []
-        for rows in batch_slices(len(prefix), settings.batch_size):
-            self._check_time()
-            outputs.append(generate(self.model, prefix[rows].to(self.device), rules or self.rules,
-                                    settings.temperature, settings.top_k or None, settings.guidance, generator,
-                                    length=length, should_stop=self._expired,
-                                    forced=None if forced is None else forced[rows].to(self.device),
-                                    top_p=settings.top_p, cd_k=settings.cd_k, cd_alpha=settings.cd_alpha,
-                                    unconditional_prefix=None if unconditional is None else
-                                    unconditional[rows].to(self.device)))
-        return torch.cat(outputs)
-
-    def _infill_codes(self, words: torch.Tensor, kept: torch.Tensor, settings: SamplingConfig, generator
-                      ) -> torch.Tensor:
-        """(B, 6) word ids, (B, L) kept codes (-1 in the hole, one hole for all rows) -> (B, L) codes.
-
-        The causal-masked reading: the caption, the image with the hole cut out and a <mask> in its
-        place, a second <mask>, then the hole's tokens - so the model draws them having read what comes
-        after the hole too. Guidance compares with the same masked image read without its caption.
-        """
-        start, stop = hole_span(kept)
-        B, sentinel = len(words), torch.full((len(words), 1), self.vocab.mask, dtype=torch.long)
-        kept = kept.cpu()
-        outside = [kept[:, :start], sentinel, kept[:, stop:], sentinel]
-        prefix = torch.cat([text_prefix(self.vocab, words.cpu()), *outside], dim=1)
-        free = torch.cat([header(self.vocab, B, IMAGE_FIRST), *outside], dim=1)
-        P = prefix.shape[1]
-        forced = torch.full((B, P + stop - start), -1, dtype=torch.long)
-        forced[:, P:] = kept[:, start:stop]                    # kept tokens inside the span stay as given
-        sequences = self._generate(prefix, settings, generator, length=P + stop - start, forced=forced,
-                                   rules=SpanRules(self.vocab), unconditional=free)
-        codes = kept.clone().to(self.device)
-        codes[:, start:stop] = sequences[:, P:]
-        return codes
-
     def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator,
                     kept: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 6) word ids -> (B, L) codes; the best of `image_candidates` draws per row.
-        kept (B, L): image tokens to keep (-1 where the model draws)."""
+        """(B, 6) word ids -> (B, L) codes; the best of `image_candidates` draws per row (by the model's own
+        reading of the prompt, or CLIP's). kept (B, L): image tokens to keep (-1 where the model draws)."""
         candidates = max(1, settings.image_candidates)
         repeated = words.repeat_interleave(candidates, dim=0)
         if self.next_scale:
             if kept is not None:
                 self._require_raster("completion")
             return self._draw_scales(repeated, settings, generator, candidates)
-        if kept is not None and self.vocab.infill and not self._hole_is_a_suffix(kept):
-            codes = self._infill_codes(repeated, kept.repeat_interleave(candidates, dim=0), settings, generator)
-        else:
-            forced = None
-            if kept is not None:
-                forced = torch.full((len(repeated), self.vocab.plain_length), -1, dtype=torch.long)
-                forced[:, self.vocab.text_first_codes] = kept.cpu().repeat_interleave(candidates, dim=0)
-            _, codes = split_sequences(self.vocab, self._generate_pool(text_prefix(self.vocab, repeated), settings,
-                                                                       generator, forced, candidates))
-        if candidates > 1:
+        codes = self.pairs.draw(repeated, settings, generator, candidates,
+                                None if kept is None else kept.repeat_interleave(candidates, dim=0))
+        if candidates == 1:
+            return codes
+        if settings.clip_rerank:
             self._check_time()
-            if settings.clip_rerank:
-                codes = self._clip_best(repeated, codes, candidates)
-            else:
-                codes = best_images(self.model, self.vocab, repeated.to(self.device), codes, candidates)
-        return codes
-
-    def _generate_pool(self, prefix: torch.Tensor, settings: SamplingConfig, generator, forced, candidates: int
-                       ) -> torch.Tensor:
-        """Draw the candidate rows (prompt-major). A mixed pool (CM3Leon) draws the second half of each
-        prompt's candidates with contrastive decoding (CD-K) and the first half with guidance."""
-        if not (settings.mixed_pool and candidates > 1):
-            return self._generate(prefix, settings, generator, forced=forced)
-        contrastive = (torch.arange(len(prefix)) % candidates) >= candidates // 2
-        sequences = torch.empty(len(prefix), self.vocab.plain_length, dtype=torch.long, device=self.device)
-        for rows, rule in ((~contrastive, replace(settings, cd_k=0)),
-                           (contrastive, replace(settings, cd_k=settings.cd_k or 5))):
-            sequences[rows.to(self.device)] = self._generate(prefix[rows], rule, generator,
-                                                              forced=None if forced is None else forced[rows])
-        return sequences
-
-    @staticmethod
-    def _hole_is_a_suffix(kept: torch.Tensor) -> bool:
-        """Whether nothing is kept after the hole begins: then plain raster completion already reads all there is."""
-        start, _ = hole_span(kept)
-        return bool((kept[:, start:] < 0).any(dim=0).all())
+            return self._clip_best(repeated, codes, candidates)
+        return self.pairs.best_of(repeated, codes, candidates)
 
     def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator,
                      images: np.ndarray | None = None) -> torch.Tensor:
-        """(B, L) codes -> (B, 6) caption word ids, at the caption temperature unless one was asked for.
-
-        With `images` (the pixels behind `codes`) and caption_views > 1, the digit is re-ranked
-        on recolored, shifted views of them too.
-        """
+        """(B, L) codes -> (B, 6) caption word ids (`images`: the pixels behind them, for re-ranking views)."""
         if self.next_scale:
             return self._read_scales(codes, settings, generator)
-        words, _ = split_sequences(self.vocab, self._generate(image_prefix(self.vocab, codes), settings, generator))
-        if settings.rerank_captions and settings.temperature <= 0:
-            # Only greedy captions are re-ranked: a sampled caption should stay a sample.
-            self._check_time()
-            views = [] if images is None else self._views(images, settings.caption_views)
-            words = rerank_digits(self.model, self.vocab, words, codes, views, settings.caption_hypotheses)
-        return words
-
-    def _views(self, images: np.ndarray, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(word ids, codes) of each view of `images` (reranking.view_images); the digit word is a placeholder."""
-        readings = []
-        for foreground, background, pixels in view_images(images, views):
-            words = torch.tensor(self.tokenizer.encode(caption_of(0, foreground, background)), device=self.device)
-            codes = self.image_tokenizer.encode(torch.from_numpy(pixels).to(self.device))
-            readings.append((words.repeat(len(images), 1), codes))
-        return readings
+        return self.pairs.read(codes, settings, generator, images)
 
     def _decode_words(self, words: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row) for row in words.cpu()]
@@ -279,69 +188,10 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
                             ).view(-1, TEXT_LENGTH)
 
     def fill_blanks(self, partial: torch.Tensor, settings: SamplingConfig, generator,
-                    codes: torch.Tensor | None = None, tries: int = 8) -> torch.Tensor:
-        """(B, 6) word ids with -1 blanks -> (B, 6) complete word ids.
-
-        Without `codes` the caption is drawn text-first at the sampling temperature (a prompt); with
-        codes (B, L) it is read image-first at the caption temperature, so the words fit that image.
-        The grammar decides word classes left to right, so a blank adjective before a given hue may
-        name a color the palette lacks ("bright black"), and two blank colors may be too alike to
-        be a pair of the data: such rows are drawn again.
-        """
-        blank = partial < 0
-        if not blank.any():
-            return partial
-        self._check_fillable(partial)
-        words = partial.clone()
-        offset = (self.vocab.image_first_words if codes is not None else self.vocab.text_first_words).start
-        for attempt in range(tries):
-            rows = blank.any(1) if attempt == 0 else blank.any(1) & ~self._valid_colors(words)
-            if not rows.any():
-                break
-            forced = torch.full((int(rows.sum()), self.vocab.plain_length), -1, dtype=torch.long)
-            given = partial[rows]
-            forced[:, offset:offset + TEXT_LENGTH] = torch.where(given >= 0, given + self.vocab.word_offset, -1)
-            if codes is None:
-                # A caption is drawn from the model's whole distribution: top-p sharpens images, but on six
-                # words it would drop whole digits and colors from unconditional samples.
-                prefix = header(self.vocab, len(forced), TEXT_FIRST)
-                drawn = self._generate(prefix, replace(settings, guidance=1.0, cd_k=0, top_p=1.0), generator,
-                                       length=offset + TEXT_LENGTH, forced=forced[:, :offset + TEXT_LENGTH])
-            else:
-                read = replace(settings, guidance=1.0, cd_k=0, temperature=settings.caption_temperature)
-                drawn = self._generate(image_prefix(self.vocab, codes[rows.to(codes.device)]), read, generator,
-                                       forced=forced)
-            words[rows] = drawn[:, offset:offset + TEXT_LENGTH].cpu() - self.vocab.word_offset
-        unfilled = blank.any(1) & ~self._valid_colors(words)
-        if codes is None and unfilled.any():  # never draw for a pair the palette does not have (a reading of an
-            # image, codes given, is what the model reads: it is returned as read)
-            row = int(unfilled.nonzero()[0])
-            raise PromptError(f"could not fill the blanks of '{self._partial_text(partial[row])}' with a valid color "
-                              f"pair in {tries} tries; name a color")
-        return words
-
-    def _partial_text(self, row: torch.Tensor) -> str:
-        return " ".join(WORDS[int(word)] if word >= 0 else "*" for word in row)
-
-    def _check_fillable(self, partial: torch.Tensor) -> None:
-        """Refuse, before any work, a prompt whose blanks no valid pair can fill ("* black eight on * black":
-        the palette's only black cannot be both colors)."""
-        for row in partial:
-            options = []
-            for slots in (slice(0, 2), slice(4, 6)):
-                adjective, hue = (int(word) for word in row[slots])
-                options.append({index for index, name in enumerate(COLOR_NAMES)
-                                if (adjective < 0 or name.split()[0] == WORDS[adjective])
-                                and (hue < 0 or name.split()[1] == WORDS[hue])})
-            if not any((foreground, background) in VALID_PAIR_SET for foreground in options[0] for background in options[1]):
-                raise PromptError(f"no pair of palette colors fits '{self._partial_text(row)}': the two colors must "
-                                  "be palette colors far enough apart to tell apart")
-
-    def _valid_colors(self, words: torch.Tensor) -> torch.Tensor:
-        """(B, 6) word ids -> (B,) whether the two colors are palette colors that make a pair the data has
-        (far enough apart to tell apart: data.colored.VALID_PAIRS)."""
-        parsed = [parse_caption(self.tokenizer.decode(row)) for row in words]
-        return torch.tensor([p is not None and (p[1], p[2]) in VALID_PAIR_SET for p in parsed])
+                    codes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 6) word ids with -1 blanks -> (B, 6) complete word ids, drawn as a prompt or, with codes (B, L),
+        read off those images (PairDecoder.fill_blanks)."""
+        return self.pairs.fill_blanks(partial, settings, generator, codes)
 
     def complete(self, images: np.ndarray, keep: str | np.ndarray = "top", prompts: list[str] | str | None = None,
                  n: int = 1, seed: int | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
@@ -464,12 +314,12 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         if self.next_scale:
             return self._sample_next_scale(n, settings, generator, first, ancestral, sampling)
         if first == "model":
-            heads = self._generate(header(self.vocab, n, None), settings, generator, length=HEADER)
+            heads = self.pairs.generate(header(self.vocab, n, None), settings, generator, length=HEADER)
         else:
             heads = header(self.vocab, n, TEXT_FIRST if first == "text" else IMAGE_FIRST)   # <bos> <marker>
         if ancestral:
             plain = replace(settings, guidance=1.0, cd_k=0)
-            words, codes = split_sequences(self.vocab, self._generate(heads, plain, generator))
+            words, codes = split_sequences(self.vocab, self.pairs.generate(heads, plain, generator))
             return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
         heads = heads.to(self.device)
         image_first = heads[:, 1] == self.vocab.end_of_text
@@ -482,7 +332,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             words[text_rows] = self.fill_blanks(blanks, settings, generator).to(self.device)
             codes[text_rows] = self._draw_codes(words[text_rows].cpu(), settings, generator)
         if len(image_rows):
-            drawn = self._generate(heads[image_rows], settings, generator, length=self.vocab.image_first_codes.stop)
+            drawn = self.pairs.generate(heads[image_rows], settings, generator, length=self.vocab.image_first_codes.stop)
             codes[image_rows] = drawn[:, self.vocab.image_first_codes]
             words[image_rows] = self._write_words(codes[image_rows], self._caption_settings(sampling), generator)
         return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
