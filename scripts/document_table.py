@@ -28,6 +28,13 @@ SETTINGS = {
     "greedy images": {"guidance": 1.0, "temperature": 0.0},
     "guidance 1.75, temperature 0.7": {"guidance": 1.75, "temperature": 0.7},
     "guidance 1.75, temperature 0.5": {"guidance": 1.75, "temperature": 0.5},
+    "guidance 1.75, top-p 0.8": {"guidance": 1.75, "temperature": 1.0, "top_p": 0.8},
+    "guidance 1.75, top-p 0.5": {"guidance": 1.75, "temperature": 1.0, "top_p": 0.5},
+    "guidance 1.75, temperature 0.7, top-p 0.8": {"guidance": 1.75, "temperature": 0.7, "top_p": 0.8},
+    "guidance 1.75, greedy images": {"guidance": 1.75, "temperature": 0.0},
+    "guidance 1.25, greedy images": {"guidance": 1.25, "temperature": 0.0},
+    "guidance 1.5, greedy images": {"guidance": 1.5, "temperature": 0.0},
+    "guidance 1.75, temperature 0.3": {"guidance": 1.75, "temperature": 0.3},
 }
 
 

@@ -177,3 +177,39 @@ def test_endpoint_fuzz_never_5xx(client, prompt, fields, images):
     files = [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
     response = client.post("/api/continue", data={"prompt": prompt, **fields}, files=files or None)
     assert response.status_code < 500, response.text
+
+
+def test_images_in_documents_use_the_documents_sampling_entries(document_pipeline, monkeypatch):
+    """sampling.json's `documents` entries replace the pair settings for images inside documents, a call's own
+    setting still wins, the server prices a continuation by them, and pairs ignore them."""
+    from dataclasses import replace
+
+    import tinychameleon.pipeline as pipeline_module
+    from tinychameleon.config import SamplingConfig
+    from tinychameleon.errors import ConfigError
+
+    pipe, image, seen = document_pipeline, digit_image(), []
+    monkeypatch.setattr(pipe, "sampling", replace(pipe.sampling, temperature=1.0, guidance=1.0,
+                                                  documents={"temperature": 0.0, "guidance": 1.5}))
+    real_decode = pipeline_module.decode
+    monkeypatch.setattr(pipeline_module, "decode", lambda model, grammar, rows, settings, unconditional, *rest, **kw:
+                        seen.append((settings.temperature, settings.guidance, unconditional is not None))
+                        or real_decode(model, grammar, rows, settings, unconditional, *rest, **kw))
+    pipe.continue_documents("<image> swap the colors .", [image], seed=1)
+    pipe.continue_documents("<image> swap the colors .", [image], seed=1, temperature=0.7, guidance=None)
+    assert seen == [(0.0, 1.5, True), (0.7, 1.5, True)]          # the guided stream runs for guidance 1.5
+    assert pipe.resolve_settings({}).temperature == 1.0 and pipe.resolve_settings({}).streams == 1
+    with TestClient(create_app(pipe, ServerSettings(max_samples=16, max_cost=7))) as client:
+        response = client.post("/api/continue", data={"prompt": "<image> swap the colors .", "n": "1"},
+                               files=[("images", ("a.png", png_bytes(image), "image/png"))])
+        assert response.status_code == 422 and "2 guidance streams" in response.json()["detail"]  # 1 x 2 x 4 > 7
+    with pytest.raises(ConfigError, match="sampling.documents may set"):
+        SamplingConfig.from_dict({"documents": {"image_candidates": 4}})
+    with pytest.raises(ConfigError, match="sampling.documents: temperature must be"):
+        SamplingConfig.from_dict({"documents": {"temperature": -1.0}})
+
+
+def png_bytes(levels) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((levels * 85).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-FIELD_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+FIELD_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
 
 
 def check_types(section: str, config) -> None:
@@ -319,6 +319,9 @@ def make_config(preset: str = "seed", **overrides) -> RunConfig:
         raise ValueError(str(error)) from None
 
 
+DOCUMENT_SETTINGS = ("temperature", "top_k", "top_p", "guidance")   # what sampling.documents may set
+
+
 @dataclass
 class SamplingConfig:
     temperature: float = 1.0
@@ -340,6 +343,9 @@ class SamplingConfig:
     caption_views: int = 1        # with rerank_captions: sum the digit scores over the image and views - 1 recolorings
     caption_hypotheses: int = 10  # with rerank_captions: digits (the image-first reading's top ones) given the full score
     batch_size: int = 1024        # rows decoded together; bounds memory
+    documents: dict = field(default_factory=dict)  # what images inside documents use instead of the settings above,
+                                  # e.g. {"guidance": 1.75, "temperature": 0.0}: edits copy strokes best near greedy,
+                                  # while pairs keep their variety (DOCUMENT_SETTINGS; chosen on validation)
 
     # The allowed range of each numeric setting: one table for the CLI, the web API and sampling.json.
     RANGES = {"temperature": (0.0, 100.0), "fine_temperature": (0.0, 10.0), "caption_temperature": (0.0, 100.0),
@@ -373,4 +379,12 @@ class SamplingConfig:
             value = getattr(self, name)
             if 0 < value < self.MIN_TEMPERATURE:
                 raise ConfigError(f"{name} must be 0 (greedy) or at least {self.MIN_TEMPERATURE}, got {value}")
+        unknown = [key for key in self.documents if key not in DOCUMENT_SETTINGS]
+        if unknown:
+            raise ConfigError(f"sampling.documents may set {', '.join(DOCUMENT_SETTINGS)}; not {short(str(unknown[0]))!r}")
+        if self.documents:   # the same types and ranges as the settings they replace
+            try:
+                dataclasses.replace(self, documents={}, **self.documents).validate()
+            except ConfigError as error:
+                raise ConfigError(f"sampling.documents: {error}") from None
         return self

@@ -96,6 +96,11 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         settings = replace(self.sampling, **{key: value for key, value in overrides.items() if value is not None})
         return self._check_decoding_settings(settings.validate())
 
+    def document_overrides(self, overrides: dict) -> dict:
+        """A call's overrides for images inside documents: sampling.json's `documents` entries, then the call's own
+        (a `continue --temperature` still wins)."""
+        return {**self.sampling.documents, **{key: value for key, value in overrides.items() if value is not None}}
+
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
             return None
@@ -370,7 +375,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         images = images if images is not None else [[] for _ in prompts]
         if len(images) != len(prompts):
             raise PromptError(f"{len(prompts)} prompts but {len(images)} image lists: one list per prompt")
-        settings = self.resolve_settings(sampling)
+        settings = self.resolve_settings(self.document_overrides(sampling))
         generator = self._generator(seed)
         for prompt, group in zip(prompts, images):
             tokenizer.check(prompt, len(group))                 # every prompt is checked before any work

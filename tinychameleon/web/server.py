@@ -387,7 +387,8 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
             DocumentTokenizer(pipeline.vocab).check(prompt, len(images))
         except PromptError as error:
             raise HTTPException(422, str(error)) from None
-        cost = check_cost(n, sampling, candidates_used=False, images_per_sample=MAX_DOCUMENT_IMAGES)
+        cost = check_cost(n, pipeline.document_overrides(sampling), candidates_used=False,
+                          images_per_sample=MAX_DOCUMENT_IMAGES)
         pictures = [await read_upload(file) for file in images]
         results = await run(Job("continue", sampling, [(prompt, pictures)] * n, seed, cost), http)
         return {"prompt": " ".join(split_words(prompt)), "seen": [data_url(picture) for picture in pictures],
