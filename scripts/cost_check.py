@@ -46,7 +46,7 @@ def requests(digit: bytes) -> dict:
         "caption var": lambda c: c.post("/api/caption", files=upload, params={"model": "var"}),
         "complete n=8": lambda c: c.post("/api/complete", files=upload, data={"keep": "top", "n": "8"}),
         "complete n=8 with prompt": lambda c: c.post("/api/complete", files=upload,
-                                                     data={"keep": "top", "n": "8", "prompt": PROMPT}),
+                                                     data={"keep": "top", "n": "8", "prompt": "* * * on * *"}),
         "continue edit n=4": lambda c: c.post("/api/continue", files=[("images", ("a.png", digit))],
                                               data={"prompt": "<image> make the digit plain red .", "n": "4"}),
         "continue question n=4": lambda c: c.post("/api/continue", files=[("images", ("a.png", digit))],

@@ -372,7 +372,7 @@ def test_expired_request_stops_its_work(tiny_pipeline):
     unstopped = time.perf_counter() - started
     app = create_app(tiny_pipeline, ServerSettings(timeout_s=0.05, max_samples=64, max_cost=4096))
     with TestClient(app) as client:
-        app.state.worker.seconds_per_cost.clear()   # a wrong prediction admits it: the deadline must still stop it
+        app.state.worker.timings.clear()   # a wrong prediction admits it: the deadline must still stop it
         assert client.post("/api/generate", json=heavy).status_code == 504
         started = time.perf_counter()
         app.state.worker.lanes["heavy"].executor.submit(lambda: None).result()  # waits until the inference thread is free

@@ -172,7 +172,7 @@ def test_slow_request_times_out_with_504(tiny_pipeline):
         # Admission would refuse it up front at the calibrated rate (422); forget the rate, as if the prediction
         # were wrong, to reach the deadline that still guards every admitted request.
         assert client.post("/api/sample", json={"n": 16}).status_code == 422
-        app.state.worker.seconds_per_cost.clear()
+        app.state.worker.timings.clear()
         response = client.post("/api/sample", json={"n": 16})
         assert response.status_code == 504 and "stopped" in response.json()["detail"]
 
@@ -258,7 +258,8 @@ def test_requests_that_cannot_finish_in_time_are_refused_up_front(tiny_pipeline,
     app = create_app(tiny_pipeline, ServerSettings(max_samples=64, timeout_s=10.0))
     with TestClient(app) as client:
         worker = app.state.worker
-        worker.seconds_per_cost["generate"] = 1.0                 # as if measured: one second per decoded row
+        worker.timings.clear()
+        worker._measure("generate", 1, 1.0)                        # as if measured: one second per decoded row
         response = client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 16})
         assert response.status_code == 422 and "would take about 16s" in response.json()["detail"]
         assert worker.predicted_seconds(Job("generate", {}, [None] * 4, cost=4)) == 4.0
@@ -266,9 +267,9 @@ def test_requests_that_cannot_finish_in_time_are_refused_up_front(tiny_pipeline,
         response = client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 4})
         assert response.status_code == 503 and response.headers["retry-after"] == "3"
         monkeypatch.undo()
-        worker.seconds_per_cost.clear()
+        worker.timings.clear()
         assert client.post("/api/generate", json={"prompt": "dark green eight on bright cyan", "n": 4}).status_code == 200
-        assert worker.seconds_per_cost["generate"] > 0            # measured from the batch that just ran
+        assert worker.timings["generate"].predict(1) > 0           # measured from the batch that just ran
 
 
 def test_completion_without_a_prompt_is_priced_with_its_redraws(client):
@@ -387,17 +388,35 @@ def test_an_unmeasured_kind_is_priced_like_the_calibrated_generate():
     from tinychameleon.web.worker import InferenceWorker
 
     worker = InferenceWorker(pipeline=None)
-    worker.seconds_per_cost.update({"generate": 0.01, "continue": 1.0, "generate@var": 0.002})
+    for kind, rate in {"generate": 0.01, "continue": 1.0, "generate@var": 0.002}.items():
+        worker._measure(kind, 1, rate)
     assert worker.predicted_seconds(Job("sample", {}, [None] * 8, cost=16), waiting=False) == pytest.approx(0.16)
     assert worker.predicted_seconds(Job("sample", {}, [None] * 8, cost=16, model="var"), waiting=False) == \
         pytest.approx(0.032)
     assert worker.predicted_seconds(Job("continue", {}, [None], cost=4), waiting=False) == pytest.approx(4.0)
 
 
+def test_batch_times_are_a_fixed_part_plus_a_part_per_cost_robust_to_a_cold_batch():
+    """Measured batches of 1 and 8 images at 0.3 s + 0.01 s per unit of cost predict 64 images at 0.94 s (a rate per
+    unit alone, fitted on small batches, said 19 s and refused it); one cold first batch does not move the fit."""
+    from tinychameleon.web.worker import BatchTimes
+
+    times = BatchTimes()
+    times.add(2, 0.32)
+    assert times.predict(16) == pytest.approx(2.56)                 # one cost seen: in proportion, the safe side
+    for cost in (2, 16, 16, 2, 16):
+        times.add(cost, 0.3 + 0.01 * cost)
+    times.add(2, 5.0)                                               # a cold batch (lazy loading)
+    assert times.predict(128) == pytest.approx(0.3 + 0.01 * 128, rel=0.02)
+    assert times.predict(2) == pytest.approx(0.32, rel=0.02)
+
+
 @pytest.mark.slow
 def test_admission_predicts_each_kind_within_the_stated_factor_on_the_shipped_model():
     """The cost model against the clock (scripts/cost_check.py, which states the factors in BENCHMARKS.md): once
-    a kind has run, the time predicted for its next request is within 3x of the time it takes, for every kind."""
+    a kind has run a few times, no request takes more than 1.5x its predicted time (admitted work finishes in
+    time), and none is over-priced beyond 3x but a continuation that writes no image (priced for the 4 it may
+    draw)."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -413,7 +432,8 @@ def test_admission_predicts_each_kind_within_the_stated_factor_on_the_shipped_mo
     digit = cost_check.png(load_splits().validation.images[0])
     app = create_app(Pipeline.from_pretrained(), ServerSettings(timeout_s=60))
     posts = {name: post for name, post in cost_check.requests(digit).items() if "var" not in name}
-    rows = cost_check.cost_factors(app, posts, repeats=2)
+    rows = cost_check.cost_factors(app, posts, repeats=5)
     assert set(rows) == set(posts)
     for name, row in rows.items():
-        assert 1 / 3 <= row["factor"] <= 3, (name, row)
+        assert row["factor"] <= 1.5, (name, row)
+        assert row["factor"] >= 1 / 3 or name == "continue question n=4", (name, row)

@@ -17,7 +17,10 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..errors import DeadlineExceeded
 from ..tasks import TASKS
@@ -58,6 +61,31 @@ class Job:
         return self.kind if self.model is None else f"{self.kind}@{self.model}"
 
 
+class BatchTimes:
+    """The last batches of one kind, (cost, seconds), and the time they predict for a new one: a fixed part plus a
+    part per unit of cost. A request's decode steps cost about the same whatever its batch, so the fixed part
+    dominates small requests: a rate per unit of cost alone priced an 8-image generate 4x too high and refused
+    large ones that finish in a second. Robust fits (medians, Theil-Sen) so one cold first batch does not skew
+    them; in proportion to cost until two batches of different cost have run."""
+
+    def __init__(self, keep: int = 16) -> None:
+        self.batches: deque[tuple[int, float]] = deque(maxlen=keep)
+
+    def add(self, cost: int, seconds: float) -> None:
+        self.batches.append((max(1, cost), seconds))
+
+    def predict(self, cost: int) -> float:
+        costs = np.array([batch[0] for batch in self.batches], dtype=float)
+        seconds = np.array([batch[1] for batch in self.batches])
+        if len(set(costs)) < 2:
+            return float(np.median(seconds / costs)) * cost
+        slopes = [(seconds[j] - seconds[i]) / (costs[j] - costs[i])
+                  for i in range(len(costs)) for j in range(i + 1, len(costs)) if costs[i] != costs[j]]
+        per_cost = max(0.0, float(np.median(slopes)))
+        fixed = max(0.0, float(np.median(seconds - per_cost * costs)))
+        return fixed + per_cost * cost
+
+
 class Lane:
     """One queue and the single thread that runs its jobs."""
 
@@ -77,23 +105,25 @@ class InferenceWorker:
         self.lanes = {"light": Lane("light", queue_size), "heavy": Lane("heavy", queue_size)}
         self.light_idle = threading.Event()
         self.light_idle.set()
-        # Measured seconds per unit of cost, per kind (moving average of finished batches): what admission
-        # predicts a request's time from. None until a batch of that kind has run.
-        self.seconds_per_cost: dict[str, float] = {}
+        # The batches measured per kind (and model): what admission predicts a request's time from.
+        self.timings: dict[str, BatchTimes] = {}
 
     def predicted_seconds(self, job: Job, waiting: bool = True) -> float | None:
-        """Seconds until `job` would finish if queued now: the cost waiting in its lane (unless not `waiting`),
-        plus its own, at the measured rate (None before any measurement)."""
-        # A kind not measured yet on this model is priced like the generate calibrated at start-up (a decoded
-        # row costs about the same), not like the slowest kind measured on any model: a `continue` or another
-        # model's rate made an 8-pair `sample` of 0.7 s look like 12 s, and it was refused.
-        calibrated = Job("generate", {}, [], model=job.model).rate_key
-        rate = self.seconds_per_cost.get(job.rate_key) or self.seconds_per_cost.get(calibrated) or (
-            max(self.seconds_per_cost.values()) if self.seconds_per_cost else None)
-        if rate is None:
+        """Seconds until `job` would finish if queued now: the jobs waiting in its lane (unless not `waiting`), then
+        its own, each at its kind's measured times (None before any measurement)."""
+        jobs = [other for other in (self.lane_of(job).waiting if waiting else []) if not other.abandoned] + [job]
+        times = [self._times_of(other) for other in jobs]
+        if any(timing is None for timing in times):
             return None
-        queued = self.lane_of(job).waiting if waiting else []
-        return (sum(other.cost for other in queued if not other.abandoned) + job.cost) * rate
+        return sum(timing.predict(other.cost) for timing, other in zip(times, jobs))
+
+    def _times_of(self, job: Job) -> "BatchTimes | None":
+        """The measured times of the job's kind on its model; a kind not measured yet is priced like the generate
+        calibrated at start-up on that model (a decoded row costs about the same), not like the slowest kind of any
+        model: a `continue` or another model's rate once made an 8-pair `sample` of 0.7 s look like 12 s."""
+        calibrated = Job("generate", {}, [], model=job.model).rate_key
+        return self.timings.get(job.rate_key) or self.timings.get(calibrated) or (
+            max(self.timings.values(), key=lambda timing: timing.predict(1)) if self.timings else None)
 
     def pipeline_of(self, model: str | None):
         return self.pipeline if model is None else self.models[model]
@@ -108,9 +138,7 @@ class InferenceWorker:
         self._measure(job.rate_key, cost, time.monotonic() - started)
 
     def _measure(self, kind: str, cost: int, seconds: float) -> None:
-        rate = seconds / max(1, cost)
-        previous = self.seconds_per_cost.get(kind)
-        self.seconds_per_cost[kind] = rate if previous is None else 0.7 * previous + 0.3 * rate
+        self.timings.setdefault(kind, BatchTimes()).add(cost, seconds)
 
     @property
     def queued(self) -> int:
