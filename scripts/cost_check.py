@@ -1,9 +1,9 @@
 """Are requests priced by the work they do? For every kind of request on the shipped models, the time the server
 predicts before admitting it against the time it takes alone, in the real app (TestClient, one request at a time).
 
-Two predictions per kind: the *first* request of a kind is priced at its model's calibrated generate rate (cost
-units x seconds per unit), the *next* one at the rate the worker measured for that kind. A factor is measured /
-predicted; the server promises (README, "Limits") that steady-state predictions are within the worst factor here.
+Two predictions per kind: the *first* request of a kind is priced from its model's calibrated generate, the *next*
+ones from the batches the worker measured for that kind (web/worker.py, BatchTimes). A factor is measured /
+predicted; docs/bad-input.md states the promise, and a slow test in tests/test_web.py holds it.
 
     python scripts/cost_check.py --repeats 3 --out runs/cost_check.json
 """
@@ -11,26 +11,18 @@ predicted; the server promises (README, "Limits") that steady-state predictions 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import time
 
-import numpy as np
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from tinychameleon.data.colored import load_splits
+from tinychameleon.imaging import png_bytes
 from tinychameleon.io_utils import write_json
 from tinychameleon.pipeline import PRETRAINED, Pipeline
 from tinychameleon.web.server import ServerSettings, create_app
 
 PROMPT = "dark green eight on bright cyan"
-
-
-def png(image) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((image * 85).astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def requests(digit: bytes) -> dict:
@@ -92,7 +84,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed requests per kind after the first")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    digit = png(load_splits().validation.images[0])
+    digit = png_bytes(load_splits().validation.images[0])
     app = create_app(Pipeline.from_pretrained(), ServerSettings(timeout_s=60),
                      models={"var": Pipeline.from_pretrained(PRETRAINED["var"])})
     rows = cost_factors(app, requests(digit), args.repeats)

@@ -16,6 +16,7 @@ from PIL import Image
 from tinychameleon.cli import main
 from tinychameleon.data.colored import colorize
 from tinychameleon.errors import PromptError
+from tinychameleon.imaging import png_bytes
 from tinychameleon.web.server import ServerSettings, create_app
 
 
@@ -207,9 +208,3 @@ def test_images_in_documents_use_the_documents_sampling_entries(document_pipelin
         SamplingConfig.from_dict({"documents": {"image_candidates": 4}})
     with pytest.raises(ConfigError, match="sampling.documents: temperature must be"):
         SamplingConfig.from_dict({"documents": {"temperature": -1.0}})
-
-
-def png_bytes(levels) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((levels * 85).astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()

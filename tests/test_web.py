@@ -422,6 +422,7 @@ def test_admission_predicts_each_kind_within_the_stated_factor_on_the_shipped_mo
     from pathlib import Path
 
     from tinychameleon.data.colored import load_splits
+    from tinychameleon.imaging import png_bytes
     from tinychameleon.pipeline import Pipeline
 
     path = Path(__file__).parents[1] / "scripts" / "cost_check.py"
@@ -429,7 +430,7 @@ def test_admission_predicts_each_kind_within_the_stated_factor_on_the_shipped_mo
     spec = importlib.util.spec_from_file_location("cost_check", path)
     cost_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cost_check)
-    digit = cost_check.png(load_splits().validation.images[0])
+    digit = png_bytes(load_splits().validation.images[0])
     app = create_app(Pipeline.from_pretrained(), ServerSettings(timeout_s=60))
     posts = {name: post for name, post in cost_check.requests(digit).items() if "var" not in name}
     rows = cost_check.cost_factors(app, posts, repeats=5)

@@ -115,7 +115,7 @@ class ModelConfig:
         check_range("model.d_model", self.d_model, 1, 1 << 16)
         check_range("model.dropout", self.dropout, 0.0, 1.0)
         if self.positions not in POSITIONS:
-            raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}")
+            raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, got {short(repr(self.positions))}")
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:
             raise ConfigError("model.positions rope needs an even head dimension (d_model / n_head)")
         if self.d_model % self.n_head:

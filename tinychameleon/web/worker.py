@@ -70,20 +70,23 @@ class BatchTimes:
 
     def __init__(self, keep: int = 16) -> None:
         self.batches: deque[tuple[int, float]] = deque(maxlen=keep)
+        self.fixed, self.per_cost = 0.0, 0.0
 
     def add(self, cost: int, seconds: float) -> None:
+        """Record a batch and refit, once per batch: admission reads the fit for every waiting job."""
         self.batches.append((max(1, cost), seconds))
+        costs = np.array([batch[0] for batch in self.batches], dtype=float)
+        times = np.array([batch[1] for batch in self.batches])
+        if len(set(costs)) < 2:
+            self.fixed, self.per_cost = 0.0, float(np.median(times / costs))
+            return
+        slopes = [(times[j] - times[i]) / (costs[j] - costs[i])
+                  for i in range(len(costs)) for j in range(i + 1, len(costs)) if costs[i] != costs[j]]
+        self.per_cost = max(0.0, float(np.median(slopes)))
+        self.fixed = max(0.0, float(np.median(times - self.per_cost * costs)))
 
     def predict(self, cost: int) -> float:
-        costs = np.array([batch[0] for batch in self.batches], dtype=float)
-        seconds = np.array([batch[1] for batch in self.batches])
-        if len(set(costs)) < 2:
-            return float(np.median(seconds / costs)) * cost
-        slopes = [(seconds[j] - seconds[i]) / (costs[j] - costs[i])
-                  for i in range(len(costs)) for j in range(i + 1, len(costs)) if costs[i] != costs[j]]
-        per_cost = max(0.0, float(np.median(slopes)))
-        fixed = max(0.0, float(np.median(seconds - per_cost * costs)))
-        return fixed + per_cost * cost
+        return self.fixed + self.per_cost * cost
 
 
 class Lane:
