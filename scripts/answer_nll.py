@@ -1,5 +1,6 @@
-"""How well does a checkpoint know each family's answer image? Nats of the last image of validation documents
-(its tokens + <eoi> <eod>), per family: copying strokes shows up here long before whole answers come out right.
+"""How well does a checkpoint know each family's answer? Nats of the answer of validation documents (its words
+or image tokens, <eoi> and <eod> included), per family: copying strokes or routing a question to the right part
+of the image shows up here long before whole answers come out right.
 
     python scripts/answer_nll.py runs/ab-learned runs/ab-rope [--documents 100]
 """
@@ -11,14 +12,12 @@ import argparse
 import torch
 
 from tinychameleon.data.colored import load_splits
-from tinychameleon.documents.batches import example_documents, padded
+from tinychameleon.documents.batches import example_documents, padded, prefix_lengths
 from tinychameleon.documents.document import DocumentTokenizer
-from tinychameleon.documents.families import examples
+from tinychameleon.documents.families import FAMILIES, examples
 from tinychameleon.model import next_token_log_probs
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.training.documents import bank_of
-
-FAMILIES = ("digit color", "swap", "change digit", "what comes next", "counting")
 
 
 def main() -> None:
@@ -31,17 +30,16 @@ def main() -> None:
     for path in args.checkpoints:
         pipeline = Pipeline.from_pretrained(path)
         codes = pipeline.image_tokenizer.encode(torch.as_tensor(split.images))
-        answer = pipeline.vocab.image_length + 2
         row = []
         for number, family in enumerate(FAMILIES):
             chosen = examples(bank, args.documents, [0, number], families=[family])
             ids, weights = padded(example_documents(chosen, codes, pipeline.image_tokenizer.recolor,
-                                                    DocumentTokenizer(pipeline.vocab)), pipeline.vocab.end_document)
+                                                    DocumentTokenizer(pipeline.vocab)), pipeline.vocab.end_document,
+                                  prefix_lengths(chosen, pipeline.vocab.image_length), answer_weight=2.0)
             with torch.no_grad():
                 log_probs = next_token_log_probs(pipeline.model, ids)           # (B, T-1)
-            ends = weights.sum(1).long()                                        # targets per document
-            nats = sum(-float(log_probs[r, ends[r] - answer:ends[r]].sum()) for r in range(len(ids)))
-            row.append(f"{family} {nats / len(ids):.1f}")
+            answer = (weights == 2.0).float()                                   # the answer's targets only
+            row.append(f"{family} {-float((log_probs * answer).sum()) / len(ids):.2f}")
         print(f"{path}: " + " | ".join(row), flush=True)
 
 

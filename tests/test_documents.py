@@ -140,6 +140,25 @@ def test_batches_pad_on_the_right_with_no_loss(bank, codes):
     assert tokens.tolist() == [[1, 2, 3], [4, 5, 0]] and weights.tolist() == [[1, 1], [1, 0]]
 
 
+def test_answers_carry_their_own_loss_weight(bank, codes):
+    """train.answer_loss_weight lands on exactly each answer's targets (words or image, <eod> included) of every
+    family; a row trained without its text (guidance's unconditional stream) has no answer to weight."""
+    from tinychameleon.documents.batches import prefix_lengths
+    chosen = examples(bank, 200, 5)
+    assert {example.family for example in chosen} == set(FAMILIES)
+    dropout = torch.arange(len(chosen)) % 10 == 0
+    ids = example_documents(chosen, codes, recolor, TOKENIZER, dropout)
+    prefixes = prefix_lengths(chosen, VOCAB.image_length, dropout)
+    _, weights = padded(ids, VOCAB.end_document, prefixes, answer_weight=2.5)
+    for row, (example, document, (_, answer)) in enumerate(zip(chosen, ids, prefixes)):
+        if dropout[row]:
+            assert answer == 0 and (weights[row, :len(document) - 1] == 1).all()
+            continue
+        assert TOKENIZER.decode(document[:answer]).text == example.prompt
+        assert TOKENIZER.decode(document[answer:]).text == example.answer and document[-1] == VOCAB.end_document
+        assert (weights[row, :answer - 1] == 1).all() and (weights[row, answer - 1:len(document) - 1] == 2.5).all()
+
+
 def well_formed(ids: list[int], grammar: DocumentGrammar) -> bool:
     """Every <boi> is followed by exactly L image tokens that obey the tokenizer's rules, then <eoi>; no
     image token stands outside an image and no word inside one."""
@@ -350,7 +369,7 @@ def test_retrieved_context_never_holds_the_example_and_reads_like_training():
 
 
 def test_retrieval_augmented_documents_keep_their_layout_and_loss_weights():
-    from tinychameleon.documents.batches import context_lengths, example_documents, padded
+    from tinychameleon.documents.batches import example_documents, padded, prefix_lengths
     from tinychameleon.documents.families import MEMORY_FAMILIES, examples
 
     bank = memory_bank()
@@ -358,12 +377,15 @@ def test_retrieval_augmented_documents_keep_their_layout_and_loss_weights():
     L = VOCAB.image_length
     codes = torch.randint(0, VOCAB.image_tokens, (len(bank.digits), L))
     ids = example_documents(chosen, codes, lambda c, f, b: c, TOKENIZER)
-    contexts = context_lengths(chosen, L)
-    batch, weights = padded(ids, VOCAB.end_document, contexts, 0.25)
-    for row, (example, document, context) in enumerate(zip(chosen, ids, contexts)):
+    prefixes = prefix_lengths(chosen, L)
+    batch, weights = padded(ids, VOCAB.end_document, prefixes, 0.25, answer_weight=3.0)
+    for row, (example, document, (context, answer)) in enumerate(zip(chosen, ids, prefixes)):
         assert context == 1 + 2 * (L + 2 + 7)            # <bos>, then two "<image> six words ." documents
         assert document[context - 1] == TOKENIZER.word_to_id["."] and document[context - L - 9] == VOCAB.begin_image
-        # The context's own next tokens at 0.25, the query's (from its first token) at 1, padding at 0.
-        assert (weights[row, :context - 1] == 0.25).all() and (weights[row, context - 1:len(document) - 1] == 1).all()
+        assert TOKENIZER.decode(document[answer:]).text == example.answer    # the answer starts right there
+        # The context's own next tokens at 0.25, the query's prompt (from its first token) at 1, its answer at 3,
+        # padding at 0.
+        assert (weights[row, :context - 1] == 0.25).all() and (weights[row, context - 1:answer - 1] == 1).all()
+        assert (weights[row, answer - 1:len(document) - 1] == 3).all()
         assert (weights[row, len(document) - 1:] == 0).all()
         assert TOKENIZER.decode(document).text == example.text

@@ -120,6 +120,25 @@ def test_guidance_one_equals_plain_sampling(untrained):
     assert not torch.equal(plain, draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=4.0))
 
 
+def test_guidance_on_the_coarse_scales_only(untrained, tiny_pipeline):
+    """guided_blocks=N: the N coarsest blocks are exactly those of full guidance, the finer ones differ; every block
+    guided is full guidance; cached = uncached; the raster model refuses the setting."""
+    config, tokenizer, model, vocab = untrained
+    rules, words = ImageRules(vocab, tokenizer), torch.randint(0, 31, (4, 6))
+    starts = [start - CAPTION for start in model.layout.block_starts()]
+    guided = draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=4.0)
+    partly = [draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=4.0, guided_blocks=3,
+                   use_cache=cache) for cache in (True, False)]
+    assert torch.equal(*partly)
+    partly = partly[0]
+    assert torch.equal(partly[:, :starts[3]], guided[:, :starts[3]])
+    assert not torch.equal(partly[:, starts[3]:], guided[:, starts[3]:])     # the setting is honoured
+    assert torch.equal(draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=4.0,
+                            guided_blocks=len(starts)), guided)              # every block guided = full guidance
+    with pytest.raises(ConfigError, match="raster model guides every token"):
+        tiny_pipeline.generate_images("dark green eight on bright cyan", guidance=2.0, guided_scales=2)
+
+
 def test_cached_reading_equals_teacher_forced_argmax(untrained):
     config, tokenizer, model, vocab = untrained
     rules = ModalityRules(vocab)

@@ -30,6 +30,8 @@ SAMPLER_FLAGS = [
     ("--temperature", "temperature", "sampling temperature (0 = greedy)"),
     ("--fine-temperature", "fine_temperature", "next-scale model: the finest scale's temperature as a multiple of "
                                                "--temperature, scales between interpolated (1 = flat)"),
+    ("--guided-scales", "guided_scales", "next-scale model: guidance on the N coarsest scales only, the finer "
+                                         "ones from the caption alone (0 = every scale)"),
     ("--top-k", "top_k", "keep only the k most likely tokens (0 = all)"),
     ("--top-p", "top_p", "nucleus sampling: keep the tokens that make up this much probability (1 = off)"),
     ("--guidance", "guidance", "classifier-free guidance scale (1 = off)"),

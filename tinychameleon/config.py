@@ -162,6 +162,9 @@ class TrainConfig:
     retrieve: int = 0             # retrieval-augmented documents (CM3Leon): draw / read after this many retrieved
                                   # neighbours of the example (the shipped retriever's, never the example); 0 = off
     context_loss_weight: float = 0.5  # loss weight of those retrieved neighbours' tokens (the query's stays 1)
+    answer_loss_weight: float = 1.0   # loss weight of a document's answer (what follows its prompt, <eod> included):
+                                  # a question's answer is 2 of ~60 targets, so routing it to the right part of the
+                                  # image learns slowly otherwise (like caption_loss_weight for pairs)
 
 
     def validate(self) -> None:
@@ -182,6 +185,7 @@ class TrainConfig:
         check_range("train.text_dropout", self.text_dropout, 0.0, 1.0)
         check_range("train.retrieve", self.retrieve, 0, 3)  # a document holds 4 images: k neighbours + 1
         check_range("train.context_loss_weight", self.context_loss_weight, 0.0, 1.0)
+        check_range("train.answer_loss_weight", self.answer_loss_weight, 0.0, 100.0)
         if self.retrieve and not self.documents:
             raise ConfigError("train.retrieve needs train.documents > 0: retrieved neighbours are read in documents")
         if self.optimizer not in OPTIMIZERS:
@@ -327,6 +331,8 @@ class SamplingConfig:
     temperature: float = 1.0
     fine_temperature: float = 1.0  # next-scale: the finest scale's temperature as a multiple of `temperature`, the
                                   # scales between interpolated (coarse scales keep the variety, fine ones the strokes)
+    guided_scales: int = 0        # next-scale: guidance on the N coarsest scales only (0 = all); the finer scales,
+                                  # most of the tokens, then follow the caption alone at half the work
     caption_temperature: float = 0.0  # image -> text wants the single best caption: greedy by default
     caption_guidance: float = 1.0  # image -> text: guidance of the caption (1 = off; `guidance` is for images)
     top_k: int = 0                # 0 = no top-k filtering
@@ -348,7 +354,8 @@ class SamplingConfig:
                                   # while pairs keep their variety (DOCUMENT_SETTINGS; chosen on validation)
 
     # The allowed range of each numeric setting: one table for the CLI, the web API and sampling.json.
-    RANGES = {"temperature": (0.0, 100.0), "fine_temperature": (0.0, 10.0), "caption_temperature": (0.0, 100.0),
+    RANGES = {"temperature": (0.0, 100.0), "fine_temperature": (0.0, 10.0), "guided_scales": (0, 16),
+              "caption_temperature": (0.0, 100.0),
               "top_k": (0, 1 << 20),
               "guidance": (0.0, 100.0), "caption_guidance": (0.0, 100.0), "image_candidates": (1, 64),
               "top_p": (0.01, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),

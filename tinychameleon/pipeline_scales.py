@@ -38,6 +38,9 @@ class NextScaleTasks:
             if settings.fine_temperature != 1.0:
                 raise ConfigError("fine_temperature sets each scale's temperature of the next-scale model; the raster "
                                   "model draws with one temperature (leave it at 1)")
+            if settings.guided_scales:
+                raise ConfigError("guided_scales picks the scales of the next-scale model that guidance steers; the "
+                                  "raster model guides every token (leave it at 0)")
             return settings
         for name, off in RASTER_ONLY_SETTINGS.items():
             if getattr(settings, name) != off:
@@ -66,7 +69,7 @@ class NextScaleTasks:
             codes.append(sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, self._image_rules,
                                       words[rows].to(self.device), self._scale_temperatures(settings), settings.top_k or None,
                                       settings.top_p, settings.guidance, generator, should_stop=self._expired,
-                                      masked=masked))
+                                      masked=masked, guided_blocks=settings.guided_scales))
         codes = torch.cat(codes)
         if candidates == 1:
             return codes

@@ -42,42 +42,52 @@ def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tok
     return documents
 
 
-def context_lengths(examples: list[Example], image_length: int, text_dropout: torch.Tensor | None = None) -> list[int]:
-    """Tokens each document spends on its retrieved context (<bos> included; 0 without one)."""
+def prefix_lengths(examples: list[Example], image_length: int, text_dropout: torch.Tensor | None = None
+                   ) -> list[tuple[int, int]]:
+    """(context end, answer start) of each document, in tokens from its <bos>: where its retrieved context ends
+    (0 without one) and where its answer begins. A row marked in text_dropout has neither: (0, 0)."""
+
+    def tokens(text: str) -> int:
+        return sum(image_length + 2 if word == IMAGE_PLACEHOLDER else 1 for word in split_words(text))
+
     lengths = []
     for row, example in enumerate(examples):
-        words = split_words(example.context)
-        if not words or (text_dropout is not None and text_dropout[row]):
-            lengths.append(0)
+        if text_dropout is not None and text_dropout[row]:
+            lengths.append((0, 0))
             continue
-        lengths.append(1 + sum(image_length + 2 if word == IMAGE_PLACEHOLDER else 1 for word in words))
+        context = 1 + tokens(example.context) if example.context else 0
+        lengths.append((context, 1 + tokens(example.context) + tokens(example.prompt)))
     return lengths
 
 
-def padded(documents: list[list[int]], pad: int, contexts: list[int] | None = None, context_weight: float = 1.0
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]] | None = None,
+           context_weight: float = 1.0, answer_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids right-padded with `pad` and (B, T-1) loss weights: 1 on each real next token, 0 on padding,
-    `context_weight` on the tokens of a retrieved context (contexts: their lengths, one per document)."""
+    `context_weight` on the tokens of a retrieved context and `answer_weight` on the answer's (prefixes: each
+    document's (context end, answer start), from prefix_lengths)."""
     T = max(len(ids) for ids in documents)
     ids = torch.full((len(documents), T), pad, dtype=torch.long)
     weights = torch.zeros(len(documents), T - 1)
     for row, document in enumerate(documents):
         ids[row, :len(document)] = torch.tensor(document, dtype=torch.long)
         weights[row, :len(document) - 1] = 1.0
-        if contexts and contexts[row]:
-            weights[row, :contexts[row] - 1] = context_weight   # targets 1..c-1 lie in the context
+        context, answer = prefixes[row] if prefixes else (0, 0)
+        if context:
+            weights[row, :context - 1] = context_weight         # targets 1..c-1 lie in the context
+        if answer:
+            weights[row, answer - 1:len(document) - 1] = answer_weight   # the answer's tokens and <eod>
     return ids, weights
 
 
 def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int,
-                   contexts: list[int] | None = None, context_weight: float = 1.0
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                   prefixes: list[tuple[int, int]] | None = None, context_weight: float = 1.0,
+                   answer_weight: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole batches of documents of similar length (sorted by length, random among equals), in random order;
     the last partial batch is dropped."""
     tiebreak = torch.rand(len(documents), generator=generator).tolist()
     order = sorted(range(len(documents)), key=lambda i: (len(documents[i]), tiebreak[i]))
-    contexts = contexts or [0] * len(documents)
+    prefixes = prefixes or [(0, 0)] * len(documents)
     batches = [padded([documents[i] for i in order[start:start + batch_size]], pad,
-                      [contexts[i] for i in order[start:start + batch_size]], context_weight)
+                      [prefixes[i] for i in order[start:start + batch_size]], context_weight, answer_weight)
                for start in range(0, len(order) - batch_size + 1, batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

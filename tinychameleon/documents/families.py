@@ -222,7 +222,8 @@ def read_from_memory(bank, index, rng) -> Example:
                    [], memory_context(context), context)
 
 
-# The one registry of families: name -> (builder, share of training documents).
+# The one registry of families: name -> (builder, share of training documents). Shares and
+# train.answer_loss_weight were tried against these in matched short runs (BENCHMARKS.md, "Document mixture").
 FAMILIES: dict[str, tuple[Callable, float]] = {
     "digit color": (digit_color, 1.0), "background color": (background_color, 1.0), "swap": (swap, 1.0),
     "change digit": (change_digit, 1.0), "what digit": (what_digit, 1.0), "digit color name": (digit_color_name, 0.5),

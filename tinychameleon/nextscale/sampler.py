@@ -41,10 +41,11 @@ class ImageRules:
 def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, words: torch.Tensor,
          temperature: float | list[float] = 1.0, top_k: int | None = None, top_p: float = 1.0, guidance: float = 1.0,
          generator: torch.Generator | None = None, use_cache: bool = True,
-         should_stop: Callable[[], bool] | None = None, masked: bool = False) -> torch.Tensor:
+         should_stop: Callable[[], bool] | None = None, masked: bool = False, guided_blocks: int = 0) -> torch.Tensor:
     """(B, 6) word ids -> (B, 106) image ids: fg, bg, then every scale's codes; `temperature` is one for all
     blocks or one per block. masked=True draws from nothing: the caption is read as <mask> tokens (the
-    unconditional stream itself)."""
+    unconditional stream itself). guided_blocks=N > 0 guides the N coarsest blocks only: then the
+    unconditional stream leaves the batch, so the finer blocks (most of the tokens) cost half."""
     model.eval()
     B, device, layout = len(words), words.device, model.layout
     streams = caption_ids(vocab, words, torch.full((B,), masked, dtype=torch.bool))
@@ -77,6 +78,11 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
         image[:, slots] = tokens
         if block == len(sizes) - 1:
             break
+        if R > B and block + 1 == guided_blocks:      # the coarse scales are set: the rest follow the caption alone
+            R = B
+            if cache is not None:
+                cache.keys, cache.values = cache.keys[:, :B], cache.values[:, :B]
+            streams, latents = streams[:B], [latent[:B] for latent in latents]
         codes = tokens[:, COLORS:] if block == 0 else tokens
         f_hat = f_hat + coder.quantizer.upsampled(block, codes, GRID)
         latents.append(coder.quantizer.input_at(f_hat, block + 1).repeat(R // B, 1, 1))

@@ -9,7 +9,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.colored import COLOR_ID, ColoredMNIST, recolor
-from ..documents.batches import context_lengths, example_documents, length_batches, padded
+from ..documents.batches import example_documents, length_batches, padded, prefix_lengths
 from ..documents.document import DocumentTokenizer
 from ..documents.families import DigitBank, examples
 from ..retrieval.memory import neighbour_table
@@ -47,9 +47,9 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
         chosen = examples(bank, settings.documents, [settings.seed, epoch, 22])
         dropout = torch.rand(len(chosen), generator=generator) < settings.text_dropout
         ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
-        contexts = context_lengths(chosen, vocab.image_length, dropout)
-        return length_batches(ids, settings.batch_size, generator, vocab.end_document, contexts,
-                              settings.context_loss_weight)
+        prefixes = prefix_lengths(chosen, vocab.image_length, dropout)
+        return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes,
+                              settings.context_loss_weight, settings.answer_loss_weight)
 
     return documents
 
