@@ -8,7 +8,8 @@ the shipped image tokenizer). Compare with `python scripts/answer_nll.py runs/ab
 release5: every family's share as in release 5 (documents/families.FAMILIES), answers weighted like the prompt;
 reweighted: more of the cheap questions, addition and counting, less draw / read, and answers at 3x
 (train.answer_loss_weight); reweighted-pairs: the same but draw and
-read at release 5's shares. --seed 1 on an arm shows how far apart two seeds of one recipe land.
+read at release 5's shares; answer-words: release 5's shares, the answers' words (not their images) at 3x
+(train.answer_words_only). --seed 1 on an arm shows how far apart two seeds of one recipe land.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from tinychameleon.training.run import train
 
 REWEIGHTED = {"digit color name": 1.0, "background name": 1.5, "addition": 1.5, "counting": 1.25,
               "draw": 0.25, "read": 0.25}   # every other family: 1.0, as in release 5 (documents/families.FAMILIES)
-ARMS = {"release5": 1.0, "reweighted": 3.0, "reweighted-pairs": 3.0}   # arm -> train.answer_loss_weight
-SHARES = {"release5": {}, "reweighted": REWEIGHTED,      # reweighted-pairs: draw and read keep release 5's shares
+ARMS = {"release5": 1.0, "reweighted": 3.0, "reweighted-pairs": 3.0,    # arm -> train.answer_loss_weight
+        "answer-words": 3.0}
+WORDS_ONLY = {"answer-words"}                   # arms whose weight lands on the answer's words only
+SHARES = {"release5": {}, "answer-words": {}, "reweighted": REWEIGHTED,      # reweighted-pairs: draw and read keep release 5's shares
           "reweighted-pairs": {**REWEIGHTED, "draw": 0.5, "read": 0.5}}
 
 
@@ -41,7 +44,7 @@ def main() -> None:
         families.FAMILIES[name] = (families.FAMILIES[name][0], share)
     config = make_config("best", train={"epochs": 1, "max_train_examples": 10000, "documents": 20000,
                                         "max_validation_examples": 1000, "answer_loss_weight": ARMS[args.arm],
-                                        "seed": args.seed})
+                                        "seed": args.seed, "answer_words_only": args.arm in WORDS_ONLY})
     started = time.time()
     name = args.arm + (f"-seed{args.seed}" if args.seed else "")
     train(config, f"runs/ab-{name}", vqvae_from=PRETRAINED["raster"], progress=False,

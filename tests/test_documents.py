@@ -157,6 +157,15 @@ def test_answers_carry_their_own_loss_weight(bank, codes):
         assert TOKENIZER.decode(document[:answer]).text == example.prompt
         assert TOKENIZER.decode(document[answer:]).text == example.answer and document[-1] == VOCAB.end_document
         assert (weights[row, :answer - 1] == 1).all() and (weights[row, answer - 1:len(document) - 1] == 2.5).all()
+    # Words only: an answer's image tokens keep weight 1, its words and <boi> <eoi> <eod> get the weight.
+    _, words_only = padded(ids, VOCAB.end_document, prefixes, answer_weight=2.5, image_tokens=VOCAB.image_tokens)
+    for row, (document, (_, answer)) in enumerate(zip(ids, prefixes)):
+        targets = torch.tensor(document[1:])
+        expected = torch.where((torch.arange(len(targets)) >= answer - 1) & (targets >= VOCAB.image_tokens) &
+                               (answer > 0), 2.5, 1.0)
+        assert torch.equal(words_only[row, :len(targets)], expected)
+    drawn = [row for row, example in enumerate(chosen) if example.answer_images and not dropout[row]]
+    assert drawn and all((words_only[row] == 1).sum() > (weights[row] == 1).sum() for row in drawn)
 
 
 def well_formed(ids: list[int], grammar: DocumentGrammar) -> bool:

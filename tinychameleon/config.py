@@ -165,6 +165,8 @@ class TrainConfig:
     answer_loss_weight: float = 1.0   # loss weight of a document's answer (what follows its prompt, <eod> included):
                                   # a question's answer is 2 of ~60 targets, so routing it to the right part of the
                                   # image learns slowly otherwise (like caption_loss_weight for pairs)
+    answer_words_only: bool = False   # answer_loss_weight on the answer's words, <boi>, <eoi> and <eod> only: its
+                                  # images keep weight 1, so drawing keeps its share of the document loss
 
 
     def validate(self) -> None:

@@ -61,10 +61,12 @@ def prefix_lengths(examples: list[Example], image_length: int, text_dropout: tor
 
 
 def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]] | None = None,
-           context_weight: float = 1.0, answer_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+           context_weight: float = 1.0, answer_weight: float = 1.0, image_tokens: int = 0
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids right-padded with `pad` and (B, T-1) loss weights: 1 on each real next token, 0 on padding,
     `context_weight` on the tokens of a retrieved context and `answer_weight` on the answer's (prefixes: each
-    document's (context end, answer start), from prefix_lengths)."""
+    document's (context end, answer start), from prefix_lengths); with image_tokens > 0, only on the answer's
+    other tokens than image tokens (ids below image_tokens): its words, <boi>, <eoi> and <eod>."""
     T = max(len(ids) for ids in documents)
     ids = torch.full((len(documents), T), pad, dtype=torch.long)
     weights = torch.zeros(len(documents), T - 1)
@@ -75,19 +77,22 @@ def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]]
         if context:
             weights[row, :context - 1] = context_weight         # targets 1..c-1 lie in the context
         if answer:
-            weights[row, answer - 1:len(document) - 1] = answer_weight   # the answer's tokens and <eod>
+            targets = torch.tensor(document[answer:])                      # the answer's tokens and <eod>
+            chosen = targets >= image_tokens                               # all of them when image_tokens is 0
+            weights[row, answer - 1:len(document) - 1][chosen] = answer_weight
     return ids, weights
 
 
 def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int,
                    prefixes: list[tuple[int, int]] | None = None, context_weight: float = 1.0,
-                   answer_weight: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                   answer_weight: float = 1.0, image_tokens: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole batches of documents of similar length (sorted by length, random among equals), in random order;
     the last partial batch is dropped."""
     tiebreak = torch.rand(len(documents), generator=generator).tolist()
     order = sorted(range(len(documents)), key=lambda i: (len(documents[i]), tiebreak[i]))
     prefixes = prefixes or [(0, 0)] * len(documents)
     batches = [padded([documents[i] for i in order[start:start + batch_size]], pad,
-                      [prefixes[i] for i in order[start:start + batch_size]], context_weight, answer_weight)
+                      [prefixes[i] for i in order[start:start + batch_size]], context_weight, answer_weight,
+                      image_tokens)
                for start in range(0, len(order) - batch_size + 1, batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -49,7 +49,8 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
         ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
         prefixes = prefix_lengths(chosen, vocab.image_length, dropout)
         return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes,
-                              settings.context_loss_weight, settings.answer_loss_weight)
+                              settings.context_loss_weight, settings.answer_loss_weight,
+                              vocab.image_tokens if settings.answer_words_only else 0)
 
     return documents
 
