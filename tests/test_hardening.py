@@ -139,7 +139,8 @@ def test_checkpoint_that_is_a_file_says_so(tmp_path):
     (["--temperature", "1e-300"], "--temperature must be 0"), (["--temperature", "-1"], "--temperature"),
     (["--top-k", "-5"], "--top-k"), (["--guidance", "nan"], "finite"), (["--seed", str(2**70)], "--seed"),
     (["--device", "tpu"], "unknown device"), (["--candidates", "0"], "--candidates"), (["--views", "0"], "--views"),
-    (["--candidates", "two"], "not an integer"),
+    (["--candidates", "two"], "not an integer"), (["--guided-scales", "-1"], "--guided-scales"),
+    (["--guidance", "2", "--guided-scales", "2"], "raster model guides every token"),
 ])
 def test_bad_flags_exit_2_with_one_line(tiny_run, tmp_path, capsys, flags, fragment):
     code, _, err = run(["generate", PROMPT, "--out", tmp_path / "out", "--checkpoint", tiny_run] + flags, capsys)

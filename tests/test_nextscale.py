@@ -120,7 +120,7 @@ def test_guidance_one_equals_plain_sampling(untrained):
     assert not torch.equal(plain, draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=4.0))
 
 
-def test_guidance_on_the_coarse_scales_only(untrained, tiny_pipeline):
+def test_guidance_on_the_coarse_scales_only(untrained, scales_run, tiny_pipeline):
     """guided_blocks=N: the N coarsest blocks are exactly those of full guidance, the finer ones differ; every block
     guided is full guidance; cached = uncached; the raster model refuses the setting."""
     config, tokenizer, model, vocab = untrained
@@ -135,6 +135,10 @@ def test_guidance_on_the_coarse_scales_only(untrained, tiny_pipeline):
     assert not torch.equal(partly[:, starts[3]:], guided[:, starts[3]:])     # the setting is honoured
     assert torch.equal(draw(model, tokenizer.shape, vocab, rules, words, temperature=0.0, guidance=4.0,
                             guided_blocks=len(starts)), guided)              # every block guided = full guidance
+    pipe = Pipeline.from_pretrained(scales_run)                          # the pipeline passes it on
+    every, coarse = (pipe.generate_images(["dark green eight on bright cyan"] * 4, seed=5, guidance=3.0,
+                                          guided_scales=value) for value in (0, 1))
+    assert not np.array_equal(every, coarse)
     with pytest.raises(ConfigError, match="raster model guides every token"):
         tiny_pipeline.generate_images("dark green eight on bright cyan", guidance=2.0, guided_scales=2)
 
