@@ -76,7 +76,7 @@ def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]]
         context, answer = prefixes[row] if prefixes else (0, 0)
         if context:
             weights[row, :context - 1] = context_weight         # targets 1..c-1 lie in the context
-        if answer:
+        if answer and answer_weight != 1.0:
             targets = torch.tensor(document[answer:])                      # the answer's tokens and <eod>
             chosen = targets >= image_tokens                               # all of them when image_tokens is 0
             weights[row, answer - 1:len(document) - 1][chosen] = answer_weight
