@@ -33,12 +33,12 @@ def main() -> None:
         row = []
         for number, family in enumerate(FAMILIES):
             chosen = examples(bank, args.documents, [0, number], families=[family])
-            ids, weights = padded(example_documents(chosen, codes, pipeline.image_tokenizer.recolor,
-                                                    DocumentTokenizer(pipeline.vocab)), pipeline.vocab.end_document,
-                                  prefix_lengths(chosen, pipeline.vocab.image_length), answer_weight=2.0)
+            ids, answer = padded(example_documents(chosen, codes, pipeline.image_tokenizer.recolor,
+                                                   DocumentTokenizer(pipeline.vocab)), pipeline.vocab.end_document)
+            for document, (_, start) in enumerate(prefix_lengths(chosen, pipeline.vocab.image_length)):
+                answer[document, :start - 1] = 0                                     # the answer's targets only
             with torch.no_grad():
                 log_probs = next_token_log_probs(pipeline.model, ids)           # (B, T-1)
-            answer = (weights == 2.0).float()                                   # the answer's targets only
             row.append(f"{family} {-float((log_probs * answer).sum()) / len(ids):.2f}")
         print(f"{path}: " + " | ".join(row), flush=True)
 

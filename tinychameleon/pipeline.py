@@ -21,7 +21,7 @@ import torch
 
 from .batching import batch_slices
 from .config import RunConfig, SamplingConfig
-from .errors import ConfigError, DeadlineExceeded, PromptError
+from .errors import ConfigError, PromptError
 from .regions import erase_outside, keep_mask
 from .data.colored import COLOR_ID, COLOR_RGB
 from .imaging import two_colors
@@ -130,8 +130,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         return deadline is not None and time.monotonic() > deadline
 
     def _check_time(self) -> None:
-        if self._expired():
-            raise DeadlineExceeded("stopped: the time limit passed")
+        self.pairs.check_time()          # one deadline check: the pair decoder asks this pipeline's _expired
 
     def _draw_codes(self, words: torch.Tensor, settings: SamplingConfig, generator,
                     kept: torch.Tensor | None = None) -> torch.Tensor:

@@ -20,6 +20,13 @@ from .tokenizers.vocab import TEXT_LENGTH
 
 # Raster-only settings: each names a decoding the next-scale sampler does not have (refused, never ignored).
 RASTER_ONLY_SETTINGS = {"cd_k": 0, "mixed_pool": False, "rerank_captions": False, "caption_guidance": 1.0}
+# Next-scale-only settings: (off value, what it does there and why the raster model has no use for it).
+NEXT_SCALE_ONLY_SETTINGS = {
+    "fine_temperature": (1.0, "sets each scale's temperature of the next-scale model; the raster model draws with "
+                              "one temperature"),
+    "guided_scales": (0, "picks the scales of the next-scale model that guidance steers; the raster model guides "
+                         "every token"),
+}
 
 
 class NextScaleTasks:
@@ -35,12 +42,9 @@ class NextScaleTasks:
     def _check_decoding_settings(self, settings: SamplingConfig) -> SamplingConfig:
         """Refuse a setting the checkpoint's generator has no use for, naming it (never ignore one)."""
         if not self.next_scale:
-            if settings.fine_temperature != 1.0:
-                raise ConfigError("fine_temperature sets each scale's temperature of the next-scale model; the raster "
-                                  "model draws with one temperature (leave it at 1)")
-            if settings.guided_scales:
-                raise ConfigError("guided_scales picks the scales of the next-scale model that guidance steers; the "
-                                  "raster model guides every token (leave it at 0)")
+            for name, (off, why) in NEXT_SCALE_ONLY_SETTINGS.items():
+                if getattr(settings, name) != off:
+                    raise ConfigError(f"{name} {why} (leave it at {off:g})")
             return settings
         for name, off in RASTER_ONLY_SETTINGS.items():
             if getattr(settings, name) != off:
