@@ -35,7 +35,7 @@ def main() -> None:
             chosen = examples(bank, args.documents, [0, number], families=[family])
             ids, answer = padded(example_documents(chosen, codes, pipeline.image_tokenizer.recolor,
                                                    DocumentTokenizer(pipeline.vocab)), pipeline.vocab.end_document)
-            for document, (_, start) in enumerate(prefix_lengths(chosen, pipeline.vocab.image_length)):
+            for document, (_, start) in enumerate(prefix_lengths(chosen, pipeline.vocab)):
                 answer[document, :start - 1] = 0                                     # the answer's targets only
             with torch.no_grad():
                 log_probs = next_token_log_probs(pipeline.model, ids)           # (B, T-1)

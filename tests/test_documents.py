@@ -9,7 +9,7 @@ import torch
 from tinychameleon.checkpoint import build_transformer
 from tinychameleon.config import make_config
 from tinychameleon.data.colored import COLOR_NAMES, DIGIT_WORDS
-from tinychameleon.documents.batches import example_documents, length_batches, padded, picture_codes
+from tinychameleon.documents.batches import LossWeights, example_documents, length_batches, padded, picture_codes
 from tinychameleon.documents.document import DocumentTokenizer, split_words
 from tinychameleon.documents.engine import DecodeSettings, RowCache, decode, left_padded
 from tinychameleon.documents.families import FAMILIES, DigitBank, examples
@@ -148,8 +148,8 @@ def test_answers_carry_their_own_loss_weight(bank, codes):
     assert {example.family for example in chosen} == set(FAMILIES)
     dropout = torch.arange(len(chosen)) % 10 == 0
     ids = example_documents(chosen, codes, recolor, TOKENIZER, dropout)
-    prefixes = prefix_lengths(chosen, VOCAB.image_length, dropout)
-    _, weights = padded(ids, VOCAB.end_document, prefixes, answer_weight=2.5)
+    prefixes = prefix_lengths(chosen, VOCAB, dropout)
+    _, weights = padded(ids, VOCAB.end_document, prefixes, LossWeights(answer=2.5))
     for row, (example, document, (_, answer)) in enumerate(zip(chosen, ids, prefixes)):
         if dropout[row]:
             assert answer == 0 and (weights[row, :len(document) - 1] == 1).all()
@@ -158,7 +158,8 @@ def test_answers_carry_their_own_loss_weight(bank, codes):
         assert TOKENIZER.decode(document[answer:]).text == example.answer and document[-1] == VOCAB.end_document
         assert (weights[row, :answer - 1] == 1).all() and (weights[row, answer - 1:len(document) - 1] == 2.5).all()
     # Words only: an answer's image tokens keep weight 1, its words and <boi> <eoi> <eod> get the weight.
-    _, words_only = padded(ids, VOCAB.end_document, prefixes, answer_weight=2.5, image_tokens=VOCAB.image_tokens)
+    _, words_only = padded(ids, VOCAB.end_document, prefixes,
+                           LossWeights(answer=2.5, image_tokens=VOCAB.image_tokens))
     for row, (document, (_, answer)) in enumerate(zip(ids, prefixes)):
         targets = torch.tensor(document[1:])
         expected = torch.where((torch.arange(len(targets)) >= answer - 1) & (targets >= VOCAB.image_tokens) &
@@ -386,8 +387,8 @@ def test_retrieval_augmented_documents_keep_their_layout_and_loss_weights():
     L = VOCAB.image_length
     codes = torch.randint(0, VOCAB.image_tokens, (len(bank.digits), L))
     ids = example_documents(chosen, codes, lambda c, f, b: c, TOKENIZER)
-    prefixes = prefix_lengths(chosen, L)
-    batch, weights = padded(ids, VOCAB.end_document, prefixes, 0.25, answer_weight=3.0)
+    prefixes = prefix_lengths(chosen, VOCAB)
+    batch, weights = padded(ids, VOCAB.end_document, prefixes, LossWeights(context=0.25, answer=3.0))
     for row, (example, document, (context, answer)) in enumerate(zip(chosen, ids, prefixes)):
         assert context == 1 + 2 * (L + 2 + 7)            # <bos>, then two "<image> six words ." documents
         assert document[context - 1] == TOKENIZER.word_to_id["."] and document[context - L - 9] == VOCAB.begin_image
@@ -398,3 +399,57 @@ def test_retrieval_augmented_documents_keep_their_layout_and_loss_weights():
         assert (weights[row, answer - 1:len(document) - 1] == 3).all()
         assert (weights[row, len(document) - 1:] == 0).all()
         assert TOKENIZER.decode(document).text == example.text
+
+
+EOP_CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={"documents": 64, "prompt_end": True})
+EOP_VOCAB = Vocab.for_config(EOP_CONFIG)
+EOP_TOKENIZER = DocumentTokenizer(EOP_VOCAB)
+
+
+def test_prompt_end_is_one_new_id_after_every_other():
+    assert EOP_VOCAB.size == VOCAB.size + 1 and EOP_VOCAB.end_prompt == VOCAB.end_document + 1
+    assert (EOP_VOCAB.begin_image, EOP_VOCAB.end_document, EOP_VOCAB.text_ids) == \
+        (VOCAB.begin_image, VOCAB.end_document, VOCAB.text_ids)
+    assert EOP_VOCAB.token_name(EOP_VOCAB.end_prompt) == "<eop>" and EOP_VOCAB.to_dict()["end_prompt"] == VOCAB.size
+    with pytest.raises(ValueError, match="no <eop>"):
+        VOCAB.end_prompt
+    with pytest.raises(ValueError, match="prompt_end needs train.documents"):
+        make_config("tiny", train={"prompt_end": True})
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_prompt_ends_with_eop_and_the_answer_follows_it(family, bank, codes):
+    """With train.prompt_end each family's document is its prompt, <eop>, its answer; the <eop> is given, never
+    predicted (its target weighs 0); without it the same ids minus <eop> (older checkpoints read as before)."""
+    from tinychameleon.documents.batches import prefix_lengths
+    from tinychameleon.training.documents import given_token
+    chosen = examples(bank, 10, [5, 6], families=[family])
+    dropout = torch.arange(10) % 3 == 0
+    ids = example_documents(chosen, codes, recolor, EOP_TOKENIZER, dropout)
+    plain = example_documents(chosen, codes, recolor, TOKENIZER, dropout)
+    prefixes = prefix_lengths(chosen, EOP_VOCAB, dropout)
+    _, weights = padded(ids, EOP_VOCAB.end_document, prefixes, LossWeights(given=given_token(EOP_VOCAB)))
+    for row, (example, document, (_, answer)) in enumerate(zip(chosen, ids, prefixes)):
+        eop = document.index(EOP_VOCAB.end_prompt)
+        assert document.count(EOP_VOCAB.end_prompt) == 1 and [t for t in document if t != EOP_VOCAB.end_prompt] == plain[row]
+        assert weights[row, eop - 1] == 0 and (weights[row, :len(document) - 1] > 0).sum() == len(document) - 2
+        prompt = EOP_TOKENIZER.bind(example.prompt, [torch.as_tensor(i) for i in EOP_TOKENIZER.decode(document[:eop]).images])
+        if dropout[row]:     # images only, the prompt's before <eop> and the answer's after it
+            assert len(EOP_TOKENIZER.decode(document[eop:]).images) == len(example.answer_images)
+            continue
+        assert answer == eop + 1 and EOP_TOKENIZER.encode(prompt) == document[:answer]     # as a user's prompt reads
+        assert EOP_TOKENIZER.decode(document[answer:]).text == example.answer
+        assert EOP_TOKENIZER.decode(document).text == f"{example.prompt} {example.answer}"
+
+
+def test_the_model_is_never_let_write_eop_and_guidance_keeps_it():
+    torch.manual_seed(0)
+    model = build_transformer(EOP_CONFIG).eval()
+    favour(model, EOP_VOCAB.end_prompt, 8.0)                 # the token it would pick almost always
+    tokenizer = PaletteTokenizer(EOP_CONFIG.vq)
+    grammar = DocumentGrammar(EOP_VOCAB, tokenizer.position_tokens(), tokenizer.token_follows())
+    prompt = EOP_TOKENIZER.encode(EOP_TOKENIZER.bind("<image> what digit is this ?", [torch.arange(L) % 64]))
+    assert prompt[-1] == EOP_VOCAB.end_prompt and grammar.without_words(prompt)[-1] == EOP_VOCAB.end_prompt
+    written = decode(model, grammar, [prompt] * 8, DecodeSettings(temperature=1.0, text_temperature=1.0),
+                     generator=torch.Generator().manual_seed(0))
+    assert all(EOP_VOCAB.end_prompt not in ids and well_formed(ids, grammar) for ids in written)

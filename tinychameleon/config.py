@@ -165,6 +165,9 @@ class TrainConfig:
     answer_loss_weight: float = 1.0   # loss weight of a document's answer (what follows its prompt, <eod> included):
                                   # a question's answer is 2 of ~60 targets, so routing it to the right part of the
                                   # image learns slowly otherwise (like caption_loss_weight for pairs)
+    prompt_end: bool = False      # documents mark where their prompt ends with <eop> (as a chat template marks the
+                                  # answer's turn): a prompt of one image then reads as "caption this", not as the
+                                  # start of a question
     answer_words_only: bool = False   # answer_loss_weight on the answer's words, <boi>, <eoi> and <eod> only: its
                                   # images keep weight 1, so drawing keeps its share of the document loss
 
@@ -188,6 +191,8 @@ class TrainConfig:
         check_range("train.retrieve", self.retrieve, 0, 3)  # a document holds 4 images: k neighbours + 1
         check_range("train.context_loss_weight", self.context_loss_weight, 0.0, 1.0)
         check_range("train.answer_loss_weight", self.answer_loss_weight, 0.0, 100.0)
+        if self.prompt_end and not self.documents:
+            raise ConfigError("train.prompt_end needs train.documents > 0: only documents have prompts")
         if self.retrieve and not self.documents:
             raise ConfigError("train.retrieve needs train.documents > 0: retrieved neighbours are read in documents")
         if self.optimizer not in OPTIMIZERS:

@@ -7,10 +7,13 @@ of a batch is padding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .document import IMAGE_PLACEHOLDER, Document, DocumentTokenizer, split_words
 from .families import Example, Picture
+from ..tokenizers.vocab import Vocab
 
 
 def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torch.Tensor:
@@ -26,29 +29,31 @@ def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torc
 
 def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tokenizer: DocumentTokenizer,
                       text_dropout: torch.Tensor | None = None) -> list[list[int]]:
-    """The finished documents (prompt, then answer) as ids. Rows marked in text_dropout (len(examples),) keep
-    their images only: what the unconditional stream of guidance reads."""
+    """The finished documents (context and prompt, then answer) as ids. Rows marked in text_dropout
+    (len(examples),) keep their images only: what the unconditional stream of guidance reads."""
     pictures = [picture for example in examples for picture in example.pictures]
     images = iter(picture_codes(pictures, codes, recolor))
     documents = []
     for row, example in enumerate(examples):
-        bound = [next(images) for _ in range(len(example.pictures))]
+        given = [next(images) for _ in range(len(example.context_images) + len(example.prompt_images))]
+        drawn = [next(images) for _ in range(len(example.answer_images))]
         if text_dropout is not None and text_dropout[row]:
-            document = Document(bound)
+            prompt, answer = Document(given, finished=False), Document(drawn)
         else:
-            document = tokenizer.bind(example.text, bound)
-            document.finished = True
-        documents.append(tokenizer.encode(document))
+            prompt = tokenizer.bind(" ".join(part for part in (example.context, example.prompt) if part), given)
+            answer = tokenizer.bind(example.answer, drawn)
+        documents.append(tokenizer.encode(prompt, answer))
     return documents
 
 
-def prefix_lengths(examples: list[Example], image_length: int, text_dropout: torch.Tensor | None = None
+def prefix_lengths(examples: list[Example], vocab: Vocab, text_dropout: torch.Tensor | None = None
                    ) -> list[tuple[int, int]]:
     """(context end, answer start) of each document, in tokens from its <bos>: where its retrieved context ends
-    (0 without one) and where its answer begins. A row marked in text_dropout has neither: (0, 0)."""
+    (0 without one) and where its answer begins (after the prompt's <eop>, where the vocabulary has it). A row
+    marked in text_dropout has neither: (0, 0)."""
 
     def tokens(text: str) -> int:
-        return sum(image_length + 2 if word == IMAGE_PLACEHOLDER else 1 for word in split_words(text))
+        return sum(vocab.image_length + 2 if word == IMAGE_PLACEHOLDER else 1 for word in split_words(text))
 
     lengths = []
     for row, example in enumerate(examples):
@@ -56,17 +61,24 @@ def prefix_lengths(examples: list[Example], image_length: int, text_dropout: tor
             lengths.append((0, 0))
             continue
         context = 1 + tokens(example.context) if example.context else 0
-        lengths.append((context, 1 + tokens(example.context) + tokens(example.prompt)))
+        lengths.append((context, 1 + tokens(example.context) + tokens(example.prompt) + vocab.prompt_end))
     return lengths
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """How a document's targets weigh in the loss, beside 1 for every real next token and 0 for padding."""
+
+    context: float = 1.0          # the tokens of a retrieved context
+    answer: float = 1.0           # the answer's tokens (what follows the prompt, <eod> included)
+    image_tokens: int = 0         # > 0: `answer` only on the answer's ids from here up (its words, <boi> <eoi> <eod>)
+    given: int = -1               # a token the model is given, never asked for (<eop>): its targets weigh 0
+
+
 def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]] | None = None,
-           context_weight: float = 1.0, answer_weight: float = 1.0, image_tokens: int = 0
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids right-padded with `pad` and (B, T-1) loss weights: 1 on each real next token, 0 on padding,
-    `context_weight` on the tokens of a retrieved context and `answer_weight` on the answer's (prefixes: each
-    document's (context end, answer start), from prefix_lengths); with image_tokens > 0, only on the answer's
-    other tokens than image tokens (ids below image_tokens): its words, <boi>, <eoi> and <eod>."""
+           weighting: LossWeights = LossWeights()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids right-padded with `pad` and (B, T-1) loss weights (prefixes: each document's (context end,
+    answer start), from prefix_lengths)."""
     T = max(len(ids) for ids in documents)
     ids = torch.full((len(documents), T), pad, dtype=torch.long)
     weights = torch.zeros(len(documents), T - 1)
@@ -75,24 +87,24 @@ def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]]
         weights[row, :len(document) - 1] = 1.0
         context, answer = prefixes[row] if prefixes else (0, 0)
         if context:
-            weights[row, :context - 1] = context_weight         # targets 1..c-1 lie in the context
-        if answer and answer_weight != 1.0:
+            weights[row, :context - 1] = weighting.context          # targets 1..c-1 lie in the context
+        if answer and weighting.answer != 1.0:
             targets = torch.tensor(document[answer:])                      # the answer's tokens and <eod>
-            chosen = targets >= image_tokens                               # all of them when image_tokens is 0
-            weights[row, answer - 1:len(document) - 1][chosen] = answer_weight
+            chosen = targets >= weighting.image_tokens                     # all of them when image_tokens is 0
+            weights[row, answer - 1:len(document) - 1][chosen] = weighting.answer
+    weights[ids[:, 1:] == weighting.given] = 0.0
     return ids, weights
 
 
 def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int,
-                   prefixes: list[tuple[int, int]] | None = None, context_weight: float = 1.0,
-                   answer_weight: float = 1.0, image_tokens: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                   prefixes: list[tuple[int, int]] | None = None, weighting: LossWeights = LossWeights()
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole batches of documents of similar length (sorted by length, random among equals), in random order;
     the last partial batch is dropped."""
     tiebreak = torch.rand(len(documents), generator=generator).tolist()
     order = sorted(range(len(documents)), key=lambda i: (len(documents[i]), tiebreak[i]))
     prefixes = prefixes or [(0, 0)] * len(documents)
     batches = [padded([documents[i] for i in order[start:start + batch_size]], pad,
-                      [prefixes[i] for i in order[start:start + batch_size]], context_weight, answer_weight,
-                      image_tokens)
+                      [prefixes[i] for i in order[start:start + batch_size]], weighting)
                for start in range(0, len(order) - batch_size + 1, batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

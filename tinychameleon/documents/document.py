@@ -2,6 +2,14 @@
 
     <bos> w w w <boi> i1..iL <eoi> w w <boi> i1..iL <eoi> ... <eod>
 
+Runs trained with train.prompt_end also mark where the prompt ends and the answer begins, as a chat template
+marks the assistant's turn: "<image> what digit is this ?" -> "two ." is
+
+    <bos> <boi> i1..iL <eoi> what digit is this ? <eop> two . <eod>
+
+The prompt's end is given, never written by the model; without it a prompt of one image cannot say
+"caption this" apart from "an image, then a question about it".
+
 Text is words separated by spaces (the caption words, the document words and the punctuation
 ". ? :" as words of their own); an image is its L image tokens between <boi> and <eoi>; <eod>
 closes a finished document. A prompt is a string whose `<image>` placeholders are bound, in order,
@@ -93,7 +101,8 @@ class DocumentTokenizer:
         if not words:
             raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
         text_tokens = len(words) - placeholders
-        tokens = 1 + text_tokens + placeholders * (self.vocab.image_length + 2)        # <bos>, words, images
+        tokens = 1 + text_tokens + placeholders * (self.vocab.image_length + 2) + self.vocab.prompt_end  # <bos>, words,
+                                                                                               # images, <eop>
         if placeholders > MAX_DOCUMENT_IMAGES or text_tokens > MAX_DOCUMENT_TEXT or tokens >= self.vocab.sequence_length:
             raise PromptError(f"{quoted(prompt)} is too long for the model: at most {MAX_DOCUMENT_IMAGES} images and "
                               f"{MAX_DOCUMENT_TEXT} other words in a document, with room left for the answer "
@@ -116,19 +125,27 @@ class DocumentTokenizer:
             segments.append(" ".join(text))
         return Document(segments, finished=False)
 
-    def encode(self, document: Document) -> list[int]:
-        """<bos>, the segments, and <eod> when the document is finished."""
+    def encode(self, document: Document, answer: Document | None = None) -> list[int]:
+        """<bos>, the segments, and <eod> when the document is finished; an unfinished one is a prompt, closed by
+        <eop> where the vocabulary marks prompts. With `answer`: the prompt, then the answer's segments and <eod>
+        (a training document)."""
         vocab = self.vocab
-        ids = [vocab.bos]
-        for segment in document.segments:
+        ids = [vocab.bos] + self.segment_ids(document.segments)
+        if not document.finished and vocab.prompt_end:
+            ids.append(vocab.end_prompt)
+        if answer is not None:
+            return ids + self.segment_ids(answer.segments) + [vocab.end_document]
+        if document.finished:
+            ids.append(vocab.end_document)
+        return ids
+
+    def segment_ids(self, segments: list) -> list[int]:
+        ids = []
+        for segment in segments:
             if isinstance(segment, str):
                 ids.extend(self.word_to_id[word] for word in split_words(segment))
             else:
-                ids.append(vocab.begin_image)
-                ids.extend(int(token) for token in segment)
-                ids.append(vocab.end_image)
-        if document.finished:
-            ids.append(vocab.end_document)
+                ids.extend([self.vocab.begin_image, *(int(token) for token in segment), self.vocab.end_image])
         return ids
 
     def decode(self, ids) -> Document:
@@ -136,8 +153,9 @@ class DocumentTokenizer:
         Reading stops at <eod>; an image cut short (no <eoi>) is dropped and the document marked unfinished."""
         vocab = self.vocab
         segments, words, image, finished = [], [], None, False
+        given = {vocab.bos, vocab.end_prompt} if vocab.prompt_end else {vocab.bos}
         for token in (int(token) for token in ids):
-            if token == vocab.bos:
+            if token in given:
                 continue
             if token == vocab.end_document:
                 finished = True

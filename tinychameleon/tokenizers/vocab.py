@@ -4,7 +4,8 @@ in one id space, and where each part of a sequence sits.
 Ids (defined here and nowhere else):  [0, K) image tokens (K and the tokens per image come from the
 image tokenizer) · [K, K+31) words · then <bos>, <end of text>, <end of image>, and <mask> for runs
 trained with the causal-masked (CM3) objective · then, for runs trained on documents, the document
-words (instructions, questions, punctuation) and <boi> <eoi> <eod>. New ids only ever go at the end,
+words (instructions, questions, punctuation) and <boi> <eoi> <eod>; for runs that mark where a prompt ends,
+<eop> last. New ids only ever go at the end,
 so every older checkpoint keeps its ids. The sampler's modality masks are built from these ranges,
 and every offset into a pair sequence is a property below, derived from the lengths (documents
 derive their layout from their own segments: documents/document.py).
@@ -26,6 +27,7 @@ MASK_TOKEN = "<mask>"
 DOCUMENT_WORDS = ["make", "the", "digit", "background", "swap", "colors", "it", "a", "what", "is", "this", "color",
                   "plus", "count", "from", "to", "in", "comes", "next", ".", "?", ":"]
 DOCUMENT_TOKENS = ["<boi>", "<eoi>", "<eod>"]   # begin of image, end of image, end of document
+PROMPT_END = "<eop>"   # end of prompt: what follows is the answer (a chat template's turn marker); never written
 MAX_DOCUMENT_IMAGES = 4                          # the longest family (counting) draws four images
 MAX_DOCUMENT_TEXT = 32                           # text tokens a document may hold besides its images
 
@@ -36,6 +38,7 @@ class Vocab:
     infill: bool = False          # with the <mask> sentinel of the causal-masked objective
     image_length: int = 49        # tokens per image (the image tokenizer's tokens_per_image)
     documents: bool = False       # with the document words and <boi> <eoi> <eod> (runs trained on documents)
+    prompt_end: bool = False      # with <eop> after a document's prompt (runs trained with train.prompt_end)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
@@ -43,7 +46,7 @@ class Vocab:
         draws next-scale (guidance's unconditional stream reads the caption as <mask> tokens)."""
         tokens, length = image_token_layout(config.vq)
         return cls(tokens, infill=config.train.infill_rate > 0 or config.vq.kind == "scales", image_length=length,
-                   documents=config.train.documents > 0)
+                   documents=config.train.documents > 0, prompt_end=config.train.prompt_end)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -129,6 +132,12 @@ class Vocab:
         return self.begin_image + 2
 
     @property
+    def end_prompt(self) -> int:
+        if not self.prompt_end:
+            raise ValueError("this vocabulary has no <eop> token (the run was trained without train.prompt_end)")
+        return self.begin_image + len(DOCUMENT_TOKENS)
+
+    @property
     def text_words(self) -> list[str]:
         """Every word a document's text may hold, in id order of `text_ids`."""
         return WORDS + (DOCUMENT_WORDS if self.documents else [])
@@ -141,7 +150,7 @@ class Vocab:
 
     @property
     def size(self) -> int:
-        return self.bos + len(self.special_tokens) + (len(DOCUMENT_WORDS) + len(DOCUMENT_TOKENS)
+        return self.bos + len(self.special_tokens) + (len(DOCUMENT_WORDS) + len(DOCUMENT_TOKENS) + self.prompt_end
                                                       if self.documents else 0)
 
     @property
@@ -159,7 +168,7 @@ class Vocab:
             return WORDS[token - self.word_offset]
         if token < self.bos + len(self.special_tokens):
             return self.special_tokens[token - self.bos]
-        extra = DOCUMENT_WORDS + DOCUMENT_TOKENS
+        extra = DOCUMENT_WORDS + DOCUMENT_TOKENS + [PROMPT_END]
         return extra[token - self.document_word_offset]
 
     def to_dict(self) -> dict:
@@ -170,4 +179,5 @@ class Vocab:
                 **({"document_words": DOCUMENT_WORDS, "document_word_offset": self.document_word_offset,
                     "begin_image": self.begin_image, "end_image": self.end_image,
                     "end_document": self.end_document} if self.documents else {}),
+                **({"end_prompt": self.end_prompt} if self.prompt_end else {}),
                 "size": self.size}

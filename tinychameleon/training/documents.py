@@ -9,7 +9,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.colored import COLOR_ID, ColoredMNIST, recolor
-from ..documents.batches import example_documents, length_batches, padded, prefix_lengths
+from ..documents.batches import LossWeights, example_documents, length_batches, padded, prefix_lengths
 from ..documents.document import DocumentTokenizer
 from ..documents.families import DigitBank, examples
 from ..retrieval.memory import neighbour_table
@@ -41,16 +41,16 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
     The tokenizer repaints a digit's tokens with `recolor` (RunConfig.validate admits only such kinds)."""
     settings, vocab = config.train, Vocab.for_config(config)
     tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve)
+    weighting = LossWeights(settings.context_loss_weight, settings.answer_loss_weight,
+                            vocab.image_tokens if settings.answer_words_only else 0, given_token(vocab))
 
     def documents(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(settings.seed * 7937 + epoch)
         chosen = examples(bank, settings.documents, [settings.seed, epoch, 22])
         dropout = torch.rand(len(chosen), generator=generator) < settings.text_dropout
         ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
-        prefixes = prefix_lengths(chosen, vocab.image_length, dropout)
-        return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes,
-                              settings.context_loss_weight, settings.answer_loss_weight,
-                              vocab.image_tokens if settings.answer_words_only else 0)
+        prefixes = prefix_lengths(chosen, vocab, dropout)
+        return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes, weighting)
 
     return documents
 
@@ -61,4 +61,9 @@ def validation_documents(config: RunConfig, image_tokenizer, split: ColoredMNIST
     vocab = Vocab.for_config(config)
     chosen = examples(bank_of(split), VALIDATION_DOCUMENTS, [config.data_seed, 1, 22])
     ids = example_documents(chosen, codes, image_tokenizer.recolor, DocumentTokenizer(vocab))
-    return padded(ids, vocab.end_document)
+    return padded(ids, vocab.end_document, weighting=LossWeights(given=given_token(vocab)))
+
+
+def given_token(vocab: Vocab) -> int:
+    """<eop>, where the vocabulary has it: the prompt's end is the user's to give, not the model's to predict."""
+    return vocab.end_prompt if vocab.prompt_end else -1
