@@ -220,9 +220,8 @@ def test_generate_and_caption_read_retrieved_neighbours(capsys, document_run, do
 
     folder, test = memory_folder
     read = []
-    decode_documents = document_pipeline._decode_documents
-    monkeypatch.setattr(document_pipeline, "_decode_documents",
-                        lambda rows, *rest: read.extend(rows) or decode_documents(rows, *rest))
+    write = document_pipeline.documents.write
+    monkeypatch.setattr(document_pipeline.documents, "write", lambda rows, *rest: read.extend(rows) or write(rows, *rest))
     tokenizer = DocumentTokenizer(document_pipeline.vocab)
     prompt = test.captions()[4]
     images, captions = document_pipeline.draw_from_memory(prompt, n=2, seed=3, retrieve=2, memory=folder)

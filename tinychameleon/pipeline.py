@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .batching import batch_slices
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, PromptError
 from .regions import erase_outside, keep_mask
@@ -32,9 +31,8 @@ from .tokenizers.text import WordTokenizer
 from .tokenizers.vocab import HEADER, TEXT_LENGTH, WORDS, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_image_tokenizer
 from .device import resolve_device
-from .documents.document import Continuation, DocumentTokenizer
-from .documents.engine import DecodeSettings, decode
-from .documents.grammar import DocumentGrammar
+from .documents.decoder import DocumentDecoder
+from .documents.document import Continuation
 from .pairs import PairDecoder
 from .pipeline_retrieval import RetrievalTasks
 from .pipeline_scales import NextScaleTasks
@@ -69,6 +67,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
                                    image_follows=image_tokenizer.token_follows())
         self.tokenizer = WordTokenizer()
         self.pairs = PairDecoder(model, self.vocab, image_tokenizer, self.rules, device, self._expired)
+        self.documents = DocumentDecoder(model, self.vocab, image_tokenizer, device, self._expired)
         self.source = source
         self._limits = threading.local()  # per-thread deadline set by time_limit()
         self._retriever = None            # the shipped retriever and its memory banks (None: the training digits),
@@ -368,7 +367,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             pipe.continue_documents("<image> make the digit normal red .", [[image]])[0][0].images[0]
         """
         self._require_raster("continuing documents")
-        tokenizer = DocumentTokenizer(self.vocab)
+        tokenizer = self.documents.tokenizer
         if isinstance(prompts, str):      # one prompt: `images` is its list of images
             prompts, images = [prompts], [list(images) if images is not None else []]
         images = images if images is not None else [[] for _ in prompts]
@@ -380,42 +379,4 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             tokenizer.check(prompt, len(group))                 # every prompt is checked before any work
         if retrieve:
             prompts, images = self._with_memory(prompts, images, retrieve, memory)
-        rows = [ids for ids in self._prompt_ids(prompts, images) for _ in range(n)]
-        written = self._decode_documents(rows, settings, generator)
-        continuations = [self._continuation(tokenizer.decode(ids)) for ids in written]
-        return [continuations[index * n:(index + 1) * n] for index in range(len(prompts))]
-
-    def _prompt_ids(self, prompts: list[str], images: list[list[np.ndarray]]) -> list[list[int]]:
-        """Document prompts with <image> placeholders and their (28, 28, 3) images -> ids (<bos> first), each
-        checked; every image of every prompt is encoded in one batch."""
-        tokenizer = DocumentTokenizer(self.vocab)
-        counts = [len(group) for group in images]
-        for prompt, count in zip(prompts, counts):
-            tokenizer.check(prompt, count)
-        pictures = [np.asarray(image, dtype=np.uint8) for group in images for image in group]
-        codes = iter(self.image_tokenizer.encode(torch.from_numpy(np.stack(pictures)).to(self.device)).cpu()
-                     if pictures else [])
-        return [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
-                for prompt, count in zip(prompts, counts)]
-
-    def _decode_documents(self, rows: list[list[int]], settings: SamplingConfig, generator,
-                          max_new_tokens: int = 0) -> list[list[int]]:
-        """Prompt ids (<bos> first) -> the ids each row writes, in batches, under the document grammar."""
-        grammar = DocumentGrammar(self.vocab, self.image_tokenizer.position_tokens(), self.image_tokenizer.token_follows())
-        decode_settings = DecodeSettings(settings.temperature, settings.top_k, settings.top_p, settings.guidance,
-                                         settings.caption_temperature, max_new_tokens)
-        written = []
-        for chunk in batch_slices(len(rows), settings.batch_size):
-            self._check_time()
-            unconditional = None
-            if settings.guidance != 1.0:   # the unconditional stream: the document without its words
-                unconditional = [grammar.without_words(ids) for ids in rows[chunk]]
-            written += decode(self.model, grammar, rows[chunk], decode_settings, unconditional, generator,
-                              should_stop=self._expired)
-        return written
-
-    def _continuation(self, document) -> Continuation:
-        codes = document.images
-        images = (self.image_tokenizer.decode(torch.stack(codes).to(self.device)).cpu().numpy() if codes
-                  else np.zeros((0, 28, 28, 3), dtype=np.uint8))
-        return Continuation(document.text, images, document.finished)
+        return self.documents.continue_documents(prompts, images, n, settings, generator)

@@ -1,6 +1,6 @@
 """What a Pipeline does with the retriever (CM3Leon): read a query's retrieved documents before drawing, reading
 or continuing, and rerank best-of-n drawings by CLIP. A mixin of `Pipeline`, kept apart so that the pipeline
-stays about the model; every method uses the pipeline's own decoding (`_decode_documents`)."""
+stays about the model; every method uses the pipeline's document decoder (`documents/decoder.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .documents.document import DocumentTokenizer
 from .errors import ConfigError, PromptError
 from .tokenizers.vocab import MAX_DOCUMENT_IMAGES, TEXT_LENGTH
 
@@ -48,7 +47,7 @@ class RetrievalTasks:
         """Ids of "<context> <prompt>" documents; the prompt's own <image> (reading) is the query image."""
         images = [list(pictures) + ([] if query_images is None else [query_images[row]])
                   for row, (_, pictures) in enumerate(contexts)]
-        return self._prompt_ids([f"{context} {prompt}" for prompt, (context, _) in zip(prompts, contexts)], images)
+        return self.documents.prompt_ids([f"{context} {prompt}" for prompt, (context, _) in zip(prompts, contexts)], images)
 
     def draw_from_memory(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, retrieve: int = 2,
                          memory: str | Path | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
@@ -65,7 +64,7 @@ class RetrievalTasks:
         contexts = retrieve_contexts(retriever, bank, prompts, retrieve)
         rows = [ids + [self.vocab.begin_image] for ids in self._memory_rows(prompts, contexts) for _ in range(n)]
         L = self.vocab.image_length
-        written = self._decode_documents(rows, self.resolve_settings(sampling), self._generator(seed), L + 1)
+        written = self.documents.write(rows, self.resolve_settings(sampling), self._generator(seed), L + 1)
         codes = torch.tensor([ids[:L] for ids in written], device=self.device)      # the grammar wrote a whole image
         return self.image_tokenizer.decode(codes).cpu().numpy(), [normalize_prompt(p) for p in prompts for _ in range(n)]
 
@@ -80,8 +79,8 @@ class RetrievalTasks:
         retriever, bank = self.memory(memory)
         contexts = retrieve_contexts(retriever, bank, list(images), retrieve)
         rows = self._memory_rows(["<image>"] * len(images), contexts, images)
-        written = self._decode_documents(rows, self._caption_settings(sampling), self._generator(seed), TEXT_LENGTH + 1)
-        tokenizer = DocumentTokenizer(self.vocab)
+        written = self.documents.write(rows, self._caption_settings(sampling), self._generator(seed), TEXT_LENGTH + 1)
+        tokenizer = self.documents.tokenizer
         return [" ".join(tokenizer.decode(ids).text.split()[:TEXT_LENGTH]) for ids in written]
 
     def _with_memory(self, prompts: list[str], images: list[list[np.ndarray]], retrieve: int, memory

@@ -1,0 +1,77 @@
+"""Documents on one model: prompts with their images -> ids, ids -> what each row writes (batched, under the
+document grammar, deadline-checked), and written ids -> Continuations with pixels. `Pipeline` turns requests
+into these steps (and the retrieval tasks put retrieved documents in front); this module knows nothing of
+checkpoints or sampler defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..batching import batch_slices
+from ..config import SamplingConfig
+from ..errors import DeadlineExceeded
+from .document import Continuation, Document, DocumentTokenizer
+from .engine import DecodeSettings, decode
+from .grammar import DocumentGrammar
+
+
+class DocumentDecoder:
+    """`expired` says when the caller's deadline has passed (checked between batches and decode steps)."""
+
+    def __init__(self, model, vocab, image_tokenizer, device, expired: Callable[[], bool]) -> None:
+        self.model, self.vocab, self.image_tokenizer, self.device, self.expired = \
+            model, vocab, image_tokenizer, device, expired
+        self.grammar = DocumentGrammar(vocab, image_tokenizer.position_tokens(), image_tokenizer.token_follows())
+
+    @property
+    def tokenizer(self) -> DocumentTokenizer:
+        """Built on use: a checkpoint trained without documents refuses here, with a clear message."""
+        return DocumentTokenizer(self.vocab)
+
+    def prompt_ids(self, prompts: list[str], images: list[list[np.ndarray]]) -> list[list[int]]:
+        """Prompts with <image> placeholders and their (28, 28, 3) level images -> ids (<bos> first, <eop> last
+        where the vocabulary has it), each checked; every image of every prompt is encoded in one batch."""
+        tokenizer = self.tokenizer
+        counts = [len(group) for group in images]
+        for prompt, count in zip(prompts, counts):
+            tokenizer.check(prompt, count)                      # every prompt is checked before any work
+        pictures = [np.asarray(image, dtype=np.uint8) for group in images for image in group]
+        codes = iter(self.image_tokenizer.encode(torch.from_numpy(np.stack(pictures)).to(self.device)).cpu()
+                     if pictures else [])
+        return [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
+                for prompt, count in zip(prompts, counts)]
+
+    def write(self, rows: list[list[int]], settings: SamplingConfig, generator, max_new_tokens: int = 0
+              ) -> list[list[int]]:
+        """Prompt ids -> the ids each row writes, in batches of settings.batch_size."""
+        decode_settings = DecodeSettings(settings.temperature, settings.top_k, settings.top_p, settings.guidance,
+                                         settings.caption_temperature, max_new_tokens)
+        written = []
+        for chunk in batch_slices(len(rows), settings.batch_size):
+            if self.expired():
+                raise DeadlineExceeded("stopped: the time limit passed")
+            unconditional = None
+            if settings.guidance != 1.0:   # the unconditional stream: the document without its words
+                unconditional = [self.grammar.without_words(ids) for ids in rows[chunk]]
+            written += decode(self.model, self.grammar, rows[chunk], decode_settings, unconditional, generator,
+                              should_stop=self.expired)
+        return written
+
+    def continuation(self, ids: list[int]) -> Continuation:
+        """Written ids -> the text (<image> where the model drew), the images as levels, and whether it ended."""
+        document: Document = self.tokenizer.decode(ids)
+        codes = document.images
+        images = (self.image_tokenizer.decode(torch.stack(codes).to(self.device)).cpu().numpy() if codes
+                  else np.zeros((0, 28, 28, 3), dtype=np.uint8))
+        return Continuation(document.text, images, document.finished)
+
+    def continue_documents(self, prompts: list[str], images: list[list[np.ndarray]], n: int,
+                           settings: SamplingConfig, generator) -> list[list[Continuation]]:
+        """Each prompt continued n times: per prompt, n Continuations."""
+        rows = [ids for ids in self.prompt_ids(prompts, images) for _ in range(n)]
+        continuations = [self.continuation(ids) for ids in self.write(rows, settings, generator)]
+        return [continuations[index * n:(index + 1) * n] for index in range(len(prompts))]
