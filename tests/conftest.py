@@ -40,11 +40,13 @@ def colored(cache_dir):
 @pytest.fixture(scope="session")
 def document_run(tmp_path_factory, cache_dir):
     """The `tiny` preset with a patches tokenizer (documents repaint a digit's color tokens) trained on pairs and
-    256 task-family documents: a checkpoint that speaks in documents (badly, but by the rules)."""
+    256 task-family documents, their prompts closed by <eop> as in the shipped recipe: a checkpoint that speaks in
+    documents (badly, but by the rules)."""
     from tinychameleon.training.run import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "documents"
-    config = make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={"documents": 256})
+    config = make_config("tiny", vq={"kind": "patches", "codebook_size": 64},
+                         train={"documents": 256, "prompt_end": True})
     train(config, run_dir, cache_dir=cache_dir, progress=False, device_name="cpu")
     return run_dir
 

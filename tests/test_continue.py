@@ -185,15 +185,15 @@ def test_images_in_documents_use_the_documents_sampling_entries(document_pipelin
     setting still wins, the server prices a continuation by them, and pairs ignore them."""
     from dataclasses import replace
 
-    import tinychameleon.pipeline as pipeline_module
+    import tinychameleon.documents.decoder as decoder_module
     from tinychameleon.config import SamplingConfig
     from tinychameleon.errors import ConfigError
 
     pipe, image, seen = document_pipeline, digit_image(), []
     monkeypatch.setattr(pipe, "sampling", replace(pipe.sampling, temperature=1.0, guidance=1.0,
                                                   documents={"temperature": 0.0, "guidance": 1.5}))
-    real_decode = pipeline_module.decode
-    monkeypatch.setattr(pipeline_module, "decode", lambda model, grammar, rows, settings, unconditional, *rest, **kw:
+    real_decode = decoder_module.decode
+    monkeypatch.setattr(decoder_module, "decode", lambda model, grammar, rows, settings, unconditional, *rest, **kw:
                         seen.append((settings.temperature, settings.guidance, unconditional is not None))
                         or real_decode(model, grammar, rows, settings, unconditional, *rest, **kw))
     pipe.continue_documents("<image> swap the colors .", [image], seed=1)

@@ -6,6 +6,7 @@ checkpoints or sampler defaults.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -25,12 +26,16 @@ class DocumentDecoder:
     def __init__(self, model, vocab, image_tokenizer, device, expired: Callable[[], bool]) -> None:
         self.model, self.vocab, self.image_tokenizer, self.device, self.expired = \
             model, vocab, image_tokenizer, device, expired
-        self.grammar = DocumentGrammar(vocab, image_tokenizer.position_tokens(), image_tokenizer.token_follows())
 
     @property
     def tokenizer(self) -> DocumentTokenizer:
         """Built on use: a checkpoint trained without documents refuses here, with a clear message."""
         return DocumentTokenizer(self.vocab)
+
+    @cached_property
+    def grammar(self) -> DocumentGrammar:
+        """Built on first use, after `tokenizer` has refused a checkpoint without documents."""
+        return DocumentGrammar(self.vocab, self.image_tokenizer.position_tokens(), self.image_tokenizer.token_follows())
 
     def prompt_ids(self, prompts: list[str], images: list[list[np.ndarray]]) -> list[list[int]]:
         """Prompts with <image> placeholders and their (28, 28, 3) level images -> ids (<bos> first, <eop> last
