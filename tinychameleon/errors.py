@@ -37,5 +37,12 @@ class DeadlineExceeded(TinyChameleonError):
     """Work abandoned because its time limit passed (the server's request timeout)."""
 
 
+def stop_if_expired(expired, work: str = "work") -> None:
+    """Raise DeadlineExceeded when the caller's `expired()` (None: no deadline) says its time limit has passed:
+    the one check every decoding loop makes between steps and batches."""
+    if expired is not None and expired():
+        raise DeadlineExceeded(f"{work} stopped: the time limit passed")
+
+
 class MemoryFolderError(TinyChameleonError, ValueError):
     """A --memory folder that cannot serve as a memory bank (no manifest, missing files, bad captions)."""

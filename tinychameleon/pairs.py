@@ -15,7 +15,7 @@ import torch
 from .batching import batch_slices
 from .config import SamplingConfig
 from .data.colored import COLOR_NAMES, VALID_PAIRS, caption_of, parse_caption
-from .errors import DeadlineExceeded, PromptError
+from .errors import PromptError, stop_if_expired
 from .reranking import best_images, rerank_digits, view_images
 from .sampling import ModalityRules, SpanRules, generate
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, image_prefix, split_sequences, text_prefix
@@ -48,8 +48,7 @@ class PairDecoder:
         self.tokenizer = WordTokenizer()
 
     def check_time(self) -> None:
-        if self.expired():
-            raise DeadlineExceeded("stopped: the time limit passed")
+        stop_if_expired(self.expired)
 
     def generate(self, prefix: torch.Tensor, settings: SamplingConfig, generator,
                  length: int | None = None, forced: torch.Tensor | None = None, rules=None,

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import DeadlineExceeded
+from .errors import stop_if_expired
 
 from .model import KVCache, Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST
@@ -171,8 +171,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     logits, *free_logits = streams.prefill()
     orders = rules.order_of(prefix[:, 1]) if P >= 2 else torch.zeros(B, dtype=torch.long, device=prefix.device)
     for position in range(P, length):
-        if should_stop is not None and should_stop():
-            raise DeadlineExceeded("sampling stopped: the time limit passed")
+        stop_if_expired(should_stop, "sampling")
         allowed = rules.mask(orders, position, sequences[:, position - 1])
         if guided and cd_k:
             logits = contrastive_scores(logits, free_logits[0], allowed, cd_k, cd_alpha)

@@ -14,7 +14,7 @@ import torch
 
 from ..batching import batch_slices
 from ..config import SamplingConfig
-from ..errors import DeadlineExceeded
+from ..errors import stop_if_expired
 from .document import Continuation, Document, DocumentTokenizer
 from .engine import DecodeSettings, decode
 from .grammar import DocumentGrammar
@@ -57,8 +57,7 @@ class DocumentDecoder:
                                          settings.caption_temperature, max_new_tokens)
         written = []
         for chunk in batch_slices(len(rows), settings.batch_size):
-            if self.expired():
-                raise DeadlineExceeded("stopped: the time limit passed")
+            stop_if_expired(self.expired)
             unconditional = None
             if settings.guidance != 1.0:   # the unconditional stream: the document without its words
                 unconditional = [self.grammar.without_words(ids) for ids in rows[chunk]]

@@ -101,8 +101,8 @@ class DocumentTokenizer:
         if not words:
             raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
         text_tokens = len(words) - placeholders
-        tokens = 1 + text_tokens + placeholders * (self.vocab.image_length + 2) + self.vocab.prompt_end  # <bos>, words,
-                                                                                               # images, <eop>
+        image_tokens = placeholders * (self.vocab.image_length + 2)
+        tokens = 1 + text_tokens + image_tokens + self.vocab.prompt_end           # <bos>, words, images, <eop>
         if placeholders > MAX_DOCUMENT_IMAGES or text_tokens > MAX_DOCUMENT_TEXT or tokens >= self.vocab.sequence_length:
             raise PromptError(f"{quoted(prompt)} is too long for the model: at most {MAX_DOCUMENT_IMAGES} images and "
                               f"{MAX_DOCUMENT_TEXT} other words in a document, with room left for the answer "

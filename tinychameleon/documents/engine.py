@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import DeadlineExceeded
+from ..errors import stop_if_expired
 from ..model import KVCache, Transformer, causal_mask
 from ..sampling import filter_logits, guided_logits, pick
 from .grammar import DocumentGrammar
@@ -123,8 +123,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
     logits = reader.prefill()                                                            # (groups * B, V)
     groups = len(streams)
     for _ in range(steps):
-        if should_stop is not None and should_stop():
-            raise DeadlineExceeded("decoding stopped: the time limit passed")
+        stop_if_expired(should_stop, "decoding")
         n = len(active)
         conditional = logits[:n]
         allowed = grammar.allowed(state, previous, room)

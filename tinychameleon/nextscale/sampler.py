@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import DeadlineExceeded
+from ..errors import stop_if_expired
 from ..model import KVCache
 from ..sampling import ModalityRules, filter_logits, guided_logits, pick
 from ..sequences import IMAGE_FIRST
@@ -57,8 +57,7 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
     image = torch.empty(B, layout.image_length, dtype=torch.long, device=device)
     latents, f_hat = [], 0
     for block in range(len(sizes)):
-        if should_stop is not None and should_stop():
-            raise DeadlineExceeded("sampling stopped: the time limit passed")
+        stop_if_expired(should_stop, "sampling")
         stop = starts[block] + sizes[block]
         new = model.embed_blocks(block, 1, latents[-1] if block else None, R)
         if cache is not None:   # only this block runs; the caption and coarser blocks are in the cache
