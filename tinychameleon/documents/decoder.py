@@ -27,9 +27,10 @@ class DocumentDecoder:
         self.model, self.vocab, self.image_tokenizer, self.device, self.expired = \
             model, vocab, image_tokenizer, device, expired
 
-    @property
+    @cached_property
     def tokenizer(self) -> DocumentTokenizer:
-        """Built on use: a checkpoint trained without documents refuses here, with a clear message."""
+        """Built on first use (not cached while it refuses: a checkpoint trained without documents gets its clear
+        message on every call)."""
         return DocumentTokenizer(self.vocab)
 
     @cached_property
