@@ -48,7 +48,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--grid", help="JSON object of setting -> list of values (default: %s)" % json.dumps(GRID))
-    parser.add_argument("--candidates", type=int, default=1, help="image_candidates for every row")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="image_candidates for every row whose grid does not set it")
     parser.add_argument("--out", default="runs/fidelity.json")
     args = parser.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
@@ -62,7 +63,7 @@ def main() -> None:
     grid = json.loads(args.grid) if args.grid else GRID
     rows = []
     for values in itertools.product(*grid.values()):
-        settings = {**dict(zip(grid, values)), "image_candidates": args.candidates}
+        settings = {"image_candidates": args.candidates, **dict(zip(grid, values))}   # the grid's value wins
         started = time.perf_counter()
         images = pipe.generate_images(prompts, seed=0, **settings)
         ms = 1000 * (time.perf_counter() - started) / len(prompts)

@@ -1,0 +1,99 @@
+"""Why the weakest document families fail: three probes on validation digits (never trained on).
+
+    python scripts/document_probes.py --checkpoint raster --documents 200 --out runs/document_probes.json
+
+- counting: teacher-forced on real documents, the chance the model stops (<eod>) rather than draws again
+  (<boi>) after each image, by how many images the prompt asked for. A model that counts stops after the
+  asked number and never before; one that ignores the prompt stops with the same chance whatever was asked.
+- addition: the greedy answer set against the two addends: how often it names the sum, the first or the
+  second digit, or something else.
+- edits (digit color): how many of the prompt image's 49 shape tokens the greedy answer image gets wrong,
+  and where in the 7x7 grid. The patches tokenizer recolors a digit by repainting its two color tokens, so a
+  perfect edit copies every shape token.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, defaultdict
+
+import numpy as np
+import torch
+
+from tinychameleon.data.colored import DIGIT_WORDS, load_splits
+from tinychameleon.documents.batches import example_documents
+from tinychameleon.documents.document import split_words
+from tinychameleon.documents.families import DigitBank, examples
+from tinychameleon.evaluation.documents import render
+from tinychameleon.io_utils import write_json
+from tinychameleon.pipeline import Pipeline
+
+
+def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
+    """{"asked N, after image k": mean chance of <eod> against <boi>} over `count` counting documents."""
+    vocab, tokenizer = pipe.vocab, pipe.documents.tokenizer
+    chosen = examples(bank, count, [0, 7, 23], families=["counting"])
+    chances = defaultdict(list)
+    with torch.no_grad():
+        for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor, tokenizer)):
+            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
+            ends = [i for i, token in enumerate(ids) if token == vocab.end_image]   # what follows each image
+            for k, i in enumerate(ends, 1):
+                stop, draw = probabilities[i, vocab.end_document], probabilities[i, vocab.begin_image]
+                chances[f"asked {len(example.answer_images)}, after image {k}"].append(float(stop / (stop + draw)))
+    return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
+
+
+def continued(pipe: Pipeline, chosen: list, split) -> list:
+    images = [list(render(example.prompt_images, split)) for example in chosen]
+    return [rows[0] for rows in pipe.continue_documents([e.prompt for e in chosen], images, n=1, seed=0)]
+
+
+def addition_answers(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
+    """Shares of greedy answers naming the sum, the first addend, the second, or something else."""
+    chosen = examples(bank, count, [0, 8, 23], families=["addition"])
+    named = Counter()
+    for example, continuation in zip(chosen, continued(pipe, chosen, split)):
+        first, second = (picture.digit for picture in example.prompt_images)
+        answer = split_words(continuation.text)[:1]
+        digit = DIGIT_WORDS.index(answer[0]) if answer and answer[0] in DIGIT_WORDS else None
+        named["sum" if digit == first + second else "first" if digit == first else
+              "second" if digit == second else "other"] += 1
+    return {key: named[key] / count for key in ("sum", "first", "second", "other")}
+
+
+def copy_errors(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
+    """Digit color edits decoded greedily: documents by miscopied shape tokens, and errors per grid cell."""
+    chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
+    images = [list(render(example.prompt_images, split)) for example in chosen]
+    asked = pipe.image_tokenizer.encode(torch.from_numpy(np.stack([group[0] for group in images])))
+    drawn = [continuation.images[0] for continuation in continued(pipe, chosen, split) if len(continuation.images)]
+    answered = pipe.image_tokenizer.encode(torch.from_numpy(np.stack(drawn)))
+    wrong = (asked[:len(answered), 2:] != answered[:, 2:]).numpy()                     # (N, 49): shape tokens
+    side = int(round(wrong.shape[1] ** 0.5))
+    return {"documents_by_miscopied_tokens": dict(sorted(Counter(wrong.sum(1).tolist()).items())),
+            "exact_copies": float((wrong.sum(1) == 0).mean()),
+            "errors_per_cell": wrong.sum(0).reshape(side, side).tolist()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="raster")
+    parser.add_argument("--documents", type=int, default=200, help="documents per probe")
+    parser.add_argument("--out", default="runs/document_probes.json")
+    args = parser.parse_args()
+    pipe = Pipeline.from_pretrained(args.checkpoint)
+    split = load_splits(pipe.config.data_seed).validation
+    bank = DigitBank(split.digits, split.foreground, split.background)
+    codes = pipe.image_tokenizer.encode(torch.as_tensor(split.images))
+    results = {"checkpoint": args.checkpoint, "documents": args.documents,
+               "counting_stop_chance": stop_chances(pipe, bank, codes, args.documents),
+               "addition_answers": addition_answers(pipe, bank, split, args.documents),
+               "digit_color_copies": copy_errors(pipe, bank, split, args.documents)}
+    for key, value in results.items():
+        print(f"{key}: {value}")
+    write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
