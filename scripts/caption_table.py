@@ -40,6 +40,11 @@ SETTINGS = {
                                                   "caption_hypotheses": 2},
     "rerank, 8 views, all digits (previous default)": {"guidance": 2.0, "rerank_captions": True,
                                                        "caption_views": 8, "caption_hypotheses": 10},
+    # CLIP as a second reader (caption_clip_weight: its cosine, times the weight, added to each digit's score).
+    **{f"rerank, 1 view, top {m} digits, CLIP x{weight}": {"guidance": 1.0, "rerank_captions": True,
+                                                          "caption_views": 1, "caption_hypotheses": m,
+                                                          "caption_clip_weight": float(weight)}
+       for m in (2, 3, 10) for weight in (5, 10, 20, 40)},
 }
 
 

@@ -2,10 +2,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tinychameleon.cli import main
 from tinychameleon.evaluation.judge import attribute_accuracy, load_or_train_judge
-from tinychameleon.evaluation.metrics import caption_accuracy, frechet_distance, unconditional_metrics
+from tinychameleon.data.colored import COLOR_RGB, colorize
+from tinychameleon.evaluation.metrics import (caption_accuracy, component_labels, frechet_distance, specks,
+                                              unconditional_metrics)
 
 
 def test_frechet_distance_basics():
@@ -14,6 +17,23 @@ def test_frechet_distance_basics():
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
     assert frechet_distance(a, b) < 0.1
     assert frechet_distance(a, b + 2) == pytest.approx(32, rel=0.05)  # ||mu||^2 = 8 * 2^2
+
+
+def test_components_are_8_connected_and_specks_are_small_pieces_beside_strokes():
+    mask = np.zeros((1, 8, 8), dtype=bool)
+    mask[0, 0, 0] = mask[0, 1, 1] = True                      # diagonal neighbours: one piece
+    mask[0, 5, 2:7] = True                                    # a stroke of five
+    labels = component_labels(mask)[0]
+    assert labels[0, 0] == labels[1, 1] > 0 and len(set(labels[5, 2:7].tolist())) == 1
+    assert labels[0, 0] != labels[5, 2] and (labels[~torch.from_numpy(mask[0])] == 0).all()
+    strokes = np.zeros((3, 28, 28), dtype=bool)
+    strokes[:, 8:20, 12:15] = True                            # a bar: the digit's strokes
+    strokes[1, 2, 2] = True                                   # a one-pixel dot apart from them
+    strokes[2, 2:4, 20:23] = True                             # a six-pixel piece: a stroke, not a speck
+    images = colorize(strokes.astype(np.uint8) * 255, np.full(3, 5), np.full(3, 20)).astype(np.uint8)
+    assert (images[1, 2, 2] == COLOR_RGB[5]).all()            # the dot is in the palette: not a stray pixel
+    result = specks(images)
+    assert result == pytest.approx({"specks_per_image": 1 / 3, "speck_free": 2 / 3})
 
 
 def test_caption_accuracy_counts_each_attribute():
@@ -61,6 +81,7 @@ def test_evaluate_quick_on_a_tiny_checkpoint(tiny_run, tmp_path, capsys, judge):
     assert t2i["all"] <= min(t2i["digit"], t2i["foreground"], t2i["background"])
     # Real images and two-color decodes have no stray pixel; real shapes sit on their own manifold.
     assert metrics["real_test_looks"]["stray"] == {"stray_per_image": 0.0, "clean": 1.0, "stray_p90": 0.0}
+    assert metrics["real_test_looks"]["specks"]["speck_free"] > 0.9 and "no speck" in (tmp_path / "report.md").read_text()
     assert metrics["unconditional"]["looks"]["stray"]["clean"] == 1.0
     assert metrics["real_test_looks"]["shape"]["precision"] > 0.6
     assert metrics["frechet"]["real_test_halves"] < metrics["frechet"]["generated_vs_real"]  # a 1-epoch toy model

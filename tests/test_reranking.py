@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tinychameleon.config import ModelConfig
-from tinychameleon.data.colored import COLOR_NAMES, COLOR_RGB, VALID_PAIRS, parse_caption, recolor
+from tinychameleon.data.colored import COLOR_NAMES, COLOR_RGB, DIGIT_WORDS, VALID_PAIRS, parse_caption, recolor
 from tinychameleon.model import KVCache, Transformer
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.reranking import (DIGIT_SLOT, DIGIT_WORD_IDS, best_images, caption_given_image,
@@ -101,6 +101,42 @@ def test_views_add_their_digit_scores(model):
     _, other = digit_scores(model, VOCAB, other_words, other_codes)
     expected = candidates[torch.arange(3), (own + other).argmax(dim=1)]
     assert torch.equal(rerank_digits(model, VOCAB, words, codes, [(other_words, other_codes)]), expected)
+
+
+def test_a_second_reader_adds_its_scores_to_the_model_s(model):
+    generator = torch.Generator().manual_seed(4)
+    words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2]])
+    codes = torch.randint(0, VOCAB.image_tokens, (3, 49), generator=generator)
+    bonus = torch.randn(3, 10, generator=generator) * 5                     # a reader's score of every digit
+    seen = []
+
+    def reader(candidates):
+        seen.append(candidates)
+        digit = torch.tensor([DIGIT_WORD_IDS.index(int(w)) for w in candidates[..., DIGIT_SLOT].flatten()])
+        return bonus[torch.arange(len(candidates)).repeat_interleave(candidates.shape[1]), digit].view(
+            candidates.shape[:2])
+
+    candidates, own = digit_scores(model, VOCAB, words, codes)
+    expected = candidates[torch.arange(3), (own + bonus).argmax(dim=1)]
+    assert torch.equal(rerank_digits(model, VOCAB, words, codes, second_reader=reader), expected)
+    # It is asked about each caption with every kept digit and nothing else changed.
+    assert seen[0].shape == (3, 10, 6) and torch.equal(seen[0][:, :, 0], words[:, None, 0].expand(3, 10))
+    zero = rerank_digits(model, VOCAB, words, codes, second_reader=lambda c: torch.zeros(c.shape[:2]))
+    assert torch.equal(zero, rerank_digits(model, VOCAB, words, codes))
+
+
+def test_clip_as_second_reader_decides_the_digit_at_a_large_weight(shipped, colored):
+    from tinychameleon.retrieval.retriever import Retriever
+
+    images = colored[1].images[:8]
+    plain = shipped.caption(images, caption_hypotheses=10)
+    clip = shipped.caption(images, caption_hypotheses=10, caption_clip_weight=1000.0)
+    retriever = Retriever.from_pretrained()
+    for image, read_plain, read_clip in zip(images, plain, clip):
+        words = read_clip.split()
+        assert words[:2] + words[3:] == read_plain.split()[:2] + read_plain.split()[3:]    # only the digit moves
+        options = [" ".join(words[:2] + [digit] + words[3:]) for digit in DIGIT_WORDS]
+        assert read_clip == options[int(retriever.similarity(options, np.stack([image] * 10)).argmax())]
 
 
 def test_view_pairs_are_fixed_distinct_valid_pairs():

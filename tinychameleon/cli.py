@@ -43,6 +43,8 @@ SAMPLER_FLAGS = [
                                  "(1 = image only)"),
     ("--hypotheses", "caption_hypotheses", "with --rerank: digits (the image-first reading's top ones) that get the "
                                            "full two-way score (10 = all)"),
+    ("--caption-clip", "caption_clip_weight", "with --rerank: add this times the retriever's (CLIP's) image-caption "
+                                              "cosine to each digit's score (0 = off)"),
 ]
 
 

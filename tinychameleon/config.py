@@ -357,6 +357,9 @@ class SamplingConfig:
     rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
     caption_views: int = 1        # with rerank_captions: sum the digit scores over the image and views - 1 recolorings
     caption_hypotheses: int = 10  # with rerank_captions: digits (the image-first reading's top ones) given the full score
+    caption_clip_weight: float = 0.0  # with rerank_captions: add this times the retriever's (CLIP's) cosine of each
+                                  # digit's caption with the image to its Bayes score: a second reader whose errors
+                                  # differ from the model's (0 = off)
     batch_size: int = 1024        # rows decoded together; bounds memory
     documents: dict = field(default_factory=dict)  # what images inside documents use instead of the settings above,
                                   # e.g. {"guidance": 1.75, "temperature": 0.0}: edits copy strokes best near greedy,
@@ -368,7 +371,7 @@ class SamplingConfig:
               "top_k": (0, 1 << 20),
               "guidance": (0.0, 100.0), "caption_guidance": (0.0, 100.0), "image_candidates": (1, 64),
               "top_p": (0.01, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
-              "caption_hypotheses": (1, 10),
+              "caption_hypotheses": (1, 10), "caption_clip_weight": (0.0, 1000.0),
               "batch_size": (1, 1 << 16)}
     MIN_TEMPERATURE = 0.01        # below this (but above 0, greedy) logits / temperature overflow
 

@@ -124,15 +124,17 @@ class PairDecoder:
 
     # -- image -> text ---------------------------------------------------------------------------------
     def read(self, codes: torch.Tensor, settings: SamplingConfig, generator,
-             images: np.ndarray | None = None) -> torch.Tensor:
+             images: np.ndarray | None = None, second_reader=None) -> torch.Tensor:
         """(B, L) codes -> (B, 6) caption word ids. With `images` (the pixels behind `codes`) and caption_views > 1,
-        the digit is re-ranked on recolored, shifted views of them too."""
+        the digit is re-ranked on recolored, shifted views of them too; `second_reader` (reranking.rerank_digits)
+        adds another model's scores of the candidate captions."""
         words, _ = split_sequences(self.vocab, self.generate(image_prefix(self.vocab, codes), settings, generator))
         if settings.rerank_captions and settings.temperature <= 0:
             # Only greedy captions are re-ranked: a sampled caption should stay a sample.
             self.check_time()
             views = [] if images is None else self.views(images, settings.caption_views)
-            words = rerank_digits(self.model, self.vocab, words, codes, views, settings.caption_hypotheses)
+            words = rerank_digits(self.model, self.vocab, words, codes, views, settings.caption_hypotheses,
+                                  second_reader)
         return words
 
     def views(self, images: np.ndarray, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -155,7 +155,9 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         """(B, L) codes -> (B, 6) caption word ids (`images`: the pixels behind them, for re-ranking views)."""
         if self.next_scale:
             return self._read_scales(codes, settings, generator)
-        return self.pairs.read(codes, settings, generator, images)
+        weight = settings.caption_clip_weight
+        return self.pairs.read(codes, settings, generator, images,
+                               self._clip_reader(codes, images, weight) if weight else None)
 
     def _decode_words(self, words: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row) for row in words.cpu()]

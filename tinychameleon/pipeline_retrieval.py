@@ -1,10 +1,11 @@
 """What a Pipeline does with the retriever (CM3Leon): read a query's retrieved documents before drawing, reading
-or continuing, and rerank best-of-n drawings by CLIP. A mixin of `Pipeline`, kept apart so that the pipeline
+or continuing, and rerank best-of-n drawings (and caption digits) by CLIP. A mixin of `Pipeline`, kept apart so that the pipeline
 stays about the model; every method uses the pipeline's document decoder (`documents/decoder.py`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,23 @@ class RetrievalTasks:
         scores = torch.from_numpy(retriever.similarity(self._decode_words(words), images)).view(-1, candidates)
         best = scores.argmax(dim=1)
         return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best.to(codes.device)]
+
+    def _clip_reader(self, codes: torch.Tensor, images: np.ndarray | None, weight: float
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A second reader for reranking.rerank_digits: candidate captions (B, m, 6) word ids -> (B, m), `weight`
+        times the retriever's cosine of each with its row's image (`images`, or the B images `codes` decode to).
+        Nothing runs until the reranking asks (greedy captions with rerank_captions only)."""
+
+        def scores(candidates: torch.Tensor) -> torch.Tensor:
+            retriever = self._load_retriever()
+            pixels = images if images is not None else self.image_tokenizer.decode(codes.to(self.device)).cpu().numpy()
+            image_vectors = torch.from_numpy(retriever.embed_images(pixels))                  # (B, D)
+            B, m, _ = candidates.shape
+            texts = self._decode_words(candidates.reshape(B * m, -1))
+            text_vectors = torch.from_numpy(retriever.embed_texts(texts)).view(B, m, -1)  # (B, m, D)
+            return weight * (text_vectors * image_vectors[:, None]).sum(-1)
+
+        return scores
 
     def _load_retriever(self):
         from .retrieval.retriever import Retriever

@@ -17,6 +17,8 @@ no second model:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -159,14 +161,16 @@ def digit_scores(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes
 
 
 def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, codes: torch.Tensor,
-                  views: list[tuple[torch.Tensor, torch.Tensor]] = (), hypotheses: int = 10) -> torch.Tensor:
+                  views: list[tuple[torch.Tensor, torch.Tensor]] = (), hypotheses: int = 10,
+                  second_reader: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Replace each caption's digit word by the Bayes-best one: (B, 6) word ids, (B, L) codes -> (B, 6).
 
     `views` are extra (word ids, codes) readings of the same images (recolorings with their own
     color words); their digit scores are added to the image's own. Only the `hypotheses` digits the
     cheap image-first reading ranks highest get the costly text-first (joint) term: the true digit is
     almost always among the reading's top few, and each pruned digit saves a 54-token pass per reading.
-    With hypotheses = 10 this is the full Bayes rule over every digit.
+    With hypotheses = 10 this is the full Bayes rule over every digit. `second_reader` maps the candidate
+    captions (B, m, 6) to scores (B, m) added to the model's (another model's reading, e.g. CLIP's).
     """
     readings = [(word_ids, codes), *views]
     B, kept = len(word_ids), max(1, min(hypotheses, len(DIGIT_WORD_IDS)))
@@ -178,6 +182,10 @@ def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, code
         candidates[:, :, DIGIT_SLOT] = digit_ids
         scores = scores + joint(model, vocab, candidates.view(B * kept, -1),
                                 image.repeat_interleave(kept, dim=0)).view(B, kept)
+    if second_reader is not None:
+        candidates = word_ids[:, None, :].repeat(1, kept, 1)
+        candidates[:, :, DIGIT_SLOT] = digit_ids
+        scores = scores + second_reader(candidates).to(scores.device)
     reranked = word_ids.clone()
     reranked[:, DIGIT_SLOT] = digit_ids[torch.arange(B), scores.argmax(dim=1)]
     return reranked

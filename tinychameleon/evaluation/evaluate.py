@@ -26,7 +26,7 @@ from ..training.run import caption_word_ids, encode_images
 from ..training.vqvae_trainer import reconstruction_metrics
 from .documents import documents_figure, evaluate_documents
 from .judge import attribute_accuracy, load_or_train_judge
-from .metrics import caption_accuracy, frechet_distance, shape_realism, stray_pixels, unconditional_metrics
+from .metrics import caption_accuracy, frechet_distance, shape_realism, specks, stray_pixels, unconditional_metrics
 
 SHAPE_REFERENCE = 5000  # real training shapes that span each digit's manifold for shape realism
 from .report import write_report
@@ -66,8 +66,8 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     reference = judge.shape_features(train.images[:SHAPE_REFERENCE]), train.digits[:SHAPE_REFERENCE]
 
     def looks(images, digits, foreground=None, background=None) -> dict:
-        """What a person sees: stray pixels and shape realism (improved precision / recall)."""
-        return {"stray": stray_pixels(images, foreground, background),
+        """What a person sees: stray pixels, specks and shape realism (improved precision / recall)."""
+        return {"stray": stray_pixels(images, foreground, background), "specks": specks(images),
                 "shape": shape_realism(*reference, judge.shape_features(images), digits)}
 
     # The ceiling, measured the same way: real test images of the sampled slice.

@@ -1,11 +1,14 @@
 """Metrics over samples: judged attribute accuracy, caption exactness, diversity, Frechet distance,
-and the two that see what a person sees: stray pixels (speckle) and shape realism."""
+and the three that see what a person sees: stray pixels (off-palette speckle), specks (in-palette dots apart
+from the strokes) and shape realism."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from ..data.colored import COLOR_RGB, color_counts, color_keys, parse_caption
+from ..data.colored import COLOR_RGB, color_counts, color_keys, digit_pixels, parse_caption
 from ..tokenizers.text import WordTokenizer
 
 
@@ -67,6 +70,33 @@ def stray_pixels(images: np.ndarray, foreground=None, background=None) -> dict[s
     stray = ((keys != expected[:, :1]) & (keys != expected[:, 1:])).sum(1)
     return {"stray_per_image": float(stray.mean()), "clean": float((stray == 0).mean()),
             "stray_p90": float(np.percentile(stray, 90))}
+
+
+def component_labels(masks: np.ndarray) -> torch.Tensor:
+    """(N, H, W) bool -> (N, H, W) long: each 8-connected component of True pixels labelled by its largest
+    pixel index + 1 (0 off the mask). Labels spread by 3x3 max-pooling inside the mask until nothing changes."""
+    mask = torch.from_numpy(np.asarray(masks, dtype=bool))
+    N, H, W = mask.shape
+    labels = torch.where(mask, torch.arange(1, H * W + 1).view(1, H, W).expand(N, H, W), 0).float()
+    while True:
+        spread = torch.where(mask, F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0], 0.0)
+        if torch.equal(spread, labels):
+            return labels.long()
+        labels = spread
+
+
+def specks(images: np.ndarray, largest: int = 4) -> dict[str, float]:
+    """Dots of the digit's own color apart from its strokes: 8-connected pieces of the digit of at most `largest`
+    pixels, beside a bigger piece. `stray_pixels` cannot see them (they are in the palette); a person does."""
+    labels = component_labels(digit_pixels(np.asarray(images))).flatten(1)              # (N, 784)
+    sizes = torch.zeros(len(labels), labels.shape[1] + 1).scatter_add_(1, labels, torch.ones_like(labels,
+                                                                                        dtype=torch.float))
+    sizes[:, 0] = 0                                                                   # the background
+    dots = ((sizes > 0) & (sizes <= largest)).sum(1)
+    has_strokes = (sizes > largest).any(1)
+    speckled = (dots > 0) & has_strokes
+    return {"specks_per_image": float(torch.where(has_strokes, dots, 0).float().mean()),
+            "speck_free": float(1 - speckled.float().mean())}
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
