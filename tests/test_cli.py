@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tinychameleon.cli import main
@@ -111,6 +112,30 @@ def test_sampler_flags(tiny_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "-n", "2", "--out", str(tmp_path / "c"), "--first", "caption"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_caption_clip_flag_reaches_the_reranking(tiny_run, tmp_path, capsys, monkeypatch, colored):
+    from tinychameleon.imaging import levels_to_pil
+    from tinychameleon.pipeline import Pipeline
+
+    asked = []
+
+    def clip_reader(self, codes, images, weight):
+        def scores(candidates):                               # what rerank_digits asks the second reader
+            asked.append((weight, tuple(candidates.shape)))
+            return torch.zeros(candidates.shape[:2])
+        return scores
+
+    monkeypatch.setattr(Pipeline, "_clip_reader", clip_reader)
+    image = tmp_path / "digit.png"
+    levels_to_pil(colored[1].images[0]).save(image)
+    code, _, _ = run(["caption", image, "--rerank", "--hypotheses", 3, "--checkpoint", tiny_run], capsys)
+    assert code == 0 and asked == []                          # off by default
+    code, _, _ = run(["caption", image, "--rerank", "--hypotheses", 3, "--caption-clip", 7, "--checkpoint",
+                      tiny_run], capsys)
+    assert code == 0 and asked == [(7.0, (1, 3, 6))]
+    code, _, err = run(["caption", image, "--caption-clip", -1, "--checkpoint", tiny_run], capsys)
+    assert code == 2 and "--caption-clip must be between 0.0 and 1000.0" in err
 
 
 def test_report(tiny_run, tmp_path, capsys):
