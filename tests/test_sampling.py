@@ -109,6 +109,29 @@ def test_top_p_keeps_the_smallest_set_with_enough_mass():
     assert torch.equal(filter_logits(logits, allowed, 1.0, None, top_p=1.0), logits.float())
 
 
+def test_the_ranked_prefix_nucleus_equals_a_full_sort():
+    """outside_nucleus ranks only each row's likeliest tokens unless they hold too little mass; the mask must be
+    the one a full sort gives, for peaked rows (a short nucleus) and flat ones (past the prefix: the fallback)."""
+    from tinychameleon.sampling import outside_nucleus
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(48, 2139, generator=generator) * torch.tensor([0.3, 3.0, 8.0]).repeat(16)[:, None]
+    logits[::5, 2048:] = float("-inf")                                   # rows with masked ids, as the grammar does
+
+    def by_full_sort(top_p):
+        probabilities = torch.softmax(logits, -1)
+        order = torch.sort(logits, dim=-1, descending=True).indices
+        mass = probabilities.gather(-1, order)
+        return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, mass.cumsum(-1) - mass >= top_p)
+
+    for top_p in (0.3, 0.9, 0.99, 0.999):
+        expected = by_full_sort(top_p)
+        for first in (4, 256, 4096):
+            assert torch.equal(outside_nucleus(logits, top_p, first), expected), (top_p, first)
+    kept = (~outside_nucleus(logits, 0.99)).sum(1)
+    assert kept[0::3].min() > 256 and kept[2::3].max() < 256       # flat rows went past the prefix, peaked did not
+
+
 def test_contrastive_scores_on_a_hand_made_distribution():
     from tinychameleon.sampling import contrastive_scores
 

@@ -101,12 +101,31 @@ def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: floa
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probabilities = F.softmax(sorted_logits, dim=-1)
-        before = probabilities.cumsum(dim=-1) - probabilities        # mass of the tokens ranked above
-        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(outside_nucleus(logits, top_p), float("-inf"))
     return logits
+
+
+NUCLEUS_FIRST = 256   # likeliest tokens ranked before falling back to a full sort (see outside_nucleus)
+
+
+def outside_nucleus(logits: torch.Tensor, top_p: float, first: int = NUCLEUS_FIRST) -> torch.Tensor:
+    """(B, V) booleans: the tokens each row drops under top-p, those whose higher-ranked tokens already hold
+    top_p of the mass. A top-p near 1 keeps a few hundred of the 2000+ ids, so the `first` likeliest are ranked
+    with topk (several times cheaper than sorting every id); only rows whose `first` hold less than top_p are
+    sorted whole. Both rank the same probabilities, so the mask equals the full sort's (tests/test_sampling.py)."""
+    B, V = logits.shape
+    probabilities = F.softmax(logits, dim=-1)
+    ranked, order = torch.topk(logits, min(first, V), dim=-1)                      # (B, k), descending
+    mass = probabilities.gather(-1, order)
+    before = mass.cumsum(dim=-1) - mass                                            # mass of the tokens ranked above
+    drop = torch.ones_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
+    short = (before[:, -1] + mass[:, -1]) < top_p                                  # the nucleus goes past `first`
+    if short.any():
+        rows = short.nonzero().squeeze(1)
+        order = torch.sort(logits[rows], dim=-1, descending=True).indices
+        mass = probabilities[rows].gather(-1, order)
+        drop[rows] = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass.cumsum(-1) - mass >= top_p)
+    return drop
 
 
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, guidance: float) -> torch.Tensor:
