@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .document import IMAGE_PLACEHOLDER, Document, DocumentTokenizer, split_words
+from .document import Document, DocumentTokenizer, split_words, token_count
 from .families import Example, Picture
 from ..tokenizers.vocab import Vocab
 
@@ -53,7 +53,7 @@ def prefix_lengths(examples: list[Example], vocab: Vocab, text_dropout: torch.Te
     marked in text_dropout has neither: (0, 0)."""
 
     def tokens(text: str) -> int:
-        return sum(vocab.image_length + 2 if word == IMAGE_PLACEHOLDER else 1 for word in split_words(text))
+        return token_count(split_words(text), vocab.image_length)
 
     lengths = []
     for row, example in enumerate(examples):

@@ -68,6 +68,12 @@ def split_words(text: str) -> list[str]:
     return PUNCTUATION.sub(r" \1 ", text.lower().replace(IMAGE_PLACEHOLDER, f" {IMAGE_PLACEHOLDER} ")).split()
 
 
+def token_count(words: list[str], image_length: int) -> int:
+    """Tokens that words (with <image> placeholders) take in a document: one per word, an image's tokens plus
+    <boi> and <eoi> per placeholder."""
+    return sum(image_length + 2 if word == IMAGE_PLACEHOLDER else 1 for word in words)
+
+
 class DocumentTokenizer:
     """Documents and prompts <-> token ids of one vocabulary (one with document tokens)."""
 
@@ -101,8 +107,7 @@ class DocumentTokenizer:
         if not words:
             raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
         text_tokens = len(words) - placeholders
-        image_tokens = placeholders * (self.vocab.image_length + 2)
-        tokens = 1 + text_tokens + image_tokens + self.vocab.prompt_end           # <bos>, words, images, <eop>
+        tokens = 1 + token_count(words, self.vocab.image_length) + self.vocab.prompt_end   # <bos>, words, images, <eop>
         if placeholders > MAX_DOCUMENT_IMAGES or text_tokens > MAX_DOCUMENT_TEXT or tokens >= self.vocab.sequence_length:
             raise PromptError(f"{quoted(prompt)} is too long for the model: at most {MAX_DOCUMENT_IMAGES} images and "
                               f"{MAX_DOCUMENT_TEXT} other words in a document, with room left for the answer "
