@@ -186,7 +186,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
             unconditional_prefix = torch.stack([prefix[:, 0], prefix[:, -1]], dim=1)
         prefixes.append(unconditional_prefix)
     # Both guidance streams run as one batch: one forward per step reads the weights once for both.
-    streams = Stream(model, prefixes, use_cache)
+    streams = Stream(model, prefixes, use_cache, length)
     logits, *free_logits = streams.prefill()
     orders = rules.order_of(prefix[:, 1]) if P >= 2 else torch.zeros(B, dtype=torch.long, device=prefix.device)
     for position in range(P, length):
@@ -218,7 +218,10 @@ class Stream:
     cache; without, each group re-reads its whole stream (the reference the cache is tested against).
     """
 
-    def __init__(self, model: Transformer, prefixes: list[torch.Tensor], use_cache: bool = True) -> None:
+    def __init__(self, model: Transformer, prefixes: list[torch.Tensor], use_cache: bool = True,
+                 length: int | None = None) -> None:
+        """length: the longest sequence a row will reach (default: the model's block size), so the cache holds
+        no more slots than the decode can fill."""
         self.model, self.tokens = model, list(prefixes)
         self.sizes = [len(prefix) for prefix in prefixes]
         self.cache = None
@@ -227,8 +230,8 @@ class Stream:
             padding = torch.cat([torch.full((len(prefix),), longest - prefix.shape[1], dtype=torch.long)
                                  for prefix in prefixes])
             self.padded = torch.cat([F.pad(prefix, (longest - prefix.shape[1], 0), value=0) for prefix in prefixes])
-            self.cache = KVCache(model.config, len(padding), max_length=model.config.block_size + int(padding.max()),
-                                 device=prefixes[0].device, padding=padding)
+            self.cache = KVCache(model.config, len(padding), max_length=(length or model.config.block_size)
+                                 + int(padding.max()), device=prefixes[0].device, padding=padding)
 
     def prefill(self) -> list[torch.Tensor]:
         """Read the prompts; per group, (B_i, vocab) logits for the token after it."""
