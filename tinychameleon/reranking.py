@@ -177,15 +177,17 @@ def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, code
     reading = sum(caption_given_image_per_digit(model, vocab, words, image) for words, image in readings)  # (B, 10)
     scores, keep = reading.topk(kept, dim=1)                                      # (B, m) each
     digit_ids = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)[keep]        # (B, m) word ids
-    for words, image in readings:
-        candidates = words[:, None, :].repeat(1, kept, 1)                          # (B, m, 6)
+
+    def with_kept_digits(words: torch.Tensor) -> torch.Tensor:
+        candidates = words[:, None, :].repeat(1, kept, 1)                          # (B, 6) -> (B, m, 6)
         candidates[:, :, DIGIT_SLOT] = digit_ids
-        scores = scores + joint(model, vocab, candidates.view(B * kept, -1),
+        return candidates
+
+    for words, image in readings:
+        scores = scores + joint(model, vocab, with_kept_digits(words).view(B * kept, -1),
                                 image.repeat_interleave(kept, dim=0)).view(B, kept)
     if second_reader is not None:
-        candidates = word_ids[:, None, :].repeat(1, kept, 1)
-        candidates[:, :, DIGIT_SLOT] = digit_ids
-        scores = scores + second_reader(candidates).to(scores.device)
+        scores = scores + second_reader(with_kept_digits(word_ids)).to(scores.device)
     reranked = word_ids.clone()
     reranked[:, DIGIT_SLOT] = digit_ids[torch.arange(B), scores.argmax(dim=1)]
     return reranked

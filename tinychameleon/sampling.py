@@ -113,9 +113,8 @@ def outside_nucleus(logits: torch.Tensor, top_p: float, first: int = NUCLEUS_FIR
     top_p of the mass. A top-p near 1 keeps a few hundred of the 2000+ ids, so the `first` likeliest are ranked
     with topk (several times cheaper than sorting every id); only rows whose `first` hold less than top_p are
     sorted whole. Both rank the same probabilities, so the mask equals the full sort's (tests/test_sampling.py)."""
-    B, V = logits.shape
     probabilities = F.softmax(logits, dim=-1)
-    ranked, order = torch.topk(logits, min(first, V), dim=-1)                      # (B, k), descending
+    order = torch.topk(logits, min(first, logits.shape[-1]), dim=-1).indices       # (B, k), likeliest first
     mass = probabilities.gather(-1, order)
     before = mass.cumsum(dim=-1) - mass                                            # mass of the tokens ranked above
     drop = torch.ones_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
