@@ -65,11 +65,10 @@ def addition_answers(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict
 def copy_errors(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
     """Digit color edits decoded greedily: documents by miscopied shape tokens, and errors per grid cell."""
     chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
-    images = [list(render(example.prompt_images, split)) for example in chosen]
-    asked = pipe.image_tokenizer.encode(torch.from_numpy(np.stack([group[0] for group in images])))
-    drawn = [continuation.images[0] for continuation in continued(pipe, chosen, split) if len(continuation.images)]
-    answered = pipe.image_tokenizer.encode(torch.from_numpy(np.stack(drawn)))
-    wrong = (asked[:len(answered), 2:] != answered[:, 2:]).numpy()                     # (N, 49): shape tokens
+    pairs = [(render(example.prompt_images, split)[0], continuation.images[0])      # documents that drew an image
+             for example, continuation in zip(chosen, continued(pipe, chosen, split)) if len(continuation.images)]
+    asked, answered = (pipe.image_tokenizer.encode(torch.from_numpy(np.stack(side))) for side in zip(*pairs))
+    wrong = (asked[:, 2:] != answered[:, 2:]).numpy()                                  # (N, 49): shape tokens
     side = int(round(wrong.shape[1] ** 0.5))
     return {"documents_by_miscopied_tokens": dict(sorted(Counter(wrong.sum(1).tolist()).items())),
             "exact_copies": float((wrong.sum(1) == 0).mean()),
