@@ -18,28 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tinychameleon.data.colored import colorize, digit_pixels, load_splits
+from tinychameleon.data.colored import digit_pixels, load_splits, thickened
 from tinychameleon.data.mnist import default_cache_dir
 from tinychameleon.evaluation.judge import attribute_accuracy, load_or_train_judge
 from tinychameleon.imaging import save_png
 from tinychameleon.pipeline import Pipeline
 
 
-def thicker(images: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Strokes one pixel wider all round: each digit pixel's 3x3 neighbourhood becomes digit."""
-    shape = np.pad(digit_pixels(images), ((0, 0), (1, 1), (1, 1)))
-    grown = np.zeros(images.shape[:3], dtype=bool)
-    for dy in range(3):
-        for dx in range(3):
-            grown |= shape[:, dy:dy + 28, dx:dx + 28]
-    return colorize(grown.astype(np.uint8) * 255, foreground, background).astype(np.uint8)
-
-
 def write_memory(folder: Path, split, count: int) -> np.ndarray:
     """The first `count` digits of the split, thickened, as a memory folder; returns their images."""
     folder.mkdir(parents=True, exist_ok=True)
     part = split.subset(slice(0, count))
-    images = thicker(part.images, part.foreground, part.background)
+    images = thickened(part, "bolder").images
     rows = []
     for row, (image, caption) in enumerate(zip(images, part.captions())):
         save_png(image, folder / f"{row:05d}.png")

@@ -401,6 +401,47 @@ def test_retrieval_augmented_documents_keep_their_layout_and_loss_weights():
         assert TOKENIZER.decode(document).text == example.text
 
 
+def test_a_retrieval_document_is_drawn_in_one_stroke_style_and_reads_those_tokens():
+    from dataclasses import replace
+
+    from tinychameleon.documents.batches import example_documents, picture_codes
+    from tinychameleon.documents.families import MEMORY_FAMILIES, examples
+
+    plain, styled = memory_bank(), memory_bank()
+    styled.strokes = 2
+    # Without stroke styles the examples are exactly those of before (no random draw is spent on a style).
+    assert [e.text for e in examples(plain, 300, 4)] == [e.text for e in examples(memory_bank(), 300, 4)]
+    chosen = [e for e in examples(styled, 2000, 4) if e.family in MEMORY_FAMILIES]
+    strokes = [{picture.stroke for picture in example.pictures} for example in chosen]
+    assert all(len(one) == 1 for one in strokes)                        # context and query share one style
+    assert {next(iter(one)) for one in strokes} == {0, 1, 2}             # the digits' own is among them
+    assert all(p.stroke == 0 for e in examples(styled, 500, 4) if e.family not in MEMORY_FAMILIES for p in e.pictures)
+    # Style s of digit i is row i of the s-th code table; the plain (N, L) table refuses a styled picture.
+    N, L = len(plain.digits), VOCAB.image_length
+    codes = torch.randint(0, VOCAB.image_tokens, (3, N, L))
+    example = next(e for e, one in zip(chosen, strokes) if one == {2})
+    ids = example_documents([example], codes, lambda c, f, b: c, TOKENIZER)[0]
+    starts = [i + 1 for i, token in enumerate(ids) if token == VOCAB.begin_image]
+    for start, picture in zip(starts, example.pictures):
+        assert ids[start:start + L] == codes[2, picture.shape].tolist()
+    with pytest.raises(ValueError, match="stroke style"):
+        picture_codes([replace(example.pictures[0], stroke=1)], codes[0], lambda c, f, b: c)
+
+
+def test_thickened_strokes_spread_each_digit_pixel_over_their_neighbourhood():
+    from tinychameleon.data.colored import ColoredMNIST, colorize, digit_pixels, thickened
+
+    dot = np.zeros((1, 28, 28), dtype=np.uint8)
+    dot[0, 10, 10] = dot[0, 20, 5] = 255
+    split = ColoredMNIST(colorize(dot, np.array([4]), np.array([0])).astype(np.uint8), np.array([1]), np.array([4]),
+                         np.array([0]))
+    for stroke, (dy, dx) in (("wider", (0, 1)), ("taller", (1, 0)), ("bolder", (1, 1))):
+        pixels = digit_pixels(thickened(split, stroke).images)[0]
+        assert pixels.sum() == 2 * (1 + 2 * dy) * (1 + 2 * dx)
+        assert pixels[10 - dy:11 + dy, 10 - dx:11 + dx].all() and pixels[20 - dy:21 + dy, 5 - dx:6 + dx].all()
+        assert (thickened(split, stroke).images[0][pixels] == split.images[0][10, 10]).all()   # the digit's color
+
+
 EOP_CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={"documents": 64, "prompt_end": True})
 EOP_VOCAB = Vocab.for_config(EOP_CONFIG)
 EOP_TOKENIZER = DocumentTokenizer(EOP_VOCAB)

@@ -221,7 +221,7 @@ def command_train(args) -> int:
                                 ("optimizer", "train", "optimizer"),
                                 ("caption_loss_weight", "train", "caption_loss_weight"),
                                 ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
-                                ("retrieve", "train", "retrieve")):
+                                ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -588,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--retrieve", type=number(int),
                        help="retrieval-augmented documents: draw and read after this many retrieved neighbours "
                             "(1..3; needs --documents; 0 = off)")
+    train.add_argument("--memory-strokes", action="store_const", const=True,
+                       help="with --retrieve: draw each retrieval document, neighbours and query alike, in one random "
+                            "stroke style (wider, taller or their own), so the model draws like what it retrieved")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

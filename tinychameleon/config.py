@@ -161,6 +161,9 @@ class TrainConfig:
                                   # their text removed: the unconditional stream classifier-free guidance reads
     retrieve: int = 0             # retrieval-augmented documents (CM3Leon): draw / read after this many retrieved
                                   # neighbours of the example (the shipped retriever's, never the example); 0 = off
+    memory_strokes: bool = False  # retrieval-augmented documents: draw the neighbours and the query in one random
+                                  # stroke style (data.colored.TRAINING_STROKES, or the digits' own), so a memory's
+                                  # strokes predict the drawing's: style from memory, not only words
     context_loss_weight: float = 0.5  # loss weight of those retrieved neighbours' tokens (the query's stays 1)
     answer_loss_weight: float = 1.0   # loss weight of a document's answer (what follows its prompt, <eod> included):
                                   # a question's answer is 2 of ~60 targets, so routing it to the right part of the
@@ -193,6 +196,8 @@ class TrainConfig:
         check_range("train.answer_loss_weight", self.answer_loss_weight, 0.0, 100.0)
         if self.prompt_end and not self.documents:
             raise ConfigError("train.prompt_end needs train.documents > 0: only documents have prompts")
+        if self.memory_strokes and not self.retrieve:
+            raise ConfigError("train.memory_strokes needs train.retrieve > 0: only retrieval documents have a memory")
         if self.retrieve and not self.documents:
             raise ConfigError("train.retrieve needs train.documents > 0: retrieved neighbours are read in documents")
         if self.optimizer not in OPTIMIZERS:

@@ -18,10 +18,16 @@ from ..tokenizers.vocab import Vocab
 
 def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torch.Tensor:
     """(M, L) image tokens of the pictures: each example's shape tokens under the picture's two colors.
-    codes (N, L) are the bank's tokens; recolor is the image tokenizer's recolor(ids, foreground, background)."""
+    codes (N, L) are the bank's tokens, or (1 + S, N, L) with its S stroke styles after them; recolor is the
+    image tokenizer's recolor(ids, foreground, background)."""
     if not pictures:
-        return codes[:0]
+        return codes.reshape(-1, codes.shape[-1])[:0]
     shapes = torch.tensor([picture.shape for picture in pictures])
+    if codes.dim() == 3:    # (1 + S, N, L) -> ((1 + S) * N, L): stroke s of shape i is row s * N + i
+        shapes = shapes + codes.shape[1] * torch.tensor([picture.stroke for picture in pictures])
+        codes = codes.reshape(-1, codes.shape[-1])
+    elif any(picture.stroke for picture in pictures):
+        raise ValueError("pictures in a stroke style need the codes of the restyled digits: (1 + S, N, L)")
     foreground = torch.tensor([picture.foreground for picture in pictures])
     background = torch.tensor([picture.background for picture in pictures])
     return recolor(codes[shapes], foreground, background)

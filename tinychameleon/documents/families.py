@@ -28,7 +28,7 @@ With retrieval (CM3Leon), two more families put k retrieved documents of the ban
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -42,12 +42,14 @@ VALID[VALID_PAIRS[:, 0], VALID_PAIRS[:, 1]] = True
 @dataclass(frozen=True)
 class Picture:
     """An image of a document: the shape of digit example `shape` of the bank, painted in two colors.
-    same_shape: the answer must keep that exact shape (edits); otherwise any shape of `digit` will do."""
+    same_shape: the answer must keep that exact shape (edits); otherwise any shape of `digit` will do.
+    stroke: 0 for the shape as written, s > 0 for it in the bank's s-th stroke style (data.colored.TRAINING_STROKES)."""
     shape: int
     digit: int
     foreground: int
     background: int
     same_shape: bool = True
+    stroke: int = 0
 
 
 @dataclass
@@ -74,14 +76,15 @@ class Example:
 class DigitBank:
     """The digits a family may use (one split): digit labels and each example's own colors; with retrieval,
     `neighbours` (N, M) are each example's M nearest other examples and `retrieve` how many of them a
-    document reads."""
+    document reads; `strokes` is how many stroke styles besides the digits' own a retrieval document may be
+    drawn in (its tokens come from the caller's codes of the restyled digits)."""
 
     def __init__(self, digits: np.ndarray, foreground: np.ndarray, background: np.ndarray,
-                 neighbours: np.ndarray | None = None, retrieve: int = 0) -> None:
+                 neighbours: np.ndarray | None = None, retrieve: int = 0, strokes: int = 0) -> None:
         self.digits, self.foreground, self.background = (np.asarray(a, dtype=np.int64)
                                                          for a in (digits, foreground, background))
         self.by_digit = [np.flatnonzero(self.digits == d) for d in range(10)]
-        self.neighbours, self.retrieve = neighbours, retrieve
+        self.neighbours, self.retrieve, self.strokes = neighbours, retrieve, strokes
 
     def any_of(self, digit: int, rng: np.random.Generator) -> int:
         return int(rng.choice(self.by_digit[digit]))
@@ -209,15 +212,25 @@ def retrieved(bank, index, rng) -> list[Picture]:
     return [source(bank, int(row)) for row in chosen]
 
 
+def in_one_stroke(bank, pictures: list[Picture], rng) -> list[Picture]:
+    """The pictures of a retrieval document, all in one stroke style drawn at random (the digits' own among them):
+    a memory's style is shared by what it holds, so its strokes tell the model how to draw the query."""
+    if not bank.strokes:
+        return pictures
+    stroke = int(rng.integers(0, bank.strokes + 1))
+    return [replace(picture, stroke=stroke) for picture in pictures]
+
+
 def draw_from_memory(bank, index, rng) -> Example:
     image, context = source(bank, index), retrieved(bank, index, rng)
+    *context, image = in_one_stroke(bank, context + [replace(image, same_shape=False)], rng)
     return Example("draw from memory", caption_of(image.digit, image.foreground, image.background), [], "<image>",
-                   [Picture(index, image.digit, image.foreground, image.background, same_shape=False)],
-                   memory_context(context), context)
+                   [image], memory_context(context), context)
 
 
 def read_from_memory(bank, index, rng) -> Example:
     image, context = source(bank, index), retrieved(bank, index, rng)
+    *context, image = in_one_stroke(bank, context + [image], rng)
     return Example("read from memory", "<image>", [image], caption_of(image.digit, image.foreground, image.background),
                    [], memory_context(context), context)
 

@@ -22,7 +22,7 @@ VALIDATION_DOCUMENTS = 512
 NEIGHBOURS = 8  # a retrieval-augmented document reads `train.retrieve` of its example's 8 nearest (diversity)
 
 
-def bank_of(split: ColoredMNIST, retrieve: int = 0) -> DigitBank:
+def bank_of(split: ColoredMNIST, retrieve: int = 0, strokes: int = 0) -> DigitBank:
     """The split's digits; with `retrieve`, each example's nearest shapes by the shipped retriever.
 
     Neighbours are found by shape alone (every digit painted white on black before it is embedded) and shown
@@ -32,15 +32,19 @@ def bank_of(split: ColoredMNIST, retrieve: int = 0) -> DigitBank:
         return DigitBank(split.digits, split.foreground, split.background)
     shapes = recolor(split.images, COLOR_ID["plain white"], COLOR_ID["plain black"])
     vectors = Retriever.from_pretrained().embed_images(shapes)
-    return DigitBank(split.digits, split.foreground, split.background, neighbour_table(vectors, NEIGHBOURS), retrieve)
+    return DigitBank(split.digits, split.foreground, split.background, neighbour_table(vectors, NEIGHBOURS), retrieve,
+                     strokes)
 
 
 def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor
                     ) -> Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]:
     """epoch -> that epoch's document batches ((B, T) ids, (B, T-1) loss weights), the same on every rank.
-    The tokenizer repaints a digit's tokens with `recolor` (RunConfig.validate admits only such kinds)."""
+    The tokenizer repaints a digit's tokens with `recolor` (RunConfig.validate admits only such kinds).
+    train_codes are the digits' tokens (N, L), or (1 + S, N, L) with their S training stroke styles after them
+    (train.memory_strokes)."""
     settings, vocab = config.train, Vocab.for_config(config)
-    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve)
+    strokes = len(train_codes) - 1 if train_codes.dim() == 3 else 0
+    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve, strokes)
     weighting = LossWeights(settings.context_loss_weight, settings.answer_loss_weight,
                             vocab.image_tokens if settings.answer_words_only else 0, given_token(vocab))
 

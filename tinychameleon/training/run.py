@@ -18,7 +18,7 @@ import torch
 
 from ..batching import batch_slices
 from ..config import RunConfig
-from ..data.colored import ColoredMNIST, load_splits, recolored_train, shifted
+from ..data.colored import TRAINING_STROKES, ColoredMNIST, load_splits, recolored_train, shifted, thickened
 from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
@@ -211,7 +211,12 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
                                                         cache_dir, device, world)
     documents = validation = None
     if config.train.documents:  # task-family documents beside the pairs, from the training digits only
-        documents = document_source(config, image_tokenizer, train_split, train_codes[0])
+        codes = train_codes[0]
+        if config.train.memory_strokes:   # the training digits' tokens in each training stroke style, cached too
+            codes = torch.stack([codes] + [shared_codes(image_tokenizer, thickened(train_split, stroke), "train",
+                                                        f"{data_key}-{stroke}", cache_dir, device, world)
+                                           for stroke in TRAINING_STROKES])
+        documents = document_source(config, image_tokenizer, train_split, codes)
         validation = validation_documents(config, image_tokenizer, validation_split, validation_codes)
     train_transformer(config, train_words, train_codes, caption_word_ids(validation_split), validation_codes,
                       run_dir, device, resume, progress, world, compile_model, shifted_codes=shifted_codes,
