@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinychameleon.data.colored import digit_pixels, load_splits, thickened
+from tinychameleon.data.colored import DIGIT_WORDS, digit_pixels, load_splits, thickened
 from tinychameleon.data.mnist import default_cache_dir
 from tinychameleon.evaluation.judge import attribute_accuracy, load_or_train_judge
-from tinychameleon.imaging import save_png
+from tinychameleon.imaging import caption_grid, save_png
 from tinychameleon.pipeline import Pipeline
 
 
@@ -42,6 +42,15 @@ def ink(images: np.ndarray) -> np.ndarray:
     return digit_pixels(images).sum(axis=(1, 2)).astype(float)
 
 
+def style_figure(path: str, prompts: list[str], plain: np.ndarray, styled: np.ndarray, memory: np.ndarray,
+                 memory_digits: np.ndarray, digits: np.ndarray) -> None:
+    """Three rows of len(prompts): drawn plain, drawn after retrieving from the thick memory, a memory digit alike."""
+    alike = memory[[int(np.flatnonzero(memory_digits == digit)[0]) for digit in digits]]
+    captions = list(prompts) + ["after the thick memory"] * len(prompts) + \
+               [f"a thick {DIGIT_WORDS[d]} of the memory" for d in digits]
+    caption_grid(np.concatenate([plain, styled, alike]), captions, columns=len(prompts), scale=4).save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", nargs="+", required=True)
@@ -51,6 +60,8 @@ def main() -> None:
     parser.add_argument("--memory-size", type=int, default=2000)
     parser.add_argument("--memory", default="runs/style-memory", help="folder for the thick-stroke memory")
     parser.add_argument("--json")
+    parser.add_argument("--figure", help="PNG: the last checkpoint's first 8 prompts drawn plain, drawn from the thick "
+                                         "memory, and a memory digit of the same kind")
     args = parser.parse_args()
     splits = load_splits()
     judge = load_or_train_judge(splits.train, default_cache_dir(), 0, progress=False)
@@ -86,6 +97,9 @@ def main() -> None:
             row["style_all_right"] = attribute_accuracy(judged, queries.digits, queries.foreground,
                                                         queries.background)["all"]
             row["style_shift"] = (row["style_ink"] - row["plain_ink"]) / (results["memory_ink"] - row["plain_ink"])
+            if args.figure and checkpoint == args.checkpoints[-1]:
+                style_figure(args.figure, prompts[:8], plain[:8], styled[:8], memory_images,
+                             split.subset(slice(0, args.memory_size)).digits, queries.digits[:8])
         row["seconds"] = round(time.perf_counter() - started, 1)
         results["models"][checkpoint] = row
         print(checkpoint, json.dumps(row), flush=True)

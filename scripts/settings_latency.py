@@ -1,10 +1,13 @@
-"""One text -> image request at a time (batch 1, process warm) under each of several sampler settings of one
-checkpoint, interleaved in one run (these machines are noisy: compare the ratios of one run).
+"""One text -> image request at a time (batch 1, process warm) under each of several named settings, interleaved in
+one run (these machines are noisy: compare the ratios of one run). A setting names its checkpoint (default
+--checkpoint) and overrides that checkpoint's sampling.json (`{}`: the shipped settings themselves).
 
     python scripts/settings_latency.py --repeats 21 --settings '{"shipped": {},
         "3 candidates, CLIP": {"guidance": 1.125, "image_candidates": 3, "clip_rerank": true}}'
-
-A named setting overrides the checkpoint's sampling.json (`{}`: the shipped settings themselves).
+    python scripts/settings_latency.py --repeats 41 --settings '{"raster (shipped)": {},
+        "var": {"checkpoint": "var"}, "var guided_scales 5": {"checkpoint": "var", "guided_scales": 5},
+        "var guided_scales 4": {"checkpoint": "var", "guided_scales": 4}, "var guidance 1": {"checkpoint": "var",
+        "guidance": 1.0}}'
 """
 
 from __future__ import annotations
@@ -22,25 +25,32 @@ PROMPT = "dark green eight on bright cyan"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="run directory or shipped name (default: the raster model)")
-    parser.add_argument("--settings", required=True, help="JSON object: name -> sampler settings")
+    parser.add_argument("--checkpoint", help="run directory or shipped name for settings that name none "
+                                             "(default: the raster model)")
+    parser.add_argument("--settings", required=True, help="JSON object: name -> sampler settings (+ \"checkpoint\")")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--out")
     args = parser.parse_args()
-    pipe = Pipeline.from_pretrained(args.checkpoint)
     named = json.loads(args.settings)
-    times = {name: [] for name in named}
-    for settings in named.values():
-        pipe.generate_images(PROMPT, seed=1, **settings)                          # warm up (loads CLIP once)
+    pipes = {}                                                                   # one Pipeline per checkpoint
+    calls = {}
+    for name, settings in named.items():
+        settings = dict(settings)
+        checkpoint = settings.pop("checkpoint", args.checkpoint)
+        pipe = pipes.setdefault(checkpoint, Pipeline.from_pretrained(checkpoint))
+        calls[name] = lambda seed, pipe=pipe, settings=settings: pipe.generate_images(PROMPT, seed=seed, **settings)
+    for call in calls.values():
+        call(1)                                                                  # warm up (loads CLIP once)
+    times = {name: [] for name in calls}
     for round_ in range(args.repeats):                                          # interleaved: one of each per round
-        for name, settings in named.items():
+        for name, call in calls.items():
             started = time.perf_counter()
-            pipe.generate_images(PROMPT, seed=round_, **settings)
+            call(round_)
             times[name].append(1000 * (time.perf_counter() - started))
     medians = {name: statistics.median(values) for name, values in times.items()}
     first = next(iter(medians.values()))
     for name, ms in medians.items():
-        print(f"{name}: {ms:.1f} ms per request ({ms / first:.2f}x the first)")
+        print(f"{name}: {ms:.1f} ms per request ({ms / first:.2f}x the first, {first / ms:.1f}x fewer ms)")
     if args.out:
         write_json(args.out, {"checkpoint": args.checkpoint or "raster", "repeats": args.repeats,
                               "settings": named, "median_ms": medians})

@@ -254,10 +254,25 @@ def test_generate_and_caption_read_retrieved_neighbours(capsys, document_run, do
 def test_retrieval_flags_are_checked(capsys, tiny_run, tmp_path):
     for argv, message in ((["--retrieve", "4"], "--retrieve must be 1..3"),
                           (["--memory", str(tmp_path)], "--memory DIR needs --retrieve"),
-                          (["--retrieve", "1", "--candidates", "4"], "drop --candidates"),
+                          (["--retrieve", "1", "--views", "2"], "drop --views"),
                           (["--retrieve", "1", "--checkpoint", str(tiny_run)], "trained without documents")):
         code = main(["generate", "dark green eight on bright cyan", "--out", str(tmp_path / "x"), *argv])
         assert code == 2 and message in capsys.readouterr().err, argv
+    # Best of n applies where the model draws, not where it reads.
+    code = main(["caption", str(tmp_path), "--retrieve", "1", "--candidates", "3"])
+    assert code == 2 and "drop --candidates" in capsys.readouterr().err
+
+
+def test_drawing_from_memory_keeps_the_best_of_n_by_clip(document_pipeline, memory_folder):
+    """image_candidates N with clip_rerank: N drawings after the same retrieved context, CLIP's favourite kept."""
+    folder, test = memory_folder
+    prompt = test.captions()[4]
+    options = dict(seed=5, retrieve=1, memory=folder, temperature=1.0, guidance=1.0)
+    drawn, _ = document_pipeline.draw_from_memory(prompt, n=3, image_candidates=1, **options)
+    best, _ = document_pipeline.draw_from_memory(prompt, image_candidates=3, clip_rerank=True, **options)
+    scores = document_pipeline._load_retriever().similarity([prompt] * 3, drawn)
+    assert len(best) == 1 and len({image.tobytes() for image in drawn}) > 1
+    assert (best[0] == drawn[int(np.argmax(scores))]).all()
 
 
 def test_an_interrupted_retriever_training_resumes_to_the_same_weights(tmp_path, cache_dir):

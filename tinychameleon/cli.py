@@ -111,9 +111,10 @@ def sampling_overrides(args) -> dict:
 
 
 RETRIEVAL_SETTINGS = ("temperature", "top_k", "top_p", "guidance")  # what a retrieval-augmented request reads
+DRAWING_SETTINGS = ("image_candidates", "clip_rerank")    # and, when it draws (generate), best of n
 
 
-def retrieval_request(args, sampling: dict) -> dict | None:
+def retrieval_request(args, sampling: dict, honoured: tuple[str, ...] = RETRIEVAL_SETTINGS) -> dict | None:
     """{"retrieve": K, "memory": DIR} for --retrieve K [--memory DIR], or None; flags it would not honour are refused."""
     if args.retrieve is None:
         if args.memory is not None:
@@ -125,9 +126,10 @@ def retrieval_request(args, sampling: dict) -> dict | None:
         raise TinyChameleonError(f"--retrieve must be 1..{MAX_RETRIEVE}: a document has room for "
                                  f"{MAX_RETRIEVE} neighbours beside the query")
     flags = {field: flag for flag, field, _ in SAMPLER_FLAGS + SAMPLER_SWITCHES}
-    ignored = [flags[field] for field in sampling if field not in RETRIEVAL_SETTINGS]
+    ignored = [flags[field] for field in sampling if field not in honoured]
     if ignored:
-        raise TinyChameleonError(f"with --retrieve only --temperature, --top-k, --top-p and --guidance apply; "
+        allowed = [flags[field] for field in honoured]
+        raise TinyChameleonError(f"with --retrieve only {', '.join(allowed[:-1])} and {allowed[-1]} apply here; "
                                  f"drop {', '.join(ignored)}")
     return {"retrieve": args.retrieve, "memory": args.memory}
 
@@ -268,7 +270,7 @@ def command_generate(args) -> int:
     if not 1 <= count <= 100_000:
         raise TinyChameleonError("the number of samples must be at least 1 (and at most 100000)")
     sampling = sampling_overrides(args)
-    retrieval = retrieval_request(args, sampling)
+    retrieval = retrieval_request(args, sampling, RETRIEVAL_SETTINGS + DRAWING_SETTINGS)
     out = prepare_output(args.out, [args.prompts_file] if args.prompts_file else [])
     pipeline = load_pipeline(args)
     if retrieval:
