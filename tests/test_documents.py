@@ -435,7 +435,8 @@ def test_thickened_strokes_spread_each_digit_pixel_over_their_neighbourhood():
     dot[0, 10, 10] = dot[0, 20, 5] = 255
     split = ColoredMNIST(colorize(dot, np.array([4]), np.array([0])).astype(np.uint8), np.array([1]), np.array([4]),
                          np.array([0]))
-    for stroke, (dy, dx) in (("wider", (0, 1)), ("taller", (1, 0)), ("bolder", (1, 1))):
+    for stroke, (dy, dx) in (("wider", (0, 1)), ("taller", (1, 0)), ("widest", (0, 2)), ("tallest", (2, 0)),
+                             ("bolder", (1, 1))):
         pixels = digit_pixels(thickened(split, stroke).images)[0]
         assert pixels.sum() == 2 * (1 + 2 * dy) * (1 + 2 * dx)
         assert pixels[10 - dy:11 + dy, 10 - dx:11 + dx].all() and pixels[20 - dy:21 + dy, 5 - dx:6 + dx].all()

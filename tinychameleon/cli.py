@@ -592,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(1..3; needs --documents; 0 = off)")
     train.add_argument("--memory-strokes", action="store_const", const=True,
                        help="with --retrieve: draw each retrieval document, neighbours and query alike, in one random "
-                            "stroke style (wider, taller or their own), so the model draws like what it retrieved")
+                            "stroke style (spread sideways or up and down, or their own), so the model draws like what it retrieved")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

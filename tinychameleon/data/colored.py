@@ -113,24 +113,27 @@ def shifted(split: "ColoredMNIST", seed: int | list[int], max_shift: int = MAX_S
     return ColoredMNIST(images, split.digits, split.foreground, split.background)
 
 
-# Stroke styles: the neighbourhood each digit pixel spreads to. "bolder" (one pixel wider all round) is the
-# memory of the style-from-memory measurement; training (train.memory_strokes) sees only "wider" and "taller",
-# so that memory's style is one the model never drew.
+# Stroke styles: the neighbourhood each digit pixel spreads to. "bolder" (one pixel wider all round: ink 2.0x) is
+# the memory of the style-from-memory measurement; training (train.memory_strokes) sees only strokes spread one
+# way, by one pixel each side (ink 1.5x) or two (ink 1.9x), so that memory's style is one the model never drew.
 STROKES = {
-    "wider": [(0, -1), (0, 0), (0, 1)],
-    "taller": [(-1, 0), (0, 0), (1, 0)],
+    "wider": [(0, dx) for dx in (-1, 0, 1)],
+    "taller": [(dy, 0) for dy in (-1, 0, 1)],
+    "widest": [(0, dx) for dx in (-2, -1, 0, 1, 2)],
+    "tallest": [(dy, 0) for dy in (-2, -1, 0, 1, 2)],
     "bolder": [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
 }
-TRAINING_STROKES = ("wider", "taller")
+TRAINING_STROKES = ("wider", "taller", "widest", "tallest")
 
 
 def thickened(split: "ColoredMNIST", stroke: str) -> "ColoredMNIST":
     """The same digits in the same colors, every digit pixel spread over the neighbourhood STROKES[stroke]."""
     size = split.images.shape[1]
-    shape = np.pad(digit_pixels(split.images), ((0, 0), (1, 1), (1, 1)))
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in STROKES[stroke])
+    shape = np.pad(digit_pixels(split.images), ((0, 0), (reach, reach), (reach, reach)))
     grown = np.zeros((len(split), size, size), dtype=bool)
     for dy, dx in STROKES[stroke]:
-        grown |= shape[:, 1 + dy:1 + dy + size, 1 + dx:1 + dx + size]
+        grown |= shape[:, reach + dy:reach + dy + size, reach + dx:reach + dx + size]
     images = colorize(grown.astype(np.uint8) * 255, split.foreground, split.background).astype(np.uint8)
     return ColoredMNIST(images, split.digits, split.foreground, split.background)
 
