@@ -217,6 +217,17 @@ def test_room_for_an_image_is_checked_before_it_starts():
     assert allowed[2].nonzero().squeeze(1).tolist() == [VOCAB.end_document]
 
 
+def test_an_answer_asked_to_be_text_begins_with_words():
+    model, grammar = model_and_grammar(4)
+    favour(model, VOCAB.end_document, 30.0)               # left alone, the model ends at once
+    prompts = [[VOCAB.bos, VOCAB.text_ids[2]], [VOCAB.bos, VOCAB.begin_image, 64, 70]]
+    assert decode(model, grammar, prompts[:1], DecodeSettings(temperature=0.0))[0] == [VOCAB.end_document]
+    written = decode(model, grammar, prompts, DecodeSettings(temperature=0.0, min_words=3))
+    assert all(token in VOCAB.text_ids for token in written[0][:3]) and written[0][3:] == [VOCAB.end_document]
+    # A row inside an image finishes it first: its image tokens are not words, and it may end after them.
+    assert len(written[1]) == L - 2 + 2 and written[1][L - 2:] == [VOCAB.end_image, VOCAB.end_document]
+
+
 def test_padding_never_changes_a_row():
     model, grammar = model_and_grammar(1)
     prompts = [[VOCAB.bos, VOCAB.begin_image] + list(range(64, 66)) + [3] * 49 + [VOCAB.end_image, VOCAB.text_ids[3]],

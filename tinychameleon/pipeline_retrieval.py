@@ -105,7 +105,9 @@ class RetrievalTasks:
         retriever, bank = self.memory(memory)
         contexts = retrieve_contexts(retriever, bank, list(images), retrieve)
         rows = self._memory_rows(["<image>"] * len(images), contexts, images)
-        written = self.documents.write(rows, self._caption_settings(sampling), self._generator(seed), TEXT_LENGTH + 1)
+        # A caption is asked for: the answer's first six tokens are words (the model may not end or draw first).
+        written = self.documents.write(rows, self._caption_settings(sampling), self._generator(seed), TEXT_LENGTH + 1,
+                                       min_words=TEXT_LENGTH)
         tokenizer = self.documents.tokenizer
         return [" ".join(tokenizer.decode(ids).text.split()[:TEXT_LENGTH]) for ids in written]
 

@@ -51,11 +51,12 @@ class DocumentDecoder:
         return [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
                 for prompt, count in zip(prompts, counts)]
 
-    def write(self, rows: list[list[int]], settings: SamplingConfig, generator, max_new_tokens: int = 0
-              ) -> list[list[int]]:
-        """Prompt ids -> the ids each row writes, in batches of settings.batch_size."""
+    def write(self, rows: list[list[int]], settings: SamplingConfig, generator, max_new_tokens: int = 0,
+              min_words: int = 0) -> list[list[int]]:
+        """Prompt ids -> the ids each row writes, in batches of settings.batch_size; for the first min_words
+        steps a row writing text writes words (DecodeSettings.min_words)."""
         decode_settings = DecodeSettings(settings.temperature, settings.top_k, settings.top_p, settings.guidance,
-                                         settings.caption_temperature, max_new_tokens)
+                                         settings.caption_temperature, max_new_tokens, min_words)
         written = []
         for chunk in batch_slices(len(rows), settings.batch_size):
             stop_if_expired(self.expired)

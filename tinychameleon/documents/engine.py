@@ -81,6 +81,8 @@ class DecodeSettings:
     guidance: float = 1.0             # classifier-free guidance of image tokens (needs unconditional prompts)
     text_temperature: float = 0.0     # words, <boi> and <eod> (0: greedy)
     max_new_tokens: int = 0           # 0: up to the model's block size
+    min_words: int = 0                # for this many steps a row writing text writes words: an answer asked to be
+                                      # text (a caption) neither ends nor draws before it has begun
 
 
 def left_padded(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,12 +124,14 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
     reader = (CachedReader if use_cache else FullReader)(model, ids, valid, ids.shape[1] + steps)
     logits = reader.prefill()                                                            # (groups * B, V)
     groups = len(streams)
-    for _ in range(steps):
+    for step in range(steps):
         stop_if_expired(should_stop, "decoding")
         n = len(active)
         conditional = logits[:n]
         allowed = grammar.allowed(state, previous, room)
         in_image = state.image_position >= 0                                              # (n,)
+        if step < settings.min_words:
+            allowed = torch.where(in_image[:, None], allowed, allowed & grammar.words.to(device))
         image_logits = conditional
         if groups == 2:
             image_logits = guided_logits(conditional, logits[n:], settings.guidance)
