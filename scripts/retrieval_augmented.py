@@ -59,10 +59,13 @@ def main() -> None:
     parser.add_argument("--retrieve", type=int, default=2)
     parser.add_argument("--memory-size", type=int, default=2000)
     parser.add_argument("--memory", default="runs/style-memory", help="folder for the thick-stroke memory")
+    parser.add_argument("--memory-settings", default="{}",
+                        help="JSON sampler overrides for drawing after retrieval, e.g. '{\"guidance\": 1.5}'")
     parser.add_argument("--json")
     parser.add_argument("--figure", help="PNG: the last checkpoint's first 8 prompts drawn plain, drawn from the thick "
                                          "memory, and a memory digit of the same kind")
     args = parser.parse_args()
+    memory_settings = json.loads(args.memory_settings)
     splits = load_splits()
     judge = load_or_train_judge(splits.train, default_cache_dir(), 0, progress=False)
     split = splits[args.split]
@@ -71,7 +74,7 @@ def main() -> None:
     queries = split.subset(slice(args.memory_size, args.memory_size + args.samples))
     prompts = queries.captions()
     train_ink = ink(splits.train.images)
-    results = {"split": args.split, "samples": args.samples, "retrieve": args.retrieve,
+    results = {"split": args.split, "samples": args.samples, "retrieve": args.retrieve, "memory_settings": memory_settings,
                "memory_ink": float(ink(memory_images).mean()), "train_ink": float(train_ink.mean()),
                "train_share_with_memory_ink": float((train_ink >= ink(memory_images).mean()).mean()),
                "real_ink": float(ink(queries.images).mean()), "models": {}}
@@ -84,13 +87,13 @@ def main() -> None:
         row["plain_ink"] = float(ink(plain).mean())
         row["image_to_text"] = float(np.mean([a == b for a, b in zip(pipe.caption(queries.images), prompts)]))
         if pipe.vocab.documents:
-            drawn, _ = pipe.draw_from_memory(prompts, seed=0, retrieve=args.retrieve)
+            drawn, _ = pipe.draw_from_memory(prompts, seed=0, retrieve=args.retrieve, **memory_settings)
             row["text_to_image_retrieved"] = attribute_accuracy(judge.predict(drawn), queries.digits,
                                                                 queries.foreground, queries.background)["all"]
             read = pipe.caption_from_memory(queries.images, retrieve=args.retrieve)
             row["image_to_text_retrieved"] = float(np.mean([a == b for a, b in zip(read, prompts)]))
             styled, _ = pipe.draw_from_memory(prompts, seed=0, retrieve=args.retrieve,
-                                              memory=Path(args.memory) / args.split)
+                                              memory=Path(args.memory) / args.split, **memory_settings)
             judged = judge.predict(styled)
             row["style_ink"] = float(ink(styled).mean())
             row["style_digit_right"] = float((judged["digit"] == queries.digits).mean())

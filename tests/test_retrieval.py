@@ -221,7 +221,8 @@ def test_generate_and_caption_read_retrieved_neighbours(capsys, document_run, do
     folder, test = memory_folder
     read = []
     write = document_pipeline.documents.write
-    monkeypatch.setattr(document_pipeline.documents, "write", lambda rows, *rest: read.extend(rows) or write(rows, *rest))
+    monkeypatch.setattr(document_pipeline.documents, "write", lambda rows, *rest, **options: read.extend(rows) or
+                        write(rows, *rest, **options))
     tokenizer = DocumentTokenizer(document_pipeline.vocab)
     prompt = test.captions()[4]
     images, captions = document_pipeline.draw_from_memory(prompt, n=2, seed=3, retrieve=2, memory=folder)
@@ -273,6 +274,28 @@ def test_drawing_from_memory_keeps_the_best_of_n_by_clip(document_pipeline, memo
     scores = document_pipeline._load_retriever().similarity([prompt] * 3, drawn)
     assert len(best) == 1 and len({image.tobytes() for image in drawn}) > 1
     assert (best[0] == drawn[int(np.argmax(scores))]).all()
+
+
+def test_sampling_json_retrieved_entry_sets_drawing_after_retrieval(document_pipeline, memory_folder, monkeypatch):
+    """sampling.retrieved overrides the pair settings for drawings after retrieval; the call's own still win."""
+    from dataclasses import replace
+
+    from tinychameleon.config import SamplingConfig
+    from tinychameleon.errors import ConfigError
+
+    folder, test = memory_folder
+    prompts = test.captions()[:4]
+    options = dict(seed=2, retrieve=1, memory=folder, temperature=1.0, image_candidates=1)
+    guided, _ = document_pipeline.draw_from_memory(prompts, guidance=3.0, **options)
+    plain, _ = document_pipeline.draw_from_memory(prompts, guidance=1.0, **options)
+    assert not np.array_equal(guided, plain)
+    monkeypatch.setattr(document_pipeline, "sampling", replace(document_pipeline.sampling, retrieved={"guidance": 3.0}))
+    assert np.array_equal(document_pipeline.draw_from_memory(prompts, **options)[0], guided)
+    assert np.array_equal(document_pipeline.draw_from_memory(prompts, guidance=1.0, **options)[0], plain)
+    with pytest.raises(ConfigError, match="sampling.retrieved may set"):
+        SamplingConfig(retrieved={"caption_views": 2}).validate()
+    with pytest.raises(ConfigError, match="sampling.retrieved: guidance"):
+        SamplingConfig(retrieved={"guidance": -1.0}).validate()
 
 
 def test_an_interrupted_retriever_training_resumes_to_the_same_weights(tmp_path, cache_dir):

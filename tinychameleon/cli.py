@@ -565,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(handler=command_data)
 
     train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
-    train.add_argument("--preset", default="quick", help="seed, quick, best, var (next-scale), pixels or tiny (default quick)")
+    train.add_argument("--preset", default="quick", help="seed, quick, best, memory (retrieval-augmented), var "
+                                                         "(next-scale), pixels or tiny (default quick)")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--vqvae-from", help="reuse the image tokenizer of another run directory")

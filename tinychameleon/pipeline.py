@@ -40,7 +40,7 @@ from .pipeline_scales import NextScaleTasks
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # Shipped checkpoints by name (`--checkpoint var`, `Pipeline.from_pretrained("var")`); a directory of that name,
 # where one exists, is loaded instead.
-PRETRAINED = {"raster": PRETRAINED_DIR, "var": PRETRAINED_DIR / "var"}
+PRETRAINED = {"raster": PRETRAINED_DIR, "var": PRETRAINED_DIR / "var", "memory": PRETRAINED_DIR / "memory"}
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
 
 
@@ -76,7 +76,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
                         sampling: SamplingConfig | None = None) -> "Pipeline":
-        """Load a run directory, or a shipped checkpoint by name ("raster", the default, or "var")."""
+        """Load a run directory, or a shipped checkpoint by name ("raster", the default, "var" or "memory")."""
         path = resolve_checkpoint(path)
         config = load_config(path)
         torch_device = resolve_device(device)
@@ -95,10 +95,10 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         settings = replace(self.sampling, **{key: value for key, value in overrides.items() if value is not None})
         return self._check_decoding_settings(settings.validate())
 
-    def document_overrides(self, overrides: dict) -> dict:
-        """A call's overrides for images inside documents: sampling.json's `documents` entries, then the call's own
-        (a `continue --temperature` still wins)."""
-        return {**self.sampling.documents, **{key: value for key, value in overrides.items() if value is not None}}
+    def document_overrides(self, overrides: dict, entry: str = "documents") -> dict:
+        """A call's overrides for images inside documents: sampling.json's `documents` entries (or `retrieved`, for a
+        drawing after retrieved documents), then the call's own (a `continue --temperature` still wins)."""
+        return {**getattr(self.sampling, entry), **{key: value for key, value in overrides.items() if value is not None}}
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:

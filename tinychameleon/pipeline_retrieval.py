@@ -80,7 +80,7 @@ class RetrievalTasks:
         self._check_retrieve(retrieve)
         retriever, bank = self.memory(memory)
         contexts = retrieve_contexts(retriever, bank, prompts, retrieve)
-        settings = self.resolve_settings(sampling)
+        settings = self.resolve_settings(self.document_overrides(sampling, "retrieved"))
         candidates = max(1, settings.image_candidates)       # best of n, as without retrieval (Pipeline._draw_codes)
         rows = [ids + [self.vocab.begin_image] for ids in self._memory_rows(prompts, contexts)
                 for _ in range(n * candidates)]
