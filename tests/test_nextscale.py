@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinychameleon.config import NEXT_SCALES, VQConfig, make_config
+from tinychameleon.config import NEXT_SCALES, make_config
 from tinychameleon.data.colored import VALID_PAIRS, color_counts, parse_caption
 from tinychameleon.errors import ConfigError
 from tinychameleon.nextscale.model import CAPTION, NextScaleLayout
