@@ -10,6 +10,9 @@
 - edits (digit color): how many of the prompt image's 49 shape tokens the greedy answer image gets wrong,
   and where in the 7x7 grid. The patches tokenizer recolors a digit by repainting its two color tokens, so a
   perfect edit copies every shape token.
+- edit search: for the digit color edits the greedy answer gets wrong, is the exact copy likelier than that answer
+  under the model (conditional, and guided as the sampler draws)? If not, a wider search (beam, best of n by
+  likelihood) cannot find the copy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tinychameleon.data.colored import DIGIT_WORDS, load_splits
 from tinychameleon.documents.batches import example_documents
@@ -27,6 +31,7 @@ from tinychameleon.documents.families import DigitBank, examples
 from tinychameleon.evaluation.documents import render
 from tinychameleon.io_utils import write_json
 from tinychameleon.pipeline import Pipeline
+from tinychameleon.sampling import guided_logits
 
 
 def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
@@ -75,6 +80,40 @@ def copy_errors(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
             "errors_per_cell": wrong.sum(0).reshape(side, side).tolist()}
 
 
+def copy_search(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
+    """Digit color edits: the share written exactly, and among the others how often the exact answer is likelier
+    than the written one (log-likelihood of the answer's tokens, conditional and guided), with the mean gap."""
+    decoder, vocab = pipe.documents, pipe.vocab
+    chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
+    full = example_documents(chosen, codes, pipe.image_tokenizer.recolor, decoder.tokenizer)
+    prompts = [ids[:ids.index(vocab.end_prompt) + 1] for ids in full]
+    settings = pipe.resolve_settings(pipe.document_overrides({}))
+    written = decoder.write(prompts, settings, torch.Generator().manual_seed(0))
+
+    def likelihood(prompt: list[int], answer: list[int]) -> tuple[float, float]:
+        ids = prompt + answer
+        with torch.no_grad():
+            conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0, -len(answer) - 1:-1].float()
+            free = pipe.model(torch.tensor([decoder.grammar.without_words(ids)], device=pipe.device))[0]
+        free = free[-len(answer) - 1:-1].float()
+        target = torch.tensor(answer, device=pipe.device)[:, None]
+        return tuple(float(F.log_softmax(logits, -1).gather(1, target).sum())
+                     for logits in (conditional, guided_logits(conditional, free, settings.guidance)))
+
+    gaps = []
+    for prompt, document, answer in zip(prompts, full, written):
+        exact = document[len(prompt):]
+        if answer != exact:
+            (exact_c, exact_g), (own_c, own_g) = likelihood(prompt, exact), likelihood(prompt, answer)
+            gaps.append((exact_c - own_c, exact_g - own_g))
+    gaps = np.array(gaps).reshape(-1, 2)
+    return {"exact": 1 - len(gaps) / count, "wrong": len(gaps),
+            "exact_likelier_conditional": float((gaps[:, 0] > 0).mean()) if len(gaps) else None,
+            "exact_likelier_guided": float((gaps[:, 1] > 0).mean()) if len(gaps) else None,
+            "mean_gap_nats_conditional": float(gaps[:, 0].mean()) if len(gaps) else None,
+            "mean_gap_nats_guided": float(gaps[:, 1].mean()) if len(gaps) else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="raster")
@@ -88,7 +127,8 @@ def main() -> None:
     results = {"checkpoint": args.checkpoint, "documents": args.documents,
                "counting_stop_chance": stop_chances(pipe, bank, codes, args.documents),
                "addition_answers": addition_answers(pipe, bank, split, args.documents),
-               "digit_color_copies": copy_errors(pipe, bank, split, args.documents)}
+               "digit_color_copies": copy_errors(pipe, bank, split, args.documents),
+               "digit_color_search": copy_search(pipe, bank, codes, args.documents)}
     for key, value in results.items():
         print(f"{key}: {value}")
     write_json(args.out, results)
