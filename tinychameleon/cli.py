@@ -18,7 +18,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from .config import IMAGE_TOKENIZER_KINDS, SamplingConfig
+from .config import DOCUMENT_SETTINGS, IMAGE_TOKENIZER_KINDS, RETRIEVED_SETTINGS, SamplingConfig
 from .errors import ConfigError, OutputError, TinyChameleonError
 from .tasks import TASKS
 
@@ -110,12 +110,10 @@ def sampling_overrides(args) -> dict:
     return overrides
 
 
-RETRIEVAL_SETTINGS = ("temperature", "top_k", "top_p", "guidance")  # what a retrieval-augmented request reads
-DRAWING_SETTINGS = ("image_candidates", "clip_rerank")    # and, when it draws (generate), best of n
-
-
-def retrieval_request(args, sampling: dict, honoured: tuple[str, ...] = RETRIEVAL_SETTINGS) -> dict | None:
-    """{"retrieve": K, "memory": DIR} for --retrieve K [--memory DIR], or None; flags it would not honour are refused."""
+def retrieval_request(args, sampling: dict, honoured: tuple[str, ...] = DOCUMENT_SETTINGS) -> dict | None:
+    """{"retrieve": K, "memory": DIR} for --retrieve K [--memory DIR], or None; flags it would not honour are refused.
+    A retrieval-augmented request decodes a document, so it reads what sampling.documents may set (`honoured`:
+    generate also keeps the best of n, as sampling.retrieved may set)."""
     if args.retrieve is None:
         if args.memory is not None:
             raise TinyChameleonError("--memory DIR needs --retrieve K (how many of its documents to read)")
@@ -270,7 +268,7 @@ def command_generate(args) -> int:
     if not 1 <= count <= 100_000:
         raise TinyChameleonError("the number of samples must be at least 1 (and at most 100000)")
     sampling = sampling_overrides(args)
-    retrieval = retrieval_request(args, sampling, RETRIEVAL_SETTINGS + DRAWING_SETTINGS)
+    retrieval = retrieval_request(args, sampling, RETRIEVED_SETTINGS)
     out = prepare_output(args.out, [args.prompts_file] if args.prompts_file else [])
     pipeline = load_pipeline(args)
     if retrieval:
@@ -593,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(1..3; needs --documents; 0 = off)")
     train.add_argument("--memory-strokes", action="store_const", const=True,
                        help="with --retrieve: draw each retrieval document, neighbours and query alike, in one random "
-                            "stroke style (spread sideways or up and down, or their own), so the model draws like what it retrieved")
+                            "stroke style (spread sideways or up and down, or their own), so the model draws like "
+                            "what it retrieved")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -143,12 +143,18 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             return self._draw_scales(repeated, settings, generator, candidates)
         codes = self.pairs.draw(repeated, settings, generator, candidates,
                                 None if kept is None else kept.repeat_interleave(candidates, dim=0))
+        return self._keep_best(repeated, codes, settings, candidates)
+
+    def _keep_best(self, words: torch.Tensor, codes: torch.Tensor, settings: SamplingConfig, candidates: int
+                   ) -> torch.Tensor:
+        """(B*n, 6) word ids and (B*n, L) codes, prompt-major -> (B, L): per prompt the drawing CLIP finds closest
+        to it (settings.clip_rerank), else the one the model reads its prompt back from likeliest."""
         if candidates == 1:
             return codes
         if settings.clip_rerank:
             self._check_time()
-            return self._clip_best(repeated, codes, candidates)
-        return self.pairs.best_of(repeated, codes, candidates)
+            return self._clip_best(words, codes, candidates)
+        return self.pairs.best_of(words, codes, candidates)
 
     def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator,
                      images: np.ndarray | None = None) -> torch.Tensor:

@@ -81,17 +81,14 @@ class RetrievalTasks:
         retriever, bank = self.memory(memory)
         contexts = retrieve_contexts(retriever, bank, prompts, retrieve)
         settings = self.resolve_settings(self.document_overrides(sampling, "retrieved"))
-        candidates = max(1, settings.image_candidates)       # best of n, as without retrieval (Pipeline._draw_codes)
+        candidates = max(1, settings.image_candidates)       # best of n, as without retrieval (Pipeline._keep_best)
         rows = [ids + [self.vocab.begin_image] for ids in self._memory_rows(prompts, contexts)
                 for _ in range(n * candidates)]
         L = self.vocab.image_length
         written = self.documents.write(rows, settings, self._generator(seed), L + 1)
         codes = torch.tensor([ids[:L] for ids in written], device=self.device)      # the grammar wrote a whole image
-        if candidates > 1:
-            words = self.encode_prompts(prompts).to(self.device).repeat_interleave(n * candidates, dim=0)
-            self._check_time()
-            codes = (self._clip_best(words, codes, candidates) if settings.clip_rerank
-                     else self.pairs.best_of(words, codes, candidates))
+        words = self.encode_prompts(prompts).to(self.device).repeat_interleave(n * candidates, dim=0)
+        codes = self._keep_best(words, codes, settings, candidates)
         return self.image_tokenizer.decode(codes).cpu().numpy(), [normalize_prompt(p) for p in prompts for _ in range(n)]
 
     def caption_from_memory(self, images: np.ndarray, seed: int | None = None, retrieve: int = 2,
