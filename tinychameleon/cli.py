@@ -210,7 +210,7 @@ def command_train(args) -> int:
     out = Path(args.out)
     if not args.resume and (out / "config.json").exists():
         raise TinyChameleonError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    overrides = {"train": {}, "vq_train": {}, "vq": {}}
+    overrides = {"train": {}, "vq_train": {}, "vq": {}, "model": {}}
     for key, section, field in (("tokenizer", "vq", "kind"), ("codebook_size", "vq", "codebook_size"),
                                 ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
                                 ("lr", "train", "lr"), ("vq_epochs", "vq_train", "epochs"),
@@ -221,7 +221,8 @@ def command_train(args) -> int:
                                 ("optimizer", "train", "optimizer"),
                                 ("caption_loss_weight", "train", "caption_loss_weight"),
                                 ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
-                                ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes")):
+                                ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes"),
+                                ("image_slots", "model", "image_slots")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -593,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --retrieve: draw each retrieval document, neighbours and query alike, in one random "
                             "stroke style (spread sideways or up and down, or their own), so the model draws like "
                             "what it retrieved")
+    train.add_argument("--image-slots", action="store_const", const=True,
+                       help="add a learned embedding of each image token's place in its image (0..50), so an edit "
+                            "copies slot s of the prompt's image by content, not by an offset")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

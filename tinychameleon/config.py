@@ -105,6 +105,9 @@ class ModelConfig:
     d_model: int = 128
     dropout: float = 0.0
     positions: str = "learned"    # learned absolute embeddings, or "rope" (rotary: attention sees relative offsets)
+    image_slots: bool = False     # a learned embedding of each image token's place in its image (model.image_slots)
+    image_tokens: int = 0         # filled in: ids below this are image tokens
+    image_length: int = 0         # filled in: tokens per image
 
     def validate(self) -> None:
         check_types("model", self)
@@ -114,6 +117,8 @@ class ModelConfig:
         check_range("model.n_head", self.n_head, 1, 256)
         check_range("model.d_model", self.d_model, 1, 1 << 16)
         check_range("model.dropout", self.dropout, 0.0, 1.0)
+        check_range("model.image_tokens", self.image_tokens, 0, 1 << 20)
+        check_range("model.image_length", self.image_length, 0, 1 << 16)
         if self.positions not in POSITIONS:
             raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, got {short(repr(self.positions))}")
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:

@@ -1,7 +1,8 @@
 """The decoder-only transformer, built from primitives. It knows only token ids and tensors.
 
 Token embeddings plus positions (learned absolute embeddings, or rotary embeddings (RoPE) that rotate
-queries and keys by their position so attention sees only relative offsets), pre-LayerNorm blocks of multi-head causal
+queries and keys by their position so attention sees only relative offsets) and, optionally, each image
+token's place in its image (`image_slots`, derived from the ids themselves), pre-LayerNorm blocks of multi-head causal
 self-attention and a GELU MLP, a final LayerNorm and an output head. Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
 tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
@@ -40,6 +41,7 @@ class KVCache:
         self.position = 0
         self.padding = None if padding is None or not padding.any() else padding.to(device)
         self.least_padding = 0 if self.padding is None else int(self.padding.min())
+        self.image_run = torch.zeros(batch_size, dtype=torch.long, device=device)  # image tokens ending each row
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor):
         """Write (B, nh, T, hs) new keys/values at the current position; return all cached so far."""
@@ -77,6 +79,7 @@ class KVCache:
         repeated.position = self.position
         repeated.padding = None if self.padding is None else self.padding.repeat_interleave(times)
         repeated.least_padding = self.least_padding
+        repeated.image_run = self.image_run.repeat_interleave(times)
         return repeated
 
 
@@ -127,6 +130,24 @@ class CausalSelfAttention(nn.Module):
             y = manual_attention(q, k, v, causal_mask(T, past, x.device), dropout, self.training)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.proj(y)
+
+
+def image_slots(ids: torch.Tensor, image_tokens: int, image_length: int, carried: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids -> ((B, T) each token's place in its image, (B,) image tokens that end each row).
+
+    A token's place is how many image tokens (ids below image_tokens) came since the last other token (an
+    image always opens with <boi> or a pair's marker), plus `carried` (B,): the image tokens that ended the
+    rows' previous chunk, so a cached decode counts as a whole read does. Other tokens get image_length."""
+    B, T = ids.shape
+    is_image = ids < image_tokens
+    steps = torch.arange(T, device=ids.device).expand(B, T)
+    last_other = torch.where(is_image, -1, steps).cummax(dim=1).values                 # (B, T); -1: none yet
+    run = steps - last_other - 1                                                       # image tokens just before
+    if carried is not None:
+        run = torch.where(last_other < 0, run + carried[:, None], run)
+    slots = torch.where(is_image, run.clamp(max=image_length - 1), image_length)
+    return slots, torch.where(is_image[:, -1], slots[:, -1] + 1, 0)
 
 
 def causal_mask(T: int, past: int, device) -> torch.Tensor:
@@ -221,6 +242,12 @@ class Transformer(nn.Module):
             self.rotary = Rotary(config.d_model // config.n_head)
         else:
             self.position_embedding = nn.Embedding(config.block_size, config.d_model)
+        if config.image_slots:
+            # Slot s of an answer's image is often slot s of a prompt's image (an edit copies 49 shape tokens). With
+            # positions alone the copy must find an offset that changes with the instruction's length; with the
+            # slot in the embedding it is one content match. The last row is every non-image token.
+            assert config.image_tokens > 0 and config.image_length > 0, "fill model.image_tokens / image_length"
+            self.slot_embedding = nn.Embedding(config.image_length + 1, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -244,6 +271,12 @@ class Transformer(nn.Module):
             x, rotary = self.token_embedding(ids), self.rotary.angles(positions)           # (B, T, C)
         else:
             x = self.token_embedding(ids) + self.position_embedding(positions)              # (B, T, C)
+        if self.config.image_slots:
+            slots, image_run = image_slots(ids, self.config.image_tokens, self.config.image_length,
+                                           None if kv_cache is None else kv_cache.image_run)
+            x = x + self.slot_embedding(slots)
+            if kv_cache is not None:
+                kv_cache.image_run = image_run
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, mask, rotary)
         if kv_cache is not None:

@@ -37,6 +37,7 @@ class RowCache:
         self.values = torch.zeros(shape, device=device)
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.image_run = torch.zeros(batch_size, dtype=torch.long, device=device)   # model.image_slots
         self.position = 0              # slots written so far (the same for every row)
         self.writing = None            # (B, T) validity of the slots the next forward writes
 
@@ -71,6 +72,7 @@ class RowCache:
         """Keep only these rows (the others have finished)."""
         self.keys, self.values = self.keys[:, rows], self.values[:, rows]
         self.valid, self.next_position = self.valid[rows], self.next_position[rows]
+        self.image_run = self.image_run[rows]
 
 
 @dataclass
