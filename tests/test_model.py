@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tinychameleon.config import POSITIONS, ModelConfig
-from tinychameleon.model import KVCache, Rotary, Transformer, causal_mask, rotate
+from tinychameleon.model import KVCache, Rotary, Transformer, causal_mask, image_slots, rotate
 
 
 def small_model(**overrides) -> Transformer:
@@ -115,3 +115,37 @@ def test_positions_setting_is_checked():
         ModelConfig(vocab_size=50, n_head=2, d_model=34, positions="rope").validate()
     with pytest.raises(ValueError, match="must be learned"):        # make_config re-raises it as ValueError
         make_config("var", model={"positions": "rope"})
+
+
+def test_image_slots_count_image_tokens_since_the_last_other_token():
+    """ids below 50 are image tokens (images of 4 here): a token's slot is its place in its image, text gets 4;
+    read in two chunks with the carried count, the slots equal one read."""
+    ids = torch.tensor([[60, 61, 1, 2, 3, 62, 4, 5, 63],
+                        [1, 1, 60, 2, 2, 2, 2, 2, 2]])        # row 2: an image cut off, then one past its length
+    slots, run = image_slots(ids, image_tokens=50, image_length=4)
+    assert slots.tolist() == [[4, 4, 0, 1, 2, 4, 0, 1, 4], [0, 1, 4, 0, 1, 2, 3, 3, 3]]
+    assert run.tolist() == [0, 4]
+    first, carried = image_slots(ids[:, :4], 50, 4)
+    second, run_after = image_slots(ids[:, 4:], 50, 4, carried)
+    assert torch.equal(torch.cat([first, second], dim=1), slots) and torch.equal(run_after, run)
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_image_slots_change_the_logits_and_the_cache_reads_them_as_a_full_forward(positions):
+    model = small_model(positions=positions, image_slots=True, image_tokens=40, image_length=6)
+    ids = torch.randint(0, 50, (3, 58))
+    ids[:, 0] = 45                                                  # a text token first, as <bos> is
+    full = model(ids)
+    shifted = model.slot_embedding.weight.detach().clone()
+    with torch.no_grad():
+        model.slot_embedding.weight[:6] = shifted[:6].roll(1, dims=0)    # other embeddings for image slots only
+    changed = model(ids)
+    with torch.no_grad():
+        model.slot_embedding.weight.copy_(shifted)
+    image = ids < 40
+    assert not torch.allclose(full[image], changed[image], atol=1e-4)    # each image token's slot is read
+    cache = KVCache(model.config, batch_size=3)
+    chunks = [model(ids[:, :9], kv_cache=cache)]
+    for position in range(9, 58):
+        chunks.append(model(ids[:, position:position + 1], kv_cache=cache))
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
