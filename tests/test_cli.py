@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from tinychameleon.cli import main
+from tinychameleon.pipeline import Pipeline
 
 
 def run(argv, capsys):
@@ -215,13 +216,16 @@ def test_console_entry_point_runs_as_a_process(tiny_run, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
 
 
-def test_train_documents_flag_reaches_the_run(tmp_path, capsys, cache_dir):
+def test_train_documents_and_image_slots_flags_reach_the_run(tmp_path, capsys, cache_dir):
     out = tmp_path / "docs"
     code, _, _ = run(["train", "--preset", "tiny", "--tokenizer", "patches", "--codebook-size", 64, "--documents", 256,
-                      "--max-train-examples", 256, "--out", out, "--no-progress", "--cache-dir", cache_dir], capsys)
+                      "--image-slots", "--max-train-examples", 256, "--out", out, "--no-progress", "--cache-dir",
+                      cache_dir], capsys)
     assert code == 0
     config, vocab = (json.loads((out / name).read_text()) for name in ("config.json", "vocab.json"))
     assert config["train"]["documents"] == 256 and vocab["end_document"] == vocab["size"] - 1
+    assert config["model"]["image_slots"] is True
+    assert Pipeline.from_pretrained(out).model.slot_embedding.num_embeddings == vocab["image_length"] + 1
     history = json.loads((out / "transformer_metrics.json").read_text())["epochs"]
     assert "validation_document_nll" in history[-1]
     code, _, err = run(["train", "--preset", "tiny", "--documents", 64, "--out", tmp_path / "vq"], capsys)
