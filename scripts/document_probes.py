@@ -9,7 +9,7 @@
   second digit, or something else.
 - edits (digit color): how many of the prompt image's 49 shape tokens the greedy answer image gets wrong,
   and where in the 7x7 grid. The patches tokenizer recolors a digit by repainting its two color tokens, so a
-  perfect edit copies every shape token.
+  perfect edit copies every shape token; a miscopied token's patch is compared with the prompt's, pixel by pixel.
 - edit search: for the digit color edits the greedy answer gets wrong, is the exact copy likelier than that answer
   under the model (conditional, and guided as the sampler draws)? If not, a wider search (beam, best of n by
   likelihood) cannot find the copy.
@@ -75,9 +75,17 @@ def copy_errors(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
     asked, answered = (pipe.image_tokenizer.encode(torch.from_numpy(np.stack(side))) for side in zip(*pairs))
     wrong = (asked[:, 2:] != answered[:, 2:]).numpy()                                  # (N, 49): shape tokens
     side = int(round(wrong.shape[1] ** 0.5))
+    # How far off is a miscopied patch? Both shapes drawn in the prompt's two colors, pixels compared per cell.
+    recolored = answered.clone()
+    recolored[:, :2] = asked[:, :2]
+    same_colors = [pipe.image_tokenizer.decode(ids).numpy() for ids in (asked, recolored)]
+    cell = same_colors[0].shape[1] // side
+    differ = (same_colors[0] != same_colors[1]).any(-1)                                  # (N, 28, 28)
+    per_cell = differ.reshape(len(differ), side, cell, side, cell).sum((2, 4)).reshape(len(differ), -1)   # (N, 49)
     return {"documents_by_miscopied_tokens": dict(sorted(Counter(wrong.sum(1).tolist()).items())),
             "exact_copies": float((wrong.sum(1) == 0).mean()),
-            "errors_per_cell": wrong.sum(0).reshape(side, side).tolist()}
+            "errors_per_cell": wrong.sum(0).reshape(side, side).tolist(),
+            "miscopied_tokens_by_pixels_off": dict(sorted(Counter(per_cell[wrong].tolist()).items()))}
 
 
 def copy_search(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
