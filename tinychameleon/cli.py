@@ -596,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "what it retrieved")
     train.add_argument("--image-slots", action="store_const", const=True,
                        help="add a learned embedding of each image token's place in its image (0..50), so an edit "
-                            "copies slot s of the prompt's image by content, not by an offset")
+                            "finds slot s of the prompt's image by content, not by an offset (measured with best: "
+                            "edits copied worse; BENCHMARKS.md)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -105,7 +105,8 @@ class ModelConfig:
     d_model: int = 128
     dropout: float = 0.0
     positions: str = "learned"    # learned absolute embeddings, or "rope" (rotary: attention sees relative offsets)
-    image_slots: bool = False     # a learned embedding of each image token's place in its image (model.image_slots)
+    image_slots: bool = False     # a learned embedding of each image token's place in its image (measured: edits
+                                  # copied worse; BENCHMARKS.md "Image slots")
     image_tokens: int = 0         # filled in: ids below this are image tokens
     image_length: int = 0         # filled in: tokens per image
 

@@ -245,7 +245,8 @@ class Transformer(nn.Module):
         if config.image_slots:
             # Slot s of an answer's image is often slot s of a prompt's image (an edit copies 49 shape tokens). With
             # positions alone the copy must find an offset that changes with the instruction's length; with the
-            # slot in the embedding it is one content match. The last row is every non-image token.
+            # slot in the embedding it is one content match. The last row is every non-image token. (Measured with
+            # the best preset: edits copied worse, so the misses are not about finding the patch; BENCHMARKS.md.)
             assert config.image_tokens > 0 and config.image_length > 0, "fill model.image_tokens / image_length"
             self.slot_embedding = nn.Embedding(config.image_length + 1, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
