@@ -13,6 +13,8 @@
 - edit search: for the digit color edits the greedy answer gets wrong, is the exact copy likelier than that answer
   under the model (conditional, and guided as the sampler draws)? If not, a wider search (beam, best of n by
   likelihood) cannot find the copy.
+- edits, teacher-forced: with the exact answer as the prefix, is the prompt's patch the likeliest token at each
+  shape slot, and where it is not, its rank and the probability it keeps.
 """
 
 from __future__ import annotations
@@ -122,6 +124,44 @@ def copy_search(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int
             "mean_gap_nats_guided": float(gaps[:, 1].mean()) if len(gaps) else None}
 
 
+def copy_teacher_forced(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
+    """Digit color edits read with the exact answer as the prefix (teacher forcing), guided as the sampler draws:
+    at each of the answer's shape tokens, is the prompt's patch the likeliest token, and when not, how far down
+    it is and how much probability it keeps beside the likeliest. A copy that is near but not first points at
+    codes the model cannot tell apart; one far down, at a copy never attempted."""
+    decoder, vocab = pipe.documents, pipe.vocab
+    chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
+    full = example_documents(chosen, codes, pipe.image_tokenizer.recolor, decoder.tokenizer)
+    settings = pipe.resolve_settings(pipe.document_overrides({}))
+    first, ranks, kept, top = [], Counter(), [], []
+    for ids in full:
+        start = ids.index(vocab.begin_image, ids.index(vocab.end_prompt)) + 1 + 2          # the answer's shape tokens
+        shape = slice(start, start + vocab.image_length - 2)
+        with torch.no_grad():
+            conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0].float()
+            free = pipe.model(torch.tensor([decoder.grammar.without_words(ids)], device=pipe.device))[0].float()
+        # Rows of `free` line up with `ids` from the answer on: the text it drops all sits in the prompt.
+        offset = len(ids) - len(free)
+        logits = guided_logits(conditional[shape.start - 1:shape.stop - 1],
+                               free[shape.start - 1 - offset:shape.stop - 1 - offset], settings.guidance)
+        probs = F.softmax(logits, -1)
+        target = torch.tensor(ids[shape], device=pipe.device)
+        p_target = probs.gather(1, target[:, None])[:, 0]
+        rank = (probs > p_target[:, None]).sum(1) + 1                                       # 1 = the likeliest
+        first.append(rank == 1)
+        for r, pt, pmax in zip(rank.tolist(), p_target.tolist(), probs.max(1).values.tolist()):
+            if r > 1:
+                ranks[r if r <= 4 else "5+"] += 1
+                kept.append(pt)
+                top.append(pmax)
+    first = torch.stack(first)
+    return {"shape_tokens_first": float(first.float().mean()),
+            "documents_all_first": float(first.all(1).float().mean()),
+            "rank_when_not_first": {str(key): ranks[key] for key in (2, 3, 4, "5+")},
+            "mean_probability_of_the_copy_when_not_first": float(np.mean(kept)) if kept else None,
+            "mean_probability_of_the_likeliest_then": float(np.mean(top)) if top else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="raster")
@@ -136,7 +176,8 @@ def main() -> None:
                "counting_stop_chance": stop_chances(pipe, bank, codes, args.documents),
                "addition_answers": addition_answers(pipe, bank, split, args.documents),
                "digit_color_copies": copy_errors(pipe, bank, split, args.documents),
-               "digit_color_search": copy_search(pipe, bank, codes, args.documents)}
+               "digit_color_search": copy_search(pipe, bank, codes, args.documents),
+               "digit_color_teacher_forced": copy_teacher_forced(pipe, bank, codes, args.documents)}
     for key, value in results.items():
         print(f"{key}: {value}")
     write_json(args.out, results)
