@@ -222,7 +222,7 @@ def command_train(args) -> int:
                                 ("caption_loss_weight", "train", "caption_loss_weight"),
                                 ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
                                 ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes"),
-                                ("image_slots", "model", "image_slots")):
+                                ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -598,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add a learned embedding of each image token's place in its image (0..50), so an edit "
                             "finds slot s of the prompt's image by content, not by an offset (measured with best: "
                             "edits copied worse; BENCHMARKS.md)")
+    train.add_argument("--copy-head", action="store_const", const=True,
+                       help="add a pointer beside the output head: the next token may be copied from an earlier "
+                            "position (an edit's strokes), its gate learnt")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -107,6 +107,7 @@ class ModelConfig:
     positions: str = "learned"    # learned absolute embeddings, or "rope" (rotary: attention sees relative offsets)
     image_slots: bool = False     # a learned embedding of each image token's place in its image (measured: edits
                                   # copied worse; BENCHMARKS.md "Image slots")
+    copy_head: bool = False       # a pointer beside the output head: the next token copied from an earlier position
     image_tokens: int = 0         # filled in: ids below this are image tokens
     image_length: int = 0         # filled in: tokens per image
 
@@ -128,6 +129,8 @@ class ModelConfig:
             raise ConfigError(f"model.d_model ({self.d_model}) must be a multiple of model.n_head ({self.n_head})")
 
 
+# Model parts that only add parameters to a transformer: a fine-tune (train.init_from) may add them, fresh.
+ADDABLE_PARTS = ("image_slots", "copy_head")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.

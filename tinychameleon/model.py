@@ -42,6 +42,7 @@ class KVCache:
         self.padding = None if padding is None or not padding.any() else padding.to(device)
         self.least_padding = 0 if self.padding is None else int(self.padding.min())
         self.image_run = torch.zeros(batch_size, dtype=torch.long, device=device)  # image tokens ending each row
+        self.copy_keys = self.copy_ids = None                                         # model.copy_head, on first use
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor):
         """Write (B, nh, T, hs) new keys/values at the current position; return all cached so far."""
@@ -50,6 +51,17 @@ class KVCache:
         self.keys[layer, :, :, self.position:end] = key
         self.values[layer, :, :, self.position:end] = value
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def update_copy(self, keys: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the copy head's (B, T, kd) pointer keys and the (B, T) ids they point at; return all so far."""
+        B, T, _ = keys.shape
+        if self.copy_keys is None:
+            length = self.keys.shape[3]
+            self.copy_keys = keys.new_zeros(B, length, keys.shape[2])
+            self.copy_ids = ids.new_zeros(B, length)
+        end = self.position + T
+        self.copy_keys[:, self.position:end], self.copy_ids[:, self.position:end] = keys, ids
+        return self.copy_keys[:, :end], self.copy_ids[:, :end]
 
     def positions(self, T: int) -> torch.Tensor:
         """Position ids of the next T tokens: (T,), or (B, T) when rows are padded."""
@@ -80,6 +92,9 @@ class KVCache:
         repeated.padding = None if self.padding is None else self.padding.repeat_interleave(times)
         repeated.least_padding = self.least_padding
         repeated.image_run = self.image_run.repeat_interleave(times)
+        repeated.copy_keys, repeated.copy_ids = ((None, None) if self.copy_keys is None else
+                                                 (self.copy_keys.repeat_interleave(times, dim=0),
+                                                  self.copy_ids.repeat_interleave(times, dim=0)))
         return repeated
 
 
@@ -204,6 +219,36 @@ class MLP(nn.Module):
         return self.dropout(self.down(F.gelu(self.up(x))))
 
 
+class CopyHead(nn.Module):
+    """A pointer beside the output head (the pointer-generator of See et al. 2017): with a learned gate, the next
+    token is copied from an earlier position instead of generated - one attention over the final hidden states,
+    its weights summed per token id. An edit's 49 shape tokens are the prompt's; the output head regenerates
+    such a copy from embeddings in which patches a pixel apart sit close (BENCHMARKS.md, "Image slots"), while a
+    pointer writes the very id it points at."""
+
+    def __init__(self, d_model: int, key_dim: int = 64) -> None:
+        super().__init__()
+        self.query = nn.Linear(d_model, key_dim, bias=False)
+        self.key = nn.Linear(d_model, key_dim, bias=False)
+        self.gate = nn.Linear(d_model, 1)
+
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, C) and head logits (B, T, V) of the new tokens; keys (B, S, kd) and ids (B, S) of every
+        position so far, the new ones last; mask (B or 1, T, S) booleans -> (B, T, V) log-probabilities of
+        "generate" and "copy" mixed by the gate."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):   # log-probabilities want fp32
+            hidden, logits = hidden.float(), logits.float()
+            scores = self.query(hidden) @ keys.float().transpose(1, 2) / math.sqrt(keys.shape[-1])   # (B, T, S)
+            weights = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+            B, T, S = weights.shape
+            copied = torch.zeros_like(logits).scatter_add_(2, ids[:, None, :].expand(B, T, S), weights)
+            gate = self.gate(hidden)                                                                 # (B, T, 1)
+            # clamp: a log(0) would send a NaN gradient through logaddexp; the clamped entries get none.
+            return torch.logaddexp(F.log_softmax(logits, -1) + F.logsigmoid(-gate),
+                                   copied.clamp_min(1e-30).log() + F.logsigmoid(gate))
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -252,7 +297,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.copy_head:
+            self.copy = CopyHead(config.d_model)
         init_weights(self, config.n_layer)
+        if config.copy_head:
+            # The gate starts nearly shut (sigmoid(-4) = 0.018): a model fine-tuned from one without the pointer
+            # starts where that one was.
+            nn.init.constant_(self.copy.gate.bias, -4.0)
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:
@@ -278,11 +329,20 @@ class Transformer(nn.Module):
             x = x + self.slot_embedding(slots)
             if kv_cache is not None:
                 kv_cache.image_run = image_run
+        past = 0 if kv_cache is None else kv_cache.position
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, mask, rotary)
+        hidden = self.norm(x)
+        logits = self.head(hidden)
+        if self.config.copy_head:
+            keys, token_ids = self.copy.key(hidden), ids
+            if kv_cache is not None:
+                keys, token_ids = kv_cache.update_copy(keys, ids)
+            seen = causal_mask(T, past, ids.device)[None] if mask is None else mask[:, 0]           # (B or 1, T, S)
+            logits = self.copy(hidden, logits, keys, token_ids, seen)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.head(self.norm(x))
+        return logits
 
 
 def next_token_log_probs(model, sequences: torch.Tensor) -> torch.Tensor:

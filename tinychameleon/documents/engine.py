@@ -38,6 +38,7 @@ class RowCache:
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.image_run = torch.zeros(batch_size, dtype=torch.long, device=device)   # model.image_slots
+        self.copy_keys = self.copy_ids = None                                          # model.copy_head
         self.position = 0              # slots written so far (the same for every row)
         self.writing = None            # (B, T) validity of the slots the next forward writes
 
@@ -61,6 +62,7 @@ class RowCache:
         return ((causal[None] & keys[:, None, :]) | own[None])[:, None]
 
     update = KVCache.update            # the same slots, written the same way
+    update_copy = KVCache.update_copy
 
     def advance(self, steps: int) -> None:
         self.valid[:, self.position:self.position + steps] = self.writing
@@ -73,6 +75,8 @@ class RowCache:
         self.keys, self.values = self.keys[:, rows], self.values[:, rows]
         self.valid, self.next_position = self.valid[rows], self.next_position[rows]
         self.image_run = self.image_run[rows]
+        if self.copy_keys is not None:
+            self.copy_keys, self.copy_ids = self.copy_keys[rows], self.copy_ids[rows]
 
 
 @dataclass

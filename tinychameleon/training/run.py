@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..batching import batch_slices
-from ..config import RunConfig
+from ..config import ADDABLE_PARTS, RunConfig
 from ..data.colored import TRAINING_STROKES, ColoredMNIST, load_splits, recolored_train, shifted, thickened
 from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
@@ -163,8 +163,12 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     if resume and (run_dir / "config.json").exists():
         config = load_config(run_dir)  # the run's own config wins over command-line presets
     if config.train.init_from:
-        # Fine-tuning continues another run's transformer: its shape and its tokenizer come with it.
+        # Fine-tuning continues another run's transformer: its shape and its tokenizer come with it. Parts that only
+        # add parameters (a slot embedding, a pointer head) may be asked on top; they start fresh.
+        added = {name: getattr(config.model, name) for name in ADDABLE_PARTS}
         config.model = load_config(config.train.init_from).model
+        for name, wanted in added.items():
+            setattr(config.model, name, getattr(config.model, name) or wanted)
         vqvae_from = vqvae_from or config.train.init_from
     if vqvae_from:
         # Reuse another run's tokenizer: the codebook must match, so take its VQ config too.
