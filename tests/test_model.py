@@ -149,3 +149,27 @@ def test_image_slots_change_the_logits_and_the_cache_reads_them_as_a_full_forwar
     for position in range(9, 58):
         chunks.append(model(ids[:, position:position + 1], kv_cache=cache))
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_copy_head_mixes_two_distributions_and_the_cache_reads_it_as_a_full_forward():
+    model = small_model(positions="rope", copy_head=True)
+    ids = torch.randint(0, 50, (3, 40))
+    with torch.no_grad():
+        model.copy.gate.bias.fill_(0.0)                                   # half generated, half copied
+        log_probs = model(ids)
+        torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 40))
+        cache = KVCache(model.config, batch_size=3)
+        chunks = [model(ids[:, :9], kv_cache=cache)] + [model(ids[:, p:p + 1], kv_cache=cache) for p in range(9, 40)]
+        torch.testing.assert_close(torch.cat(chunks, dim=1), log_probs, atol=1e-5, rtol=1e-5)
+        model.copy.gate.bias.fill_(60.0)                                  # all copied: only ids seen so far
+        copied = model(ids).exp()
+        seen = torch.zeros(3, 40, 50, dtype=torch.bool)
+        for t in range(40):
+            seen[torch.arange(3), t:, ids[:, t]] = True
+        assert copied[~seen].max() < 1e-6 and torch.allclose(copied[seen].view(-1).sum(), torch.tensor(120.0))
+        model.copy.gate.bias.fill_(-60.0)                                 # all generated: the plain head
+        shut = model(ids)
+        model.config.copy_head = False                                    # the same weights without the pointer
+        plain = torch.log_softmax(model(ids), -1)
+        model.config.copy_head = True
+        torch.testing.assert_close(shut, plain, atol=1e-5, rtol=1e-5)
