@@ -3,7 +3,8 @@
 Token embeddings plus positions (learned absolute embeddings, or rotary embeddings (RoPE) that rotate
 queries and keys by their position so attention sees only relative offsets) and, optionally, each image
 token's place in its image (`image_slots`, derived from the ids themselves), pre-LayerNorm blocks of multi-head causal
-self-attention and a GELU MLP, a final LayerNorm and an output head. Attention has a
+self-attention and a GELU MLP, a final LayerNorm and an output head (optionally with a gated pointer beside it,
+`CopyHead`, that copies an earlier token's id). Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
 tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
 incremental.
@@ -311,7 +312,8 @@ class Transformer(nn.Module):
             block.attention.fused = fused
 
     def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, vocab). With a cache, ids are the next T tokens."""
+        """ids (B, T) -> logits (B, T, vocab); with the copy head they are log-probabilities, which every caller
+        can read as logits (softmax leaves them as they are). With a cache, ids are the next T tokens."""
         B, T = ids.shape
         if kv_cache is None:
             positions, mask = torch.arange(T, device=ids.device), None
