@@ -90,29 +90,40 @@ def copy_errors(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
             "miscopied_tokens_by_pixels_off": dict(sorted(Counter(per_cell[wrong].tolist()).items()))}
 
 
+def exact_edits(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> list[tuple[list[int], list[int]]]:
+    """`count` digit color edits of the validation digits as (prompt ids up to <eop>, the exact answer's ids)."""
+    chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
+    full = example_documents(chosen, codes, pipe.image_tokenizer.recolor, pipe.documents.tokenizer)
+    ends = [ids.index(pipe.vocab.end_prompt) + 1 for ids in full]
+    return [(ids[:end], ids[end:]) for ids, end in zip(full, ends)]
+
+
+def answer_logits(pipe: Pipeline, prompt: list[int], answer: list[int], guidance: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(answer), V) logits predicting each answer token, conditional and guided as the sampler draws (the
+    unconditional stream reads the document without its words, which all sit in the prompt)."""
+    ids = prompt + answer
+    with torch.no_grad():
+        conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0, -len(answer) - 1:-1].float()
+        free = pipe.model(torch.tensor([pipe.documents.grammar.without_words(ids)], device=pipe.device))[0]
+    free = free[-len(answer) - 1:-1].float()
+    return conditional, guided_logits(conditional, free, guidance)
+
+
 def copy_search(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
     """Digit color edits: the share written exactly, and among the others how often the exact answer is likelier
     than the written one (log-likelihood of the answer's tokens, conditional and guided), with the mean gap."""
-    decoder, vocab = pipe.documents, pipe.vocab
-    chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
-    full = example_documents(chosen, codes, pipe.image_tokenizer.recolor, decoder.tokenizer)
-    prompts = [ids[:ids.index(vocab.end_prompt) + 1] for ids in full]
+    edits = exact_edits(pipe, bank, codes, count)
     settings = pipe.resolve_settings(pipe.document_overrides({}))
-    written = decoder.write(prompts, settings, torch.Generator().manual_seed(0))
+    written = pipe.documents.write([prompt for prompt, _ in edits], settings, torch.Generator().manual_seed(0))
 
     def likelihood(prompt: list[int], answer: list[int]) -> tuple[float, float]:
-        ids = prompt + answer
-        with torch.no_grad():
-            conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0, -len(answer) - 1:-1].float()
-            free = pipe.model(torch.tensor([decoder.grammar.without_words(ids)], device=pipe.device))[0]
-        free = free[-len(answer) - 1:-1].float()
         target = torch.tensor(answer, device=pipe.device)[:, None]
         return tuple(float(F.log_softmax(logits, -1).gather(1, target).sum())
-                     for logits in (conditional, guided_logits(conditional, free, settings.guidance)))
+                     for logits in answer_logits(pipe, prompt, answer, settings.guidance))
 
     gaps = []
-    for prompt, document, answer in zip(prompts, full, written):
-        exact = document[len(prompt):]
+    for (prompt, exact), answer in zip(edits, written):
         if answer != exact:
             (exact_c, exact_g), (own_c, own_g) = likelihood(prompt, exact), likelihood(prompt, answer)
             gaps.append((exact_c - own_c, exact_g - own_g))
@@ -129,23 +140,12 @@ def copy_teacher_forced(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, co
     at each of the answer's shape tokens, is the prompt's patch the likeliest token, and when not, how far down
     it is and how much probability it keeps beside the likeliest. A copy that is near but not first points at
     codes the model cannot tell apart; one far down, at a copy never attempted."""
-    decoder, vocab = pipe.documents, pipe.vocab
-    chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
-    full = example_documents(chosen, codes, pipe.image_tokenizer.recolor, decoder.tokenizer)
     settings = pipe.resolve_settings(pipe.document_overrides({}))
+    shape = slice(1 + 2, 1 + pipe.vocab.image_length)                # the answer: <boi>, two colors, the shape, ...
     first, ranks, kept, top = [], Counter(), [], []
-    for ids in full:
-        start = ids.index(vocab.begin_image, ids.index(vocab.end_prompt)) + 1 + 2          # the answer's shape tokens
-        shape = slice(start, start + vocab.image_length - 2)
-        with torch.no_grad():
-            conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0].float()
-            free = pipe.model(torch.tensor([decoder.grammar.without_words(ids)], device=pipe.device))[0].float()
-        # Rows of `free` line up with `ids` from the answer on: the text it drops all sits in the prompt.
-        offset = len(ids) - len(free)
-        logits = guided_logits(conditional[shape.start - 1:shape.stop - 1],
-                               free[shape.start - 1 - offset:shape.stop - 1 - offset], settings.guidance)
-        probs = F.softmax(logits, -1)
-        target = torch.tensor(ids[shape], device=pipe.device)
+    for prompt, answer in exact_edits(pipe, bank, codes, count):
+        probs = F.softmax(answer_logits(pipe, prompt, answer, settings.guidance)[1][shape], -1)
+        target = torch.tensor(answer[shape], device=pipe.device)
         p_target = probs.gather(1, target[:, None])[:, 0]
         rank = (probs > p_target[:, None]).sum(1) + 1                                       # 1 = the likeliest
         first.append(rank == 1)
