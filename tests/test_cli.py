@@ -226,14 +226,15 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     assert config["train"]["documents"] == 256 and vocab["end_document"] == vocab["size"] - 1
     assert config["model"]["image_slots"] is True
     assert Pipeline.from_pretrained(out).model.slot_embedding.num_embeddings == vocab["image_length"] + 1
-    # A fine-tune keeps its source's shape (slots included) and may add a pointer head on top: never dropped.
+    # A fine-tune keeps its source's shape (slots included) and tokenizer (documents need patches: not restated
+    # here) and may add a pointer head on top: never dropped.
     tuned = tmp_path / "tuned"
-    code, _, _ = run(["train", "--preset", "tiny", "--tokenizer", "patches", "--codebook-size", 64, "--init-from", out,
-                      "--copy-head", "--documents", 64,
+    code, _, _ = run(["train", "--preset", "tiny", "--init-from", out, "--copy-head", "--documents", 64,
                       "--max-train-examples", 64, "--out", tuned, "--no-progress", "--cache-dir", cache_dir], capsys)
     assert code == 0
     model = Pipeline.from_pretrained(tuned).model
     assert hasattr(model, "copy") and hasattr(model, "slot_embedding")
+    assert json.loads((tuned / "config.json").read_text())["vq"] == config["vq"]
     history = json.loads((out / "transformer_metrics.json").read_text())["epochs"]
     assert "validation_document_nll" in history[-1]
     code, _, err = run(["train", "--preset", "tiny", "--documents", 64, "--out", tmp_path / "vq"], capsys)

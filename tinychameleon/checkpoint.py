@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig, SamplingConfig
+from .config import ADDABLE_PARTS, RunConfig, SamplingConfig
 from .errors import CheckpointError, ConfigError
 from .io_utils import atomic_path, write_json
 from .config import NEXT_SCALES
@@ -69,6 +69,23 @@ def load_config(run_dir: str | Path) -> RunConfig:
     if not (run_dir / CONFIG_FILE).exists():
         raise CheckpointError(f"{run_dir} is not a checkpoint: {CONFIG_FILE} is missing")
     return read_json_config(run_dir / CONFIG_FILE, RunConfig.from_dict)
+
+
+def inherited_config(config: RunConfig, vqvae_from: str | Path | None = None) -> RunConfig:
+    """The config a run trains with once its sources are read: a fine-tune (train.init_from) continues another
+    run's transformer, so that run's shape and tokenizer come with it (parts that only add parameters, a slot
+    embedding or a pointer head, may be asked on top and start fresh); vqvae_from reuses another run's tokenizer,
+    whose codebook must match, so its VQ config too. Validated after: the tokenizer a rule asks for may be the
+    source's, not the preset's."""
+    if config.train.init_from:
+        added = {name: getattr(config.model, name) for name in ADDABLE_PARTS}
+        config.model = load_config(config.train.init_from).model
+        for name, wanted in added.items():
+            setattr(config.model, name, getattr(config.model, name) or wanted)
+    source = vqvae_from or config.train.init_from
+    if source:
+        config.vq = load_config(source).vq
+    return config.validate()
 
 
 def read_json_config(path: Path, build):

@@ -204,6 +204,7 @@ def write_manifest(out_dir: Path, rows: list[dict]) -> None:
 
 
 def command_train(args) -> int:
+    from .checkpoint import inherited_config
     from .config import make_config
     from .training.run import train
 
@@ -228,7 +229,7 @@ def command_train(args) -> int:
     if args.colorings is not None and args.colorings < 1:
         raise TinyChameleonError("--colorings must be at least 1")
     try:
-        config = make_config(args.preset, **overrides)
+        config = inherited_config(make_config(args.preset, validate=False, **overrides), args.vqvae_from)
         if args.scale_lr and args.batch_size and args.lr is None:
             # Large-batch recipe: square-root learning-rate scaling from the preset's batch size.
             base = make_config(args.preset).train

@@ -333,8 +333,9 @@ PRESETS["memory"] = {**PRESETS["best"], "train": {**PRESETS["best"]["train"], "d
                                                   "memory_strokes": True}}
 
 
-def make_config(preset: str = "seed", **overrides) -> RunConfig:
-    """Build a RunConfig from a preset name plus `section={field: value}` overrides."""
+def make_config(preset: str = "seed", validate: bool = True, **overrides) -> RunConfig:
+    """Build a RunConfig from a preset name plus `section={field: value}` overrides. validate=False leaves the
+    checks to the caller (a fine-tune's tokenizer is only known once its source run is read)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = RunConfig(preset=preset)
@@ -349,7 +350,7 @@ def make_config(preset: str = "seed", **overrides) -> RunConfig:
                     raise ValueError(f"unknown setting {section}.{key}")
                 setattr(target, key, value)
     try:
-        return config.validate()
+        return config.validate() if validate else config
     except ConfigError as error:
         raise ValueError(str(error)) from None
 

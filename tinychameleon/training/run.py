@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from ..batching import batch_slices
-from ..config import ADDABLE_PARTS, RunConfig
+from ..config import RunConfig
 from ..data.colored import TRAINING_STROKES, ColoredMNIST, load_splits, recolored_train, shifted, thickened
 from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
-from ..checkpoint import VQVAE_FILE, load_config, load_image_tokenizer, module_hash, save_config
+from ..checkpoint import VQVAE_FILE, inherited_config, load_config, load_image_tokenizer, module_hash, save_config
 from ..device import init_distributed
 from .documents import document_source, validation_documents
 from .state import PROGRESS_FILE, mark_finished, remove_stale_temporaries, stage_finished
@@ -162,18 +162,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if resume and (run_dir / "config.json").exists():
         config = load_config(run_dir)  # the run's own config wins over command-line presets
-    if config.train.init_from:
-        # Fine-tuning continues another run's transformer: its shape and its tokenizer come with it. Parts that only
-        # add parameters (a slot embedding, a pointer head) may be asked on top; they start fresh.
-        added = {name: getattr(config.model, name) for name in ADDABLE_PARTS}
-        config.model = load_config(config.train.init_from).model
-        for name, wanted in added.items():
-            setattr(config.model, name, getattr(config.model, name) or wanted)
-        vqvae_from = vqvae_from or config.train.init_from
-    if vqvae_from:
-        # Reuse another run's tokenizer: the codebook must match, so take its VQ config too.
-        source = load_config(vqvae_from)
-        config.vq = source.vq
+    config = inherited_config(config, vqvae_from)      # a fine-tune's shape and tokenizer are its source's
+    vqvae_from = vqvae_from or config.train.init_from
     started, earlier = time.time(), 0.0
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
