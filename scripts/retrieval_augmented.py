@@ -4,7 +4,9 @@ For each checkpoint: text -> image judged right (plain, and after `--retrieve K`
 digits), image -> text exact (the same two ways), and "style from memory": a memory folder of held-out digits
 drawn with strokes one pixel wider all round (built here from the split's digits, captioned), from which
 `draw_from_memory` retrieves; the drawn stroke area is compared with the plain drawing's and the memory's, and
-the asked digit judged right is set beside the judge's reading of the memory's own digits (the ceiling).
+the asked digit judged right is set beside the judge's reading of the memory's own digits (the ceiling), by the
+judge and by the stroke judge (trained on the training digits as written and in every stroke style, so that a
+thick digit is read as well as a thin one: the plain judge misreads one real thick digit in twelve).
 
     python scripts/retrieval_augmented.py --checkpoints runs/ft-plain runs/ft-retrieval --split validation \\
         --samples 300 --retrieve 2 --json runs/retrieval_augmented_validation.json
@@ -69,6 +71,7 @@ def main() -> None:
     memory_settings = json.loads(args.memory_settings)
     splits = load_splits()
     judge = load_or_train_judge(splits.train, default_cache_dir(), 0, progress=False)
+    stroke_judge = load_or_train_judge(splits.train, default_cache_dir(), 0, progress=False, strokes=True)
     split = splits[args.split]
     memory_images = write_memory(Path(args.memory) / args.split, split, args.memory_size)
     # Queries: other digits of the same split (never in the memory), their captions as new prompts.
@@ -81,7 +84,12 @@ def main() -> None:
                "real_ink": float(ink(queries.images).mean()),
                # The ceiling of "digit right" in the style test: the judge reading the memory's own thick digits.
                "memory_digit_right": float((judge.predict(memory_images)["digit"] ==
-                                            split.digits[:args.memory_size]).mean()), "models": {}}
+                                            split.digits[:args.memory_size]).mean()),
+               "memory_digit_right_stroke_judge": float((stroke_judge.predict(memory_images)["digit"] ==
+                                                         split.digits[:args.memory_size]).mean()),
+               "real_digit_right": float((judge.predict(queries.images)["digit"] == queries.digits).mean()),
+               "real_digit_right_stroke_judge": float((stroke_judge.predict(queries.images)["digit"] ==
+                                                       queries.digits).mean()), "models": {}}
     for checkpoint in args.checkpoints:
         pipe = Pipeline.from_pretrained(checkpoint)
         row, started = {}, time.perf_counter()
@@ -101,6 +109,8 @@ def main() -> None:
             judged = judge.predict(styled)
             row["style_ink"] = float(ink(styled).mean())
             row["style_digit_right"] = float((judged["digit"] == queries.digits).mean())
+            row["style_digit_right_stroke_judge"] = float((stroke_judge.predict(styled)["digit"] ==
+                                                           queries.digits).mean())
             row["style_all_right"] = attribute_accuracy(judged, queries.digits, queries.foreground,
                                                         queries.background)["all"]
             row["style_shift"] = (row["style_ink"] - row["plain_ink"]) / (results["memory_ink"] - row["plain_ink"])

@@ -60,6 +60,21 @@ def test_judge_reads_real_images_and_rejects_shuffled_captions(judge, colored):
     assert agreement == pytest.approx(real["all"])
 
 
+def test_stroke_judge_reads_thick_digits_that_the_judge_misreads_and_thin_ones_as_well(judge, colored, cache_dir):
+    from tinychameleon.data.colored import thickened
+
+    train, test = colored
+    stroke_judge = load_or_train_judge(train, cache_dir, data_seed=0, progress=False, strokes=True)
+    part = test.subset(slice(0, 2000))
+    thick = thickened(part, "bolder")
+
+    def right(which, images):
+        return float((which.predict(images)["digit"] == part.digits).mean())
+
+    assert right(stroke_judge, thick.images) > right(judge, thick.images) + 0.03
+    assert right(stroke_judge, thick.images) > 0.97 and right(stroke_judge, part.images) > 0.97
+
+
 def test_judge_features_separate_real_from_noise(judge, colored):
     _, test = colored
     real_a = judge.predict(test.images[:1000])["features"]

@@ -11,9 +11,13 @@ def small_model(**overrides) -> Transformer:
     return Transformer(config).eval()
 
 
-def test_logits_shape():
+def test_logits_shape_and_target_log_probs():
     model = small_model()
-    assert model(torch.randint(0, 50, (3, 58))).shape == (3, 58, 50)
+    ids, targets = torch.randint(0, 50, (3, 58)), torch.randint(0, 50, (3, 58))
+    logits = model(ids)
+    assert logits.shape == (3, 58, 50)
+    torch.testing.assert_close(model(ids, targets=targets),
+                               torch.log_softmax(logits, -1).gather(2, targets[..., None])[..., 0])
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -167,6 +171,11 @@ def test_copy_head_mixes_two_distributions_and_the_cache_reads_it_as_a_full_forw
         for t in range(40):
             seen[torch.arange(3), t:, ids[:, t]] = True
         assert copied[~seen].max() < 1e-6 and torch.allclose(copied[seen].view(-1).sum(), torch.tensor(120.0))
+        targets = torch.randint(0, 50, (3, 40))
+        targets[:, 20:] = ids[:, :20]                                     # half of them copies of earlier ids
+        model.copy.gate.bias.fill_(0.5)
+        torch.testing.assert_close(model(ids, targets=targets), model(ids).gather(2, targets[..., None])[..., 0],
+                                   atol=1e-5, rtol=1e-5)                  # training's path: the dense one's entries
         model.copy.gate.bias.fill_(-60.0)                                 # all generated: the plain head
         shut = model(ids)
         model.config.copy_head = False                                    # the same weights without the pointer

@@ -220,6 +220,12 @@ class MLP(nn.Module):
         return self.dropout(self.down(F.gelu(self.up(x))))
 
 
+def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits, (B, T) targets -> (B, T) log-softmax at each target."""
+    return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                            reduction="none").view_as(targets)
+
+
 class CopyHead(nn.Module):
     """A pointer beside the output head (the pointer-generator of See et al. 2017): with a learned gate, the next
     token is copied from an earlier position instead of generated - one attention over the final hidden states,
@@ -235,20 +241,27 @@ class CopyHead(nn.Module):
         self.gate = nn.Linear(d_model, 1)
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+                mask: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (B, T, C) and head logits (B, T, V) of the new tokens; keys (B, S, kd) and ids (B, S) of every
         position so far, the new ones last; mask (B or 1, T, S) booleans -> (B, T, V) log-probabilities of
-        "generate" and "copy" mixed by the gate."""
+        "generate" and "copy" mixed by the gate; with targets (B, T), only each target's: (B, T). Training asks
+        for those alone, which spares the (B, T, V) copy distribution (the pointer's weights on the positions
+        holding the target are summed instead of scattered over every id)."""
         with torch.autocast(device_type=hidden.device.type, enabled=False):   # log-probabilities want fp32
             hidden, logits = hidden.float(), logits.float()
             scores = self.query(hidden) @ keys.float().transpose(1, 2) / math.sqrt(keys.shape[-1])   # (B, T, S)
             weights = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
             B, T, S = weights.shape
-            copied = torch.zeros_like(logits).scatter_add_(2, ids[:, None, :].expand(B, T, S), weights)
             gate = self.gate(hidden)                                                                 # (B, T, 1)
+            if targets is None:
+                generated = F.log_softmax(logits, -1)                                                # (B, T, V)
+                copied = torch.zeros_like(logits).scatter_add_(2, ids[:, None, :].expand(B, T, S), weights)
+            else:
+                gate = gate[..., 0]                                                                  # (B, T)
+                generated = target_log_probs(logits, targets)                                       # (B, T)
+                copied = (weights * (ids[:, None, :] == targets[:, :, None])).sum(-1)                # (B, T)
             # clamp: a log(0) would send a NaN gradient through logaddexp; the clamped entries get none.
-            return torch.logaddexp(F.log_softmax(logits, -1) + F.logsigmoid(-gate),
-                                   copied.clamp_min(1e-30).log() + F.logsigmoid(gate))
+            return torch.logaddexp(generated + F.logsigmoid(-gate), copied.clamp_min(1e-30).log() + F.logsigmoid(gate))
 
 
 class Block(nn.Module):
@@ -311,9 +324,11 @@ class Transformer(nn.Module):
         for block in self.blocks:
             block.attention.fused = fused
 
-    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None, targets: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, vocab); with the copy head they are log-probabilities, which every caller
-        can read as logits (softmax leaves them as they are). With a cache, ids are the next T tokens."""
+        can read as logits (softmax leaves them as they are). With a cache, ids are the next T tokens. With
+        targets (B, T): the log-probability of each target, (B, T) (what training reads; cheaper with the pointer)."""
         B, T = ids.shape
         if kv_cache is None:
             positions, mask = torch.arange(T, device=ids.device), None
@@ -342,7 +357,9 @@ class Transformer(nn.Module):
             if kv_cache is not None:
                 keys, token_ids = kv_cache.update_copy(keys, ids)
             seen = causal_mask(T, past, ids.device)[None] if mask is None else mask[:, 0]           # (B or 1, T, S)
-            logits = self.copy(hidden, logits, keys, token_ids, seen)
+            logits = self.copy(hidden, logits, keys, token_ids, seen, targets)
+        elif targets is not None:
+            logits = target_log_probs(logits.float(), targets)                                      # (B, T)
         if kv_cache is not None:
             kv_cache.advance(T)
         return logits
@@ -352,7 +369,4 @@ def next_token_log_probs(model, sequences: torch.Tensor) -> torch.Tensor:
     """(B, T) sequences -> (B, T-1) log-probability of each next token under `model` (a Transformer, or
     one wrapped by DDP / torch.compile). The training loss (its negative mean), the NLL report and the
     self-reranking scores all come from this one function."""
-    logits = model(sequences[:, :-1]).float()                                          # (B, T-1, vocab)
-    targets = sequences[:, 1:]
-    return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                            reduction="none").view_as(targets)
+    return model(sequences[:, :-1], targets=sequences[:, 1:])

@@ -138,6 +138,17 @@ def thickened(split: "ColoredMNIST", stroke: str) -> "ColoredMNIST":
     return ColoredMNIST(images, split.digits, split.foreground, split.background)
 
 
+def in_random_strokes(split: "ColoredMNIST", strokes: tuple[str, ...], seed: int = 0) -> "ColoredMNIST":
+    """The same digits in the same colors, each in one stroke style drawn at random: as written or one of
+    `strokes` (names of STROKES), with equal chances."""
+    choice = np.random.default_rng(seed).integers(0, len(strokes) + 1, size=len(split))
+    images = split.images.copy()
+    for index, stroke in enumerate(strokes, start=1):
+        rows = np.flatnonzero(choice == index)
+        images[rows] = thickened(split.subset(rows), stroke).images
+    return ColoredMNIST(images, split.digits, split.foreground, split.background)
+
+
 def holdout_pair_ids(count: int, seed: int = 1234) -> np.ndarray:
     """Indices into VALID_PAIRS held out from training for the compositional-generalisation study."""
     if count <= 0:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..batching import batch_slices
-from ..data.colored import COLOR_ID, ColoredMNIST, colorize, digit_pixels
+from ..data.colored import COLOR_ID, STROKES, ColoredMNIST, colorize, digit_pixels, in_random_strokes
 from ..checkpoint import load_weights, save_weights
 
 JUDGE_VERSION = 2
@@ -91,12 +91,19 @@ def train_judge(train: ColoredMNIST, epochs: int = 3, batch_size: int = 128, see
     return judge.eval()
 
 
-def load_or_train_judge(train: ColoredMNIST, cache_dir: Path, data_seed: int, progress: bool = True) -> Judge:
-    path = Path(cache_dir) / f"judge-v{JUDGE_VERSION}-seed{data_seed}.safetensors"
+def load_or_train_judge(train: ColoredMNIST, cache_dir: Path, data_seed: int, progress: bool = True,
+                        strokes: bool = False) -> Judge:
+    """The judge of this data seed, trained once and cached. strokes=True: the stroke judge, trained on the same
+    digits each drawn as written or in one of the stroke styles (data.colored.STROKES), so that it reads digits
+    drawn thicker than MNIST's (style from memory) as well as it reads MNIST's own; no generator trains on it."""
+    name = "judge-strokes" if strokes else "judge"
+    path = Path(cache_dir) / f"{name}-v{JUDGE_VERSION}-seed{data_seed}.safetensors"
     judge = Judge()
     if path.exists():
         load_weights(judge, path)
         return judge.eval()
+    if strokes:
+        train = in_random_strokes(train, tuple(STROKES), seed=data_seed)
     judge = train_judge(train, seed=data_seed, progress=progress)
     save_weights(judge, path)
     return judge
