@@ -72,7 +72,7 @@ def test_stroke_judge_reads_thick_digits_that_the_judge_misreads_and_thin_ones_a
         return float((which.predict(images)["digit"] == part.digits).mean())
 
     assert right(stroke_judge, thick.images) > right(judge, thick.images) + 0.03
-    assert right(stroke_judge, thick.images) > 0.97 and right(stroke_judge, part.images) > 0.97
+    assert right(stroke_judge, thick.images) > 0.95 and right(stroke_judge, part.images) > 0.95
 
 
 def test_judge_features_separate_real_from_noise(judge, colored):

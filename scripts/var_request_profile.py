@@ -1,0 +1,63 @@
+"""Where one next-scale (`var`) text -> image request's time goes, and whether four cheap changes cut it: the
+shipped call, under torch.inference_mode, on one thread, under bf16 autocast (interleaved, medians; each says
+whether it draws the same image), then torch.profiler's table over ten shipped calls.
+
+    python scripts/var_request_profile.py --repeats 41
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from tinychameleon.pipeline import Pipeline
+
+PROMPT = "dark green eight on bright cyan"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=41)
+    args = parser.parse_args()
+    pipe = Pipeline.from_pretrained("var")
+    threads = torch.get_num_threads()
+
+    def variant(one_thread: bool = False, inference: bool = False, bf16: bool = False):
+        def call(seed: int):
+            torch.set_num_threads(1 if one_thread else threads)
+            with contextlib.ExitStack() as stack:
+                if inference:
+                    stack.enter_context(torch.inference_mode())
+                if bf16:
+                    stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+                images = pipe.generate_images(PROMPT, seed=seed)
+            torch.set_num_threads(threads)
+            return images
+        return call
+
+    variants = {"shipped": variant(), "inference_mode": variant(inference=True), "one thread": variant(one_thread=True),
+                "bf16 autocast": variant(bf16=True)}
+    first = {name: call(1) for name, call in variants.items()}
+    times = {name: [] for name in variants}
+    for seed in range(args.repeats):                                        # interleaved: one of each per round
+        for name, call in variants.items():
+            started = time.perf_counter()
+            call(seed)
+            times[name].append(1000 * (time.perf_counter() - started))
+    base = statistics.median(times["shipped"])
+    for name, values in times.items():
+        same = bool((first[name] == first["shipped"]).all())
+        print(f"{name}: {statistics.median(values):.1f} ms ({statistics.median(values) / base:.2f}x; same image: {same})")
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for seed in range(10):
+            pipe.generate_images(PROMPT, seed=seed)
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
