@@ -23,6 +23,17 @@ from tinychameleon.pipeline import Pipeline
 PROMPT = "dark green eight on bright cyan"
 
 
+def interleaved_ms(calls: dict, repeats: int) -> dict[str, list[float]]:
+    """name -> milliseconds of each call(seed), one of each per round (so a busy spell hits every name alike)."""
+    times = {name: [] for name in calls}
+    for seed in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call(seed)
+            times[name].append(1000 * (time.perf_counter() - started))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="run directory or shipped name for settings that name none "
@@ -41,13 +52,7 @@ def main() -> None:
         calls[name] = lambda seed, pipe=pipe, settings=settings: pipe.generate_images(PROMPT, seed=seed, **settings)
     for call in calls.values():
         call(1)                                                                  # warm up (loads CLIP once)
-    times = {name: [] for name in calls}
-    for round_ in range(args.repeats):                                          # interleaved: one of each per round
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call(round_)
-            times[name].append(1000 * (time.perf_counter() - started))
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians = {name: statistics.median(values) for name, values in interleaved_ms(calls, args.repeats).items()}
     first = next(iter(medians.values()))
     for name, ms in medians.items():
         print(f"{name}: {ms:.1f} ms per request ({ms / first:.2f}x the first, {first / ms:.1f}x fewer ms)")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from settings_latency import interleaved_ms
 from tinychameleon.pipeline import Pipeline
 
 PROMPT = "dark green eight on bright cyan"
@@ -43,12 +43,7 @@ def main() -> None:
     variants = {"shipped": variant(), "inference_mode": variant(inference=True), "one thread": variant(one_thread=True),
                 "bf16 autocast": variant(bf16=True)}
     first = {name: call(1) for name, call in variants.items()}
-    times = {name: [] for name in variants}
-    for seed in range(args.repeats):                                        # interleaved: one of each per round
-        for name, call in variants.items():
-            started = time.perf_counter()
-            call(seed)
-            times[name].append(1000 * (time.perf_counter() - started))
+    times = interleaved_ms(variants, args.repeats)
     base = statistics.median(times["shipped"])
     for name, values in times.items():
         same = bool((first[name] == first["shipped"]).all())
