@@ -95,7 +95,8 @@ def load_or_train_judge(train: ColoredMNIST, cache_dir: Path, data_seed: int, pr
                         strokes: bool = False) -> Judge:
     """The judge of this data seed, trained once and cached. strokes=True: the stroke judge, trained on the same
     digits each drawn as written or in one of the stroke styles (data.colored.STROKES), so that it reads digits
-    drawn thicker than MNIST's (style from memory) as well as it reads MNIST's own; no generator trains on it."""
+    drawn thicker than MNIST's (style from memory) as well as it reads MNIST's own (thick test digits 96.0 %, thin
+    95.9 %; the judge: 92.1 / 96.9 %, so it reads the style test only); no generator trains on it."""
     name = "judge-strokes" if strokes else "judge"
     path = Path(cache_dir) / f"{name}-v{JUDGE_VERSION}-seed{data_seed}.safetensors"
     judge = Judge()
