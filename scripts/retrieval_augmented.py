@@ -41,6 +41,11 @@ def write_memory(folder: Path, split, count: int) -> np.ndarray:
     return images
 
 
+def digit_right(judge, images: np.ndarray, digits: np.ndarray) -> float:
+    """Share of images whose digit the judge reads as `digits`."""
+    return float((judge.predict(images)["digit"] == digits).mean())
+
+
 def ink(images: np.ndarray) -> np.ndarray:
     return digit_pixels(images).sum(axis=(1, 2)).astype(float)
 
@@ -83,13 +88,12 @@ def main() -> None:
                "train_share_with_memory_ink": float((train_ink >= ink(memory_images).mean()).mean()),
                "real_ink": float(ink(queries.images).mean()),
                # The ceiling of "digit right" in the style test: the judge reading the memory's own thick digits.
-               "memory_digit_right": float((judge.predict(memory_images)["digit"] ==
-                                            split.digits[:args.memory_size]).mean()),
-               "memory_digit_right_stroke_judge": float((stroke_judge.predict(memory_images)["digit"] ==
-                                                         split.digits[:args.memory_size]).mean()),
-               "real_digit_right": float((judge.predict(queries.images)["digit"] == queries.digits).mean()),
-               "real_digit_right_stroke_judge": float((stroke_judge.predict(queries.images)["digit"] ==
-                                                       queries.digits).mean()), "models": {}}
+               "memory_digit_right": digit_right(judge, memory_images, split.digits[:args.memory_size]),
+               "memory_digit_right_stroke_judge": digit_right(stroke_judge, memory_images,
+                                                              split.digits[:args.memory_size]),
+               "real_digit_right": digit_right(judge, queries.images, queries.digits),
+               "real_digit_right_stroke_judge": digit_right(stroke_judge, queries.images, queries.digits),
+               "models": {}}
     for checkpoint in args.checkpoints:
         pipe = Pipeline.from_pretrained(checkpoint)
         row, started = {}, time.perf_counter()
@@ -109,8 +113,7 @@ def main() -> None:
             judged = judge.predict(styled)
             row["style_ink"] = float(ink(styled).mean())
             row["style_digit_right"] = float((judged["digit"] == queries.digits).mean())
-            row["style_digit_right_stroke_judge"] = float((stroke_judge.predict(styled)["digit"] ==
-                                                           queries.digits).mean())
+            row["style_digit_right_stroke_judge"] = digit_right(stroke_judge, styled, queries.digits)
             row["style_all_right"] = attribute_accuracy(judged, queries.digits, queries.foreground,
                                                         queries.background)["all"]
             row["style_shift"] = (row["style_ink"] - row["plain_ink"]) / (results["memory_ink"] - row["plain_ink"])

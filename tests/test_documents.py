@@ -457,7 +457,6 @@ def test_thickened_strokes_spread_each_digit_pixel_over_their_neighbourhood():
         assert (thickened(split, stroke).images[0][pixels] == split.images[0][10, 10]).all()   # the digit's color
 
 
-
 def test_random_strokes_draw_each_digit_as_written_or_in_one_style_and_keep_its_labels(colored):
     from tinychameleon.data.colored import STROKES, in_random_strokes, thickened
 
@@ -469,6 +468,7 @@ def test_random_strokes_draw_each_digit_as_written_or_in_one_style_and_keep_its_
     assert (matches.argmax(axis=0)[:, None] == np.arange(6)).sum(axis=0).min() > 20   # each drawn for many
     assert (styled.digits == split.digits).all() and (styled.foreground == split.foreground).all()
     assert (in_random_strokes(split, tuple(STROKES), seed=3).images == styled.images).all()
+
 
 EOP_CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={"documents": 64, "prompt_end": True})
 EOP_VOCAB = Vocab.for_config(EOP_CONFIG)
