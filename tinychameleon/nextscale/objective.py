@@ -7,8 +7,8 @@ disagree on what a token's loss is.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..model import target_log_probs
 from ..sequences import text_prefix
 from ..tokenizers.vocab import Vocab
 from .model import CAPTION, NextScaleTransformer
@@ -32,7 +32,7 @@ def reading_head(vocab: Vocab, image_ids: torch.Tensor) -> torch.Tensor:
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B, T, V), (B, T) -> (B, T) nats, in fp32."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    return -target_log_probs(logits.float(), targets)
 
 
 def drawing_nll(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.Tensor, image_ids: torch.Tensor,
