@@ -522,3 +522,39 @@ def test_the_model_is_never_let_write_eop_and_guidance_keeps_it():
     written = decode(model, grammar, [prompt] * 8, DecodeSettings(temperature=1.0, text_temperature=1.0),
                      generator=torch.Generator().manual_seed(0))
     assert all(EOP_VOCAB.end_prompt not in ids and well_formed(ids, grammar) for ids in written)
+
+
+OPEN_CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64},
+                          train={"documents": 64, "prompt_end": True, "unconditional_without_eop": True})
+OPEN_VOCAB = Vocab.for_config(OPEN_CONFIG)
+
+
+def test_unconditional_without_eop_needs_prompt_end():
+    with pytest.raises(ValueError, match="unconditional_without_eop needs train.prompt_end"):
+        make_config("tiny", train={"documents": 64, "unconditional_without_eop": True})
+    assert OPEN_VOCAB.size == EOP_VOCAB.size and not EOP_VOCAB.unconditional_without_eop
+
+
+def test_text_dropped_documents_have_no_eop_and_guidance_reads_them_so(bank, codes):
+    """With train.unconditional_without_eop a text-dropped document is its images and <eod>, no <eop>: so no
+    prompt a user can give (every one ends in <eop>) looks like one, and "<image> <eop>" (read this) is never
+    followed by <eod> in training. The unconditional stream guidance reads at inference has the same form."""
+    tokenizer = DocumentTokenizer(OPEN_VOCAB)
+    chosen = examples(bank, 30, [5, 7])
+    dropout = torch.arange(30) % 2 == 0
+    ids = example_documents(chosen, codes, recolor, tokenizer, dropout)
+    with_eop = example_documents(chosen, codes, recolor, EOP_TOKENIZER, dropout)
+    grammar = DocumentGrammar(OPEN_VOCAB)
+    for row, (example, document) in enumerate(zip(chosen, ids)):
+        if not dropout[row]:
+            assert document == with_eop[row] and document.count(OPEN_VOCAB.end_prompt) == 1
+            continue
+        assert OPEN_VOCAB.end_prompt not in document and document[-1] == OPEN_VOCAB.end_document
+        assert [t for t in with_eop[row] if t != OPEN_VOCAB.end_prompt] == document
+        assert len(tokenizer.decode(document).images) == len(example.pictures)
+        prompt = with_eop[row][:with_eop[row].index(OPEN_VOCAB.end_prompt) + 1]    # its images, <eop>
+        assert grammar.without_words(prompt) == document[:len(prompt) - 1]          # the stream reads it so
+    # Older vocabularies keep <eop> in the stream, as their training documents did.
+    prompt = EOP_TOKENIZER.encode(EOP_TOKENIZER.bind("<image> what digit is this ?", [torch.arange(L) % 64]))
+    assert DocumentGrammar(EOP_VOCAB).without_words(prompt)[-1] == EOP_VOCAB.end_prompt
+    assert DocumentGrammar(OPEN_VOCAB).without_words(prompt) == prompt[:L + 3]

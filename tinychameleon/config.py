@@ -182,6 +182,10 @@ class TrainConfig:
     prompt_end: bool = False      # documents mark where their prompt ends with <eop> (as a chat template marks the
                                   # answer's turn): a prompt of one image then reads as "caption this", not as the
                                   # start of a question
+    unconditional_without_eop: bool = False  # text-dropped documents (guidance's unconditional stream) leave out
+                                  # <eop> too: with it, "<bos> <image> <eop> <eod>" (a question with its words
+                                  # dropped) taught that a prompt of one image may end at once, which is exactly
+                                  # the prompt that asks for a caption
     answer_words_only: bool = False   # answer_loss_weight on the answer's words, <boi>, <eoi> and <eod> only: its
                                   # images keep weight 1, so drawing keeps its share of the document loss
 
@@ -207,6 +211,8 @@ class TrainConfig:
         check_range("train.answer_loss_weight", self.answer_loss_weight, 0.0, 100.0)
         if self.prompt_end and not self.documents:
             raise ConfigError("train.prompt_end needs train.documents > 0: only documents have prompts")
+        if self.unconditional_without_eop and not self.prompt_end:
+            raise ConfigError("train.unconditional_without_eop needs train.prompt_end: only then has a prompt an <eop>")
         if self.memory_strokes and not self.retrieve:
             raise ConfigError("train.memory_strokes needs train.retrieve > 0: only retrieval documents have a memory")
         if self.retrieve and not self.documents:

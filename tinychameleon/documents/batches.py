@@ -36,7 +36,8 @@ def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torc
 def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tokenizer: DocumentTokenizer,
                       text_dropout: torch.Tensor | None = None) -> list[list[int]]:
     """The finished documents (context and prompt, then answer) as ids. Rows marked in text_dropout
-    (len(examples),) keep their images only: what the unconditional stream of guidance reads."""
+    (len(examples),) keep their images only: what the unconditional stream of guidance reads (one finished
+    document, without <eop>, where the vocabulary says that stream has none)."""
     pictures = [picture for example in examples for picture in example.pictures]
     images = iter(picture_codes(pictures, codes, recolor))
     documents = []
@@ -44,6 +45,9 @@ def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tok
         given = [next(images) for _ in range(len(example.context_images) + len(example.prompt_images))]
         drawn = [next(images) for _ in range(len(example.answer_images))]
         if text_dropout is not None and text_dropout[row]:
+            if tokenizer.vocab.unconditional_without_eop:
+                documents.append(tokenizer.encode(Document(given + drawn)))
+                continue
             prompt, answer = Document(given, finished=False), Document(drawn)
         else:
             prompt = tokenizer.bind(" ".join(part for part in (example.context, example.prompt) if part), given)

@@ -85,5 +85,7 @@ class DocumentGrammar:
         return self.words.to(token.device)[token]
 
     def without_words(self, ids: list[int]) -> list[int]:
-        """A prompt as the unconditional stream of guidance reads it: the document with its words left out."""
-        return [token for token in ids if not self.words[token]]
+        """A prompt as the unconditional stream of guidance reads it: the document with its words left out (and
+        its <eop>, for runs whose text-dropped training documents had none)."""
+        dropped = {self.vocab.end_prompt} if self.vocab.unconditional_without_eop else set()
+        return [token for token in ids if not self.words[token] and token not in dropped]

@@ -39,6 +39,8 @@ class Vocab:
     image_length: int = 49        # tokens per image (the image tokenizer's tokens_per_image)
     documents: bool = False       # with the document words and <boi> <eoi> <eod> (runs trained on documents)
     prompt_end: bool = False      # with <eop> after a document's prompt (runs trained with train.prompt_end)
+    unconditional_without_eop: bool = False   # guidance's unconditional stream (a document without its words) has
+                                              # no <eop> either (train.unconditional_without_eop)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
@@ -46,7 +48,8 @@ class Vocab:
         draws next-scale (guidance's unconditional stream reads the caption as <mask> tokens)."""
         tokens, length = image_token_layout(config.vq)
         return cls(tokens, infill=config.train.infill_rate > 0 or config.vq.kind == "scales", image_length=length,
-                   documents=config.train.documents > 0, prompt_end=config.train.prompt_end)
+                   documents=config.train.documents > 0, prompt_end=config.train.prompt_end,
+                   unconditional_without_eop=config.train.unconditional_without_eop)
 
     @property
     def special_tokens(self) -> list[str]:
