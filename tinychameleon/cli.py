@@ -601,8 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "edits copied worse; BENCHMARKS.md)")
     train.add_argument("--copy-head", action="store_const", const=True,
                        help="add a pointer beside the output head: the next token may be copied from an earlier "
-                            "position (an edit's strokes), its gate learnt (measured with --preset best from nothing: edits "
-                            "69.5-70.5 -> 88-93 %%, but color questions and reading fell; BENCHMARKS.md)")
+                            "position (an edit's strokes), its gate learnt (part of --preset best since release 7: validation "
+                            "edits 69.5-70.5 -> 91.5-93.5 %%; BENCHMARKS.md)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -292,16 +292,18 @@ PRESETS: dict[str, dict] = {
     # (documents/families.py). Rotary positions: in a matched short run (1 epoch, 10k digits, 20k documents)
     # validation nats per document token 1.599 -> 1.488 and per pair 88.2 -> 84.6 against learned ones.
     # Documents close their prompt with <eop> (train.prompt_end; release 6): on validation the mean of the twelve
-    # families 60.0 -> 74.0 % against release 5, pairs within a run's noise. MODEL_CARD.md has its curve and choices.
+    # families 60.0 -> 74.0 % against release 5, pairs within a run's noise. Release 7 adds the pointer head
+    # (model.copy_head: edits copy the prompt's patches) and text-dropped documents without <eop>
+    # (train.unconditional_without_eop): validation mean 73.2 -> 78.8 %. MODEL_CARD.md has its curve and choices.
     # The causal-masked objective (train.infill_rate) is left out: in a matched small run it cost 1.5 %
     # validation NLL and did not improve infilling (docs/history/release-1-model-card.md).
     "best": {
         "vq": {"kind": "patches", "codebook_size": 2048, "hidden": 96},
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
-        "model": {"n_layer": 6, "n_head": 6, "d_model": 192, "positions": "rope"},
+        "model": {"n_layer": 6, "n_head": 6, "d_model": 192, "positions": "rope", "copy_head": True},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
                   "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 36000,
-                  "prompt_end": True},
+                  "prompt_end": True, "unconditional_without_eop": True},
     },
     # The iGPT baseline: a token per pixel (784 per image), so a small model on the 15k digits the
     # tokenizer comparison uses (about 23 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).
@@ -335,9 +337,11 @@ PRESETS: dict[str, dict] = {
 
 # Retrieval-augmented (CM3Leon), in one command: `best` with two retrieved neighbours read before the "draw from
 # memory" and "read from memory" documents, each drawn in one random stroke style (train.memory_strokes), at the
-# plain run's token budget (28 000 documents of 134 tokens on average read what its 36 000 of 105 do).
-PRESETS["memory"] = {**PRESETS["best"], "train": {**PRESETS["best"]["train"], "documents": 28000, "retrieve": 2,
-                                                  "memory_strokes": True}}
+# plain run's token budget (28 000 documents of 134 tokens on average read what its 36 000 of 105 do). It is
+# release 6's `best` (no pointer, <eop> kept in text-dropped documents): the shipped `memory` was trained on that.
+PRESETS["memory"] = {**PRESETS["best"], "model": {**PRESETS["best"]["model"], "copy_head": False},
+                     "train": {**PRESETS["best"]["train"], "documents": 28000, "retrieve": 2, "memory_strokes": True,
+                               "unconditional_without_eop": False}}
 
 
 def make_config(preset: str = "seed", validate: bool = True, **overrides) -> RunConfig:
