@@ -108,8 +108,8 @@ class ModelConfig:
     image_slots: bool = False     # a learned embedding of each image token's place in its image (measured: edits
                                   # copied worse; BENCHMARKS.md "Image slots")
     copy_head: bool = False       # a pointer beside the output head: the next token copied from an earlier position
-                                  # (measured from nothing: edits 88-93 %, but color questions and reading fell;
-                                  # BENCHMARKS.md "A pointer head")
+                                  # (the best preset's since release 7: validation edits 69.5-70.5 -> 91.5-93.5 %;
+                                  # BENCHMARKS.md "A pointer head" and "Release 7")
     image_tokens: int = 0         # filled in: ids below this are image tokens
     image_length: int = 0         # filled in: tokens per image
 
