@@ -16,7 +16,7 @@ import torch
 from tinychameleon.config import ModelConfig
 from tinychameleon.model import Transformer, target_log_probs
 
-VOCAB = 2085   # the best preset's joint vocabulary: 2048 + 2 x 2 color tokens, words and markers
+VOCAB = 2085   # near the best preset's 2139 (2079 image ids, words and markers); BENCHMARKS' step times used 2085
 
 
 def model(copy_head: bool) -> Transformer:

@@ -48,6 +48,11 @@ class DocumentGrammar:
             self.follows[:K, :K] = image_follows
         self.end_only = torch.zeros(V, dtype=torch.bool)
         self.end_only[vocab.end_document] = True
+        # What guidance's unconditional stream leaves out of a prompt: its words, and <eop> where the run's
+        # text-dropped training documents had none (train.unconditional_without_eop).
+        self.unconditional_drops = self.words.clone()
+        if vocab.unconditional_without_eop:
+            self.unconditional_drops[vocab.end_prompt] = True
 
     def start(self, prompts: list[list[int]]) -> RowState:
         """The state after each prompt (<bos> first): inside an image if it ends after a <boi> without <eoi>."""
@@ -87,5 +92,4 @@ class DocumentGrammar:
     def without_words(self, ids: list[int]) -> list[int]:
         """A prompt as the unconditional stream of guidance reads it: the document with its words left out (and
         its <eop>, for runs whose text-dropped training documents had none)."""
-        dropped = {self.vocab.end_prompt} if self.vocab.unconditional_without_eop else set()
-        return [token for token in ids if not self.words[token] and token not in dropped]
+        return [token for token in ids if not self.unconditional_drops[token]]
