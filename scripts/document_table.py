@@ -15,6 +15,7 @@ import numpy as np
 
 from tinychameleon.data.colored import load_colored_mnist, load_splits
 from tinychameleon.data.mnist import default_cache_dir
+from tinychameleon.documents.families import FAMILIES
 from tinychameleon.evaluation.documents import evaluate_documents
 from tinychameleon.evaluation.judge import load_or_train_judge
 from tinychameleon.io_utils import write_json
@@ -35,6 +36,11 @@ SETTINGS = {
     "guidance 1.25, greedy images": {"guidance": 1.25, "temperature": 0.0},
     "guidance 1.5, greedy images": {"guidance": 1.5, "temperature": 0.0},
     "guidance 1.75, temperature 0.3": {"guidance": 1.75, "temperature": 0.3},
+    "guidance 2, greedy above 0.5": {"guidance": 2.0, "top_p": 1.0, "greedy_above": 0.5},
+    "guidance 2, greedy above 0.3": {"guidance": 2.0, "top_p": 1.0, "greedy_above": 0.3},
+    "guidance 2, greedy above 0.7": {"guidance": 2.0, "top_p": 1.0, "greedy_above": 0.7},
+    "guidance 1.5, greedy above 0.5": {"guidance": 1.5, "top_p": 1.0, "greedy_above": 0.5},
+    "guidance 2.5, greedy above 0.5": {"guidance": 2.5, "top_p": 1.0, "greedy_above": 0.5},
 }
 
 
@@ -43,8 +49,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--samples", type=int, default=100, help="documents per family")
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
-    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), help="names from SETTINGS")
-    parser.add_argument("--families", nargs="*", default=None, help="family names (default: all)")
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING",
+                        help="names from SETTINGS")
+    parser.add_argument("--families", nargs="*", default=None, choices=list(FAMILIES), metavar="FAMILY",
+                        help="family names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -89,6 +89,19 @@ def test_cli_contract(document_run, tmp_path, capsys):
     assert all(row["index"] == 0 for row in map(json.loads, (tmp_path / "one" / "manifest.jsonl").open()))
 
 
+def test_cli_sampler_flags_reach_the_documents(document_run, tmp_path, capsys, monkeypatch):
+    from tinychameleon.pipeline import Pipeline
+
+    seen, real = [], Pipeline.continue_documents
+    monkeypatch.setattr(Pipeline, "continue_documents", lambda self, *args, **kwargs: seen.append(kwargs)
+                        or real(self, *args, **kwargs))
+    code, _, _ = run(["continue", "count from one to three in plain white on dark blue :", "--out", tmp_path,
+                      "--checkpoint", document_run, "--greedy-above", 0.4, "--guidance", 2.5, "--top-p", 0.9], capsys)
+    assert code == 0 and len(seen) == 1
+    assert {key: seen[0][key] for key in ("greedy_above", "guidance", "top_p")} == \
+        {"greedy_above": 0.4, "guidance": 2.5, "top_p": 0.9}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["<image> maek the digit plain red .", "--image", "A"], "did you mean make"),
     (["<image> plus <image> is", "--image", "A"], "2 <image> placeholders but 1 image"),
@@ -191,14 +204,15 @@ def test_images_in_documents_use_the_documents_sampling_entries(document_pipelin
 
     pipe, image, seen = document_pipeline, digit_image(), []
     monkeypatch.setattr(pipe, "sampling", replace(pipe.sampling, temperature=1.0, guidance=1.0,
-                                                  documents={"temperature": 0.0, "guidance": 1.5}))
+                                                  documents={"temperature": 0.0, "guidance": 1.5, "greedy_above": 0.5}))
     real_decode = decoder_module.decode
     monkeypatch.setattr(decoder_module, "decode", lambda model, grammar, rows, settings, unconditional, *rest, **kw:
-                        seen.append((settings.temperature, settings.guidance, unconditional is not None))
+                        seen.append((settings.temperature, settings.guidance, settings.greedy_above,
+                                     unconditional is not None))
                         or real_decode(model, grammar, rows, settings, unconditional, *rest, **kw))
     pipe.continue_documents("<image> swap the colors .", [image], seed=1)
     pipe.continue_documents("<image> swap the colors .", [image], seed=1, temperature=0.7, guidance=None)
-    assert seen == [(0.0, 1.5, True), (0.7, 1.5, True)]          # the guided stream runs for guidance 1.5
+    assert seen == [(0.0, 1.5, 0.5, True), (0.7, 1.5, 0.5, True)]   # the guided stream runs for guidance 1.5
     assert pipe.resolve_settings({}).temperature == 1.0 and pipe.resolve_settings({}).streams == 1
     with TestClient(create_app(pipe, ServerSettings(max_samples=16, max_cost=7))) as client:
         response = client.post("/api/continue", data={"prompt": "<image> swap the colors .", "n": "1"},

@@ -291,6 +291,24 @@ def test_guidance_one_equals_plain_sampling_and_guidance_changes_images():
     assert run(3.0, unconditional) != run(1.0, None)
 
 
+def test_greedy_above_zero_is_greedy_without_guidance_in_documents():
+    """Every image token the conditional stream is surer of than greedy_above is its argmax: at 0 that is every one,
+    so the draw under guidance and temperature equals the greedy unguided one; at 1 (off) it does not."""
+    model, grammar = model_and_grammar(3)
+    forced_drawing(model)
+    prompts = [[VOCAB.bos] + VOCAB.text_ids[i:i + 3] for i in range(6)]
+    unconditional = [[VOCAB.bos]] * len(prompts)
+
+    def run(**settings):
+        return decode(model, grammar, prompts, DecodeSettings(max_new_tokens=L + 4, **settings), unconditional,
+                      generator=torch.Generator().manual_seed(9))
+
+    greedy = run(temperature=0.0)
+    assert run(temperature=1.0, guidance=3.0, greedy_above=0.0) == greedy
+    assert run(temperature=1.0, guidance=3.0, greedy_above=1.0) != greedy
+    assert all(VOCAB.begin_image in row for row in greedy)                      # images were drawn
+
+
 def test_finished_rows_leave_the_batch():
     model, grammar = model_and_grammar(4)
     favour(model, VOCAB.end_document, 30.0)                   # row 0 ends at once, row 1 must finish its image

@@ -193,8 +193,9 @@ def test_a_next_scale_run_trains_reloads_draws_reads_and_refuses_raster_tasks(sc
     assert sampled.shape == (3, 28, 28, 3) and all(parse_caption(c) is not None for c in sampled_captions)
     for first in ("image", "model"):
         assert pipe.sample(2, seed=0, first=first, ancestral=first == "model")[0].shape == (2, 28, 28, 3)
-    with pytest.raises(ConfigError, match="raster"):
-        pipe.generate_images("dark green eight on bright cyan", cd_k=4)
+    for setting in ({"cd_k": 4}, {"greedy_above": 0.5}):
+        with pytest.raises(ConfigError, match="raster"):
+            pipe.generate_images("dark green eight on bright cyan", **setting)
     with pytest.raises(ConfigError, match="raster model"):
         pipe.complete(colored[1].images[:1])
     with pytest.raises(ConfigError, match="raster model"):

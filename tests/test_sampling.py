@@ -4,7 +4,7 @@ import torch
 from tinychameleon.config import ModelConfig
 from tinychameleon.data.colored import parse_caption
 from tinychameleon.model import Transformer
-from tinychameleon.sampling import ModalityRules, generate
+from tinychameleon.sampling import ModalityRules, generate, keep_sure
 from tinychameleon.sequences import (IMAGE_FIRST, TEXT_FIRST, build_sequences, image_prefix, split_sequences,
                                      text_prefix)
 from tinychameleon.tokenizers.text import SLOTS, WordTokenizer
@@ -164,6 +164,39 @@ def test_guidance_one_is_plain_conditional_sampling(tiny_pipeline):
     plain = generate(pipe.model, prefix, pipe.rules, 1.0, None, 1.0, torch.Generator().manual_seed(3))
     mixed = generate(pipe.model, prefix, pipe.rules, 1.0, None, 1.0 + 1e-7, torch.Generator().manual_seed(3))
     assert torch.equal(plain, mixed)
+
+
+def test_greedy_above_keeps_what_the_model_alone_is_sure_of(tiny_pipeline, monkeypatch):
+    """keep_sure replaces a drawn token by the conditional argmax exactly where that argmax holds more than
+    greedy_above of the allowed mass; through the pipeline, greedy_above 0 is greedy without guidance whatever the
+    temperature and guidance, and 1 leaves the draw alone."""
+    conditional = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]]).log()
+    allowed, drawn = torch.ones(2, 3, dtype=torch.bool), torch.tensor([2, 2])
+    assert keep_sure(drawn, conditional, allowed, 0.5).tolist() == [0, 2]       # 0.7 > 0.5; 0.4 is not
+    assert keep_sure(drawn, conditional, allowed, 0.3).tolist() == [0, 0]
+    assert keep_sure(drawn, conditional, allowed, 1.0).tolist() == [2, 2]       # off
+    allowed[:, 0] = False                                                       # the mass of the allowed ones counts:
+    assert keep_sure(drawn, conditional, allowed, 0.55).tolist() == [1, 1]      # 0.2 / 0.3 and 0.35 / 0.6 > 0.55
+    from tinychameleon.sequences import text_prefix
+
+    pipe = tiny_pipeline
+    prefix = text_prefix(pipe.vocab, pipe.encode_prompts(["dark green eight on bright cyan", "plain white two on dark blue"] * 4))
+
+    def draw(temperature, guidance, **greedy_above):
+        return generate(pipe.model, prefix, pipe.rules, temperature, None, guidance, torch.Generator().manual_seed(3),
+                        **greedy_above)
+
+    greedy = draw(0.0, 1.0)
+    assert torch.equal(draw(1.0, 3.0, greedy_above=0.0), greedy)
+    assert not torch.equal(draw(1.0, 3.0, greedy_above=1.0), greedy)
+    # The pipeline passes the setting on to the sampler.
+    import tinychameleon.pairs as pairs_module
+
+    seen = []
+    monkeypatch.setattr(pairs_module, "generate", lambda *args, **kwargs: seen.append(kwargs["greedy_above"])
+                        or generate(*args, **kwargs))
+    pipe.generate_images("dark green eight on bright cyan", seed=0, image_candidates=1, greedy_above=0.25)
+    assert seen == [0.25]
 
 
 def test_captions_use_their_own_guidance(tiny_pipeline, monkeypatch):

@@ -35,6 +35,8 @@ SAMPLER_FLAGS = [
     ("--top-k", "top_k", "keep only the k most likely tokens (0 = all)"),
     ("--top-p", "top_p", "nucleus sampling: keep the tokens that make up this much probability (1 = off)"),
     ("--guidance", "guidance", "classifier-free guidance scale (1 = off)"),
+    ("--greedy-above", "greedy_above", "take a token the model alone gives more than this probability as it stands, "
+                                       "before guidance and temperature: copies stay exact (1 = off)"),
     ("--cd-k", "cd_k", "contrastive decoding CD-K instead of guidance (0 = off)"),
     ("--cd-alpha", "cd_alpha", "with --cd-k: candidates within this factor of the k-th likeliest token"),
     ("--candidates", "image_candidates", "text -> image: draw this many images per prompt, keep the one the "

@@ -366,7 +366,7 @@ def make_config(preset: str = "seed", validate: bool = True, **overrides) -> Run
         raise ValueError(str(error)) from None
 
 
-DOCUMENT_SETTINGS = ("temperature", "top_k", "top_p", "guidance")   # what sampling.documents may set
+DOCUMENT_SETTINGS = ("temperature", "top_k", "top_p", "guidance", "greedy_above")   # what sampling.documents may set
 RETRIEVED_SETTINGS = DOCUMENT_SETTINGS + ("image_candidates", "clip_rerank")   # and sampling.retrieved
 
 
@@ -382,6 +382,9 @@ class SamplingConfig:
     top_k: int = 0                # 0 = no top-k filtering
     top_p: float = 1.0            # nucleus sampling: keep the smallest set of tokens with this much mass (1 = off)
     guidance: float = 1.0         # classifier-free guidance scale for conditional modes (1 = off)
+    greedy_above: float = 1.0     # a token the model alone gives more than this probability is taken as it stands,
+                                  # the others drawn under guidance and temperature: a copy (an edit's strokes) stays
+                                  # exact while a fresh drawing keeps its variety (sampling.keep_sure; 1 = off)
     cd_k: int = 0                 # contrastive decoding CD-K instead of guidance: candidates within cd_alpha of the
     cd_alpha: float = 0.1         # k-th likeliest conditional token, scored log p_cond - log p_uncond (0 = off)
     grammar: bool = True          # word slots follow the caption template (False: any word in any slot)
@@ -407,7 +410,7 @@ class SamplingConfig:
               "caption_temperature": (0.0, 100.0),
               "top_k": (0, 1 << 20),
               "guidance": (0.0, 100.0), "caption_guidance": (0.0, 100.0), "image_candidates": (1, 64),
-              "top_p": (0.01, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
+              "top_p": (0.01, 1.0), "greedy_above": (0.0, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
               "caption_hypotheses": (1, 10), "caption_clip_weight": (0.0, 1000.0),
               "batch_size": (1, 1 << 16)}
     MIN_TEMPERATURE = 0.01        # below this (but above 0, greedy) logits / temperature overflow

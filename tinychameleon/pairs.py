@@ -63,7 +63,7 @@ class PairDecoder:
                                     forced=None if forced is None else forced[rows].to(self.device),
                                     top_p=settings.top_p, cd_k=settings.cd_k, cd_alpha=settings.cd_alpha,
                                     unconditional_prefix=None if unconditional is None else
-                                    unconditional[rows].to(self.device)))
+                                    unconditional[rows].to(self.device), greedy_above=settings.greedy_above))
         return torch.cat(outputs)
 
     # -- text -> image ---------------------------------------------------------------------------------

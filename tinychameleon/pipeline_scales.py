@@ -20,7 +20,7 @@ from .tokenizers.vocab import TEXT_LENGTH
 
 # Raster-only settings: each names a decoding the next-scale sampler does not have (refused, never ignored).
 RASTER_ONLY_SETTINGS = {"cd_k": 0, "mixed_pool": False, "rerank_captions": False, "caption_guidance": 1.0,
-                        "caption_clip_weight": 0.0}
+                        "caption_clip_weight": 0.0, "greedy_above": 1.0}
 # Next-scale-only settings: (off value, what it does there and why the raster model has no use for it).
 NEXT_SCALE_ONLY_SETTINGS = {
     "fine_temperature": (1.0, "sets each scale's temperature of the next-scale model; the raster model draws with "

@@ -145,6 +145,17 @@ def contrastive_scores(conditional: torch.Tensor, unconditional: torch.Tensor, a
     return (conditional - unconditional).masked_fill(~keep, float("-inf"))
 
 
+def keep_sure(token: torch.Tensor, conditional: torch.Tensor, allowed: torch.Tensor, greedy_above: float) -> torch.Tensor:
+    """(B,) drawn tokens -> the same, except where the model alone (the conditional logits, before guidance and
+    temperature) gives one allowed token more than `greedy_above` of its probability: that token is taken. A copied
+    stroke is such a token, and sampling or guiding it only risks breaking the copy, while a fresh drawing's
+    uncertain tokens keep their variety (greedy_above 1 = off; 0 = greedy on the conditional logits)."""
+    if greedy_above >= 1.0:
+        return token
+    sure, likeliest = F.softmax(conditional.float().masked_fill(~allowed, float("-inf")), -1).max(-1)
+    return torch.where(sure > greedy_above, likeliest, token)
+
+
 def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(dim=-1)
@@ -158,7 +169,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
              use_cache: bool = True, length: int | None = None,
              should_stop: Callable[[], bool] | None = None, forced: torch.Tensor | None = None,
              top_p: float = 1.0, cd_k: int = 0, cd_alpha: float = 0.1,
-             unconditional_prefix: torch.Tensor | None = None) -> torch.Tensor:
+             unconditional_prefix: torch.Tensor | None = None, greedy_above: float = 1.0) -> torch.Tensor:
     """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
     (default: a whole plain sequence; a shorter length stops early, e.g. after the first modality).
 
@@ -170,7 +181,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     should_stop is asked before every decode step; when it answers True the work is abandoned
     with DeadlineExceeded (a server request whose client has stopped waiting).
     unconditional_prefix replaces the default unconditional stream (infilling reads the image-first
-    masked sequence without its caption).
+    masked sequence without its caption). greedy_above: see keep_sure.
     """
     model.eval()
     B, P = prefix.shape
@@ -191,11 +202,13 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     for position in range(P, length):
         stop_if_expired(should_stop, "sampling")
         allowed = rules.mask(orders, position, sequences[:, position - 1])
+        conditional = logits
         if guided and cd_k:
             logits = contrastive_scores(logits, free_logits[0], allowed, cd_k, cd_alpha)
         elif guided:
             logits = guided_logits(logits, free_logits[0], guidance)
         token = pick(filter_logits(logits, allowed, temperature, top_k, top_p), temperature, generator)
+        token = keep_sure(token, conditional, allowed, greedy_above)
         if forced is not None:
             token = torch.where(forced[:, position] >= 0, forced[:, position], token)
         sequences[:, position] = token

@@ -56,7 +56,9 @@ class DocumentDecoder:
         """Prompt ids -> the ids each row writes, in batches of settings.batch_size; for the first min_words
         steps a row writing text writes words (DecodeSettings.min_words)."""
         decode_settings = DecodeSettings(settings.temperature, settings.top_k, settings.top_p, settings.guidance,
-                                         settings.caption_temperature, max_new_tokens, min_words)
+                                         greedy_above=settings.greedy_above,
+                                         text_temperature=settings.caption_temperature,
+                                         max_new_tokens=max_new_tokens, min_words=min_words)
         written = []
         for chunk in batch_slices(len(rows), settings.batch_size):
             stop_if_expired(self.expired)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import stop_if_expired
 from ..model import KVCache, Transformer, causal_mask
-from ..sampling import filter_logits, guided_logits, pick
+from ..sampling import filter_logits, guided_logits, keep_sure, pick
 from .grammar import DocumentGrammar
 
 
@@ -85,6 +85,7 @@ class DecodeSettings:
     top_k: int = 0
     top_p: float = 1.0
     guidance: float = 1.0             # classifier-free guidance of image tokens (needs unconditional prompts)
+    greedy_above: float = 1.0         # an image token the model alone is this sure of is taken (sampling.keep_sure)
     text_temperature: float = 0.0     # words, <boi> and <eod> (0: greedy)
     max_new_tokens: int = 0           # 0: up to the model's block size
     min_words: int = 0                # for this many steps a row writing text writes words: an answer asked to be
@@ -143,6 +144,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
             image_logits = guided_logits(conditional, logits[n:], settings.guidance)
         image_token = pick(filter_logits(image_logits, allowed, settings.temperature, settings.top_k or None,
                                          settings.top_p), settings.temperature, generator)
+        image_token = keep_sure(image_token, conditional, allowed, settings.greedy_above)
         text_token = pick(filter_logits(conditional, allowed, settings.text_temperature, None),
                           settings.text_temperature, generator)
         token = torch.where(in_image, image_token, text_token)
