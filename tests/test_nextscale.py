@@ -143,6 +143,27 @@ def test_guidance_on_the_coarse_scales_only(untrained, scales_run, tiny_pipeline
         tiny_pipeline.generate_images("dark green eight on bright cyan", guidance=2.0, guided_scales=2)
 
 
+def test_greedy_above_takes_the_caption_streams_sure_tokens(untrained, scales_run):
+    """greedy_above 0 takes every token from the unguided argmax (so it equals greedy without guidance, whatever the
+    temperature and guidance), 1 leaves the draw alone, and the pipeline passes the setting on."""
+    config, tokenizer, model, vocab = untrained
+    rules, words = ImageRules(vocab, tokenizer), torch.randint(0, 31, (4, 6))
+
+    def sample(temperature, guidance, **greedy_above):
+        return draw(model, tokenizer.shape, vocab, rules, words, temperature=temperature, guidance=guidance,
+                    generator=torch.Generator().manual_seed(2), **greedy_above)
+
+    greedy = sample(0.0, 1.0)
+    assert torch.equal(sample(1.0, 4.0, greedy_above=0.0), greedy)
+    assert not torch.equal(sample(1.0, 4.0, greedy_above=1.0), greedy)
+    pipe = Pipeline.from_pretrained(scales_run)
+    plain, sure = (pipe.generate_images(["dark green eight on bright cyan"] * 4, seed=5, guidance=3.0,
+                                        greedy_above=value) for value in (1.0, 0.0))
+    assert np.array_equal(sure, pipe.generate_images(["dark green eight on bright cyan"] * 4, seed=6,
+                                                     temperature=0.0, guidance=1.0))
+    assert not np.array_equal(plain, sure)
+
+
 def test_cached_reading_equals_teacher_forced_argmax(untrained):
     config, tokenizer, model, vocab = untrained
     rules = ModalityRules(vocab)
@@ -193,9 +214,8 @@ def test_a_next_scale_run_trains_reloads_draws_reads_and_refuses_raster_tasks(sc
     assert sampled.shape == (3, 28, 28, 3) and all(parse_caption(c) is not None for c in sampled_captions)
     for first in ("image", "model"):
         assert pipe.sample(2, seed=0, first=first, ancestral=first == "model")[0].shape == (2, 28, 28, 3)
-    for setting in ({"cd_k": 4}, {"greedy_above": 0.5}):
-        with pytest.raises(ConfigError, match="raster"):
-            pipe.generate_images("dark green eight on bright cyan", **setting)
+    with pytest.raises(ConfigError, match="raster"):
+        pipe.generate_images("dark green eight on bright cyan", cd_k=4)
     with pytest.raises(ConfigError, match="raster model"):
         pipe.complete(colored[1].images[:1])
     with pytest.raises(ConfigError, match="raster model"):

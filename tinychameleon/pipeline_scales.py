@@ -20,7 +20,7 @@ from .tokenizers.vocab import TEXT_LENGTH
 
 # Raster-only settings: each names a decoding the next-scale sampler does not have (refused, never ignored).
 RASTER_ONLY_SETTINGS = {"cd_k": 0, "mixed_pool": False, "rerank_captions": False, "caption_guidance": 1.0,
-                        "caption_clip_weight": 0.0, "greedy_above": 1.0}
+                        "caption_clip_weight": 0.0}
 # Next-scale-only settings: (off value, what it does there and why the raster model has no use for it).
 NEXT_SCALE_ONLY_SETTINGS = {
     "fine_temperature": (1.0, "sets each scale's temperature of the next-scale model; the raster model draws with "
@@ -74,7 +74,8 @@ class NextScaleTasks:
             codes.append(sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, self._image_rules,
                                       words[rows].to(self.device), self._scale_temperatures(settings), settings.top_k or None,
                                       settings.top_p, settings.guidance, generator, should_stop=self._expired,
-                                      masked=masked, guided_blocks=settings.guided_scales))
+                                      masked=masked, guided_blocks=settings.guided_scales,
+                                      greedy_above=settings.greedy_above))
         codes = torch.cat(codes)
         if candidates == 1:
             return codes

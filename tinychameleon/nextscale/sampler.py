@@ -16,7 +16,7 @@ import torch
 
 from ..errors import stop_if_expired
 from ..model import KVCache
-from ..sampling import ModalityRules, filter_logits, guided_logits, pick
+from ..sampling import ModalityRules, filter_logits, guided_logits, keep_sure, pick
 from ..sequences import IMAGE_FIRST
 from ..tokenizers.vocab import TEXT_LENGTH, Vocab
 from ..tokenizers.vqvae import GRID
@@ -41,11 +41,13 @@ class ImageRules:
 def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, words: torch.Tensor,
          temperature: float | list[float] = 1.0, top_k: int | None = None, top_p: float = 1.0, guidance: float = 1.0,
          generator: torch.Generator | None = None, use_cache: bool = True,
-         should_stop: Callable[[], bool] | None = None, masked: bool = False, guided_blocks: int = 0) -> torch.Tensor:
+         should_stop: Callable[[], bool] | None = None, masked: bool = False, guided_blocks: int = 0,
+         greedy_above: float = 1.0) -> torch.Tensor:
     """(B, 6) word ids -> (B, 106) image ids: fg, bg, then every scale's codes; `temperature` is one for all
     blocks or one per block. masked=True draws from nothing: the caption is read as <mask> tokens (the
     unconditional stream itself). guided_blocks=N > 0 guides the N coarsest blocks only: then the
-    unconditional stream leaves the batch, so the finer blocks (most of the tokens) cost half."""
+    unconditional stream leaves the batch, so the finer blocks (most of the tokens) cost half. greedy_above:
+    a token the caption-conditioned stream alone is this sure of is taken as it stands (sampling.keep_sure)."""
     model.eval()
     B, device, layout = len(words), words.device, model.layout
     streams = caption_ids(vocab, words, torch.full((B,), masked, dtype=torch.bool))
@@ -69,11 +71,13 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
             x = torch.cat([model.embed_tokens(streams)] + ([earlier] if block else []) + [new], dim=1)
             logits = model.run(x, model.mask[:stop, :stop])
         logits = logits[:, -sizes[block]:]                                         # (R, n, V)
+        conditional = logits[:B]
         if R > B:                                                                 # the two guidance streams
             logits = guided_logits(logits[:B], logits[B:], guidance)
         slots = slice(starts[block] - CAPTION, stop - CAPTION)
         heat = temperature[block] if isinstance(temperature, (list, tuple)) else temperature
-        tokens = sample_block(logits, rules, slots, heat, top_k, top_p, generator, first=block == 0)
+        tokens = sample_block(logits, rules, slots, heat, top_k, top_p, generator, first=block == 0,
+                              conditional=conditional, greedy_above=greedy_above)
         image[:, slots] = tokens
         if block == len(sizes) - 1:
             break
@@ -89,20 +93,26 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
 
 
 def sample_block(logits: torch.Tensor, rules: ImageRules, slots: slice, temperature: float, top_k, top_p: float,
-                 generator, first: bool) -> torch.Tensor:
+                 generator, first: bool, conditional: torch.Tensor | None = None,
+                 greedy_above: float = 1.0) -> torch.Tensor:
     """(B, n, V) logits of one block -> (B, n) ids. In block 0 the slots go one after another, so the
-    background is drawn among the partners of the drawn foreground; every other block is drawn at once."""
+    background is drawn among the partners of the drawn foreground; every other block is drawn at once.
+    conditional (B, n, V): the unguided logits keep_sure reads (default: `logits`)."""
     B, n, V = logits.shape
+    conditional = logits if conditional is None else conditional
     allowed = rules.allowed.to(logits.device)[slots]                                 # (n, V)
     if not first:
-        flat = filter_logits(logits.reshape(B * n, V), allowed.repeat(B, 1), temperature, top_k, top_p)
-        return pick(flat, temperature, generator).view(B, n)
+        mask = allowed.repeat(B, 1)                                                 # (B * n, V)
+        flat = filter_logits(logits.reshape(B * n, V), mask, temperature, top_k, top_p)
+        tokens = pick(flat, temperature, generator)
+        return keep_sure(tokens, conditional.reshape(B * n, V), mask, greedy_above).view(B, n)
     tokens, previous = [], None
     for slot in range(n):
         mask = allowed[slot].expand(B, V)
         if previous is not None:
             mask = mask & rules.follows.to(logits.device)[previous]
         previous = pick(filter_logits(logits[:, slot], mask, temperature, top_k, top_p), temperature, generator)
+        previous = keep_sure(previous, conditional[:, slot], mask, greedy_above)
         tokens.append(previous)
     return torch.stack(tokens, dim=1)
 
