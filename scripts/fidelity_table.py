@@ -3,6 +3,7 @@ default), with the real-data ceiling measured the same way, and the shipped-defa
 
     python scripts/fidelity_table.py --checkpoint var --samples 1000 --out runs/fidelity-var.json
     python scripts/fidelity_table.py --samples 1000 --out runs/fidelity-raster.json      # the raster model
+    python scripts/fidelity_table.py --documents --grid '{"guidance": [2.0], "greedy_above": [0.5]}'  # in documents
 
 Per setting: judged all-three accuracy, shape precision and recall (improved precision / recall, k = 3, per
 digit, against 5000 real training shapes; recall covers as many real shapes per digit as there are samples),
@@ -21,6 +22,8 @@ import itertools
 import json
 import math
 import time
+
+import numpy as np
 
 from tinychameleon.data.colored import load_colored_mnist, load_splits
 from tinychameleon.data.mnist import default_cache_dir
@@ -43,6 +46,12 @@ def choose(rows: list[dict]) -> dict | None:
     return max(close, key=lambda row: (row["precision_vs_real"], row["all_three"]))
 
 
+def first_images(continuations: list) -> np.ndarray:
+    """Each document's first drawn image, or a blank one (judged wrong) where it drew none."""
+    return np.stack([rows[0].images[0] if len(rows[0].images) else np.zeros((28, 28, 3), dtype=np.uint8)
+                     for rows in continuations])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
@@ -51,6 +60,9 @@ def main() -> None:
     parser.add_argument("--grid", help="JSON object of setting -> list of values (default: %s)" % json.dumps(GRID))
     parser.add_argument("--candidates", type=int, default=1,
                         help="image_candidates for every row whose grid does not set it")
+    parser.add_argument("--documents", action="store_true",
+                        help="draw each caption inside a document (the 'draw' family, caption -> <image>) with the "
+                             "document sampler (sampling.json's documents entries under the grid), not as a pair")
     parser.add_argument("--out", default="runs/fidelity.json")
     args = parser.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
@@ -64,9 +76,13 @@ def main() -> None:
     grid = json.loads(args.grid) if args.grid else GRID
     rows = []
     for values in itertools.product(*grid.values()):
-        settings = {"image_candidates": args.candidates, **dict(zip(grid, values))}   # the grid's value wins
         started = time.perf_counter()
-        images = pipe.generate_images(prompts, seed=0, **settings)
+        if args.documents:
+            settings = dict(zip(grid, values))
+            images = first_images(pipe.continue_documents(prompts, [[] for _ in prompts], seed=0, **settings))
+        else:
+            settings = {"image_candidates": args.candidates, **dict(zip(grid, values))}   # the grid's value wins
+            images = pipe.generate_images(prompts, seed=0, **settings)
         ms = 1000 * (time.perf_counter() - started) / len(prompts)
         shape = shape_realism(*reference, judge.shape_features(images), split.digits)
         rows.append({"settings": settings, "samples": len(prompts), "ms_per_image": ms,
