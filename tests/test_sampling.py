@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import tinychameleon.pairs as pairs_module
 from tinychameleon.config import ModelConfig
 from tinychameleon.data.colored import parse_caption
 from tinychameleon.model import Transformer
@@ -177,10 +178,9 @@ def test_greedy_above_keeps_what_the_model_alone_is_sure_of(tiny_pipeline, monke
     assert keep_sure(drawn, conditional, allowed, 1.0).tolist() == [2, 2]       # off
     allowed[:, 0] = False                                                       # the mass of the allowed ones counts:
     assert keep_sure(drawn, conditional, allowed, 0.55).tolist() == [1, 1]      # 0.2 / 0.3 and 0.35 / 0.6 > 0.55
-    from tinychameleon.sequences import text_prefix
-
     pipe = tiny_pipeline
-    prefix = text_prefix(pipe.vocab, pipe.encode_prompts(["dark green eight on bright cyan", "plain white two on dark blue"] * 4))
+    captions = ["dark green eight on bright cyan", "plain white two on dark blue"] * 4
+    prefix = text_prefix(pipe.vocab, pipe.encode_prompts(captions))
 
     def draw(temperature, guidance, **greedy_above):
         return generate(pipe.model, prefix, pipe.rules, temperature, None, guidance, torch.Generator().manual_seed(3),
@@ -190,8 +190,6 @@ def test_greedy_above_keeps_what_the_model_alone_is_sure_of(tiny_pipeline, monke
     assert torch.equal(draw(1.0, 3.0, greedy_above=0.0), greedy)
     assert not torch.equal(draw(1.0, 3.0, greedy_above=1.0), greedy)
     # The pipeline passes the setting on to the sampler.
-    import tinychameleon.pairs as pairs_module
-
     seen = []
     monkeypatch.setattr(pairs_module, "generate", lambda *args, **kwargs: seen.append(kwargs["greedy_above"])
                         or generate(*args, **kwargs))

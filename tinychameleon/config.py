@@ -410,7 +410,8 @@ class SamplingConfig:
               "caption_temperature": (0.0, 100.0),
               "top_k": (0, 1 << 20),
               "guidance": (0.0, 100.0), "caption_guidance": (0.0, 100.0), "image_candidates": (1, 64),
-              "top_p": (0.01, 1.0), "greedy_above": (0.0, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0), "caption_views": (1, 32),
+              "top_p": (0.01, 1.0), "greedy_above": (0.0, 1.0), "cd_k": (0, 1 << 20), "cd_alpha": (1e-6, 1.0),
+              "caption_views": (1, 32),
               "caption_hypotheses": (1, 10), "caption_clip_weight": (0.0, 1000.0),
               "batch_size": (1, 1 << 16)}
     MIN_TEMPERATURE = 0.01        # below this (but above 0, greedy) logits / temperature overflow
