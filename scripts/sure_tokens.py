@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import tinychameleon.documents.engine as engine
 from tinychameleon.data.colored import load_splits
 from tinychameleon.data.mnist import default_cache_dir
 from tinychameleon.documents.families import FAMILIES, DigitBank, examples
 from tinychameleon.evaluation.documents import render
 from tinychameleon.pipeline import Pipeline
+from tinychameleon.sampling import certainty
 
 DRAWING = ["digit color", "background color", "swap", "change digit", "counting", "what comes next", "draw"]
 
@@ -38,8 +37,8 @@ def main() -> None:
 
     def counting_keep_sure(token, conditional, allowed, greedy_above):
         in_image = allowed[:, :image_ids].any(1)                     # rows drawing an image at this step
-        probabilities = torch.softmax(conditional.float().masked_fill(~allowed, float("-inf")), -1)
-        counts["sure"] += int((probabilities.max(-1).values[in_image] > threshold).sum())
+        sure, _ = certainty(conditional, allowed)
+        counts["sure"] += int((sure[in_image] > threshold).sum())
         counts["all"] += int(in_image.sum())
         return real_keep_sure(token, conditional, allowed, greedy_above)
 

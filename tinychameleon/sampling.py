@@ -145,6 +145,12 @@ def contrastive_scores(conditional: torch.Tensor, unconditional: torch.Tensor, a
     return (conditional - unconditional).masked_fill(~keep, float("-inf"))
 
 
+def certainty(conditional: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) logits and allowed tokens -> (B,) probability of the likeliest allowed token (the mass renormalised
+    over the allowed ones) and (B,) that token."""
+    return F.softmax(conditional.float().masked_fill(~allowed, float("-inf")), -1).max(-1)
+
+
 def keep_sure(token: torch.Tensor, conditional: torch.Tensor, allowed: torch.Tensor, greedy_above: float) -> torch.Tensor:
     """(B,) drawn tokens -> the same, except where the model alone (the conditional logits, before guidance and
     temperature) gives one allowed token more than `greedy_above` of its probability: that token is taken. A copied
@@ -152,7 +158,7 @@ def keep_sure(token: torch.Tensor, conditional: torch.Tensor, allowed: torch.Ten
     uncertain tokens keep their variety (greedy_above 1 = off; 0 = greedy on the conditional logits)."""
     if greedy_above >= 1.0:
         return token
-    sure, likeliest = F.softmax(conditional.float().masked_fill(~allowed, float("-inf")), -1).max(-1)
+    sure, likeliest = certainty(conditional, allowed)
     return torch.where(sure > greedy_above, likeliest, token)
 
 

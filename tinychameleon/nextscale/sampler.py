@@ -93,13 +93,11 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
 
 
 def sample_block(logits: torch.Tensor, rules: ImageRules, slots: slice, temperature: float, top_k, top_p: float,
-                 generator, first: bool, conditional: torch.Tensor | None = None,
-                 greedy_above: float = 1.0) -> torch.Tensor:
+                 generator, first: bool, conditional: torch.Tensor, greedy_above: float = 1.0) -> torch.Tensor:
     """(B, n, V) logits of one block -> (B, n) ids. In block 0 the slots go one after another, so the
     background is drawn among the partners of the drawn foreground; every other block is drawn at once.
-    conditional (B, n, V): the unguided logits keep_sure reads (default: `logits`)."""
+    conditional (B, n, V): the unguided logits keep_sure reads (the same as `logits` without guidance)."""
     B, n, V = logits.shape
-    conditional = logits if conditional is None else conditional
     allowed = rules.allowed.to(logits.device)[slots]                                 # (n, V)
     if not first:
         mask = allowed.repeat(B, 1)                                                 # (B * n, V)
