@@ -153,3 +153,40 @@ def test_document_scoring_needs_words_images_and_kept_shapes(colored):
     assert not score(example, "<image>", answer, prompt_image, Judge([other.__class__(0, 0, 0, 0)]))["right"]
     assert not score(example, "", answer[:0], prompt_image, judge)["right"]
     assert not score(example, "<image> .", answer, prompt_image, judge)["right"]
+
+
+def test_fresh_drawings_are_measured_beside_real_pictures_of_the_same_answers(colored):
+    """Only fresh drawings (not edits, which keep their shape) of documents that drew as many images as asked are
+    measured; drawing exactly the real pictures scores exactly the ceiling, and the report shows the ratio."""
+    import numpy as np
+
+    from tinychameleon.documents.document import Continuation
+    from tinychameleon.documents.families import DigitBank, examples
+    from tinychameleon.evaluation.documents import fresh_drawings_looks, render
+    from tinychameleon.evaluation.report import documents_section
+
+    _, test = colored
+    bank = DigitBank(test.digits, test.foreground, test.background)
+    measured = []
+
+    def looks(images, digits, foreground, background):
+        measured.append(images)
+        return {"shape": {"precision": float(images.mean()), "recall": float(digits.mean())}}
+
+    drawn = examples(bank, 6, [5, 2], families=["draw"])
+    real = [render(example.answer_images, test) for example in drawn]
+    continuations = [[Continuation("<image>", images, True)] for images in real[:5]] + [[Continuation("", real[5][:0], True)]]
+    found = fresh_drawings_looks(looks, drawn, continuations, test)
+    assert found["looks"] == found["real_looks"]                       # the real pictures, drawn as they are
+    assert len(measured[0]) == len(measured[1]) == 5                   # the document that drew nothing is left out
+    np.testing.assert_array_equal(measured[0], np.concatenate(real[:5]))
+    edits = examples(bank, 3, [5, 3], families=["digit color"])
+    assert fresh_drawings_looks(looks, edits, [[Continuation("<image>", render(e.answer_images, test), True)] for e in edits],
+                                test) == {}
+    row = {"examples": 6, "accuracy": 1.0, "words": 1.0, "images": 1.0, "shape_kept": 1.0,
+           "judge_on_real_answers": 1.0, "ms_per_document": 1.0}
+    halved = {"looks": {"shape": {"precision": 0.5, "recall": 0.25}},
+              "real_looks": {"shape": {"precision": 1.0, "recall": 0.5}}}
+    table = "\n".join(documents_section({"draw": {**row, **halved}, "digit color": row}))
+    assert "| 0.50× · 0.50× |" in table and "| 100.0% | - |" in table
+

@@ -58,9 +58,13 @@ def score(example: Example, text: str, images: np.ndarray, prompt_images: np.nda
 
 
 def evaluate_documents(pipeline, judge, split: ColoredMNIST, per_family: int, seed: int = 0, sampling: dict | None = None,
-                       families: list[str] | None = None) -> tuple[dict, list]:
+                       families: list[str] | None = None, looks=None) -> tuple[dict, list]:
     """Per family: accuracy (all parts right), words, images, shape kept (edits) and the real-data ceiling;
-    returns (metrics, a few (prompt images, continuation) for a figure)."""
+    returns (metrics, a few (prompt images, continuation) for a figure).
+
+    `looks(images, digits, foreground, background) -> dict`, when given, also measures the family's fresh drawings
+    (answers any shape of the digit will do, from documents that drew as many images as asked) beside real pictures
+    of the same answers: accuracy alone cannot tell a varied sampler from one that draws every digit alike."""
     bank = DigitBank(split.digits, split.foreground, split.background)
     results, shown = {}, []
     for number, family in enumerate(families or list(FAMILIES)):
@@ -81,8 +85,28 @@ def evaluate_documents(pipeline, judge, split: ColoredMNIST, per_family: int, se
                            "shape_kept": float(np.mean([s["shape_kept"] for s in scores])),
                            "judge_on_real_answers": float(ceiling), "ms_per_document": 1000 * seconds / len(chosen),
                            "example": {"prompt": chosen[0].prompt, "continuation": continuations[0][0].text}}
+        if looks is not None:
+            results[family].update(fresh_drawings_looks(looks, chosen, continuations, split))
         shown.append((chosen[0].prompt, prompt_images[0], continuations[0][0]))
     return results, shown
+
+
+def fresh_drawings_looks(looks, chosen: list[Example], continuations: list, split: ColoredMNIST) -> dict:
+    """{"looks": ..., "real_looks": ...} of the fresh drawings (not same_shape answers) and of real pictures of the
+    same answers; {} for a family that draws none (edits keep shapes; questions draw nothing)."""
+    drawn, asked = [], []
+    for example, found in zip(chosen, continuations):
+        images = found[0].images
+        if len(images) != len(example.answer_images):
+            continue
+        for k, picture in enumerate(example.answer_images):
+            if not picture.same_shape:
+                drawn.append(images[k])
+                asked.append(picture)
+    if not asked:
+        return {}
+    attributes = [np.array([getattr(p, name) for p in asked]) for name in ("digit", "foreground", "background")]
+    return {"looks": looks(np.stack(drawn), *attributes), "real_looks": looks(render(asked, split), *attributes)}
 
 
 def documents_figure(shown: list, scale: int = 3):

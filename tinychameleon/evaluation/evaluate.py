@@ -143,7 +143,7 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
     shown = None
     if pipeline.vocab.documents:  # every task family, on documents of the evaluated split's digits
         metrics["documents"], shown = evaluate_documents(pipeline, judge, test, document_samples or samples, seed,
-                                                         sampling)
+                                                         sampling, looks=looks)
         stage("documents: " + ", ".join(f"{family} {100 * row['accuracy']:.1f}%"
                                         for family, row in metrics["documents"].items()), started)
 
