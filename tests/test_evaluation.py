@@ -190,3 +190,20 @@ def test_fresh_drawings_are_measured_beside_real_pictures_of_the_same_answers(co
     table = "\n".join(documents_section({"draw": {**row, **halved}, "digit color": row}))
     assert "| 0.50× · 0.50× |" in table and "| 100.0% | - |" in table
 
+
+
+def test_evaluate_measures_the_fresh_drawings_of_the_shipped_model_against_real_handwriting(tmp_path, judge):
+    """The whole evaluation, small: every family is measured, and the one that draws from a caption gets shape
+    realism and variety for its drawings and for real pictures of the same answers."""
+    from tinychameleon.evaluation.evaluate import evaluate
+    from tinychameleon.pipeline import Pipeline
+
+    metrics = evaluate(Pipeline.from_pretrained(), samples=8, nll_examples=64, split="validation", document_samples=4,
+                       out_dir=tmp_path)
+    documents = metrics["documents"]
+    assert len(documents) == 12 and all(row["examples"] == 4 for row in documents.values())
+    assert "looks" not in documents["swap"]                            # an edit keeps its shape: nothing fresh
+    drawn, real = documents["draw"]["looks"], documents["draw"]["real_looks"]
+    assert drawn["stray"]["clean"] == real["stray"]["clean"] == 1.0     # two-color decodes, like real pictures
+    assert 0 <= drawn["shape"]["recall"] <= 1 and real["shape"]["precision"] > 0.5
+    assert "fresh drawings: precision · recall (× real)" in (tmp_path / "report.md").read_text()

@@ -63,12 +63,12 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
 
     real = judge.predict(test.images)
     metrics["judge_on_real_test"] = attribute_accuracy(real, test.digits, test.foreground, test.background)
-    reference = judge.shape_features(train.images[:SHAPE_REFERENCE]), train.digits[:SHAPE_REFERENCE]
+    shape_reference = judge.shape_features(train.images[:SHAPE_REFERENCE]), train.digits[:SHAPE_REFERENCE]
 
     def looks(images, digits, foreground=None, background=None) -> dict:
         """What a person sees: stray pixels, specks and shape realism (improved precision / recall)."""
         return {"stray": stray_pixels(images, foreground, background), "specks": specks(images),
-                "shape": shape_realism(*reference, judge.shape_features(images), digits)}
+                "shape": shape_realism(*shape_reference, judge.shape_features(images), digits)}
 
     # The ceiling, measured the same way: real test images of the sampled slice.
     metrics["real_test_looks"] = looks(subset.images, subset.digits, subset.foreground, subset.background)
@@ -130,11 +130,11 @@ def evaluate(pipeline: Pipeline, samples: int = 1000, nll_examples: int = 0, see
               f"(real {metrics['clip_score']['real']:.3f})", started)
 
     half = samples // 2
-    reference = judge.predict(train.images[:samples])["features"]
+    train_features = judge.predict(train.images[:samples])["features"]
     real_features = real["features"][offset:offset + samples]
     metrics["frechet"] = {
         "generated_vs_real": frechet_distance(judged["features"], real_features),
-        "real_train_vs_real_test": frechet_distance(reference, real_features),
+        "real_train_vs_real_test": frechet_distance(train_features, real_features),
         "real_test_halves": frechet_distance(real_features[:half], real_features[half:]),
         "unconditional_vs_real": frechet_distance(judge.predict(sampled)["features"], real_features),
     }
