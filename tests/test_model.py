@@ -182,3 +182,28 @@ def test_copy_head_mixes_two_distributions_and_the_cache_reads_it_as_a_full_forw
         plain = torch.log_softmax(model(ids), -1)
         model.config.copy_head = True
         torch.testing.assert_close(shut, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("copy_head", [False, True])
+def test_reading_out_only_the_last_positions_equals_the_full_output(copy_head):
+    """`last=k` (a prefill reads one) gives the full forward's last k positions, padded cached rows and the pointer
+    included, and the cache continues from it exactly as from a full read."""
+    model = small_model(positions="rope", copy_head=copy_head)
+    ids = torch.randint(0, 50, (4, 30))
+    with torch.no_grad():
+        if copy_head:
+            model.copy.gate.bias.fill_(0.0)                               # both distributions matter
+        full = model(ids)
+        assert model(ids, last=3).shape == (4, 3, 50)
+        torch.testing.assert_close(model(ids, last=3), full[:, -3:], atol=1e-5, rtol=1e-5)
+        padding = torch.tensor([0, 0, 5, 5])
+        rows = torch.cat([ids[:2, :20], torch.cat([torch.full((2, 5), 49), ids[2:, :15]], dim=1)])   # (4, 20)
+        outputs = []
+        for last in (0, 1):
+            cache = KVCache(model.config, batch_size=4, max_length=40, padding=padding)
+            first = model(rows, kv_cache=cache, last=last)[:, -1]
+            outputs.append((first, model(ids[:, 20:21], kv_cache=cache)[:, -1]))
+        torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(outputs[1][0][:2], full[:2, 19], atol=1e-5, rtol=1e-5)
+        with pytest.raises(AssertionError):
+            model(ids, targets=ids, last=1)

@@ -326,11 +326,14 @@ class Transformer(nn.Module):
         for block in self.blocks:
             block.attention.fused = fused
 
-    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None, targets: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None, targets: torch.Tensor | None = None,
+                last: int = 0) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, vocab); with the copy head they are log-probabilities, which every caller
         can read as logits (softmax leaves them as they are). With a cache, ids are the next T tokens. With
-        targets (B, T): the log-probability of each target, (B, T) (what training reads; cheaper with the pointer)."""
+        targets (B, T): the log-probability of each target, (B, T) (what training reads; cheaper with the pointer).
+        last > 0: only the last `last` positions' logits, (B, last, vocab): a prefill reads one, and the (B, T,
+        vocab) output of long prompts (three with the pointer's mixture) is most of a prefill's memory."""
+        assert not (last and targets is not None), "targets score every position"
         B, T = ids.shape
         if kv_cache is None:
             positions, mask = torch.arange(T, device=ids.device), None
@@ -353,13 +356,16 @@ class Transformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, mask, rotary)
         hidden = self.norm(x)
-        logits = self.head(hidden)
-        if self.config.copy_head:
+        if self.config.copy_head:   # every position's pointer key is kept, whichever positions are read out
             keys, token_ids = self.copy.key(hidden), ids
             if kv_cache is not None:
                 keys, token_ids = kv_cache.update_copy(keys, ids)
             seen = causal_mask(T, past, ids.device)[None] if mask is None else mask[:, 0]           # (B or 1, T, S)
-            logits = self.copy(hidden, logits, keys, token_ids, seen, targets)
+        if last:
+            hidden = hidden[:, -last:]                                                              # (B, last, C)
+        logits = self.head(hidden)
+        if self.config.copy_head:
+            logits = self.copy(hidden, logits, keys, token_ids, seen[:, -hidden.shape[1]:], targets)
         elif targets is not None:
             logits = target_log_probs(logits.float(), targets)                                      # (B, T)
         if kv_cache is not None:

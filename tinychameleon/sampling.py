@@ -254,7 +254,7 @@ class Stream:
     def prefill(self) -> list[torch.Tensor]:
         """Read the prompts; per group, (B_i, vocab) logits for the token after it."""
         if self.cache is not None:
-            return list(self.model(self.padded, kv_cache=self.cache)[:, -1].split(self.sizes))
+            return list(self.model(self.padded, kv_cache=self.cache, last=1)[:, -1].split(self.sizes))
         return [self.model(tokens)[:, -1] for tokens in self.tokens]
 
     def decode_one_token(self, token: torch.Tensor) -> list[torch.Tensor]:

@@ -175,7 +175,7 @@ class CachedReader:
 
     def prefill(self) -> torch.Tensor:
         self.cache.writing = self.valid
-        return self.model(self.ids, kv_cache=self.cache)[:, -1]
+        return self.model(self.ids, kv_cache=self.cache, last=1)[:, -1]
 
     def step(self, token: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         self.cache.writing = seen[:, None]
