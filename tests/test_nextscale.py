@@ -248,3 +248,11 @@ def test_a_temperature_per_scale(untrained, scales_run, tiny_pipeline):
     assert not np.array_equal(hot, cold)                      # the setting is honoured, not ignored
     with pytest.raises(ConfigError, match="raster model draws with one temperature"):
         tiny_pipeline.generate_images("dark green eight on bright cyan", fine_temperature=0.5)
+
+
+def test_reading_out_only_the_last_positions_equals_the_full_output(untrained):
+    """The raster sampler's prefill reads `last=1`; the next-scale model answers it like the raster one."""
+    _, _, model, vocab = untrained
+    ids = torch.randint(0, vocab.size, (3, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, last=2), model(ids)[:, -2:], atol=1e-5, rtol=1e-5)

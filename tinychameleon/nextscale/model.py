@@ -104,8 +104,10 @@ class NextScaleTransformer(nn.Module):
         return torch.cat([self.embed_tokens(head), image, self.embed_tokens(words, 4 + finest)], dim=1)
 
     # -- the network -----------------------------------------------------------------------------
-    def run(self, x: torch.Tensor, mask: torch.Tensor | None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """(B, T, C) inputs, mask (T, S) booleans (None: causal) -> (B, T, vocab) logits."""
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None, kv_cache: KVCache | None = None, last: int = 0
+            ) -> torch.Tensor:
+        """(B, T, C) inputs, mask (T, S) booleans (None: causal) -> (B, T, vocab) logits; last > 0: only the last
+        `last` positions', (B, last, vocab)."""
         if mask is None:
             past = 0 if kv_cache is None else kv_cache.position
             mask = causal_mask(x.shape[1], past, x.device)
@@ -113,13 +115,13 @@ class NextScaleTransformer(nn.Module):
             x = block(x, kv_cache, layer, mask)
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
-        return self.head(self.norm(x))
+        return self.head(self.norm(x[:, -last:] if last else x))
 
-    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Plain token ids, causally (the caption of the drawing order): the raster sampler's interface, so
-        prompts with blanks are filled by the same code for either model."""
+    def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None, last: int = 0) -> torch.Tensor:
+        """Plain token ids, causally (the caption of the drawing order): the raster sampler's interface (`last`
+        included), so prompts with blanks are filled by the same code for either model."""
         start = 0 if kv_cache is None else kv_cache.position
-        return self.run(self.embed_tokens(ids, start), None, kv_cache)
+        return self.run(self.embed_tokens(ids, start), None, kv_cache, last)
 
     def drawing_logits(self, captions: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: captions (B, 9), latents (B, 103, code_dim) -> (B, 115, vocab): the caption's
