@@ -136,7 +136,7 @@ def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: to
         B = len(rows)
         parameter = next(model.parameters())
         cache = KVCache(model.config, B, device=parameter.device, dtype=parameter.dtype)
-        prefix = F.log_softmax(model(rows[:, :digit_position], kv_cache=cache)[:, -3:].float(), dim=-1)
+        prefix = F.log_softmax(model(rows[:, :digit_position], kv_cache=cache, last=3).float(), dim=-1)   # (B, 3, V)
         # Positions 51, 52 predict the two words before the digit; position 53 predicts the digit.
         before = prefix[:, :2].gather(-1, rows[:, digit_position - 2:digit_position, None]).sum(dim=(1, 2))
         digit = prefix[:, 2, digits]                                              # (B, 10)
