@@ -11,9 +11,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, PromptError
-from .tokenizers.vocab import MAX_DOCUMENT_IMAGES, TEXT_LENGTH
-
-MAX_RETRIEVE = MAX_DOCUMENT_IMAGES - 1        # retrieved neighbours a document has room for beside its query
+from .tokenizers.vocab import TEXT_LENGTH
 
 
 class RetrievalTasks:
@@ -126,7 +124,8 @@ class RetrievalTasks:
         if not self.vocab.documents:
             raise PromptError("this checkpoint was trained without documents; --retrieve needs one trained with "
                               "retrieved neighbours (train.retrieve)")
-        if isinstance(retrieve, bool) or not isinstance(retrieve, int) or not 1 <= retrieve <= MAX_RETRIEVE:
-            raise ConfigError(f"retrieve must be 1..{MAX_RETRIEVE} (a document holds {MAX_DOCUMENT_IMAGES} images: "
-                              f"the neighbours and the query), got {str(retrieve)[:40]}")
+        most = self.vocab.max_retrieve
+        if isinstance(retrieve, bool) or not isinstance(retrieve, int) or not 1 <= retrieve <= most:
+            raise ConfigError(f"retrieve must be 1..{most} for this checkpoint (its documents hold "
+                              f"{self.vocab.document_images} images: the neighbours and the query), got {str(retrieve)[:40]}")
 

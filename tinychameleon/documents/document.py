@@ -29,7 +29,7 @@ import torch
 
 from ..errors import PromptError
 from ..tokenizers.text import quoted
-from ..tokenizers.vocab import MAX_DOCUMENT_IMAGES, MAX_DOCUMENT_TEXT, Vocab
+from ..tokenizers.vocab import Vocab
 
 IMAGE_PLACEHOLDER = "<image>"
 MAX_PROMPT_CHARACTERS = 400
@@ -108,10 +108,11 @@ class DocumentTokenizer:
             raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
         text_tokens = len(words) - placeholders
         tokens = 1 + token_count(words, self.vocab.image_length) + self.vocab.prompt_end   # <bos>, words, images, <eop>
-        if placeholders > MAX_DOCUMENT_IMAGES or text_tokens > MAX_DOCUMENT_TEXT or tokens >= self.vocab.sequence_length:
-            raise PromptError(f"{quoted(prompt)} is too long for the model: at most {MAX_DOCUMENT_IMAGES} images and "
-                              f"{MAX_DOCUMENT_TEXT} other words in a document, with room left for the answer "
-                              f"({tokens} of {self.vocab.sequence_length} tokens)")
+        vocab = self.vocab
+        if placeholders > vocab.document_images or text_tokens > vocab.document_text or tokens >= vocab.sequence_length:
+            raise PromptError(f"{quoted(prompt)} is too long for the model: at most {vocab.document_images} images and "
+                              f"{vocab.document_text} other words in a document, with room left for the answer "
+                              f"({tokens} of {vocab.sequence_length} tokens)")
         return words
 
     def bind(self, prompt: str, images: list[torch.Tensor]) -> Document:

@@ -76,15 +76,16 @@ class Example:
 class DigitBank:
     """The digits a family may use (one split): digit labels and each example's own colors; with retrieval,
     `neighbours` (N, M) are each example's M nearest other examples and `retrieve` how many of them a
-    document reads; `strokes` is how many stroke styles besides the digits' own a retrieval document may be
+    document reads (or, with `retrieve_min`, a number drawn evenly from retrieve_min..retrieve); `strokes` is how many stroke styles besides the digits' own a retrieval document may be
     drawn in (its tokens come from the caller's codes of the restyled digits)."""
 
     def __init__(self, digits: np.ndarray, foreground: np.ndarray, background: np.ndarray,
-                 neighbours: np.ndarray | None = None, retrieve: int = 0, strokes: int = 0) -> None:
+                 neighbours: np.ndarray | None = None, retrieve: int = 0, strokes: int = 0,
+                 retrieve_min: int = 0) -> None:
         self.digits, self.foreground, self.background = (np.asarray(a, dtype=np.int64)
                                                          for a in (digits, foreground, background))
         self.by_digit = [np.flatnonzero(self.digits == d) for d in range(10)]
-        self.neighbours, self.retrieve, self.strokes = neighbours, retrieve, strokes
+        self.neighbours, self.retrieve, self.strokes, self.retrieve_min = neighbours, retrieve, strokes, retrieve_min
 
     def any_of(self, digit: int, rng: np.random.Generator) -> int:
         return int(rng.choice(self.by_digit[digit]))
@@ -203,10 +204,12 @@ UNRELATED = 0.25  # share of retrieved slots given to a random document: retriev
 
 
 def retrieved(bank, index, rng) -> list[Picture]:
-    """`bank.retrieve` of the example's neighbours, drawn at random among its M nearest (diversity), each
-    replaced by a random other document with probability UNRELATED (the model learns not to trust them blindly)."""
-    chosen = rng.choice(bank.neighbours[index], size=bank.retrieve, replace=False)
-    unrelated = rng.random(bank.retrieve) < UNRELATED
+    """`bank.retrieve` (or between bank.retrieve_min and it) of the example's neighbours, drawn at random among its
+    M nearest (diversity), each replaced by a random other document with probability UNRELATED (the model learns
+    not to trust them blindly)."""
+    count = int(rng.integers(bank.retrieve_min, bank.retrieve + 1)) if bank.retrieve_min else bank.retrieve
+    chosen = rng.choice(bank.neighbours[index], size=count, replace=False)
+    unrelated = rng.random(count) < UNRELATED
     chosen[unrelated] = rng.integers(0, len(bank.digits) - 1, size=int(unrelated.sum()))
     chosen[unrelated & (chosen >= index)] += 1          # any document but the example itself
     return [source(bank, int(row)) for row in chosen]

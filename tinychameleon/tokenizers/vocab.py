@@ -30,6 +30,7 @@ DOCUMENT_TOKENS = ["<boi>", "<eoi>", "<eod>"]   # begin of image, end of image, 
 PROMPT_END = "<eop>"   # end of prompt: what follows is the answer (a chat template's turn marker); never written
 MAX_DOCUMENT_IMAGES = 4                          # the longest family (counting) draws four images
 MAX_DOCUMENT_TEXT = 32                           # text tokens a document may hold besides its images
+RETRIEVED_TEXT = 8     # room for each retrieved neighbour past the query's own ("<image> CAPTION ." is <= 7 words)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Vocab:
     prompt_end: bool = False      # with <eop> after a document's prompt (runs trained with train.prompt_end)
     unconditional_without_eop: bool = False   # guidance's unconditional stream (a document without its words) has
                                               # no <eop> either (train.unconditional_without_eop)
+    retrieve: int = 0             # most retrieved neighbours a document reads before its query (train.retrieve)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
@@ -49,7 +51,7 @@ class Vocab:
         tokens, length = image_token_layout(config.vq)
         return cls(tokens, infill=config.train.infill_rate > 0 or config.vq.kind == "scales", image_length=length,
                    documents=config.train.documents > 0, prompt_end=config.train.prompt_end,
-                   unconditional_without_eop=config.train.unconditional_without_eop)
+                   unconditional_without_eop=config.train.unconditional_without_eop, retrieve=config.train.retrieve)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -71,13 +73,28 @@ class Vocab:
     @property
     def sequence_length(self) -> int:
         """The longest sequence the model must read: a masked-span sequence (two <mask> more) when it infills,
-        a document of up to MAX_DOCUMENT_IMAGES images and MAX_DOCUMENT_TEXT other tokens when it has documents."""
+        a document of up to `document_images` images and `document_text` other tokens when it has documents."""
         pairs = self.plain_length + (2 if self.infill else 0)
         return max(pairs, self.document_length) if self.documents else pairs
 
     @property
+    def document_images(self) -> int:
+        """Images a document may hold: four (counting), or the retrieved neighbours and the query where more."""
+        return max(MAX_DOCUMENT_IMAGES, self.retrieve + 1)
+
+    @property
+    def document_text(self) -> int:
+        """Text tokens a document may hold besides its images; each neighbour past the fourth image adds its caption."""
+        return MAX_DOCUMENT_TEXT + RETRIEVED_TEXT * (self.document_images - MAX_DOCUMENT_IMAGES)
+
+    @property
+    def max_retrieve(self) -> int:
+        """Retrieved neighbours a document has room for beside its query."""
+        return self.document_images - 1
+
+    @property
     def document_length(self) -> int:
-        return MAX_DOCUMENT_TEXT + MAX_DOCUMENT_IMAGES * (self.image_length + 2)
+        return self.document_text + self.document_images * (self.image_length + 2)
 
     @property
     def text_first_words(self) -> slice:

@@ -22,7 +22,7 @@ VALIDATION_DOCUMENTS = 512
 NEIGHBOURS = 8  # a retrieval-augmented document reads `train.retrieve` of its example's 8 nearest (diversity)
 
 
-def bank_of(split: ColoredMNIST, retrieve: int = 0, strokes: int = 0) -> DigitBank:
+def bank_of(split: ColoredMNIST, retrieve: int = 0, strokes: int = 0, retrieve_min: int = 0) -> DigitBank:
     """The split's digits; with `retrieve`, each example's nearest shapes by the shipped retriever.
 
     Neighbours are found by shape alone (every digit painted white on black before it is embedded) and shown
@@ -33,7 +33,7 @@ def bank_of(split: ColoredMNIST, retrieve: int = 0, strokes: int = 0) -> DigitBa
     shapes = recolor(split.images, COLOR_ID["plain white"], COLOR_ID["plain black"])
     vectors = Retriever.from_pretrained().embed_images(shapes)
     return DigitBank(split.digits, split.foreground, split.background, neighbour_table(vectors, NEIGHBOURS), retrieve,
-                     strokes)
+                     strokes, retrieve_min)
 
 
 def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor
@@ -44,7 +44,7 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
     (train.memory_strokes)."""
     settings, vocab = config.train, Vocab.for_config(config)
     strokes = len(train_codes) - 1 if train_codes.dim() == 3 else 0
-    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve, strokes)
+    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve, strokes, settings.retrieve_min)
     weighting = LossWeights(settings.context_loss_weight, settings.answer_loss_weight,
                             vocab.image_tokens if settings.answer_words_only else 0, given_token(vocab))
 

@@ -32,7 +32,6 @@ from ..regions import KEEP_REGIONS, RegionError, keep_mask, read_mask
 from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
 from ..documents.document import MAX_PROMPT_CHARACTERS as MAX_DOCUMENT_PROMPT, DocumentTokenizer, split_words
-from ..tokenizers.vocab import MAX_DOCUMENT_IMAGES
 from ..pipeline import COMPLETION_REDRAWS
 from ..tasks import TASKS
 from .worker import InferenceWorker, Job, QueueFull
@@ -380,15 +379,15 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
                                 guidance: float | None = Form(None, ge=0.0, le=10.0, allow_inf_nan=False)):
         """Mixed-modal documents: continue a prompt of words and images with text and images the model decides
         to draw. Cost: n x guidance streams x the images a continuation has room for."""
-        if len(images) > MAX_DOCUMENT_IMAGES:
-            raise HTTPException(422, f"{len(images)} images: a document holds at most {MAX_DOCUMENT_IMAGES}")
+        if len(images) > pipeline.vocab.document_images:
+            raise HTTPException(422, f"{len(images)} images: a document holds at most {pipeline.vocab.document_images}")
         sampling = {"temperature": temperature, "guidance": guidance}
         try:
             DocumentTokenizer(pipeline.vocab).check(prompt, len(images))
         except PromptError as error:
             raise HTTPException(422, str(error)) from None
         cost = check_cost(n, pipeline.document_overrides(sampling), candidates_used=False,
-                          images_per_sample=MAX_DOCUMENT_IMAGES)
+                          images_per_sample=pipeline.vocab.document_images)
         pictures = [await read_upload(file) for file in images]
         results = await run(Job("continue", sampling, [(prompt, pictures)] * n, seed, cost), http)
         return {"prompt": " ".join(split_words(prompt)), "seen": [data_url(picture) for picture in pictures],
