@@ -386,12 +386,35 @@ def test_a_deadline_stops_decoding_between_steps():
     assert len(asked) == 4                                    # asked before every step, stopped at the 4th
 
 
-def memory_bank(count: int = 60, retrieve: int = 2, seed: int = 0):
+def memory_bank(count: int = 60, retrieve: int = 2, seed: int = 0, retrieve_min: int = 0):
     from tinychameleon.documents.families import DigitBank
 
     rng = np.random.default_rng(seed)
     neighbours = np.stack([rng.permutation(np.delete(np.arange(count), row))[:8] for row in range(count)])
-    return DigitBank(rng.integers(0, 10, count), np.full(count, 4), np.zeros(count, int), neighbours, retrieve)
+    return DigitBank(rng.integers(0, 10, count), np.full(count, 4), np.zeros(count, int), neighbours, retrieve,
+                     retrieve_min=retrieve_min)
+
+
+def test_retrieval_documents_read_every_count_from_retrieve_min_to_retrieve():
+    """train.retrieve_min: each document draws how many neighbours it reads, so one model serves any --retrieve k;
+    the documents that read four still hold five images and fit the vocabulary of a run trained so."""
+    from tinychameleon.documents.families import MEMORY_FAMILIES, examples
+
+    chosen = [e for e in examples(memory_bank(retrieve=4, retrieve_min=1), 3000, 0) if e.family in MEMORY_FAMILIES]
+    counts = np.bincount([len(example.context_images) for example in chosen], minlength=5)
+    assert counts[0] == 0 and (counts[1:] > len(chosen) / 4 * 0.8).all()        # 1..4, about evenly
+    for example in chosen:
+        query = (example.answer_images or example.prompt_images)[0].shape
+        assert query not in [picture.shape for picture in example.context_images]
+    config = make_config("tiny", vq={"kind": "patches", "codebook_size": 64},
+                         train={"documents": 8, "prompt_end": True, "retrieve": 4, "retrieve_min": 1})
+    vocab, older = Vocab.for_config(config), VOCAB
+    assert (vocab.document_images, vocab.max_retrieve, older.document_images, older.max_retrieve) == (5, 4, 4, 3)
+    longest = max((e for e in chosen if e.family == "read from memory"), key=lambda e: len(e.context_images))
+    prompt = f"{longest.context} {longest.prompt}"
+    assert DocumentTokenizer(vocab).check(prompt, 5).count("<image>") == 5
+    with pytest.raises(PromptError, match="at most 4 images"):
+        DocumentTokenizer(older).check(prompt, 5)
 
 
 def test_retrieved_context_never_holds_the_example_and_reads_like_training():

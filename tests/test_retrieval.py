@@ -252,8 +252,11 @@ def test_generate_and_caption_read_retrieved_neighbours(capsys, document_run, do
     assert len(capsys.readouterr().out.splitlines()) == len(test)
 
 
-def test_retrieval_flags_are_checked(capsys, tiny_run, tmp_path):
-    for argv, message in ((["--retrieve", "4"], "--retrieve must be 1..3"),
+def test_retrieval_flags_are_checked(capsys, tiny_run, document_run, tmp_path):
+    # The most neighbours is the checkpoint's: a run trained without train.retrieve > 3 has room for three.
+    for argv, message in ((["--retrieve", "0"], "--retrieve must be at least 1"),
+                          (["--retrieve", "4", "--checkpoint", str(document_run)], "retrieve must be 1..3 for this "
+                                                                                   "checkpoint"),
                           (["--memory", str(tmp_path)], "--memory DIR needs --retrieve"),
                           (["--retrieve", "1", "--views", "2"], "drop --views"),
                           (["--retrieve", "1", "--checkpoint", str(tiny_run)], "trained without documents")):
