@@ -173,7 +173,8 @@ class TrainConfig:
     retrieve: int = 0             # retrieval-augmented documents (CM3Leon): draw / read after this many retrieved
                                   # neighbours of the example (the shipped retriever's, never the example); 0 = off
     retrieve_min: int = 0         # with retrieve: each retrieval document reads a number of neighbours drawn evenly
-                                  # from retrieve_min..retrieve, so one model reads any k a user asks; 0 = always retrieve
+                                  # from retrieve_min..retrieve, so one model reads any k a user asks; 0 = always
+                                  # `retrieve` of them
     memory_strokes: bool = False  # retrieval-augmented documents: draw the neighbours and the query in one random
                                   # stroke style (data.colored.TRAINING_STROKES, or the digits' own), so a memory's
                                   # strokes predict the drawing's: style from memory, not only words

@@ -127,5 +127,6 @@ class RetrievalTasks:
         most = self.vocab.max_retrieve
         if isinstance(retrieve, bool) or not isinstance(retrieve, int) or not 1 <= retrieve <= most:
             raise ConfigError(f"retrieve must be 1..{most} for this checkpoint (its documents hold "
-                              f"{self.vocab.document_images} images: the neighbours and the query), got {str(retrieve)[:40]}")
+                              f"{self.vocab.document_images} images: the neighbours and the query), "
+                              f"got {str(retrieve)[:40]}")
 

@@ -76,8 +76,9 @@ class Example:
 class DigitBank:
     """The digits a family may use (one split): digit labels and each example's own colors; with retrieval,
     `neighbours` (N, M) are each example's M nearest other examples and `retrieve` how many of them a
-    document reads (or, with `retrieve_min`, a number drawn evenly from retrieve_min..retrieve); `strokes` is how many stroke styles besides the digits' own a retrieval document may be
-    drawn in (its tokens come from the caller's codes of the restyled digits)."""
+    document reads (or, with `retrieve_min`, a number drawn evenly from retrieve_min..retrieve); `strokes` is
+    how many stroke styles besides the digits' own a retrieval document may be drawn in (its tokens come from the
+    caller's codes of the restyled digits)."""
 
     def __init__(self, digits: np.ndarray, foreground: np.ndarray, background: np.ndarray,
                  neighbours: np.ndarray | None = None, retrieve: int = 0, strokes: int = 0,
