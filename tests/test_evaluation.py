@@ -191,7 +191,6 @@ def test_fresh_drawings_are_measured_beside_real_pictures_of_the_same_answers(co
     assert "| 0.50× · 0.50× |" in table and "| 100.0% | - |" in table
 
 
-
 def test_evaluate_measures_the_fresh_drawings_of_the_shipped_model_against_real_handwriting(tmp_path, judge):
     """The whole evaluation, small: every family is measured, and the one that draws from a caption gets shape
     realism and variety for its drawings and for real pictures of the same answers."""
