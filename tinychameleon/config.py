@@ -175,6 +175,8 @@ class TrainConfig:
     retrieve_min: int = 0         # with retrieve: each retrieval document reads a number of neighbours drawn evenly
                                   # from retrieve_min..retrieve, so one model reads any k a user asks; 0 = always
                                   # `retrieve` of them
+    word_families: bool = False   # also train the stepping stones in words alone (documents/families.WORD_FAMILIES:
+                                  # "three plus four is" -> "seven ."; "count from two to four :" -> "two three four .")
     memory_strokes: bool = False  # retrieval-augmented documents: draw the neighbours and the query in one random
                                   # stroke style (data.colored.TRAINING_STROKES, or the digits' own), so a memory's
                                   # strokes predict the drawing's: style from memory, not only words
@@ -219,6 +221,8 @@ class TrainConfig:
             raise ConfigError("train.unconditional_without_eop needs train.prompt_end: only then has a prompt an <eop>")
         if self.memory_strokes and not self.retrieve:
             raise ConfigError("train.memory_strokes needs train.retrieve > 0: only retrieval documents have a memory")
+        if self.word_families and not self.documents:
+            raise ConfigError("train.word_families needs train.documents > 0: the stepping stones are documents")
         if self.retrieve and not self.documents:
             raise ConfigError("train.retrieve needs train.documents > 0: retrieved neighbours are read in documents")
         if self.optimizer not in OPTIMIZERS:
@@ -306,8 +310,8 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192, "positions": "rope", "copy_head": True},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
-                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 36000,
-                  "prompt_end": True, "unconditional_without_eop": True},
+                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 42000,
+                  "prompt_end": True, "unconditional_without_eop": True, "word_families": True},
     },
     # The iGPT baseline: a token per pixel (784 per image), so a small model on the 15k digits the
     # tokenizer comparison uses (about 23 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).

@@ -22,18 +22,19 @@ VALIDATION_DOCUMENTS = 512
 NEIGHBOURS = 8  # a retrieval-augmented document reads `train.retrieve` of its example's 8 nearest (diversity)
 
 
-def bank_of(split: ColoredMNIST, retrieve: int = 0, strokes: int = 0, retrieve_min: int = 0) -> DigitBank:
+def bank_of(split: ColoredMNIST, retrieve: int = 0, strokes: int = 0, retrieve_min: int = 0, words: bool = False
+            ) -> DigitBank:
     """The split's digits; with `retrieve`, each example's nearest shapes by the shipped retriever.
 
     Neighbours are found by shape alone (every digit painted white on black before it is embedded) and shown
     in their own colors: what a neighbour can teach is how the digit is drawn, while the digit and its colors
     must come from the document's own words (families.retrieved also mixes in unrelated documents)."""
     if not retrieve:
-        return DigitBank(split.digits, split.foreground, split.background)
+        return DigitBank(split.digits, split.foreground, split.background, words=words)
     shapes = recolor(split.images, COLOR_ID["plain white"], COLOR_ID["plain black"])
     vectors = Retriever.from_pretrained().embed_images(shapes)
     return DigitBank(split.digits, split.foreground, split.background, neighbour_table(vectors, NEIGHBOURS), retrieve,
-                     strokes, retrieve_min)
+                     strokes, retrieve_min, words)
 
 
 def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor
@@ -44,7 +45,8 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
     (train.memory_strokes)."""
     settings, vocab = config.train, Vocab.for_config(config)
     strokes = len(train_codes) - 1 if train_codes.dim() == 3 else 0
-    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve, strokes, settings.retrieve_min)
+    tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve, strokes, settings.retrieve_min,
+                                                        settings.word_families)
     weighting = LossWeights(settings.context_loss_weight, settings.answer_loss_weight,
                             vocab.image_tokens if settings.answer_words_only else 0, given_token(vocab))
 
@@ -52,6 +54,7 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
         generator = torch.Generator().manual_seed(settings.seed * 7937 + epoch)
         chosen = examples(bank, settings.documents, [settings.seed, epoch, 22])
         dropout = torch.rand(len(chosen), generator=generator) < settings.text_dropout
+        dropout &= torch.tensor([bool(example.pictures) for example in chosen])   # words alone have nothing to keep
         ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
         prefixes = prefix_lengths(chosen, vocab, dropout)
         return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes, weighting)
