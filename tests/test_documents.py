@@ -366,19 +366,26 @@ def test_mixed_batches_interleave_both_kinds_and_split_rows_over_ranks():
         assert torch.equal(torch.cat([first, second]), whole)
 
 
-def test_training_documents_come_from_the_training_digits_only(document_run):
-    import json
-
+def training_documents(run, **train_settings):
+    """The run's document source (epoch -> batches), its config changed by train_settings, and its digits' codes."""
     from tinychameleon.checkpoint import load_config, load_image_tokenizer
     from tinychameleon.data.colored import load_splits
     from tinychameleon.training.documents import document_source
     from tinychameleon.training.run import limit
 
-    config = load_config(document_run)
+    config = load_config(run)
+    for name, value in train_settings.items():
+        setattr(config.train, name, value)
     train = limit(load_splits(config.data_seed).train, config.train.max_train_examples)
-    tokenizer = load_image_tokenizer(document_run, config)
+    tokenizer = load_image_tokenizer(run, config)
     codes = tokenizer.encode(torch.from_numpy(train.images))
-    source = document_source(config, tokenizer, train, codes)
+    return document_source(config, tokenizer, train, codes), codes, config
+
+
+def test_training_documents_come_from_the_training_digits_only(document_run):
+    import json
+
+    source, codes, config = training_documents(document_run)
     first, again, second = source(0), source(0), source(1)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))               # seeded per epoch
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second))          # fresh each epoch
@@ -391,6 +398,18 @@ def test_training_documents_come_from_the_training_digits_only(document_run):
                 assert tuple(document_image[2:].tolist()) in train_grids
     log = json.loads((document_run / "transformer_metrics.json").read_text())
     assert any("validation_document_nll" in row for row in log["epochs"])
+
+
+def test_stepping_stones_keep_their_words_when_the_text_is_dropped(document_run):
+    """Text dropout keeps a document's images for guidance's unconditional stream; a document of words alone would be
+    left empty, so it keeps its words."""
+    source, _, config = training_documents(document_run, word_families=True, text_dropout=1.0)
+    tokenizer = DocumentTokenizer(Vocab.for_config(config))
+    documents = [tokenizer.decode(row) for ids, _ in source(0) for row in ids.tolist()]
+    words_alone = [document for document in documents if not document.images]
+    assert words_alone and all(document.text.endswith(" .") for document in words_alone)
+    assert all("<image>" in document.text and not set(split_words(document.text)) - {"<image>"}
+               for document in documents if document.images)
 
 
 def test_a_deadline_stops_decoding_between_steps():
