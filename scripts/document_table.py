@@ -15,7 +15,7 @@ import numpy as np
 
 from tinychameleon.data.colored import load_colored_mnist, load_splits
 from tinychameleon.data.mnist import default_cache_dir
-from tinychameleon.documents.families import FAMILIES
+from tinychameleon.documents.families import FAMILIES, WORD_FAMILIES
 from tinychameleon.evaluation.documents import evaluate_documents
 from tinychameleon.evaluation.judge import load_or_train_judge
 from tinychameleon.io_utils import write_json
@@ -52,8 +52,8 @@ def main() -> None:
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING",
                         help="names from SETTINGS")
-    parser.add_argument("--families", nargs="*", default=None, choices=list(FAMILIES), metavar="FAMILY",
-                        help="family names (default: all)")
+    parser.add_argument("--families", nargs="*", default=None, choices=[*FAMILIES, *WORD_FAMILIES], metavar="FAMILY",
+                        help="family names (default: the twelve; the stepping stones in words only when named)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

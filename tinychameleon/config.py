@@ -310,8 +310,8 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192, "positions": "rope", "copy_head": True},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
-                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 42000,
-                  "prompt_end": True, "unconditional_without_eop": True, "word_families": True},
+                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 36000,
+                  "prompt_end": True, "unconditional_without_eop": True},
     },
     # The iGPT baseline: a token per pixel (784 per image), so a small model on the 15k digits the
     # tokenizer comparison uses (about 23 minutes on a 2-core CPU; scripts/tokenizer_comparison.sh).

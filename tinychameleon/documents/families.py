@@ -266,7 +266,7 @@ def read_from_memory(bank, index, rng) -> Example:
 FAMILIES: dict[str, tuple[Callable, float]] = {
     "digit color": (digit_color, 1.0), "background color": (background_color, 1.0), "swap": (swap, 1.0),
     "change digit": (change_digit, 1.0), "what digit": (what_digit, 1.0), "digit color name": (digit_color_name, 0.5),
-    "background name": (background_name, 0.5), "addition": (addition, 2.0), "counting": (counting, 1.5),
+    "background name": (background_name, 0.5), "addition": (addition, 1.0), "counting": (counting, 1.0),
     "what comes next": (what_comes_next, 1.0), "draw": (draw, 0.5), "read": (read, 0.5),
 }
 # Stepping stones (train.word_families): addition and counting in words alone, a few tokens each, so the sums and
