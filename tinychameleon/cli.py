@@ -222,6 +222,7 @@ def command_train(args) -> int:
                                 ("caption_loss_weight", "train", "caption_loss_weight"),
                                 ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
                                 ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes"),
+                                ("word_families", "train", "word_families"),
                                 ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
@@ -594,6 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --retrieve: draw each retrieval document, neighbours and query alike, in one random "
                             "stroke style (spread sideways or up and down, or their own), so the model draws like "
                             "what it retrieved")
+    train.add_argument("--word-families", action="store_const", const=True,
+                       help="with --documents: also train two stepping stones in words alone (\"three plus four is\" -> "
+                            "\"seven .\"; \"count from two to four :\" -> \"two three four .\"), so sums and the order of "
+                            "the digits are learnt apart from reading and drawing them (BENCHMARKS.md)")
     train.add_argument("--image-slots", action="store_const", const=True,
                        help="add a learned embedding of each image token's place in its image (0..50), so an edit "
                             "finds slot s of the prompt's image by content, not by an offset (measured with best: "
