@@ -158,39 +158,46 @@ def background_name(bank, index, rng) -> Example:
                    f"{COLOR_NAMES[image.background]} .")
 
 
-def addition(bank, index, rng) -> Example:
-    # The sum is drawn evenly from zero to nine, then how it splits: drawing the first digit evenly instead makes
-    # "nine" the answer 29 % of the time, a prior a model can score on without reading either image.
+def addends(rng: np.random.Generator) -> tuple[int, int]:
+    """Two digits whose sum is drawn evenly from zero to nine, then how it splits: drawing the first digit evenly
+    instead makes "nine" the answer 29 % of the time, a prior a model can score on without reading either image."""
     total = int(rng.integers(0, 10))
-    first_digit = int(rng.integers(0, total + 1))
-    first = source(bank, bank.any_of(first_digit, rng))
-    second = source(bank, bank.any_of(total - first_digit, rng))
-    return Example("addition", "<image> plus <image> is", [first, second], f"{DIGIT_WORDS[total]} .")
+    first = int(rng.integers(0, total + 1))
+    return first, total - first
+
+
+def counted(rng: np.random.Generator) -> range:
+    """The digits a counting document asks for: two to four in a row, within zero..nine."""
+    count = int(rng.integers(2, 5))
+    start = int(rng.integers(0, 11 - count))
+    return range(start, start + count)
+
+
+def addition(bank, index, rng) -> Example:
+    first, second = (source(bank, bank.any_of(digit, rng)) for digit in addends(rng))
+    return Example("addition", "<image> plus <image> is", [first, second],
+                   f"{DIGIT_WORDS[first.digit + second.digit]} .")
 
 
 def counting(bank, index, rng) -> Example:
-    count = int(rng.integers(2, 5))                                   # two to four images
-    start = int(rng.integers(0, 11 - count))
+    digits = counted(rng)
     foreground, background = random_pair(rng)
-    digits = range(start, start + count)
     pictures = [Picture(bank.any_of(d, rng), d, foreground, background, same_shape=False) for d in digits]
-    return Example("counting", f"count from {DIGIT_WORDS[start]} to {DIGIT_WORDS[start + count - 1]} in "
+    return Example("counting", f"count from {DIGIT_WORDS[digits[0]]} to {DIGIT_WORDS[digits[-1]]} in "
                    f"{COLOR_NAMES[foreground]} on {COLOR_NAMES[background]} :", [],
-                   " ".join(["<image>"] * count), pictures)
+                   " ".join(["<image>"] * len(digits)), pictures)
 
 
 def addition_in_words(bank, index, rng) -> Example:
-    total = int(rng.integers(0, 10))
-    first = int(rng.integers(0, total + 1))
-    return Example("addition in words", f"{DIGIT_WORDS[first]} plus {DIGIT_WORDS[total - first]} is", [],
-                   f"{DIGIT_WORDS[total]} .")
+    first, second = addends(rng)
+    return Example("addition in words", f"{DIGIT_WORDS[first]} plus {DIGIT_WORDS[second]} is", [],
+                   f"{DIGIT_WORDS[first + second]} .")
 
 
 def counting_in_words(bank, index, rng) -> Example:
-    count = int(rng.integers(2, 5))
-    start = int(rng.integers(0, 11 - count))
-    return Example("counting in words", f"count from {DIGIT_WORDS[start]} to {DIGIT_WORDS[start + count - 1]} :", [],
-                   " ".join(DIGIT_WORDS[start:start + count]) + " .")
+    digits = counted(rng)
+    return Example("counting in words", f"count from {DIGIT_WORDS[digits[0]]} to {DIGIT_WORDS[digits[-1]]} :", [],
+                   " ".join(DIGIT_WORDS[digit] for digit in digits) + " .")
 
 
 def what_comes_next(bank, index, rng) -> Example:
