@@ -17,7 +17,7 @@ from tinychameleon.documents.families import DigitBank, examples
 from tinychameleon.evaluation.documents import render
 from tinychameleon.pipeline import Pipeline
 
-FAMILIES = ["swap", "change digit", "what comes next"]
+COLOR_FAMILIES = ["swap", "change digit", "what comes next"]
 
 
 def colors(image: np.ndarray) -> set[tuple[int, ...]]:
@@ -32,7 +32,7 @@ def main() -> None:
     pipeline = Pipeline.from_pretrained(args.checkpoint)
     split = load_splits(pipeline.config.data_seed, default_cache_dir())["validation"]
     bank = DigitBank(split.digits, split.foreground, split.background)
-    for number, family in enumerate(FAMILIES):
+    for number, family in enumerate(COLOR_FAMILIES):
         chosen = examples(bank, args.samples, [0, number, 31], families=[family])
         prompts = [list(render(example.prompt_images, split)) for example in chosen]
         answers = pipeline.continue_documents([example.prompt for example in chosen], prompts, seed=0)

@@ -4,7 +4,7 @@ limits lifted for this process only (5 images and 40 words for a run whose docum
 checkpoint's limit refuses: whether a model reads further than it was trained to (rotary positions have no table
 to run out of). Release 3 of `memory` is trained with 1..4 neighbours and needs no lifting.
 
-    python scripts/retrieval_beyond_limit.py --checkpoints runs/memory-open2 --split validation --samples 300 \
+    python scripts/retrieval_beyond_limit.py --checkpoints runs/memory-open2 --split validation --samples 300 \\
         --retrieve 4 --memory-settings '{"guidance": 1.5}' --json runs/retrieval_memory_val_k4.json
 """
 
