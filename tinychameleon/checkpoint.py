@@ -74,7 +74,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
 def inherited_config(config: RunConfig, vqvae_from: str | Path | None = None) -> RunConfig:
     """The config a run trains with once its sources are read: a fine-tune (train.init_from) continues another
     run's transformer, so that run's shape and tokenizer come with it (parts that only add parameters, a slot
-    or ordinal embedding or a pointer head, may be asked on top and start fresh); vqvae_from reuses another run's tokenizer,
+    embedding or a pointer head, may be asked on top and start fresh); vqvae_from reuses another run's tokenizer,
     whose codebook must match, so its VQ config too. Validated after: the tokenizer a rule asks for may be the
     source's, not the preset's."""
     if config.train.init_from:
@@ -110,7 +110,6 @@ def build_transformer(config: RunConfig) -> Transformer | NextScaleTransformer:
     vocab = Vocab.for_config(config)
     config.model.vocab_size = vocab.size
     config.model.image_tokens, config.model.image_length = vocab.image_tokens, vocab.image_length
-    config.model.begin_image = vocab.begin_image if vocab.documents else -1
     config.model.block_size = max(config.model.block_size, vocab.sequence_length)
     if config.vq.kind == "scales":
         return NextScaleTransformer(config.model, NEXT_SCALES, config.vq.code_dim)

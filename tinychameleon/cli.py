@@ -223,8 +223,7 @@ def command_train(args) -> int:
                                 ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
                                 ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes"),
                                 ("word_families", "train", "word_families"),
-                                ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head"),
-                                ("image_ordinals", "model", "image_ordinals")):
+                                ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -608,9 +607,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add a pointer beside the output head: the next token may be copied from an earlier "
                             "position (an edit's strokes), its gate learnt (part of --preset best since release 7: validation "
                             "edits 69.5-70.5 -> 91.5-93.5 %%; BENCHMARKS.md)")
-    train.add_argument("--image-ordinals", action="store_const", const=True,
-                       help="with --documents: add a learned embedding of how many images the document has begun, so "
-                            "a count drawn as images knows which image it is on (BENCHMARKS.md)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -110,11 +110,8 @@ class ModelConfig:
     copy_head: bool = False       # a pointer beside the output head: the next token copied from an earlier position
                                   # (the best preset's since release 7: validation edits 69.5-70.5 -> 91.5-93.5 %;
                                   # BENCHMARKS.md "A pointer head" and "Release 7")
-    image_ordinals: bool = False  # a learned embedding of how many images the document has begun (its <boi> count),
-                                  # so "draw the k-th digit of a count" needs no counting by attention (documents only)
     image_tokens: int = 0         # filled in: ids below this are image tokens
     image_length: int = 0         # filled in: tokens per image
-    begin_image: int = -1         # filled in: the <boi> id (-1: the vocabulary has no documents)
 
     def validate(self) -> None:
         check_types("model", self)
@@ -126,7 +123,6 @@ class ModelConfig:
         check_range("model.dropout", self.dropout, 0.0, 1.0)
         check_range("model.image_tokens", self.image_tokens, 0, 1 << 20)
         check_range("model.image_length", self.image_length, 0, 1 << 16)
-        check_range("model.begin_image", self.begin_image, -1, 1 << 20)
         if self.positions not in POSITIONS:
             raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, got {short(repr(self.positions))}")
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:
@@ -136,7 +132,7 @@ class ModelConfig:
 
 
 # Model parts that only add parameters to a transformer: a fine-tune (train.init_from) may add them, fresh.
-ADDABLE_PARTS = ("image_slots", "copy_head", "image_ordinals")
+ADDABLE_PARTS = ("image_slots", "copy_head")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.
@@ -282,8 +278,6 @@ class RunConfig:
         if self.vq.kind == "scales" and self.model.positions != "learned":
             raise ConfigError("a next-scale run (vq.kind scales) has learned scale and position embeddings: "
                               "model.positions must be learned")
-        if self.model.image_ordinals and not self.train.documents:
-            raise ConfigError("model.image_ordinals needs train.documents > 0: pairs have no <boi> to count")
         if self.train.documents and self.vq.kind not in ("palette", "patches"):
             raise ConfigError(f"train.documents needs an image tokenizer that keeps color apart from shape (vq.kind "
                               f"palette or patches, got {self.vq.kind}): edits repaint a digit's color tokens")

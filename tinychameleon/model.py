@@ -2,8 +2,7 @@
 
 Token embeddings plus positions (learned absolute embeddings, or rotary embeddings (RoPE) that rotate
 queries and keys by their position so attention sees only relative offsets) and, optionally, each image
-token's place in its image (`image_slots`) and how many images the document has begun (`image_ordinals`), both
-derived from the ids themselves, pre-LayerNorm blocks of multi-head causal
+token's place in its image (`image_slots`, derived from the ids themselves), pre-LayerNorm blocks of multi-head causal
 self-attention and a GELU MLP, a final LayerNorm and an output head (optionally with a gated pointer beside it,
 `CopyHead`, that copies an earlier token's id). Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
@@ -20,8 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-
-MOST_IMAGES = 8    # image ordinals: the 8th image and every later one share one embedding
 
 
 class KVCache:
@@ -46,7 +43,6 @@ class KVCache:
         self.padding = None if padding is None or not padding.any() else padding.to(device)
         self.least_padding = 0 if self.padding is None else int(self.padding.min())
         self.image_run = torch.zeros(batch_size, dtype=torch.long, device=device)  # image tokens ending each row
-        self.images_begun = torch.zeros(batch_size, dtype=torch.long, device=device)  # <boi> so far in each row
         self.copy_keys = self.copy_ids = None                                         # model.copy_head, on first use
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor):
@@ -97,7 +93,6 @@ class KVCache:
         repeated.padding = None if self.padding is None else self.padding.repeat_interleave(times)
         repeated.least_padding = self.least_padding
         repeated.image_run = self.image_run.repeat_interleave(times)
-        repeated.images_begun = self.images_begun.repeat_interleave(times)
         repeated.copy_keys, repeated.copy_ids = ((None, None) if self.copy_keys is None else
                                                  (self.copy_keys.repeat_interleave(times, dim=0),
                                                   self.copy_ids.repeat_interleave(times, dim=0)))
@@ -169,20 +164,6 @@ def image_slots(ids: torch.Tensor, image_tokens: int, image_length: int, carried
         run = torch.where(last_other < 0, run + carried[:, None], run)
     slots = torch.where(is_image, run.clamp(max=image_length - 1), image_length)
     return slots, torch.where(is_image[:, -1], slots[:, -1] + 1, 0)
-
-
-def image_ordinals(ids: torch.Tensor, begin_image: int, most: int, carried: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids -> ((B, T) how many images the document has begun at each token, (B,) that count at each row's end).
-
-    The count includes the token itself: an image's <boi>, its tokens and its <eoi> all read k for the k-th image
-    (1-based), the text before any image reads 0. A count is the <boi> tokens so far, never a run of image ids, so
-    left padding (id 0) counts nothing. `carried` (B,) is the count that ended the rows' previous chunk (a cached
-    decode); counts past `most` read `most`."""
-    begun = (ids == begin_image).long().cumsum(dim=1)                                  # (B, T)
-    if carried is not None:
-        begun = begun + carried[:, None]
-    return begun.clamp(max=most), begun[:, -1]
 
 
 def causal_mask(T: int, past: int, device) -> torch.Tensor:
@@ -330,12 +311,6 @@ class Transformer(nn.Module):
             # the best preset: edits copied worse, so the misses are not about finding the patch; BENCHMARKS.md.)
             assert config.image_tokens > 0 and config.image_length > 0, "fill model.image_tokens / image_length"
             self.slot_embedding = nn.Embedding(config.image_length + 1, config.d_model)
-        if config.image_ordinals:
-            # A count drawn as images ("count from two to four" -> three images) must know which image it is on and
-            # when it has drawn enough; attention alone counts <boi> tokens poorly (measured: the shipped model draws
-            # three images whatever the range, the first right, the rest unrelated digits; BENCHMARKS.md).
-            assert config.begin_image >= 0, "image ordinals count <boi>: the vocabulary needs documents"
-            self.ordinal_embedding = nn.Embedding(MOST_IMAGES + 1, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -377,12 +352,6 @@ class Transformer(nn.Module):
             x = x + self.slot_embedding(slots)
             if kv_cache is not None:
                 kv_cache.image_run = image_run
-        if self.config.image_ordinals:
-            ordinals, images_begun = image_ordinals(ids, self.config.begin_image, MOST_IMAGES,
-                                                    None if kv_cache is None else kv_cache.images_begun)
-            x = x + self.ordinal_embedding(ordinals)
-            if kv_cache is not None:
-                kv_cache.images_begun = images_begun
         past = 0 if kv_cache is None else kv_cache.position
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, mask, rotary)

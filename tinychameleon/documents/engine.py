@@ -38,7 +38,6 @@ class RowCache:
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.image_run = torch.zeros(batch_size, dtype=torch.long, device=device)   # model.image_slots
-        self.images_begun = torch.zeros(batch_size, dtype=torch.long, device=device)  # model.image_ordinals
         self.copy_keys = self.copy_ids = None                                          # model.copy_head
         self.position = 0              # slots written so far (the same for every row)
         self.writing = None            # (B, T) validity of the slots the next forward writes
@@ -75,7 +74,7 @@ class RowCache:
         """Keep only these rows (the others have finished)."""
         self.keys, self.values = self.keys[:, rows], self.values[:, rows]
         self.valid, self.next_position = self.valid[rows], self.next_position[rows]
-        self.image_run, self.images_begun = self.image_run[rows], self.images_begun[rows]
+        self.image_run = self.image_run[rows]
         if self.copy_keys is not None:
             self.copy_keys, self.copy_ids = self.copy_keys[rows], self.copy_ids[rows]
 
