@@ -5,6 +5,9 @@
 - counting: teacher-forced on real documents, the chance the model stops (<eod>) rather than draws again
   (<boi>) after each image, by how many images the prompt asked for. A model that counts stops after the
   asked number and never before; one that ignores the prompt stops with the same chance whatever was asked.
+- counting, next digit: with the prompt and the real first k images (k = 0, 1, 2) as the prefix, the share of
+  documents whose next image the sampler draws as the next digit of the count, or as the last one again. A model
+  that counts draws every image right whatever k; one that only reads the start digit gets the first.
 - addition: the greedy answer set against the two addends: how often it names the sum, the first or the
   second digit, or something else.
 - edits (digit color): how many of the prompt image's 49 shape tokens the greedy answer image gets wrong,
@@ -21,16 +24,19 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter, defaultdict
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinychameleon.data.colored import DIGIT_WORDS, load_splits
+from tinychameleon.data.colored import DIGIT_WORDS, load_colored_mnist, load_splits
+from tinychameleon.data.mnist import default_cache_dir
 from tinychameleon.documents.batches import example_documents
 from tinychameleon.documents.document import split_words
 from tinychameleon.documents.families import DigitBank, examples
 from tinychameleon.evaluation.documents import render
+from tinychameleon.evaluation.judge import load_or_train_judge
 from tinychameleon.io_utils import write_json
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.sampling import guided_logits
@@ -49,6 +55,29 @@ def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: in
                 stop, draw = probabilities[i, vocab.end_document], probabilities[i, vocab.begin_image]
                 chances[f"asked {len(example.answer_images)}, after image {k}"].append(float(stop / (stop + draw)))
     return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
+
+
+def counting_next_digits(pipe: Pipeline, bank: DigitBank, split, judge, count: int) -> dict:
+    """{"after k real images": share of documents whose next drawn image is the right digit, or the previous again}
+    over counting documents asking for three or four images (the sampler's shipped settings)."""
+    decoder, vocab = pipe.documents, pipe.vocab
+    chosen = [e for e in examples(bank, 3 * count, [0, 11, 23], families=["counting"]) if len(e.answer_images) >= 3]
+    chosen = chosen[:count]
+    settings = pipe.resolve_settings(pipe.document_overrides({}))
+    shares = {}
+    for given in (0, 1, 2):
+        rows = decoder.prompt_ids([example.prompt for example in chosen], [[] for _ in chosen])
+        for ids, example in zip(rows, chosen):       # the real answer images so far, as the prompt's continuation
+            real = render(example.answer_images[:given], split)
+            for picture_codes in (pipe.image_tokenizer.encode(torch.from_numpy(real)).tolist() if given else []):
+                ids += [vocab.begin_image, *picture_codes, vocab.end_image]
+        drawn = [decoder.continuation(ids).images[:1] for ids in decoder.write(rows, settings, torch.Generator(device=pipe.device).manual_seed(0))]
+        judged = np.array([judge.predict(images)["digit"][0] if len(images) else -1 for images in drawn])
+        wanted = np.array([example.answer_images[given].digit for example in chosen])
+        shares[f"after {given} real images"] = {"right": float(np.mean(judged == wanted)),
+                                                "previous again": float(np.mean(judged == wanted - 1)),
+                                                "none": float(np.mean(judged == -1))}
+    return shares
 
 
 def continued(pipe: Pipeline, chosen: list, split) -> list:
@@ -162,22 +191,37 @@ def copy_teacher_forced(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, co
             "mean_probability_of_the_likeliest_then": float(np.mean(top)) if top else None}
 
 
+# name -> probe(pipe, inputs); inputs holds the validation bank, split, token codes, judge and count.
+PROBES = {
+    "counting_stop_chance": lambda pipe, inputs: stop_chances(pipe, inputs.bank, inputs.codes, inputs.count),
+    "counting_next_digit": lambda pipe, inputs: counting_next_digits(pipe, inputs.bank, inputs.split, inputs.judge(),
+                                                                     inputs.count),
+    "addition_answers": lambda pipe, inputs: addition_answers(pipe, inputs.bank, inputs.split, inputs.count),
+    "digit_color_copies": lambda pipe, inputs: copy_errors(pipe, inputs.bank, inputs.split, inputs.count),
+    "digit_color_search": lambda pipe, inputs: copy_search(pipe, inputs.bank, inputs.codes, inputs.count),
+    "digit_color_teacher_forced": lambda pipe, inputs: copy_teacher_forced(pipe, inputs.bank, inputs.codes,
+                                                                           inputs.count),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="raster")
     parser.add_argument("--documents", type=int, default=200, help="documents per probe")
+    parser.add_argument("--probes", nargs="*", default=list(PROBES), choices=list(PROBES), metavar="PROBE",
+                        help=f"which probes to run (default all: {', '.join(PROBES)})")
     parser.add_argument("--out", default="runs/document_probes.json")
     args = parser.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
     split = load_splits(pipe.config.data_seed).validation
     bank = DigitBank(split.digits, split.foreground, split.background)
     codes = pipe.image_tokenizer.encode(torch.as_tensor(split.images))
-    results = {"checkpoint": args.checkpoint, "documents": args.documents,
-               "counting_stop_chance": stop_chances(pipe, bank, codes, args.documents),
-               "addition_answers": addition_answers(pipe, bank, split, args.documents),
-               "digit_color_copies": copy_errors(pipe, bank, split, args.documents),
-               "digit_color_search": copy_search(pipe, bank, codes, args.documents),
-               "digit_color_teacher_forced": copy_teacher_forced(pipe, bank, codes, args.documents)}
+    judge = lambda: load_or_train_judge(load_colored_mnist(pipe.config.data_seed)[0], default_cache_dir(),  # noqa: E731
+                                        pipe.config.data_seed)                          # trained once, then cached
+    inputs = SimpleNamespace(bank=bank, split=split, codes=codes, judge=judge, count=args.documents)
+    results = {"checkpoint": args.checkpoint, "documents": args.documents}
+    for name in args.probes:
+        results[name] = PROBES[name](pipe, inputs)
     for key, value in results.items():
         print(f"{key}: {value}")
     write_json(args.out, results)
