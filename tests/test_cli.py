@@ -230,13 +230,15 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     # here) and may add a pointer head on top: never dropped.
     tuned = tmp_path / "tuned"
     code, _, _ = run(["train", "--preset", "tiny", "--init-from", out, "--copy-head", "--documents", 64,
-                      "--word-families", "--max-train-examples", 64, "--out", tuned, "--no-progress", "--cache-dir",
+                      "--word-families", "--family-shares", "counting=3", "what comes next=0.5", "--max-train-examples", 64, "--out", tuned, "--no-progress", "--cache-dir",
                       cache_dir], capsys)
     assert code == 0
     model = Pipeline.from_pretrained(tuned).model
     assert hasattr(model, "copy") and hasattr(model, "slot_embedding")
     tuned_config = json.loads((tuned / "config.json").read_text())
     assert tuned_config["vq"] == config["vq"] and tuned_config["train"]["word_families"] is True
+    assert tuned_config["train"]["family_shares"] == {"counting": 3.0, "what comes next": 0.5}
+    assert config["train"]["family_shares"] == {}
     assert config["train"]["word_families"] is False
     history = json.loads((out / "transformer_metrics.json").read_text())["epochs"]
     assert "validation_document_nll" in history[-1]
@@ -244,3 +246,6 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     assert code == 2 and "keeps color apart from shape" in err
     code, _, err = run(["train", "--preset", "tiny", "--word-families", "--out", tmp_path / "words"], capsys)
     assert code == 2 and "word_families needs train.documents" in err
+    code, _, err = run(["train", "--preset", "tiny", "--documents", 64, "--tokenizer", "patches", "--family-shares",
+                        "countin=2", "--out", tmp_path / "shares"], capsys)
+    assert code == 2 and "did you mean 'counting'" in err and not (tmp_path / "shares").exists()

@@ -124,6 +124,18 @@ def test_stepping_stones_are_words_alone_and_drawn_only_when_asked(bank):
     assert not [example for example in examples(bank, 1000, 3) if example.family in WORD_FAMILIES]
 
 
+def test_family_shares_override_the_registry_and_refuse_unknown_names(bank):
+    """counting at 10 against the other eleven's 9.5: about half the documents count; no override draws as before."""
+    assert examples(bank, 200, 5, shares={}) == examples(bank, 200, 5)
+    counted = [example.family for example in examples(bank, 2000, 5, shares={"counting": 10})].count("counting")
+    assert 0.46 < counted / 2000 < 0.58
+    assert "counting" not in {example.family for example in examples(bank, 500, 5, shares={"counting": 0})}
+    with pytest.raises(ValueError, match="did you mean 'counting'"):
+        examples(bank, 10, 5, shares={"countin": 2})
+    with pytest.raises(ValueError, match="share 0"):
+        examples(bank, 10, 5, families=None, shares={name: 0 for name in FAMILIES})
+
+
 def test_examples_are_seeded(bank):
     one, two, other = examples(bank, 50, 7), examples(bank, 50, 7), examples(bank, 50, 8)
     assert one == two and one != other

@@ -51,6 +51,11 @@ def run(argv, capsys):
     ({"unknown": 1}, "unknown setting 'unknown'"),
     ({"model": {"depth": 3}}, "unknown setting model.depth"),
     ({"model": [1, 2]}, "model must be a JSON object"),
+    ({"train": {"family_shares": [1]}}, "train.family_shares must be dict"),
+    ({"train": {"family_shares": {"counting": "2"}}}, "maps family names to finite numbers"),
+    ({"train": {"documents": 8, "family_shares": {"counting": float("nan")}}}, "maps family names to finite numbers"),
+    ({"train": {"documents": 8, "family_shares": {"counting": 1e4}}}, "between 0.0 and 1000.0"),
+    ({"train": {"family_shares": {"counting": 2}}}, "family_shares needs train.documents"),
 ])
 def test_run_config_is_validated(change, fragment):
     data = make_config("tiny").to_dict()

@@ -59,6 +59,14 @@ SAMPLER_SWITCHES = [
 ]
 
 
+def family_share(text: str) -> tuple[str, float]:
+    """An argparse type: "NAME=SHARE" (a family of documents/families.py and a finite number) -> (NAME, SHARE)."""
+    name, equals, share = text.rpartition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not NAME=SHARE (for example counting=2)")
+    return " ".join(name.split()), number(float)(share)
+
+
 def number(kind):
     """An argparse type: a finite int or float, so 'nan', 'inf' and '1e309' are refused with exit 2."""
     def parse(text: str):
@@ -228,6 +236,14 @@ def command_train(args) -> int:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
         raise TinyChameleonError("--colorings must be at least 1")
+    if args.family_shares is not None:
+        from .documents.families import family_shares
+        shares = dict(args.family_shares)
+        try:
+            family_shares(shares)                                   # an unknown name: refused, with the closest
+        except ValueError as error:
+            raise TinyChameleonError(str(error)) from None
+        overrides["train"]["family_shares"] = shares
     try:
         config = inherited_config(make_config(args.preset, validate=False, **overrides), args.vqvae_from)
         if args.scale_lr and args.batch_size and args.lr is None:
@@ -599,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --documents: also train two stepping stones in words alone (\"three plus four is\" -> "
                             "\"seven .\"; \"count from two to four :\" -> \"two three four .\"), so sums and the order of "
                             "the digits are learnt apart from reading and drawing them (BENCHMARKS.md)")
+    train.add_argument("--family-shares", nargs="+", type=family_share, metavar="NAME=SHARE",
+                       help="with --documents: these families' shares of the documents, over the registry's "
+                            "(docs/documents.md), e.g. counting=2 \"what comes next=0.5\"")
     train.add_argument("--image-slots", action="store_const", const=True,
                        help="add a learned embedding of each image token's place in its image (0..50), so an edit "
                             "finds slot s of the prompt's image by content, not by an offset (measured with best: "

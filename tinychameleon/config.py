@@ -177,6 +177,8 @@ class TrainConfig:
                                   # `retrieve` of them
     word_families: bool = False   # also train the stepping stones in words alone (documents/families.WORD_FAMILIES:
                                   # "three plus four is" -> "seven ."; "count from two to four :" -> "two three four .")
+    family_shares: dict = field(default_factory=dict)  # family name -> its share of the documents, over the
+                                  # registry's (documents/families.FAMILIES): {"counting": 10} for a mixture to probe
     memory_strokes: bool = False  # retrieval-augmented documents: draw the neighbours and the query in one random
                                   # stroke style (data.colored.TRAINING_STROKES, or the digits' own), so a memory's
                                   # strokes predict the drawing's: style from memory, not only words
@@ -221,6 +223,14 @@ class TrainConfig:
             raise ConfigError("train.unconditional_without_eop needs train.prompt_end: only then has a prompt an <eop>")
         if self.memory_strokes and not self.retrieve:
             raise ConfigError("train.memory_strokes needs train.retrieve > 0: only retrieval documents have a memory")
+        for name, share in self.family_shares.items():
+            if (not isinstance(name, str) or isinstance(share, bool) or not isinstance(share, (int, float))
+                    or not math.isfinite(share)):
+                raise ConfigError(f"train.family_shares maps family names to finite numbers, got {short(repr(name))}: "
+                                  f"{short(repr(share))}")
+            check_range(f"train.family_shares[{short(repr(name))}]", share, 0.0, 1000.0)
+        if self.family_shares and not self.documents:
+            raise ConfigError("train.family_shares needs train.documents > 0: the shares are of documents")
         if self.word_families and not self.documents:
             raise ConfigError("train.word_families needs train.documents > 0: the stepping stones are documents")
         if self.retrieve and not self.documents:
@@ -368,7 +378,7 @@ def make_config(preset: str = "seed", validate: bool = True, **overrides) -> Run
             for key, value in values.items():
                 if not hasattr(target, key):
                     raise ValueError(f"unknown setting {section}.{key}")
-                setattr(target, key, value)
+                setattr(target, key, dict(value) if isinstance(value, dict) else value)   # never the preset's own
     try:
         return config.validate() if validate else config
     except ConfigError as error:

@@ -33,6 +33,7 @@ With retrieval (CM3Leon), two more families put k retrieved documents of the ban
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -288,12 +289,31 @@ MEMORY_FAMILIES: dict[str, tuple[Callable, float]] = {
 }
 
 
-def examples(bank: DigitBank, count: int, seed: int | list[int], families: list[str] | None = None) -> list[Example]:
-    """`count` seeded examples; each picks a family (by its share, or evenly among `families`) and a digit."""
+def family_shares(overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """Every family's share of the training documents: the registries', with `overrides` (train.family_shares) on
+    top. An unknown name is refused with the closest ones (ValueError)."""
+    shares = {name: share for registry in (FAMILIES, WORD_FAMILIES, MEMORY_FAMILIES)
+              for name, (_, share) in registry.items()}
+    for name in overrides or {}:
+        if name not in shares:
+            close = difflib.get_close_matches(name, list(shares), n=3, cutoff=0.5)
+            raise ValueError(f"unknown family {name!r} in the family shares" +
+                             (f" (did you mean {', '.join(map(repr, close))}?)" if close else
+                              f"; families: {', '.join(shares)}"))
+    return {**shares, **(overrides or {})}
+
+
+def examples(bank: DigitBank, count: int, seed: int | list[int], families: list[str] | None = None,
+             shares: dict[str, float] | None = None) -> list[Example]:
+    """`count` seeded examples; each picks a family (by its share, or evenly among `families`) and a digit.
+    `shares` overrides some families' shares (train.family_shares)."""
     rng = np.random.default_rng(seed)
     registry = {**FAMILIES, **WORD_FAMILIES, **MEMORY_FAMILIES}
     names = families or [*FAMILIES, *(WORD_FAMILIES if bank.words else ()), *(MEMORY_FAMILIES if bank.retrieve else ())]
-    shares = np.array([1.0 if families else registry[name][1] for name in names])
-    chosen = rng.choice(len(names), size=count, p=shares / shares.sum())
+    share_of = family_shares(shares)
+    weights = np.array([1.0 if families else share_of[name] for name in names])
+    if weights.sum() <= 0:
+        raise ValueError("every family drawn has share 0: give one a positive share")
+    chosen = rng.choice(len(names), size=count, p=weights / weights.sum())
     indices = rng.integers(0, len(bank.digits), size=count)
     return [registry[names[family]][0](bank, int(index), rng) for family, index in zip(chosen, indices)]

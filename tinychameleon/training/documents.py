@@ -52,7 +52,7 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
 
     def documents(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(settings.seed * 7937 + epoch)
-        chosen = examples(bank, settings.documents, [settings.seed, epoch, 22])
+        chosen = examples(bank, settings.documents, [settings.seed, epoch, 22], shares=settings.family_shares)
         dropout = torch.rand(len(chosen), generator=generator) < settings.text_dropout
         dropout &= torch.tensor([bool(example.pictures) for example in chosen])   # words alone have nothing to keep
         ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
