@@ -249,3 +249,6 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     code, _, err = run(["train", "--preset", "tiny", "--documents", 64, "--tokenizer", "patches", "--family-shares",
                         "countin=2", "--out", tmp_path / "shares"], capsys)
     assert code == 2 and "did you mean 'counting'" in err and not (tmp_path / "shares").exists()
+    code, _, err = run(["train", "--preset", "tiny", "--documents", 64, "--tokenizer", "patches", "--family-shares",
+                        "draw from memory=2", "--out", tmp_path / "shares"], capsys)
+    assert code == 2 and "drawn only with train.retrieve" in err and not (tmp_path / "shares").exists()

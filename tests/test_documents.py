@@ -132,6 +132,8 @@ def test_family_shares_override_the_registry_and_refuse_unknown_names(bank):
     assert "counting" not in {example.family for example in examples(bank, 500, 5, shares={"counting": 0})}
     with pytest.raises(ValueError, match="did you mean 'counting'"):
         examples(bank, 10, 5, shares={"countin": 2})
+    with pytest.raises(ValueError, match="drawn only with train.word_families"):
+        examples(bank, 10, 5, shares={"addition in words": 2})       # a stepping stone's share, but no stones drawn
     with pytest.raises(ValueError, match="share 0"):
         examples(bank, 10, 5, families=None, shares={name: 0 for name in FAMILIES})
 

@@ -237,19 +237,16 @@ def command_train(args) -> int:
     if args.colorings is not None and args.colorings < 1:
         raise TinyChameleonError("--colorings must be at least 1")
     if args.family_shares is not None:
-        from .documents.families import family_shares
-        shares = dict(args.family_shares)
-        try:
-            family_shares(shares)                                   # an unknown name: refused, with the closest
-        except ValueError as error:
-            raise TinyChameleonError(str(error)) from None
-        overrides["train"]["family_shares"] = shares
+        overrides["train"]["family_shares"] = dict(args.family_shares)
     try:
         config = inherited_config(make_config(args.preset, validate=False, **overrides), args.vqvae_from)
         if args.scale_lr and args.batch_size and args.lr is None:
             # Large-batch recipe: square-root learning-rate scaling from the preset's batch size.
             base = make_config(args.preset).train
             config.train.lr = base.lr * (args.batch_size / base.batch_size) ** 0.5
+        if config.train.family_shares:   # unknown names, or families this run never draws: refused before any work
+            from .documents.families import family_shares
+            family_shares(config.train.family_shares, config.train.word_families, bool(config.train.retrieve))
     except ValueError as error:
         raise TinyChameleonError(str(error)) from None
     prepare_output(out, lock=False)

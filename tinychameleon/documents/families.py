@@ -289,9 +289,11 @@ MEMORY_FAMILIES: dict[str, tuple[Callable, float]] = {
 }
 
 
-def family_shares(overrides: dict[str, float] | None = None) -> dict[str, float]:
+def family_shares(overrides: dict[str, float] | None = None, words: bool = False, retrieve: bool = False
+                  ) -> dict[str, float]:
     """Every family's share of the training documents: the registries', with `overrides` (train.family_shares) on
-    top. An unknown name is refused with the closest ones (ValueError)."""
+    top. Refused (ValueError): an unknown name (with the closest ones), and a share of a family this run never draws
+    (a stepping stone without `words`, a memory family without `retrieve`), which would be silently ignored."""
     shares = {name: share for registry in (FAMILIES, WORD_FAMILIES, MEMORY_FAMILIES)
               for name, (_, share) in registry.items()}
     for name in overrides or {}:
@@ -300,6 +302,9 @@ def family_shares(overrides: dict[str, float] | None = None) -> dict[str, float]
             raise ValueError(f"unknown family {name!r} in the family shares" +
                              (f" (did you mean {', '.join(map(repr, close))}?)" if close else
                               f"; families: {', '.join(shares)}"))
+        if name in WORD_FAMILIES and not words or name in MEMORY_FAMILIES and not retrieve:
+            needs = "train.word_families (--word-families)" if name in WORD_FAMILIES else "train.retrieve (--retrieve)"
+            raise ValueError(f"family {name!r} is drawn only with {needs}: its share would be ignored")
     return {**shares, **(overrides or {})}
 
 
@@ -310,7 +315,7 @@ def examples(bank: DigitBank, count: int, seed: int | list[int], families: list[
     rng = np.random.default_rng(seed)
     registry = {**FAMILIES, **WORD_FAMILIES, **MEMORY_FAMILIES}
     names = families or [*FAMILIES, *(WORD_FAMILIES if bank.words else ()), *(MEMORY_FAMILIES if bank.retrieve else ())]
-    share_of = family_shares(shares)
+    share_of = family_shares(shares, bank.words, bool(bank.retrieve))
     weights = np.array([1.0 if families else share_of[name] for name in names])
     if weights.sum() <= 0:
         raise ValueError("every family drawn has share 0: give one a positive share")
