@@ -71,7 +71,8 @@ def counting_next_digits(pipe: Pipeline, bank: DigitBank, split, judge, count: i
             real = render(example.answer_images[:given], split)
             for picture_codes in (pipe.image_tokenizer.encode(torch.from_numpy(real)).tolist() if given else []):
                 ids += [vocab.begin_image, *picture_codes, vocab.end_image]
-        drawn = [decoder.continuation(ids).images[:1] for ids in decoder.write(rows, settings, torch.Generator(device=pipe.device).manual_seed(0))]
+        generator = torch.Generator(device=pipe.device).manual_seed(0)
+        drawn = [decoder.continuation(ids).images[:1] for ids in decoder.write(rows, settings, generator)]
         judged = np.array([judge.predict(images)["digit"][0] if len(images) else -1 for images in drawn])
         wanted = np.array([example.answer_images[given].digit for example in chosen])
         shares[f"after {given} real images"] = {"right": float(np.mean(judged == wanted)),

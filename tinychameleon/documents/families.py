@@ -289,13 +289,15 @@ MEMORY_FAMILIES: dict[str, tuple[Callable, float]] = {
 }
 
 
+ALL_FAMILIES = {**FAMILIES, **WORD_FAMILIES, **MEMORY_FAMILIES}   # every builder and share, by name
+
+
 def family_shares(overrides: dict[str, float] | None = None, words: bool = False, retrieve: bool = False
                   ) -> dict[str, float]:
     """Every family's share of the training documents: the registries', with `overrides` (train.family_shares) on
     top. Refused (ValueError): an unknown name (with the closest ones), and a share of a family this run never draws
     (a stepping stone without `words`, a memory family without `retrieve`), which would be silently ignored."""
-    shares = {name: share for registry in (FAMILIES, WORD_FAMILIES, MEMORY_FAMILIES)
-              for name, (_, share) in registry.items()}
+    shares = {name: share for name, (_, share) in ALL_FAMILIES.items()}
     for name in overrides or {}:
         if name not in shares:
             close = difflib.get_close_matches(name, list(shares), n=3, cutoff=0.5)
@@ -313,7 +315,6 @@ def examples(bank: DigitBank, count: int, seed: int | list[int], families: list[
     """`count` seeded examples; each picks a family (by its share, or evenly among `families`) and a digit.
     `shares` overrides some families' shares (train.family_shares)."""
     rng = np.random.default_rng(seed)
-    registry = {**FAMILIES, **WORD_FAMILIES, **MEMORY_FAMILIES}
     names = families or [*FAMILIES, *(WORD_FAMILIES if bank.words else ()), *(MEMORY_FAMILIES if bank.retrieve else ())]
     share_of = family_shares(shares, bank.words, bool(bank.retrieve))
     weights = np.array([1.0 if families else share_of[name] for name in names])
@@ -321,4 +322,4 @@ def examples(bank: DigitBank, count: int, seed: int | list[int], families: list[
         raise ValueError("every family drawn has share 0: give one a positive share")
     chosen = rng.choice(len(names), size=count, p=weights / weights.sum())
     indices = rng.integers(0, len(bank.digits), size=count)
-    return [registry[names[family]][0](bank, int(index), rng) for family, index in zip(chosen, indices)]
+    return [ALL_FAMILIES[names[family]][0](bank, int(index), rng) for family, index in zip(chosen, indices)]
