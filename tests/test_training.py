@@ -92,6 +92,12 @@ def test_resume_continues_an_interrupted_run(optimizer, tmp_path, cache_dir, mon
     first_segment = time.time() - first_started
     assert (interrupted / "train_state.pt").exists()
     monkeypatch.setattr(lm_trainer, "plot_curve", real_plot)
+    # Say epoch 1 took 1000 s longer than it did: the resumed epoch's clock must go on from there.
+    from tinychameleon.training.state import load_state, save_state
+    state = load_state(interrupted / "train_state.pt")
+    state["epochs"][-1]["elapsed_s"] += 1000.0
+    epoch_one = state["epochs"][-1]["elapsed_s"]
+    save_state(interrupted / "train_state.pt", state)
     time.sleep(1.0)  # a pause between the segments is not training time
     second_started = time.time()
     train(make_config("tiny"), interrupted, resume=True, cache_dir=cache_dir, progress=False, device_name="cpu")
@@ -104,6 +110,7 @@ def test_resume_continues_an_interrupted_run(optimizer, tmp_path, cache_dir, mon
 
     history = json.loads((interrupted / "transformer_metrics.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [0, 1, 2]  # the run's own config (2 epochs) won
+    assert epoch_one < history["epochs"][2]["elapsed_s"] <= epoch_one + second_segment   # the whole run, not a segment
     finished = checkpoint.load_transformer(uninterrupted).state_dict()
     for key, value in checkpoint.load_transformer(interrupted).state_dict().items():
         torch.testing.assert_close(value, finished[key])  # same weights as if never interrupted

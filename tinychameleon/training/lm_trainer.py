@@ -24,7 +24,7 @@ from ..nextscale.model import NextScaleTransformer
 from ..sequences import IMAGE_FIRST, build_sequences, image_first_rows, random_spans, target_kinds
 from ..tokenizers.vocab import Vocab
 from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transformer
-from .state import resume_from, save_epoch
+from .state import elapsed_before, resume_from, save_epoch
 from ..device import Distributed, autocast
 from .logs import plot_curve
 from .optimizers import build_optimizer
@@ -223,7 +223,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     if not epoch_log and world.is_main:
         epoch_log.append({"epoch": 0, "step": 0, **validation_nll()})
         print(f"transformer epoch 0: validation nll {epoch_log[0]['validation_nll']:.4f}", flush=True)
-    started = time.time()
+    started = time.time() - elapsed_before(epoch_log)   # a resumed run's clock goes on from its last save
     for epoch in range(start_epoch, settings.epochs):
         if should_stop(settings, epoch_log):
             break

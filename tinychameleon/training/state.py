@@ -78,6 +78,12 @@ def resume_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     return state["epoch"], state["steps"], state["epochs"]
 
 
+def elapsed_before(epoch_log: list[dict]) -> float:
+    """Seconds of training the epochs so far took (0 for a fresh run): a resumed run's per-epoch `elapsed_s` goes on
+    from there, so its curve and logs count the whole run, not only the last segment."""
+    return max((row.get("elapsed_s", 0.0) for row in epoch_log), default=0.0)
+
+
 def save_epoch(run_dir: Path, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                weights_file: str, state_file: str, step_log: list, epoch_log: list, keep_weights: bool = True) -> None:
     """End of an epoch: weights (unless an earlier epoch stays the best), resume state and history, atomically."""

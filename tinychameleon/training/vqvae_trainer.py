@@ -16,7 +16,7 @@ from ..batching import batch_slices
 from ..config import RunConfig
 from ..checkpoint import VQVAE_FILE, build_image_tokenizer, save_weights
 from .logs import write_history
-from .state import resume_from, save_epoch
+from .state import elapsed_before, resume_from, save_epoch
 from .schedule import warmup_cosine
 
 STATE_FILE = "vqvae_state.pt"
@@ -71,7 +71,7 @@ def train_vqvae(config: RunConfig, train_images: np.ndarray, validation_images: 
     if start_epoch:
         print(f"vqvae: resuming after epoch {start_epoch}")
     check_images = validation_images[:2000]  # per-epoch check; the whole validation split is reported at the end
-    started = time.time()
+    started = time.time() - elapsed_before(epoch_log)   # a resumed run's clock goes on from its last save
     for epoch in range(start_epoch, settings.epochs):
         tokenizer.train()
         generator = torch.Generator().manual_seed(config.train.seed * 1000 + epoch)
