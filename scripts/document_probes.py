@@ -5,6 +5,9 @@
 - counting: teacher-forced on real documents, the chance the model stops (<eod>) rather than draws again
   (<boi>) after each image, by how many images the prompt asked for. A model that counts stops after the
   asked number and never before; one that ignores the prompt stops with the same chance whatever was asked.
+- counting in words (the stepping stone): teacher-forced, the chance of "." after the k-th digit word, by how many
+  digits the prompt asked for. Its digits are a bigram (each word's successor); its stop needs the prompt's end
+  word, so a model that stops by length alone shows the same chance after word k whatever was asked.
 - counting, next digit: with the prompt and the real first k images (k = 0, 1, 2) as the prefix, the share of
   documents whose next image the sampler draws as the next digit of the count, or as the last one again. A model
   that counts draws every image right whatever k; one that only reads the start digit gets the first.
@@ -54,6 +57,23 @@ def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: in
             for k, i in enumerate(ends, 1):
                 stop, draw = probabilities[i, vocab.end_document], probabilities[i, vocab.begin_image]
                 chances[f"asked {len(example.answer_images)}, after image {k}"].append(float(stop / (stop + draw)))
+    return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
+
+
+def word_stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
+    """{"asked N, after word k": mean chance of "." next} over `count` "counting in words" documents (the answer's
+    words are its digits, then "."; the chance is read after each digit word)."""
+    tokenizer = pipe.documents.tokenizer
+    full_stop = tokenizer.word_to_id["."]
+    chosen = examples(bank, count, [0, 7, 29], families=["counting in words"])
+    chances = defaultdict(list)
+    with torch.no_grad():
+        for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor, tokenizer)):
+            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
+            asked = len(split_words(example.answer)) - 1
+            answer_start = len(ids) - 1 - (asked + 1)                     # the answer's words, ".", then <eod>
+            for k in range(1, asked + 1):
+                chances[f"asked {asked}, after word {k}"].append(float(probabilities[answer_start + k - 1, full_stop]))
     return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
 
 
@@ -195,6 +215,8 @@ def copy_teacher_forced(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, co
 # name -> probe(pipe, inputs); inputs holds the validation bank, split, token codes, judge and count.
 PROBES = {
     "counting_stop_chance": lambda pipe, inputs: stop_chances(pipe, inputs.bank, inputs.codes, inputs.count),
+    "counting_words_stop_chance": lambda pipe, inputs: word_stop_chances(pipe, inputs.bank, inputs.codes,
+                                                                        inputs.count),
     "counting_next_digit": lambda pipe, inputs: counting_next_digits(pipe, inputs.bank, inputs.split, inputs.judge(),
                                                                      inputs.count),
     "addition_answers": lambda pipe, inputs: addition_answers(pipe, inputs.bank, inputs.split, inputs.count),
