@@ -8,6 +8,10 @@
 - counting in words (the stepping stone): teacher-forced, the chance of "." after the k-th digit word, by how many
   digits the prompt asked for. Its digits are a bigram (each word's successor); its stop needs the prompt's end
   word, so a model that stops by length alone shows the same chance after word k whatever was asked.
+- counting in words, written: every one of its prompts (24, all of them training prompts) continued with the
+  shipped settings; the share written right, and the wrong answers.
+- swap, teacher-forced: the chance of each of the answer's two color tokens (the prompt's background color, then its
+  digit color), given the real document up to it. A model that swaps puts both near one.
 - counting, next digit: with the prompt and the real first k images (k = 0, 1, 2) as the prefix, the share of
   documents whose next image the sampler draws as the next digit of the count, or as the last one again. A model
   that counts draws every image right whatever k; one that only reads the start digit gets the first.
@@ -75,6 +79,30 @@ def word_stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, coun
             for k in range(1, asked + 1):
                 chances[f"asked {asked}, after word {k}"].append(float(probabilities[answer_start + k - 1, full_stop]))
     return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
+
+
+def counting_words_written(pipe: Pipeline) -> dict:
+    """Every "counting in words" prompt continued once (seed 0): the share answered right, and the wrong answers."""
+    counts = [(start, count) for count in (2, 3, 4) for start in range(0, 11 - count)]
+    prompts = [f"count from {DIGIT_WORDS[start]} to {DIGIT_WORDS[start + count - 1]} :" for start, count in counts]
+    wanted = [" ".join(DIGIT_WORDS[start:start + count]) + " ." for start, count in counts]
+    written = [rows[0].text.strip() for rows in pipe.continue_documents(prompts, n=1, seed=0)]
+    return {"right": sum(w == a for w, a in zip(written, wanted)) / len(prompts),
+            "wrong": {p: a for p, w, a in zip(prompts, wanted, written) if w != a}}
+
+
+def swap_colors(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
+    """Mean chance of the swap answer's first and second color tokens, teacher-forced, over `count` swaps."""
+    chosen = examples(bank, count, [0, 5, 23], families=["swap"])
+    first, second = [], []
+    with torch.no_grad():
+        for ids in example_documents(chosen, codes, pipe.image_tokenizer.recolor, pipe.documents.tokenizer):
+            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
+            answer = [i for i, token in enumerate(ids) if token == pipe.vocab.begin_image][1]      # the answer's <boi>
+            first.append(float(probabilities[answer, ids[answer + 1]]))
+            second.append(float(probabilities[answer + 1, ids[answer + 2]]))
+    return {"first color (the prompt's background)": round(float(np.mean(first)), 3),
+            "second color (the prompt's digit), given the first": round(float(np.mean(second)), 3)}
 
 
 def counting_next_digits(pipe: Pipeline, bank: DigitBank, split, judge, count: int) -> dict:
@@ -217,6 +245,8 @@ PROBES = {
     "counting_stop_chance": lambda pipe, inputs: stop_chances(pipe, inputs.bank, inputs.codes, inputs.count),
     "counting_words_stop_chance": lambda pipe, inputs: word_stop_chances(pipe, inputs.bank, inputs.codes,
                                                                         inputs.count),
+    "counting_words_written": lambda pipe, inputs: counting_words_written(pipe),
+    "swap_colors": lambda pipe, inputs: swap_colors(pipe, inputs.bank, inputs.codes, inputs.count),
     "counting_next_digit": lambda pipe, inputs: counting_next_digits(pipe, inputs.bank, inputs.split, inputs.judge(),
                                                                      inputs.count),
     "addition_answers": lambda pipe, inputs: addition_answers(pipe, inputs.bank, inputs.split, inputs.count),
