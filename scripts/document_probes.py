@@ -11,7 +11,8 @@
 - counting in words, written: every one of its prompts (24, all of them training prompts) continued with the
   shipped settings; the share written right, and the wrong answers.
 - swap, teacher-forced: the chance of each of the answer's two color tokens (the prompt's background color, then its
-  digit color), given the real document up to it. A model that swaps puts both near one.
+  digit color), given the real document up to it; a model that swaps puts both near one. With the pointer: at the
+  first, its gate and where it points (the prompt's background color token, or its digit color token).
 - counting, next digit: with the prompt and the real first k images (k = 0, 1, 2) as the prefix, the share of
   documents whose next image the sampler draws as the next digit of the count, or as the last one again. A model
   that counts draws every image right whatever k; one that only reads the start digit gets the first.
@@ -92,17 +93,32 @@ def counting_words_written(pipe: Pipeline) -> dict:
 
 
 def swap_colors(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
-    """Mean chance of the swap answer's first and second color tokens, teacher-forced, over `count` swaps."""
+    """Mean chance of the swap answer's first and second color tokens, teacher-forced, over `count` swaps; with the
+    pointer (model.copy), where it stands at the first: its gate, and its weight on the prompt's two color tokens."""
     chosen = examples(bank, count, [0, 5, 23], families=["swap"])
-    first, second = [], []
+    model, first, second, pointer = pipe.model, [], [], []
+    final = {}
+    hook = model.norm.register_forward_hook(lambda module, inputs, output: final.__setitem__("hidden", output))
     with torch.no_grad():
         for ids in example_documents(chosen, codes, pipe.image_tokenizer.recolor, pipe.documents.tokenizer):
-            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
-            answer = [i for i, token in enumerate(ids) if token == pipe.vocab.begin_image][1]      # the answer's <boi>
+            probabilities = model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
+            prompt, answer = [i for i, token in enumerate(ids) if token == pipe.vocab.begin_image]      # the <boi>s
             first.append(float(probabilities[answer, ids[answer + 1]]))
             second.append(float(probabilities[answer + 1, ids[answer + 2]]))
-    return {"first color (the prompt's background)": round(float(np.mean(first)), 3),
-            "second color (the prompt's digit), given the first": round(float(np.mean(second)), 3)}
+            if pipe.config.model.copy_head:
+                hidden = final["hidden"][0].float()                                                  # (T, C)
+                keys = model.copy.key(hidden[:answer + 1])                                           # (answer + 1, kd)
+                weights = F.softmax(model.copy.query(hidden[answer]) @ keys.T / keys.shape[-1] ** 0.5, -1)
+                pointer.append((float(torch.sigmoid(model.copy.gate(hidden[answer]))),
+                                float(weights[prompt + 2]), float(weights[prompt + 1])))
+    hook.remove()
+    results = {"first color (the prompt's background)": round(float(np.mean(first)), 3),
+               "second color (the prompt's digit), given the first": round(float(np.mean(second)), 3)}
+    if pointer:
+        gate, background, digit = np.mean(pointer, 0)
+        results["pointer at the first: gate, weight on the prompt's background / digit color"] = \
+            [round(float(gate), 3), round(float(background), 3), round(float(digit), 3)]
+    return results
 
 
 def counting_next_digits(pipe: Pipeline, bank: DigitBank, split, judge, count: int) -> dict:
