@@ -50,36 +50,44 @@ from tinychameleon.pipeline import Pipeline
 from tinychameleon.sampling import guided_logits
 
 
+def teacher_forced(pipe: Pipeline, chosen: list, codes: torch.Tensor):
+    """Each chosen example's real document read at once: yields (example, ids, (T, V) next-token probabilities)."""
+    for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor,
+                                                      pipe.documents.tokenizer)):
+        with torch.no_grad():
+            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
+        yield example, ids, probabilities
+
+
+def rounded_means(chances: dict[str, list[float]]) -> dict:
+    return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
+
+
 def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
     """{"asked N, after image k": mean chance of <eod> against <boi>} over `count` counting documents."""
-    vocab, tokenizer = pipe.vocab, pipe.documents.tokenizer
-    chosen = examples(bank, count, [0, 7, 23], families=["counting"])
+    vocab = pipe.vocab
     chances = defaultdict(list)
-    with torch.no_grad():
-        for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor, tokenizer)):
-            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
-            ends = [i for i, token in enumerate(ids) if token == vocab.end_image]   # what follows each image
-            for k, i in enumerate(ends, 1):
-                stop, draw = probabilities[i, vocab.end_document], probabilities[i, vocab.begin_image]
-                chances[f"asked {len(example.answer_images)}, after image {k}"].append(float(stop / (stop + draw)))
-    return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
+    for example, ids, probabilities in teacher_forced(pipe, examples(bank, count, [0, 7, 23], families=["counting"]),
+                                                      codes):
+        ends = [i for i, token in enumerate(ids) if token == vocab.end_image]   # what follows each image
+        for k, i in enumerate(ends, 1):
+            stop, draw = probabilities[i, vocab.end_document], probabilities[i, vocab.begin_image]
+            chances[f"asked {len(example.answer_images)}, after image {k}"].append(float(stop / (stop + draw)))
+    return rounded_means(chances)
 
 
 def word_stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
     """{"asked N, after word k": mean chance of "." next} over `count` "counting in words" documents (the answer's
     words are its digits, then "."; the chance is read after each digit word)."""
-    tokenizer = pipe.documents.tokenizer
-    full_stop = tokenizer.word_to_id["."]
+    full_stop = pipe.documents.tokenizer.word_to_id["."]
     chosen = examples(bank, count, [0, 7, 29], families=["counting in words"])
     chances = defaultdict(list)
-    with torch.no_grad():
-        for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor, tokenizer)):
-            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
-            asked = len(split_words(example.answer)) - 1
-            answer_start = len(ids) - 1 - (asked + 1)                     # the answer's words, ".", then <eod>
-            for k in range(1, asked + 1):
-                chances[f"asked {asked}, after word {k}"].append(float(probabilities[answer_start + k - 1, full_stop]))
-    return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
+    for example, ids, probabilities in teacher_forced(pipe, chosen, codes):
+        asked = len(split_words(example.answer)) - 1
+        answer_start = len(ids) - 1 - (asked + 1)                     # the answer's words, ".", then <eod>
+        for k in range(1, asked + 1):
+            chances[f"asked {asked}, after word {k}"].append(float(probabilities[answer_start + k - 1, full_stop]))
+    return rounded_means(chances)
 
 
 def counting_words_written(pipe: Pipeline, bank: DigitBank) -> dict:
@@ -100,13 +108,12 @@ def swap_colors(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int
     model, first, second, pointer = pipe.model, [], [], []
     final = {}
     hook = model.norm.register_forward_hook(lambda module, inputs, output: final.__setitem__("hidden", output))
-    with torch.no_grad():
-        for ids in example_documents(chosen, codes, pipe.image_tokenizer.recolor, pipe.documents.tokenizer):
-            probabilities = model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
-            prompt, answer = [i for i, token in enumerate(ids) if token == pipe.vocab.begin_image]      # the <boi>s
-            first.append(float(probabilities[answer, ids[answer + 1]]))
-            second.append(float(probabilities[answer + 1, ids[answer + 2]]))
-            if pipe.config.model.copy_head:
+    for _, ids, probabilities in teacher_forced(pipe, chosen, codes):     # the hook keeps this read's final hidden
+        prompt, answer = [i for i, token in enumerate(ids) if token == pipe.vocab.begin_image]      # the <boi>s
+        first.append(float(probabilities[answer, ids[answer + 1]]))
+        second.append(float(probabilities[answer + 1, ids[answer + 2]]))
+        if pipe.config.model.copy_head:
+            with torch.no_grad():
                 hidden = final["hidden"][0].float()                                                  # (T, C)
                 keys = model.copy.key(hidden[:answer + 1])                                           # (answer + 1, kd)
                 weights = F.softmax(model.copy.query(hidden[answer]) @ keys.T / keys.shape[-1] ** 0.5, -1)
