@@ -24,8 +24,8 @@ from tinychameleon.training.lm_trainer import sequence_loss
 from tinychameleon.training.optimizers import build_optimizer
 
 
-def step_seconds(preset: str, steps: int) -> float:
-    config = make_config(preset)
+def step_seconds(preset: str, steps: int, precision: str | None = None) -> float:
+    config = make_config(preset, train={"precision": precision} if precision else {})
     vocab, settings = Vocab.for_config(config), config.train
     torch.manual_seed(0)
     model = build_transformer(config)
@@ -58,11 +58,15 @@ def step_seconds(preset: str, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--precision", nargs="*", default=[None], choices=["fp32", "bf16", "auto"],
+                        help="train.precision to time (default: the preset's)")
     args = parser.parse_args()
     results = {}
     for _ in range(2):   # interleaved twice: a noisy machine shows as two different readings
         for preset in ("best", "var"):
-            results.setdefault(preset, []).append(step_seconds(preset, args.steps))
+            for precision in args.precision:
+                key = preset if precision is None else f"{preset} {precision}"
+                results.setdefault(key, []).append(step_seconds(preset, args.steps, precision))
     print(json.dumps({preset: [round(s, 3) for s in values] for preset, values in results.items()}))
 
 

@@ -215,6 +215,52 @@ def test_early_stopping_keeps_the_best_epoch_weights(tmp_path, cache_dir):
     assert json.loads((run / "run_info.json").read_text())["command"] == "tinychameleon train --preset tiny"
 
 
+def cpu_with_bf16(monkeypatch, native: bool) -> None:
+    """Pretend this CPU has (or lacks) native bf16: the two hardware probes device.native_bf16 reads."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tiny_run, monkeypatch, native):
+    """train.precision "auto" (the presets'): bf16 autocast on a CPU with native bf16, exactly fp32 on one without
+    (where emulated bf16 is ~15x slower), and a notice says which; "bf16" asked on such a CPU is kept and warned of."""
+    from tinychameleon.device import autocast, precision_notice, resolved_precision
+    from tinychameleon.training.lm_trainer import sequence_loss
+
+    cpu_with_bf16(monkeypatch, native)
+    cpu = torch.device("cpu")
+    model = checkpoint.load_transformer(tiny_run)
+    sequences = torch.randint(0, 32, (16, 58))
+    with torch.no_grad():
+        full = sequence_loss(model, sequences)
+        with autocast(cpu, precision="auto"):
+            auto = sequence_loss(model, sequences)
+        with autocast(cpu, precision="bf16"):
+            half = sequence_loss(model, sequences)
+    assert resolved_precision(cpu, "auto") == ("bf16" if native else "fp32")
+    assert (auto.item() == half.item() != full.item()) if native else (auto.item() == full.item() != half.item())
+    assert resolved_precision(cpu, "bf16") == "bf16" and resolved_precision(cpu, "fp32") == "fp32"
+    if native:
+        assert precision_notice(cpu, "auto") is None and precision_notice(cpu, "bf16") is None
+    else:
+        assert "trains in fp32" in precision_notice(cpu, "auto") and "emulated" in precision_notice(cpu, "bf16")
+    assert precision_notice(cpu, "fp32") is None
+
+
+def test_a_run_says_what_precision_it_trained_in(tmp_path, cache_dir, monkeypatch, capsys):
+    """A run asking for "auto" on a CPU without native bf16 prints why it trains in fp32 and records "fp32" in
+    run_info.json; the presets that train in bf16 ask for "auto"."""
+    from tinychameleon.training.run import train
+
+    cpu_with_bf16(monkeypatch, False)
+    run = train(make_config("tiny", train={"precision": "auto"}), tmp_path / "auto", cache_dir=cache_dir,
+                progress=False, device_name="cpu")
+    assert "train.precision auto: this CPU has no native bf16" in capsys.readouterr().out
+    assert json.loads((run / "run_info.json").read_text())["precision"] == "fp32"
+    assert {make_config(name).train.precision for name in ("best", "var", "memory", "pixels")} == {"auto"}
+
+
 def test_bf16_autocast_on_cpu_matches_fp32(tiny_run):
     """The bf16 training path (train.precision) computes the same loss as fp32 within bf16's precision."""
     from tinychameleon.device import autocast

@@ -133,7 +133,7 @@ class ModelConfig:
 
 # Model parts that only add parameters to a transformer: a fine-tune (train.init_from) may add them, fresh.
 ADDABLE_PARTS = ("image_slots", "copy_head")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.
 RENAMED = {"max_test_examples": "max_validation_examples"}
@@ -154,7 +154,8 @@ class TrainConfig:
     holdout_pairs: int = 0        # hold out this many (fg, bg) color pairs from training (generalisation study)
     init_from: str = ""           # fine-tune: start from this run's transformer (its tokenizer and shape come too)
     colorings: int = 1            # distinct color-pair draws of the training images; epoch e uses draw e % colorings
-    precision: str = "fp32"       # "bf16": bf16 autocast for the transformer's matmuls (CPU with AVX512-BF16, or CUDA)
+    precision: str = "fp32"       # "bf16": bf16 autocast for the transformer's matmuls; "auto": bf16 only where the CPU
+                                  # runs it natively (AVX512-BF16 or AMX), else fp32 (device.native_bf16); CUDA: always bf16
     patience: int = 0             # early stopping: stop after this many epochs without a better validation NLL (0 = off)
     stop_at_nll: float = 0.0      # stop once validation NLL is at or below this (0 = off)
     infill_rate: float = 0.0      # CM3 objective: this share of sequences has one span moved to the end (sequences.py)
@@ -305,7 +306,8 @@ PRESETS: dict[str, dict] = {
     # The shipped checkpoint, in one command from an empty directory (about 100 minutes on a 2-core CPU):
     # the "patches" image tokenizer (two color tokens + the 2048 most frequent 4x4 shape patches, fitted
     # in seconds), a 6-layer d192 transformer with rotary positions trained for 3 epochs with Muon on its
-    # blocks' matrices, a fresh color draw of the training digits each epoch, bf16 matmuls, early stopping on
+    # blocks' matrices, a fresh color draw of the training digits each epoch, bf16 matmuls where the CPU has them
+    # natively (precision "auto": fp32 elsewhere, where emulated bf16 is ~15x slower), early stopping on
     # validation NLL, and 42 000 task-family documents per epoch beside the 55 000 digits' pairs in both orders
     # (documents/families.py). Rotary positions: in a matched short run (1 epoch, 10k digits, 20k documents)
     # validation nats per document token 1.599 -> 1.488 and per pair 88.2 -> 84.6 against learned ones.
@@ -323,7 +325,7 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192, "positions": "rope", "copy_head": True},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
-                  "precision": "bf16", "patience": 2, "optimizer": "muon", "documents": 42000,
+                  "precision": "auto", "patience": 2, "optimizer": "muon", "documents": 42000,
                   "prompt_end": True, "unconditional_without_eop": True, "word_families": True,
                   "family_shares": {"addition": 2.0, "counting": 1.5, "background name": 2.0,
                                     "digit color name": 2.0},
@@ -335,7 +337,7 @@ PRESETS: dict[str, dict] = {
         "vq": {"kind": "pixels"},
         "model": {"n_layer": 4, "n_head": 4, "d_model": 128},
         "train": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "max_train_examples": 15000,
-                  "max_validation_examples": 500, "precision": "bf16", "optimizer": "muon"},
+                  "max_validation_examples": 500, "precision": "auto", "optimizer": "muon"},
     },
     # Next-scale prediction (VAR) on the same data, in one command: the "scales" tokenizer (two color tokens +
     # a VQ-VAE on the shape whose 7x7 latent is coded at 1, 2, 3, 4, 5 and 7 per side by one shared codebook)
@@ -346,7 +348,7 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 3, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
-                  "precision": "bf16", "patience": 2, "optimizer": "muon", "caption_loss_weight": 4.0},
+                  "precision": "auto", "patience": 2, "optimizer": "muon", "caption_loss_weight": 4.0},
     },
     # A few seconds end to end: for tests only.
     "tiny": {

@@ -25,7 +25,7 @@ from ..sequences import IMAGE_FIRST, build_sequences, image_first_rows, random_s
 from ..tokenizers.vocab import Vocab
 from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transformer
 from .state import elapsed_before, resume_from, save_epoch
-from ..device import Distributed, autocast
+from ..device import Distributed, autocast, precision_notice
 from .logs import plot_curve
 from .optimizers import build_optimizer
 from .schedule import warmup_cosine
@@ -209,6 +209,9 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         load_grown(model, load_transformer(settings.init_from).state_dict())
         if world.is_main:
             print(f"transformer: starting from the weights of {settings.init_from}")
+    notice = precision_notice(device, settings.precision)
+    if notice and world.is_main:
+        print(f"transformer: {notice}", flush=True)
     if coder is not None and (world.enabled or compile_model):
         raise ValueError("a next-scale run trains in one process, without --compile")
     train_model = model

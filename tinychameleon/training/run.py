@@ -23,7 +23,7 @@ from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
 from ..checkpoint import VQVAE_FILE, inherited_config, load_config, load_image_tokenizer, module_hash, save_config
-from ..device import init_distributed
+from ..device import init_distributed, resolved_precision
 from .documents import document_source, validation_documents
 from .state import PROGRESS_FILE, mark_finished, remove_stale_temporaries, stage_finished
 from .lm_trainer import train_transformer
@@ -123,10 +123,12 @@ def start_segment(run_dir: Path, resume: bool) -> float:
     return earlier
 
 
-def run_info(started: float, device: torch.device, world, command: str, earlier: float = 0.0) -> dict:
-    """What reproducing this run needs to know: the command, the wall time (all segments of a resumed run)
-    and the machine it ran on."""
+def run_info(started: float, device: torch.device, world, command: str, earlier: float = 0.0,
+             precision: str = "fp32") -> dict:
+    """What reproducing this run needs to know: the command, the wall time (all segments of a resumed run),
+    the machine it ran on and the precision its transformer trained in (train.precision resolved there)."""
     return {"command": command, "wall_time_s": round(earlier + time.time() - started, 1), "device": str(device),
+            "precision": resolved_precision(device, precision),
             "world_size": world.world_size, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -216,7 +218,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
                       run_dir, device, resume, progress, world, compile_model, shifted_codes=shifted_codes,
                       documents=documents, validation_documents=validation, image_tokenizer=image_tokenizer)
     if world.is_main:
-        write_json(run_dir / "run_info.json", run_info(started, device, world, command, earlier))
+        write_json(run_dir / "run_info.json", run_info(started, device, world, command, earlier,
+                                                          config.train.precision))
         mark_finished(run_dir, "transformer")
         (run_dir / "train_state.pt").unlink(missing_ok=True)
         (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
