@@ -7,7 +7,8 @@
   asked number and never before; one that ignores the prompt stops with the same chance whatever was asked.
 - counting in words (the stepping stone): teacher-forced, the chance of "." after the k-th digit word, by how many
   digits the prompt asked for. Its digits are a bigram (each word's successor); its stop needs the prompt's end
-  word, so a model that stops by length alone shows the same chance after word k whatever was asked.
+  word, so a model that stops by length alone shows the same chance after word k whatever was asked. With the
+  pointer: the head's own chance of "." where it is due and where not, the gate, and where the pointer looks.
 - counting in words, written: every one of its prompts (24, all of them training prompts) continued with the
   shipped settings; the share written right, and the wrong answers.
 - swap, teacher-forced: the chance of each of the answer's two color tokens (the prompt's background color, then its
@@ -51,12 +52,27 @@ from tinychameleon.sampling import guided_logits
 
 
 def teacher_forced(pipe: Pipeline, chosen: list, codes: torch.Tensor):
-    """Each chosen example's real document read at once: yields (example, ids, (T, V) next-token probabilities)."""
-    for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor,
-                                                      pipe.documents.tokenizer)):
-        with torch.no_grad():
-            probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
-        yield example, ids, probabilities
+    """Each chosen example's real document read at once: yields (example, ids, (T, V) next-token probabilities,
+    (T, C) final hidden states: what the output head and the pointer read)."""
+    final = {}
+    hook = pipe.model.norm.register_forward_hook(lambda module, inputs, output: final.__setitem__("hidden", output))
+    try:
+        for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor,
+                                                          pipe.documents.tokenizer)):
+            with torch.no_grad():
+                probabilities = pipe.model(torch.tensor([ids], device=pipe.device))[0].float().softmax(-1)
+            yield example, ids, probabilities, final["hidden"][0].float()
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def pointer_at(model, hidden: torch.Tensor, position: int) -> tuple[float, torch.Tensor]:
+    """The pointer (model.copy) predicting the token after `position`, from one read's (T, C) final hidden states:
+    its gate (the share it copies) and its (position + 1,) weights over the positions so far."""
+    keys = model.copy.key(hidden[:position + 1])                                                  # (position + 1, kd)
+    weights = F.softmax(model.copy.query(hidden[position]) @ keys.T / keys.shape[-1] ** 0.5, -1)
+    return float(torch.sigmoid(model.copy.gate(hidden[position]))), weights
 
 
 def rounded_means(chances: dict[str, list[float]]) -> dict:
@@ -67,8 +83,8 @@ def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: in
     """{"asked N, after image k": mean chance of <eod> against <boi>} over `count` counting documents."""
     vocab = pipe.vocab
     chances = defaultdict(list)
-    for example, ids, probabilities in teacher_forced(pipe, examples(bank, count, [0, 7, 23], families=["counting"]),
-                                                      codes):
+    for example, ids, probabilities, _ in teacher_forced(pipe, examples(bank, count, [0, 7, 23],
+                                                                         families=["counting"]), codes):
         ends = [i for i, token in enumerate(ids) if token == vocab.end_image]   # what follows each image
         for k, i in enumerate(ends, 1):
             stop, draw = probabilities[i, vocab.end_document], probabilities[i, vocab.begin_image]
@@ -78,15 +94,27 @@ def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: in
 
 def word_stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
     """{"asked N, after word k": mean chance of "." next} over `count` "counting in words" documents (the answer's
-    words are its digits, then "."; the chance is read after each digit word)."""
+    words are its digits, then "."; the chance is read after each digit word). With the pointer, at the words
+    where "." is due (the last) and where it is not (the others): the output head's own chance of ".", the
+    pointer's gate, and how often it points at the prompt's end word (a "." it cannot copy: the prompt has none)."""
     full_stop = pipe.documents.tokenizer.word_to_id["."]
     chosen = examples(bank, count, [0, 7, 29], families=["counting in words"])
     chances = defaultdict(list)
-    for example, ids, probabilities in teacher_forced(pipe, chosen, codes):
+    for example, ids, probabilities, hidden in teacher_forced(pipe, chosen, codes):
         asked = len(split_words(example.answer)) - 1
         answer_start = len(ids) - 1 - (asked + 1)                     # the answer's words, ".", then <eod>
+        end_word = ids.index(pipe.documents.tokenizer.word_to_id["to"]) + 1         # "count from A to B :"
         for k in range(1, asked + 1):
-            chances[f"asked {asked}, after word {k}"].append(float(probabilities[answer_start + k - 1, full_stop]))
+            position = answer_start + k - 1
+            chances[f"asked {asked}, after word {k}"].append(float(probabilities[position, full_stop]))
+            if pipe.config.model.copy_head:
+                due = "stop due" if k == asked else "stop not due"
+                gate, weights = pointer_at(pipe.model, hidden, position)
+                with torch.no_grad():
+                    head = pipe.model.head(hidden[position]).float().softmax(-1)[full_stop]
+                chances[f"pointer, {due}: the head's own chance of '.'"].append(float(head))
+                chances[f"pointer, {due}: gate"].append(gate)
+                chances[f"pointer, {due}: points at the end word"].append(float(int(weights.argmax()) == end_word))
     return rounded_means(chances)
 
 
@@ -105,21 +133,14 @@ def swap_colors(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int
     """Mean chance of the swap answer's first and second color tokens, teacher-forced, over `count` swaps; with the
     pointer (model.copy), where it stands at the first: its gate, and its weight on the prompt's two color tokens."""
     chosen = examples(bank, count, [0, 5, 23], families=["swap"])
-    model, first, second, pointer = pipe.model, [], [], []
-    final = {}
-    hook = model.norm.register_forward_hook(lambda module, inputs, output: final.__setitem__("hidden", output))
-    for _, ids, probabilities in teacher_forced(pipe, chosen, codes):     # the hook keeps this read's final hidden
+    first, second, pointer = [], [], []
+    for _, ids, probabilities, hidden in teacher_forced(pipe, chosen, codes):
         prompt, answer = [i for i, token in enumerate(ids) if token == pipe.vocab.begin_image]      # the <boi>s
         first.append(float(probabilities[answer, ids[answer + 1]]))
         second.append(float(probabilities[answer + 1, ids[answer + 2]]))
         if pipe.config.model.copy_head:
-            with torch.no_grad():
-                hidden = final["hidden"][0].float()                                                  # (T, C)
-                keys = model.copy.key(hidden[:answer + 1])                                           # (answer + 1, kd)
-                weights = F.softmax(model.copy.query(hidden[answer]) @ keys.T / keys.shape[-1] ** 0.5, -1)
-                pointer.append((float(torch.sigmoid(model.copy.gate(hidden[answer]))),
-                                float(weights[prompt + 2]), float(weights[prompt + 1])))
-    hook.remove()
+            gate, weights = pointer_at(pipe.model, hidden, answer)
+            pointer.append((gate, float(weights[prompt + 2]), float(weights[prompt + 1])))
     results = {"first color (the prompt's background)": round(float(np.mean(first)), 3),
                "second color (the prompt's digit), given the first": round(float(np.mean(second)), 3)}
     if pointer:
