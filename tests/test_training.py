@@ -221,25 +221,33 @@ def cpu_with_bf16(monkeypatch, native: bool) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
 
 
+def losses_under(tiny_run, precisions: list[str]) -> dict[str, float]:
+    """The tiny run's loss on one fixed batch without autocast ("none"), then under autocast at each precision."""
+    from tinychameleon.device import autocast
+    from tinychameleon.training.lm_trainer import sequence_loss
+
+    model, cpu = checkpoint.load_transformer(tiny_run), torch.device("cpu")
+    sequences = torch.randint(0, 32, (16, 58), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    with torch.no_grad():
+        losses["none"] = sequence_loss(model, sequences).item()
+        for precision in precisions:
+            with autocast(cpu, precision=precision):
+                losses[precision] = sequence_loss(model, sequences).item()
+    return losses
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tiny_run, monkeypatch, native):
     """train.precision "auto" (the presets'): bf16 autocast on a CPU with native bf16, exactly fp32 on one without
     (where emulated bf16 is ~15x slower), and a notice says which; "bf16" asked on such a CPU is kept and warned of."""
-    from tinychameleon.device import autocast, precision_notice, resolved_precision
-    from tinychameleon.training.lm_trainer import sequence_loss
+    from tinychameleon.device import precision_notice, resolved_precision
 
     cpu_with_bf16(monkeypatch, native)
     cpu = torch.device("cpu")
-    model = checkpoint.load_transformer(tiny_run)
-    sequences = torch.randint(0, 32, (16, 58))
-    with torch.no_grad():
-        full = sequence_loss(model, sequences)
-        with autocast(cpu, precision="auto"):
-            auto = sequence_loss(model, sequences)
-        with autocast(cpu, precision="bf16"):
-            half = sequence_loss(model, sequences)
+    loss = losses_under(tiny_run, ["auto", "bf16"])
     assert resolved_precision(cpu, "auto") == ("bf16" if native else "fp32")
-    assert (auto.item() == half.item() != full.item()) if native else (auto.item() == full.item() != half.item())
+    assert loss["auto"] == (loss["bf16"] if native else loss["none"]) and loss["bf16"] != loss["none"]
     assert resolved_precision(cpu, "bf16") == "bf16" and resolved_precision(cpu, "fp32") == "fp32"
     if native:
         assert precision_notice(cpu, "auto") is None and precision_notice(cpu, "bf16") is None
@@ -263,20 +271,9 @@ def test_a_run_says_what_precision_it_trained_in(tmp_path, cache_dir, monkeypatc
 
 def test_bf16_autocast_on_cpu_matches_fp32(tiny_run):
     """The bf16 training path (train.precision) computes the same loss as fp32 within bf16's precision."""
-    from tinychameleon.device import autocast
-    from tinychameleon.training.lm_trainer import sequence_loss
-
-    model = checkpoint.load_transformer(tiny_run)
-    sequences = torch.randint(0, 32, (16, 58))
-    cpu = torch.device("cpu")
-    with torch.no_grad():
-        full = sequence_loss(model, sequences)
-        with autocast(cpu, precision="bf16"):
-            half = sequence_loss(model, sequences)
-        with autocast(cpu, precision="fp32"):
-            plain = sequence_loss(model, sequences)
-    assert plain.item() == full.item()
-    assert half.item() == pytest.approx(full.item(), rel=0.02) and half.item() != full.item()
+    loss = losses_under(tiny_run, ["bf16", "fp32"])
+    assert loss["fp32"] == loss["none"]
+    assert loss["bf16"] == pytest.approx(loss["none"], rel=0.02) and loss["bf16"] != loss["none"]
 
 
 def test_cached_codes_are_keyed_by_how_many_images(tmp_path, colored):
