@@ -70,9 +70,10 @@ def teacher_forced(pipe: Pipeline, chosen: list, codes: torch.Tensor):
 def pointer_at(model, hidden: torch.Tensor, position: int) -> tuple[float, torch.Tensor]:
     """The pointer (model.copy) predicting the token after `position`, from one read's (T, C) final hidden states:
     its gate (the share it copies) and its (position + 1,) weights over the positions so far."""
-    keys = model.copy.key(hidden[:position + 1])                                                  # (position + 1, kd)
-    weights = F.softmax(model.copy.query(hidden[position]) @ keys.T / keys.shape[-1] ** 0.5, -1)
-    return float(torch.sigmoid(model.copy.gate(hidden[position]))), weights
+    keys = model.copy.key(hidden[None, :position + 1])                                         # (1, position + 1, kd)
+    mask = torch.ones(1, 1, position + 1, dtype=torch.bool, device=hidden.device)
+    weights, gate = model.copy.look(hidden[None, position:position + 1], keys, mask)   # (1, 1, position + 1), (1, 1, 1)
+    return float(torch.sigmoid(gate)), weights[0, 0]
 
 
 def rounded_means(chances: dict[str, list[float]]) -> dict:
@@ -104,15 +105,15 @@ def word_stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, coun
         asked = len(split_words(example.answer)) - 1
         answer_start = len(ids) - 1 - (asked + 1)                     # the answer's words, ".", then <eod>
         end_word = ids.index(pipe.documents.tokenizer.word_to_id["to"]) + 1         # "count from A to B :"
+        with torch.no_grad():
+            head = pipe.model.head(hidden).float().softmax(-1)[:, full_stop]   # (T,) the output head alone
         for k in range(1, asked + 1):
             position = answer_start + k - 1
             chances[f"asked {asked}, after word {k}"].append(float(probabilities[position, full_stop]))
             if pipe.config.model.copy_head:
                 due = "stop due" if k == asked else "stop not due"
                 gate, weights = pointer_at(pipe.model, hidden, position)
-                with torch.no_grad():
-                    head = pipe.model.head(hidden[position]).float().softmax(-1)[full_stop]
-                chances[f"pointer, {due}: the head's own chance of '.'"].append(float(head))
+                chances[f"pointer, {due}: the head's own chance of '.'"].append(float(head[position]))
                 chances[f"pointer, {due}: gate"].append(gate)
                 chances[f"pointer, {due}: points at the end word"].append(float(int(weights.argmax()) == end_word))
     return rounded_means(chances)

@@ -242,6 +242,12 @@ class CopyHead(nn.Module):
         self.key = nn.Linear(d_model, key_dim, bias=False)
         self.gate = nn.Linear(d_model, 1)
 
+    def look(self, hidden: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (B, T, C), keys (B, S, kd) of every position so far, mask (B or 1, T, S) -> where the pointer
+        looks, (B, T, S) weights, and its (B, T, 1) gate logits (sigmoid: the share it copies)."""
+        scores = self.query(hidden) @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1])              # (B, T, S)
+        return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1), self.gate(hidden)
+
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor,
                 mask: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (B, T, C) and head logits (B, T, V) of the new tokens; keys (B, S, kd) and ids (B, S) of every
@@ -251,10 +257,8 @@ class CopyHead(nn.Module):
         holding the target are summed instead of scattered over every id)."""
         with torch.autocast(device_type=hidden.device.type, enabled=False):   # log-probabilities want fp32
             hidden, logits = hidden.float(), logits.float()
-            scores = self.query(hidden) @ keys.float().transpose(1, 2) / math.sqrt(keys.shape[-1])   # (B, T, S)
-            weights = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+            weights, gate = self.look(hidden, keys.float(), mask)                         # (B, T, S), (B, T, 1)
             B, T, S = weights.shape
-            gate = self.gate(hidden)                                                                 # (B, T, 1)
             if targets is None:
                 generated = F.log_softmax(logits, -1)                                                # (B, T, V)
                 copied = torch.zeros_like(logits).scatter_add_(2, ids[:, None, :].expand(B, T, S), weights)
