@@ -229,12 +229,16 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     # A fine-tune keeps its source's shape (slots included) and tokenizer (documents need patches: not restated
     # here) and may add a pointer head on top: never dropped.
     tuned = tmp_path / "tuned"
-    code, _, _ = run(["train", "--preset", "tiny", "--init-from", out, "--copy-head", "--documents", 64,
+    code, _, _ = run(["train", "--preset", "tiny", "--init-from", out, "--copy-head", "--digit-head", "--documents", 64,
                       "--word-families", "--family-shares", "counting=3", "what comes next=0.5", "--max-train-examples", 64, "--out", tuned, "--no-progress", "--cache-dir",
                       cache_dir], capsys)
     assert code == 0
     model = Pipeline.from_pretrained(tuned).model
-    assert hasattr(model, "copy") and hasattr(model, "slot_embedding")
+    assert hasattr(model, "copy") and hasattr(model, "slot_embedding") and hasattr(model, "digit_head")
+    assert not hasattr(Pipeline.from_pretrained(out).model, "digit_head")
+    tuned_history = json.loads((tuned / "transformer_metrics.json").read_text())["epochs"]
+    assert 0.0 <= tuned_history[-1]["validation_digit_accuracy"] <= 1.0
+    assert "validation_digit_accuracy" not in json.loads((out / "transformer_metrics.json").read_text())["epochs"][-1]
     tuned_config = json.loads((tuned / "config.json").read_text())
     assert tuned_config["vq"] == config["vq"] and tuned_config["train"]["word_families"] is True
     assert tuned_config["train"]["family_shares"] == {"counting": 3.0, "what comes next": 0.5}
@@ -246,6 +250,8 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     assert code == 2 and "keeps color apart from shape" in err
     code, _, err = run(["train", "--preset", "tiny", "--word-families", "--out", tmp_path / "words"], capsys)
     assert code == 2 and "word_families needs train.documents" in err
+    code, _, err = run(["train", "--preset", "tiny", "--digit-head", "--out", tmp_path / "digits"], capsys)
+    assert code == 2 and "digit_head reads the digits of documents' images: it needs train.documents" in err
     code, _, err = run(["train", "--preset", "tiny", "--documents", 64, "--tokenizer", "patches", "--family-shares",
                         "countin=2", "--out", tmp_path / "shares"], capsys)
     assert code == 2 and "did you mean 'counting'" in err and not (tmp_path / "shares").exists()

@@ -177,6 +177,31 @@ def test_batches_pad_on_the_right_with_no_loss(bank, codes):
     assert tokens.tolist() == [[1, 2, 3], [4, 5, 0]] and weights.tolist() == [[1, 1], [1, 0]]
 
 
+def test_digit_labels_sit_on_each_images_end_with_the_digit_it_shows(bank, codes):
+    """model.digit_head's targets: every <eoi> of a batch holds the digit of its picture (context, prompt and answer
+    images alike, text-dropped rows too), every other position -1; batches keep each document's own labels."""
+    from tinychameleon.documents.batches import digit_labels, image_digits
+    chosen = examples(bank, 200, 5)
+    dropout = torch.arange(len(chosen)) % 10 == 0
+    ids = example_documents(chosen, codes, recolor, TOKENIZER, dropout)
+    batch, _ = padded(ids, VOCAB.end_document)
+    labels = digit_labels(batch, image_digits(chosen), VOCAB.end_image)
+    for row, example in enumerate(chosen):
+        ends = (batch[row] == VOCAB.end_image).nonzero().flatten()
+        assert labels[row, ends].tolist() == [picture.digit for picture in example.pictures]
+        assert (labels[row][batch[row] != VOCAB.end_image] == -1).all()
+    counting = next(row for row, example in enumerate(chosen) if example.family == "counting" and not dropout[row])
+    words = chosen[counting].prompt.split()
+    first = DIGIT_WORDS.index(words[2])
+    assert labels[counting][labels[counting] >= 0].tolist() == list(range(first, DIGIT_WORDS.index(words[4]) + 1))
+    batches = length_batches(ids, 50, torch.Generator().manual_seed(0), VOCAB.end_document,
+                             digits=image_digits(chosen), end_image=VOCAB.end_image)
+    for tokens, _, batch_labels in batches:
+        assert torch.equal(batch_labels >= 0, tokens == VOCAB.end_image)
+        assert (batch_labels[tokens == VOCAB.end_image] <= 9).all()
+    assert sum(int((batch_labels >= 0).sum()) for _, _, batch_labels in batches) == int((labels >= 0).sum())
+
+
 def test_answers_carry_their_own_loss_weight(bank, codes):
     """train.answer_loss_weight lands on exactly each answer's targets (words or image, <eod> included) of every
     family; a row trained without its text (guidance's unconditional stream) has no answer to weight."""

@@ -207,3 +207,23 @@ def test_reading_out_only_the_last_positions_equals_the_full_output(copy_head):
         torch.testing.assert_close(outputs[1][0][:2], full[:2, 19], atol=1e-5, rtol=1e-5)
         with pytest.raises(AssertionError):
             model(ids, targets=ids, last=1)
+
+
+def test_digit_head_reads_the_labelled_positions_and_leaves_the_token_output_alone():
+    """model.digit_head: its loss is the cross-entropy of the head on the final hidden states at exactly the
+    labelled positions; the targets' log-probabilities are those of the plain forward; no label, no loss."""
+    model = small_model(positions="rope", digit_head=True)
+    ids, targets = torch.randint(0, 50, (2, 12)), torch.randint(0, 50, (2, 12))
+    digits = torch.full((2, 12), -1)
+    digits[0, 3], digits[1, 7], digits[1, 10] = 4, 0, 9
+    final = {}
+    model.norm.register_forward_hook(lambda module, inputs, output: final.__setitem__("hidden", output))
+    log_probs, loss = model(ids, targets=targets, digits=digits)
+    hidden = final["hidden"]
+    expected = torch.nn.functional.cross_entropy(
+        model.digit_head(torch.stack([hidden[0, 3], hidden[1, 7], hidden[1, 10]])), torch.tensor([4, 0, 9]))
+    assert torch.allclose(loss, expected) and loss > 0.5
+    assert torch.equal(log_probs, model(ids, targets=targets))
+    _, none = model(ids, targets=targets, digits=torch.full((2, 12), -1))
+    none.backward()
+    assert none.item() == 0.0 and model.digit_head.weight.grad is not None and model.digit_head.bias.grad is not None

@@ -231,7 +231,8 @@ def command_train(args) -> int:
                                 ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
                                 ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes"),
                                 ("word_families", "train", "word_families"),
-                                ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head")):
+                                ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head"),
+                                ("digit_head", "model", "digit_head")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -623,6 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add a pointer beside the output head: the next token may be copied from an earlier "
                             "position (an edit's strokes), its gate learnt (part of --preset best since release 7: validation "
                             "edits 69.5-70.5 -> 91.5-93.5 %%; BENCHMARKS.md)")
+    train.add_argument("--digit-head", action="store_const", const=True,
+                       help="with --documents: train a head that reads, at each image's end, the digit the image shows "
+                            "(an auxiliary loss), so the choice of the next image or of the stop, a counting "
+                            "document's, can see what was just drawn; unused when sampling (BENCHMARKS.md)")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -110,6 +110,9 @@ class ModelConfig:
     copy_head: bool = False       # a pointer beside the output head: the next token copied from an earlier position
                                   # (the best preset's since release 7: validation edits 69.5-70.5 -> 91.5-93.5 %;
                                   # BENCHMARKS.md "A pointer head" and "Release 7")
+    digit_head: bool = False      # training only: a 10-way head reads, at each image's <eoi>, the digit that image
+                                  # shows (train.digit_loss_weight), so what decides the next image or the stop (a
+                                  # counting document's) holds the digit just drawn; unused when sampling
     image_tokens: int = 0         # filled in: ids below this are image tokens
     image_length: int = 0         # filled in: tokens per image
 
@@ -132,7 +135,7 @@ class ModelConfig:
 
 
 # Model parts that only add parameters to a transformer: a fine-tune (train.init_from) may add them, fresh.
-ADDABLE_PARTS = ("image_slots", "copy_head")
+ADDABLE_PARTS = ("image_slots", "copy_head", "digit_head")
 PRECISIONS = ("fp32", "bf16", "auto")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.
@@ -196,6 +199,8 @@ class TrainConfig:
                                   # the prompt that asks for a caption
     answer_words_only: bool = False   # answer_loss_weight on the answer's words, <boi>, <eoi> and <eod> only: its
                                   # images keep weight 1, so drawing keeps its share of the document loss
+    digit_loss_weight: float = 0.2    # with model.digit_head: weight of its cross-entropy (a mean over the documents'
+                                  # images) beside the next-token loss (a mean over tokens)
 
 
     def validate(self) -> None:
@@ -211,6 +216,7 @@ class TrainConfig:
         check_range("train.infill_rate", self.infill_rate, 0.0, 1.0)
         check_range("train.muon_lr", self.muon_lr, 0.0, 10.0)
         check_range("train.caption_loss_weight", self.caption_loss_weight, 0.0, 1000.0)
+        check_range("train.digit_loss_weight", self.digit_loss_weight, 0.0, 1000.0)
         check_range("train.shifted_reading", self.shifted_reading, 0.0, 1.0)
         check_range("train.documents", self.documents, 0, 10_000_000)
         check_range("train.text_dropout", self.text_dropout, 0.0, 1.0)
@@ -292,6 +298,8 @@ class RunConfig:
         if self.train.documents and self.vq.kind not in ("palette", "patches"):
             raise ConfigError(f"train.documents needs an image tokenizer that keeps color apart from shape (vq.kind "
                               f"palette or patches, got {self.vq.kind}): edits repaint a digit's color tokens")
+        if self.model.digit_head and not self.train.documents:
+            raise ConfigError("model.digit_head reads the digits of documents' images: it needs train.documents")
         return self
 
 

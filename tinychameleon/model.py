@@ -4,7 +4,8 @@ Token embeddings plus positions (learned absolute embeddings, or rotary embeddin
 queries and keys by their position so attention sees only relative offsets) and, optionally, each image
 token's place in its image (`image_slots`, derived from the ids themselves), pre-LayerNorm blocks of multi-head causal
 self-attention and a GELU MLP, a final LayerNorm and an output head (optionally with a gated pointer beside it,
-`CopyHead`, that copies an earlier token's id). Attention has a
+`CopyHead`, that copies an earlier token's id; and, in training only, a `digit_head` that reads each image's
+digit off its <eoi>). Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
 tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
 incremental.
@@ -19,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+
+DIGITS = 10  # the digit head's classes
 
 
 class KVCache:
@@ -320,6 +323,8 @@ class Transformer(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.copy_head:
             self.copy = CopyHead(config.d_model)
+        if config.digit_head:
+            self.digit_head = nn.Linear(config.d_model, DIGITS)
         init_weights(self, config.n_layer)
         if config.copy_head:
             # The gate starts nearly shut (sigmoid(-4) = 0.018): a model fine-tuned from one without the pointer
@@ -331,12 +336,14 @@ class Transformer(nn.Module):
             block.attention.fused = fused
 
     def forward(self, ids: torch.Tensor, kv_cache: KVCache | None = None, targets: torch.Tensor | None = None,
-                last: int = 0) -> torch.Tensor:
+                last: int = 0, digits: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> logits (B, T, vocab); with the copy head they are log-probabilities, which every caller
         can read as logits (softmax leaves them as they are). With a cache, ids are the next T tokens. With
         targets (B, T): the log-probability of each target, (B, T) (what training reads; cheaper with the pointer).
         last > 0: only the last `last` positions' logits, (B, last, vocab): a prefill reads one, and the (B, T,
-        vocab) output of long prompts (three with the pointer's mixture) is most of a prefill's memory."""
+        vocab) output of long prompts (three with the pointer's mixture) is most of a prefill's memory.
+        digits (B, T), with the digit head and targets: the digit each position should read (-1: none) -> (the
+        targets' log-probabilities, the digit head's mean cross-entropy over the positions that have one)."""
         assert not (last and targets is not None), "targets score every position"
         B, T = ids.shape
         if kv_cache is None:
@@ -365,6 +372,7 @@ class Transformer(nn.Module):
             if kv_cache is not None:
                 keys, token_ids = kv_cache.update_copy(keys, ids)
             seen = causal_mask(T, past, ids.device)[None] if mask is None else mask[:, 0]           # (B or 1, T, S)
+        digit_loss = None if digits is None else self.digit_loss(hidden, digits)
         if last:
             hidden = hidden[:, -last:]                                                              # (B, last, C)
         logits = self.head(hidden)
@@ -374,7 +382,16 @@ class Transformer(nn.Module):
             logits = target_log_probs(logits.float(), targets)                                      # (B, T)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return logits
+        return logits if digit_loss is None else (logits, digit_loss)
+
+    def digit_loss(self, hidden: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the digit head at the positions whose digit is given ((B, T) digits, -1 elsewhere);
+        a batch without any reads 0, still tied to the head so every parameter gets a gradient (DDP asks it)."""
+        chosen = digits >= 0
+        logits = self.digit_head(hidden[chosen]).float()                                       # (positions, 10)
+        if not len(logits):
+            return logits.sum()         # 0, from an empty read of the head
+        return F.cross_entropy(logits, digits[chosen])
 
 
 def next_token_log_probs(model, sequences: torch.Tensor) -> torch.Tensor:

@@ -106,15 +106,35 @@ def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]]
     return ids, weights
 
 
+def image_digits(examples: list[Example]) -> list[list[int]]:
+    """The digit each image of each example's document shows, in reading order."""
+    return [[picture.digit for picture in example.pictures] for example in examples]
+
+
+def digit_labels(ids: torch.Tensor, digits: list[list[int]], end_image: int) -> torch.Tensor:
+    """(B, T) ids -> (B, T) labels: at each image's <eoi>, the digit that image shows (`digits`, from image_digits,
+    one row per document); -1 everywhere else."""
+    labels = torch.full_like(ids, -1)
+    rows, positions = (ids == end_image).nonzero(as_tuple=True)    # row by row, left to right: reading order
+    flat = [digit for row in digits for digit in row]
+    assert len(flat) == len(rows), "one digit per <eoi>"
+    labels[rows, positions] = torch.tensor(flat, dtype=torch.long)
+    return labels
+
+
 def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int,
-                   prefixes: list[tuple[int, int]] | None = None, weighting: LossWeights = LossWeights()
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                   prefixes: list[tuple[int, int]] | None = None, weighting: LossWeights = LossWeights(),
+                   digits: list[list[int]] | None = None, end_image: int = -1) -> list[tuple[torch.Tensor, ...]]:
     """Whole batches of documents of similar length (sorted by length, random among equals), in random order;
-    the last partial batch is dropped."""
+    the last partial batch is dropped. Each is (ids, weights), and with `digits` (image_digits) also (B, T)
+    digit_labels at `end_image`."""
     tiebreak = torch.rand(len(documents), generator=generator).tolist()
     order = sorted(range(len(documents)), key=lambda i: (len(documents[i]), tiebreak[i]))
     prefixes = prefixes or [(0, 0)] * len(documents)
-    batches = [padded([documents[i] for i in order[start:start + batch_size]], pad,
-                      [prefixes[i] for i in order[start:start + batch_size]], weighting)
-               for start in range(0, len(order) - batch_size + 1, batch_size)]
+    batches = []
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        chosen = order[start:start + batch_size]
+        ids, weights = padded([documents[i] for i in chosen], pad, [prefixes[i] for i in chosen], weighting)
+        labels = () if digits is None else (digit_labels(ids, [digits[i] for i in chosen], end_image),)
+        batches.append((ids, weights, *labels))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

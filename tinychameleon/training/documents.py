@@ -9,7 +9,8 @@ import torch
 
 from ..config import RunConfig
 from ..data.colored import COLOR_ID, ColoredMNIST, recolor
-from ..documents.batches import LossWeights, example_documents, length_batches, padded, prefix_lengths
+from ..documents.batches import (LossWeights, digit_labels, example_documents, image_digits, length_batches, padded,
+                                 prefix_lengths)
 from ..documents.document import DocumentTokenizer
 from ..documents.families import DigitBank, examples
 from ..retrieval.memory import neighbour_table
@@ -38,8 +39,9 @@ def bank_of(split: ColoredMNIST, retrieve: int = 0, strokes: int = 0, retrieve_m
 
 
 def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIST, train_codes: torch.Tensor
-                    ) -> Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """epoch -> that epoch's document batches ((B, T) ids, (B, T-1) loss weights), the same on every rank.
+                    ) -> Callable[[int], list[tuple[torch.Tensor, ...]]]:
+    """epoch -> that epoch's document batches ((B, T) ids, (B, T-1) loss weights, and with model.digit_head (B, T)
+    digit labels at each image's <eoi>), the same on every rank.
     The tokenizer repaints a digit's tokens with `recolor` (RunConfig.validate admits only such kinds).
     train_codes are the digits' tokens (N, L), or (1 + S, N, L) with their S training stroke styles after them
     (train.memory_strokes)."""
@@ -57,18 +59,24 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
         dropout &= torch.tensor([bool(example.pictures) for example in chosen])   # words alone have nothing to keep
         ids = example_documents(chosen, train_codes, image_tokenizer.recolor, tokenizer, dropout)
         prefixes = prefix_lengths(chosen, vocab, dropout)
-        return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes, weighting)
+        digits = image_digits(chosen) if config.model.digit_head else None
+        return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes, weighting, digits,
+                              vocab.end_image)
 
     return documents
 
 
 def validation_documents(config: RunConfig, image_tokenizer, split: ColoredMNIST, codes: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed seeded set of documents of the validation digits: (B, T) ids and (B, T-1) weights."""
+                         ) -> tuple[torch.Tensor, ...]:
+    """A fixed seeded set of documents of the validation digits: (B, T) ids and (B, T-1) weights, and with
+    model.digit_head (B, T) digit labels."""
     vocab = Vocab.for_config(config)
     chosen = examples(bank_of(split), VALIDATION_DOCUMENTS, [config.data_seed, 1, 22])
     ids = example_documents(chosen, codes, image_tokenizer.recolor, DocumentTokenizer(vocab))
-    return padded(ids, vocab.end_document, weighting=LossWeights(given=given_token(vocab)))
+    ids, weights = padded(ids, vocab.end_document, weighting=LossWeights(given=given_token(vocab)))
+    if not config.model.digit_head:
+        return ids, weights
+    return ids, weights, digit_labels(ids, image_digits(chosen), vocab.end_image)
 
 
 def given_token(vocab: Vocab) -> int:

@@ -56,33 +56,53 @@ def mixed_batches(pair_batches, pair_steps: int, document_batches: list, generat
         if not is_document:
             yield "pairs", next(pairs)
             continue
-        ids, weights = next(documents)
-        per_rank = len(ids) // world.world_size
+        batch = next(documents)                                 # (ids, weights) or (ids, weights, digit labels)
+        per_rank = len(batch[0]) // world.world_size
         rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
-        yield "documents", (ids[rows], weights[rows])
+        yield "documents", tuple(tensor[rows] for tensor in batch)
 
 
-def document_nll(model: Transformer, ids: torch.Tensor, weights: torch.Tensor, batch_size: int = 256) -> float:
-    """Mean NLL per token of documents (weights (B, T-1) mark the real next tokens)."""
+def document_metrics(model: Transformer, ids: torch.Tensor, weights: torch.Tensor, digits: torch.Tensor | None = None,
+                     batch_size: int = 256) -> dict:
+    """validation_document_nll: mean NLL per token of documents (weights (B, T-1) mark the real next tokens); with
+    `digits` (B, T) (the model has a digit head): validation_digit_accuracy, how often the head reads each image's
+    digit right at its <eoi>."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0.0
-    with torch.no_grad():
-        for rows in batch_slices(len(ids), batch_size):
-            with autocast(ids.device):
-                losses = -next_token_log_probs(model, ids[rows]).double()
-            total += float((losses * weights[rows]).sum())
-            count += float(weights[rows].sum())
+    total, count, right = 0.0, 0.0, 0
+    final = {}
+    hook = model.norm.register_forward_hook(lambda module, inputs, output: final.__setitem__("hidden", output))
+    try:
+        with torch.no_grad():
+            for rows in batch_slices(len(ids), batch_size):
+                with autocast(ids.device):
+                    losses = -next_token_log_probs(model, ids[rows]).double()
+                total += float((losses * weights[rows]).sum())
+                count += float(weights[rows].sum())
+                if digits is not None:
+                    labels = digits[rows, :-1]
+                    read = model.digit_head(final["hidden"][labels >= 0].float()).argmax(-1)
+                    right += int((read == labels[labels >= 0]).sum())
+    finally:
+        hook.remove()
     model.train(was_training)
-    return total / count
+    metrics = {"validation_document_nll": total / count}
+    if digits is not None:
+        metrics["validation_digit_accuracy"] = right / max(int((digits[:, :-1] >= 0).sum()), 1)
+    return metrics
 
 
-def sequence_loss(model, sequences: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token NLL over the predicted positions (nats per token); `weights` (B, T-1) leaves some out."""
-    log_probs = next_token_log_probs(model, sequences)
-    if weights is None:
-        return -log_probs.mean()
-    return -(log_probs * weights).sum() / weights.sum()
+def sequence_loss(model, sequences: torch.Tensor, weights: torch.Tensor | None = None,
+                  digits: torch.Tensor | None = None, digit_weight: float = 0.0) -> torch.Tensor:
+    """Mean next-token NLL over the predicted positions (nats per token); `weights` (B, T-1) leaves some out.
+    With `digits` (B, T) (documents.batches.digit_labels; the model has a digit head): plus digit_weight times
+    the digit head's mean cross-entropy at the labelled positions."""
+    if digits is None:
+        log_probs, digit_loss = next_token_log_probs(model, sequences), 0.0
+    else:
+        log_probs, digit_loss = model(sequences[:, :-1], targets=sequences[:, 1:], digits=digits[:, :-1])
+    nll = -log_probs.mean() if weights is None else -(log_probs * weights).sum() / weights.sum()
+    return nll + digit_weight * digit_loss
 
 
 def loss_weights(vocab: Vocab, sequences: torch.Tensor, caption_weight: float = 1.0,
@@ -172,12 +192,12 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                       device: torch.device, resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
                       compile_model: bool = False, shifted_codes: torch.Tensor | None = None,
                       documents: Callable[[int], list] | None = None,
-                      validation_documents: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      validation_documents: tuple[torch.Tensor, ...] | None = None,
                       image_tokenizer=None) -> Transformer:
     """Train (or resume) the transformer; `shifted_codes` (D, N, L), tokens of the training digits moved by
     a pixel or two, are read by a train.shifted_reading share of the image-first rows. `documents(epoch)`
     gives that epoch's document batches ((B, T) ids, (B, T-1) loss weights; this rank's rows), trained
-    beside the pairs; `validation_documents` (ids, weights) are scored after every epoch. A next-scale
+    beside the pairs; `validation_documents` (ids, weights[, digit labels]) are scored after every epoch. A next-scale
     run (vq.kind "scales") trains the same way on its own objective (nextscale/objective.py), which reads
     the frozen `image_tokenizer`'s multi-scale codes."""
     settings = config.train
@@ -272,8 +292,11 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                                                 epoch_codes[rows.to(device)], orders.to(device) == IMAGE_FIRST,
                                                 settings.text_dropout, settings.caption_loss_weight, span_generator)
                 else:
-                    sequences, weights = pair_batch(*batch) if kind == "pairs" else (t.to(device) for t in batch)
-                    loss = sequence_loss(train_model, sequences, weights)
+                    sequences, weights, *labels = pair_batch(*batch) if kind == "pairs" else (t.to(device) for t in batch)
+                    digits = labels[0] if labels else None
+                    if config.model.digit_head and digits is None:  # pairs: nothing to read, but DDP wants the head used
+                        digits = torch.full_like(sequences, -1)
+                    loss = sequence_loss(train_model, sequences, weights, digits, settings.digit_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
@@ -289,13 +312,14 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         if world.is_main:
             metrics = validation_nll()
             if validation_documents is not None:
-                metrics["validation_document_nll"] = document_nll(model, *(t.to(device) for t in validation_documents))
+                metrics.update(document_metrics(model, *(t.to(device) for t in validation_documents)))
             epoch_log.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                               "train_loss": sum(losses) / len(losses), **metrics, "elapsed_s": time.time() - started})
             print(f"transformer epoch {epoch + 1}/{settings.epochs}: train {epoch_log[-1]['train_loss']:.4f}"
                   f" | validation {metrics['validation_nll']:.4f} (text {metrics['validation_text_nll']:.4f},"
                   f" image {metrics['validation_image_nll']:.4f}; {metrics['validation_nats_per_pair']:.1f} nats per pair)"
                   + (f" | documents {metrics['validation_document_nll']:.4f}" if validation_documents is not None else "")
+                  + (f" (digits read {metrics['validation_digit_accuracy']:.1%})" if "validation_digit_accuracy" in metrics else "")
                   + f" | {time.time() - started:.0f}s", flush=True)
             # The weights file keeps the best validation epoch; the resume state always holds the latest.
             save_epoch(run_dir, "transformer", model, optimizer, MODEL_FILE, STATE_FILE, step_log, epoch_log,
