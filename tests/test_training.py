@@ -469,3 +469,27 @@ def test_sigkill_at_random_instants_then_resume_ends_like_the_uninterrupted_run(
         assert (out / "run_info.json").exists() and not list(out.glob(".*.tmp")) and not list(out.glob("*_state.pt"))
         for key, value in checkpoint.load_transformer(out).state_dict().items():
             torch.testing.assert_close(value, whole[key])
+
+
+def test_document_metrics_count_how_often_the_digit_head_names_the_digit():
+    """With a digit head that always names 3, the accuracy is the share of labelled positions whose digit is 3; the
+    document NLL is the one without labels, and without labels there is no accuracy."""
+    from tinychameleon.config import ModelConfig
+    from tinychameleon.model import Transformer
+    from tinychameleon.training.lm_trainer import document_metrics
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=20, n_layer=1, n_head=2, d_model=16, digit_head=True))
+    with torch.no_grad():
+        model.digit_head.weight.zero_()
+        model.digit_head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10).float())
+    ids = torch.tensor([[1, 18, 5, 19, 18, 6, 19, 2], [1, 2, 18, 7, 19, 3, 4, 0]])
+    digits = torch.full_like(ids, -1)
+    digits[0, [3, 6]] = torch.tensor([3, 4])
+    digits[1, 4] = 3
+    weights = torch.ones(2, 7)
+    metrics = document_metrics(model, ids, weights, digits, batch_size=1)
+    assert metrics["validation_digit_accuracy"] == pytest.approx(2 / 3)
+    digits[0, 6] = 3
+    assert document_metrics(model, ids, weights, digits)["validation_digit_accuracy"] == 1.0
+    plain = document_metrics(model, ids, weights)
+    assert plain["validation_document_nll"] == metrics["validation_document_nll"] and len(plain) == 1
