@@ -30,8 +30,11 @@ def test_bench_prints_side_by_side_table(tmp_path, capsys, tiny_run):
     from tinychameleon.bench import run_bench
 
     results = run_bench(device="cpu", train_batches=[4], batches=[1, 2], repeats=1, json_path=str(tmp_path / "b.json"),
-                        checkpoint=str(tiny_run))
+                        checkpoint=str(tiny_run), precision_batch=2)   # batch 128 in emulated bf16 takes ~40 s
     out = capsys.readouterr().out
+    assert [(row["precision"], row["batch"]) for row in results["precision"]] == [("fp32", 2), ("bf16", 2)]
+    assert all(row["ms_per_step"] > 0 for row in results["precision"])
+    assert "best-preset training step, batch 2: fp32" in out
     assert "reference tok/s" in out and "KV cache img/s" in out
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["training"][0]["project"]["tokens_per_s"] > 0

@@ -380,7 +380,8 @@ def test_shifted_reading_rows_read_moved_digits_and_draw_none(tiny_run, tmp_path
                         lambda vocab, words, codes, orders: seen.append([codes.clone(), orders.clone()])
                         or build(vocab, words, codes, orders))
     monkeypatch.setattr(lm_trainer, "sequence_loss",
-                        lambda model, sequences, weights=None: seen[-1].append(weights) or loss(model, sequences, weights))
+                        lambda model, sequences, weights=None, *digits: seen[-1].append(weights)
+                        or loss(model, sequences, weights, *digits))
     config = make_config("tiny", train={"epochs": 2, "colorings": 2, "max_train_examples": 64, "shifted_reading": 1.0})
     train(config, tmp_path / "moved", vqvae_from=tiny_run, cache_dir=cache_dir, progress=False, device_name="cpu")
     tokenizer = checkpoint.load_image_tokenizer(tmp_path / "moved")

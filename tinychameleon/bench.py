@@ -98,7 +98,7 @@ def training_case(device, batch_size: int, reference: bool, repeats: int, data_s
 
 
 def precision_case(device, precision: str, repeats: int, batch_size: int = 128) -> dict:
-    """One training step of the `best` preset's transformer at batch 128, fp32 or under bf16 autocast."""
+    """One training step of the `best` preset's transformer (at its batch, 128), fp32 or under bf16 autocast."""
     config = make_config("best")
     vocab = Vocab.for_config(config)
     torch.manual_seed(0)
@@ -163,8 +163,10 @@ def table(rows: list[list[str]]) -> str:
 
 
 def run_bench(device: str = "auto", batches: list[int] = (1, 64, 1024), train_batches: list[int] = (32, 256),
-              repeats: int = 3, json_path: str | None = None, checkpoint: str | None = None) -> dict:
-    """Time training and sampling against the plain reference; print tables, optionally write JSON."""
+              repeats: int = 3, json_path: str | None = None, checkpoint: str | None = None,
+              precision_batch: int = 128) -> dict:
+    """Time training and sampling against the plain reference; print tables, optionally write JSON.
+    precision_batch: the batch of the `best` preset's fp32-vs-bf16 step (its own, 128, unless a test asks less)."""
     device = resolve_device(device)
     sample_batches = list(batches)
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -185,10 +187,10 @@ def run_bench(device: str = "auto", batches: list[int] = (1, 64, 1024), train_ba
     print("\n" + table(rows) + "\n")
     if device.type == "cpu":  # CUDA training always runs under bf16 autocast; on CPU it is train.precision
         native = native_bf16(device)   # emulated bf16 takes ~40 s a step: timed once, not `repeats` times
-        results["precision"] = [precision_case(device, "fp32", repeats),
-                                precision_case(device, "bf16", repeats if native else 1)]
+        results["precision"] = [precision_case(device, "fp32", repeats, precision_batch),
+                                precision_case(device, "bf16", repeats if native else 1, precision_batch)]
         fp32, bf16 = results["precision"]
-        print(f"best-preset training step, batch 128: fp32 {fp32['ms_per_step']:.0f} ms, bf16 autocast "
+        print(f"best-preset training step, batch {precision_batch}: fp32 {fp32['ms_per_step']:.0f} ms, bf16 autocast "
               f"{bf16['ms_per_step']:.0f} ms ({fp32['ms_per_step'] / bf16['ms_per_step']:.2f}x; this CPU "
               f"{'has' if native else 'has no'} native bf16, so train.precision auto picks "
               f"{resolved_precision(device, 'auto')})\n", flush=True)

@@ -92,6 +92,15 @@ def document_metrics(model: Transformer, ids: torch.Tensor, weights: torch.Tenso
     return metrics
 
 
+def documents_summary(metrics: dict) -> str:
+    """The epoch line's part for documents ('' without them)."""
+    if "validation_document_nll" not in metrics:
+        return ""
+    digits = metrics.get("validation_digit_accuracy")
+    return (f" | documents {metrics['validation_document_nll']:.4f}"
+            + ("" if digits is None else f" (digits read {digits:.1%})"))
+
+
 def sequence_loss(model, sequences: torch.Tensor, weights: torch.Tensor | None = None,
                   digits: torch.Tensor | None = None, digit_weight: float = 0.0) -> torch.Tensor:
     """Mean next-token NLL over the predicted positions (nats per token); `weights` (B, T-1) leaves some out.
@@ -292,9 +301,10 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
                                                 epoch_codes[rows.to(device)], orders.to(device) == IMAGE_FIRST,
                                                 settings.text_dropout, settings.caption_loss_weight, span_generator)
                 else:
-                    sequences, weights, *labels = pair_batch(*batch) if kind == "pairs" else (t.to(device) for t in batch)
+                    sequences, weights, *labels = (pair_batch(*batch) if kind == "pairs"
+                                                   else (t.to(device) for t in batch))
                     digits = labels[0] if labels else None
-                    if config.model.digit_head and digits is None:  # pairs: nothing to read, but DDP wants the head used
+                    if config.model.digit_head and digits is None:  # pairs: no label, but DDP wants the head used
                         digits = torch.full_like(sequences, -1)
                     loss = sequence_loss(train_model, sequences, weights, digits, settings.digit_loss_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -318,9 +328,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             print(f"transformer epoch {epoch + 1}/{settings.epochs}: train {epoch_log[-1]['train_loss']:.4f}"
                   f" | validation {metrics['validation_nll']:.4f} (text {metrics['validation_text_nll']:.4f},"
                   f" image {metrics['validation_image_nll']:.4f}; {metrics['validation_nats_per_pair']:.1f} nats per pair)"
-                  + (f" | documents {metrics['validation_document_nll']:.4f}" if validation_documents is not None else "")
-                  + (f" (digits read {metrics['validation_digit_accuracy']:.1%})" if "validation_digit_accuracy" in metrics else "")
-                  + f" | {time.time() - started:.0f}s", flush=True)
+                  + documents_summary(metrics) + f" | {time.time() - started:.0f}s", flush=True)
             # The weights file keeps the best validation epoch; the resume state always holds the latest.
             save_epoch(run_dir, "transformer", model, optimizer, MODEL_FILE, STATE_FILE, step_log, epoch_log,
                        keep_weights=is_best(epoch_log))
