@@ -494,3 +494,25 @@ def test_document_metrics_count_how_often_the_digit_head_names_the_digit():
     assert document_metrics(model, ids, weights, digits)["validation_digit_accuracy"] == 1.0
     plain = document_metrics(model, ids, weights)
     assert plain["validation_document_nll"] == metrics["validation_document_nll"] and len(plain) == 1
+
+
+def test_the_digit_loss_joins_the_training_loss_at_its_weight():
+    """sequence_loss with digit labels: the next-token loss plus digit_weight times the head's cross-entropy, so the
+    head (and the state it reads) learns; at weight 0 the head gets no gradient."""
+    from tinychameleon.config import ModelConfig
+    from tinychameleon.model import Transformer
+    from tinychameleon.training.lm_trainer import sequence_loss
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=20, n_layer=1, n_head=2, d_model=16, digit_head=True))
+    sequences = torch.randint(0, 20, (2, 9))
+    digits = torch.full_like(sequences, -1)
+    digits[0, 2], digits[1, 5] = 7, 1
+    plain = sequence_loss(model, sequences)
+    _, head_loss = model(sequences[:, :-1], targets=sequences[:, 1:], digits=digits[:, :-1])
+    weighted = sequence_loss(model, sequences, None, digits, 0.5)
+    assert torch.allclose(weighted, plain + 0.5 * head_loss) and head_loss > 1.0
+    weighted.backward()
+    assert model.digit_head.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    sequence_loss(model, sequences, None, digits, 0.0).backward()
+    assert model.digit_head.weight.grad.abs().sum() == 0
