@@ -193,6 +193,19 @@ def addition_answers(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict
     return {key: named[key] / count for key in ("sum", "first", "second", "other")}
 
 
+def next_digit_words(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
+    """"<image> what comes next ?": shares of answers whose word names the next digit, the shown one again, another,
+    or none (the shipped settings)."""
+    chosen = examples(bank, count, [0, 9, 23], families=["what comes next"])
+    named = Counter()
+    for example, continuation in zip(chosen, continued(pipe, chosen, split)):
+        shown = example.prompt_images[0].digit
+        answer = split_words(continuation.text)[:1]
+        digit = DIGIT_WORDS.index(answer[0]) if answer and answer[0] in DIGIT_WORDS else None
+        named["none" if digit is None else "next" if digit == shown + 1 else "shown" if digit == shown else "other"] += 1
+    return {key: named[key] / count for key in ("next", "shown", "other", "none")}
+
+
 def copy_errors(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
     """Digit color edits decoded greedily: documents by miscopied shape tokens, and errors per grid cell."""
     chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
@@ -296,6 +309,7 @@ PROBES = {
     "counting_next_digit": lambda pipe, inputs: counting_next_digits(pipe, inputs.bank, inputs.split, inputs.judge(),
                                                                      inputs.count),
     "addition_answers": lambda pipe, inputs: addition_answers(pipe, inputs.bank, inputs.split, inputs.count),
+    "next_digit_words": lambda pipe, inputs: next_digit_words(pipe, inputs.bank, inputs.split, inputs.count),
     "digit_color_copies": lambda pipe, inputs: copy_errors(pipe, inputs.bank, inputs.split, inputs.count),
     "digit_color_search": lambda pipe, inputs: copy_search(pipe, inputs.bank, inputs.codes, inputs.count),
     "digit_color_teacher_forced": lambda pipe, inputs: copy_teacher_forced(pipe, inputs.bank, inputs.codes,
