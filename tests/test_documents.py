@@ -163,6 +163,20 @@ def test_prompts_bind_images_in_order_and_refuse_bad_input():
     assert len(TOKENIZER.check("<image> " * 4 + "the " * 30, 4)) == 34
 
 
+def test_a_color_off_the_palette_is_named_with_the_palettes_colors_of_its_hue():
+    """As for pairs and searches: "light yellow" is two known words but no palette color, so the prompt is kept and
+    a PaletteWarning says which yellows there are; palette colors and other words pass quietly."""
+    import warnings
+
+    from tinychameleon.tokenizers.text import PaletteWarning
+    with pytest.warns(PaletteWarning, match="'light yellow' is not a palette color.*plain yellow, bright yellow"):
+        assert TOKENIZER.check("count from one to two in plain black on light yellow :", 0)[-2:] == ["yellow", ":"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TOKENIZER.check("count from one to two in plain black on bright yellow :", 0)
+        TOKENIZER.check("<image> make the digit light blue .", 1)
+
+
 def test_batches_pad_on_the_right_with_no_loss(bank, codes):
     ids = example_documents(examples(bank, 64, 2), codes, recolor, TOKENIZER)
     batches = length_batches(ids, 16, torch.Generator().manual_seed(0), pad=VOCAB.end_document)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import PromptError
-from ..tokenizers.text import quoted
+from ..tokenizers.text import quoted, warn_off_palette
 from ..tokenizers.vocab import Vocab
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -106,6 +106,7 @@ class DocumentTokenizer:
                               f"{'s were' if image_count != 1 else ' was'} given: one image per placeholder, in order")
         if not words:
             raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
+        warn_off_palette(words)
         text_tokens = len(words) - placeholders
         tokens = 1 + token_count(words, self.vocab.image_length) + self.vocab.prompt_end   # <bos>, words, images, <eop>
         vocab = self.vocab

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,11 @@ import torch.nn.functional as F
 
 from ..batching import batch_slices
 from ..checkpoint import load_weights, module_hash, save_weights
-from ..data.colored import ADJECTIVES, COLOR_NAMES, HUES, PALETTE, VALID_PAIRS, caption_of
+from ..data.colored import VALID_PAIRS, caption_of
 from ..documents.document import split_words
 from ..errors import CheckpointError, PromptError
 from ..io_utils import write_json
-from ..tokenizers.text import PaletteWarning, quoted
+from ..tokenizers.text import quoted, warn_off_palette
 from .clip import Clip, ClipConfig, padded
 
 CONFIG_FILE, WEIGHTS_FILE = "clip.json", "clip.safetensors"
@@ -78,11 +77,7 @@ class Retriever:
                               f"{', '.join(difflib.get_close_matches(word, self.config.words, 3, 0.5)) or 'nothing close'}?"
                               for word in unknown[:3])
             raise PromptError(f"unknown word{'s' if len(unknown) > 1 else ''} in {quoted(text)} ({hints})")
-        for adjective, hue in zip(words, words[1:]):
-            if adjective in ADJECTIVES and hue in HUES and (adjective, hue) not in PALETTE:
-                same_hue = [name for name in COLOR_NAMES if name.endswith(" " + hue)]
-                warnings.warn(f"'{adjective} {hue}' is not a palette color; palette colors of hue {hue}: "
-                              f"{', '.join(same_hue)}", PaletteWarning, stacklevel=3)
+        warn_off_palette(words)
         if len(words) > self.config.max_words:
             raise PromptError(f"{quoted(text)} has {len(words)} words; the retriever reads at most "
                               f"{self.config.max_words}")

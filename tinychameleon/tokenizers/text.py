@@ -34,6 +34,16 @@ class PaletteWarning(UserWarning):
     """A well-formed color that is not one of the 31 palette colors."""
 
 
+def warn_off_palette(words: list[str], stacklevel: int = 4) -> None:
+    """A PaletteWarning for each adjective and hue side by side in `words` that name no palette color (the model
+    never saw "light yellow"), with the palette's colors of that hue; stacklevel points at the caller's caller."""
+    for adjective, hue in zip(words, words[1:]):
+        if adjective in ADJECTIVES and hue in HUES and (adjective, hue) not in PALETTE:
+            same_hue = [name for name in COLOR_NAMES if name.endswith(" " + hue)]
+            warnings.warn(f"'{adjective} {hue}' is not a palette color; palette colors of hue {hue}: "
+                          f"{', '.join(same_hue)}", PaletteWarning, stacklevel=stacklevel)
+
+
 class WordTokenizer:
     """Maps words to ids 0..30 (add `Vocab.word_offset` for joint ids) and back."""
 
@@ -67,11 +77,7 @@ class WordTokenizer:
                 options = ", ".join(difflib.get_close_matches(word, allowed, n=3, cutoff=0) or allowed[:3])
                 raise PromptError(f"word {position + 1} of {quoted(prompt)} is {word!r} but should be a {slot} "
                                   f"(closest: {options}). Expected: {TEMPLATE}")
-        for adjective, hue in ((words[0], words[1]), (words[4], words[5])):
-            if BLANK not in (adjective, hue) and (adjective, hue) not in PALETTE:
-                same_hue = [name for name in COLOR_NAMES if name.endswith(" " + hue)]
-                warnings.warn(f"'{adjective} {hue}' is not a palette color; palette colors of hue {hue}: "
-                              f"{', '.join(same_hue)}", PaletteWarning, stacklevel=3)
+        warn_off_palette(words)
         return words
 
     def fits_template(self, caption: str) -> bool:
