@@ -157,6 +157,11 @@ def test_endpoint_continues_documents(client):
     assert again.json()["continuations"] == body["continuations"]
     counting = client.post("/api/continue", data={"prompt": "count from two to three in plain white on dark blue :"})
     assert counting.status_code == 200 and len(counting.json()["continuations"]) == 1
+    assert body["warnings"] == [] and counting.json()["warnings"] == []
+    off = client.post("/api/continue", data={"prompt": "count from two to three in plain white on light yellow :"})
+    assert off.status_code == 200 and len(off.json()["continuations"]) == 1
+    assert off.json()["warnings"] == ["'light yellow' is not a palette color; palette colors of hue yellow: "
+                                      "plain yellow, bright yellow, dark yellow"]
 
 
 def test_endpoint_refuses_bad_input(client):

@@ -163,6 +163,12 @@ def test_browser_chat_panel(document_server):
         page.click("#chat-button")
         page.wait_for_function("document.getElementById('chat-message').textContent.includes('placeholders')")
         assert page.locator("#chat-log .chat-line").count() == 2
+        # A color off the palette: the answer comes, and the server's warning names the palette's yellows.
+        page.click("#chat-clear")
+        page.fill("#chat-prompt", "count from two to three in plain white on light yellow :")
+        page.click("#chat-button")
+        page.wait_for_function("document.querySelectorAll('#chat-log .chat-line').length === 4")
+        assert "'light yellow' is not a palette color" in page.inner_text("#chat-message")
         page.locator("#chat").screenshot(path=str(ARTIFACTS / "chat-panel.png"))
 
 

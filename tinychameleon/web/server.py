@@ -382,15 +382,18 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         if len(images) > pipeline.vocab.document_images:
             raise HTTPException(422, f"{len(images)} images: a document holds at most {pipeline.vocab.document_images}")
         sampling = {"temperature": temperature, "guidance": guidance}
-        try:
-            DocumentTokenizer(pipeline.vocab).check(prompt, len(images))
-        except PromptError as error:
-            raise HTTPException(422, str(error)) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                DocumentTokenizer(pipeline.vocab).check(prompt, len(images))
+            except PromptError as error:
+                raise HTTPException(422, str(error)) from None
         cost = check_cost(n, pipeline.document_overrides(sampling), candidates_used=False,
                           images_per_sample=pipeline.vocab.document_images)
         pictures = [await read_upload(file) for file in images]
         results = await run(Job("continue", sampling, [(prompt, pictures)] * n, seed, cost), http)
-        return {"prompt": " ".join(split_words(prompt)), "seen": [data_url(picture) for picture in pictures],
+        return {"prompt": " ".join(split_words(prompt)), "warnings": [str(w.message) for w in caught],
+                "seen": [data_url(picture) for picture in pictures],
                 "continuations": [{"text": item.text, "images": [data_url(image) for image in item.images],
                                    "finished": item.finished} for item in results]}
 

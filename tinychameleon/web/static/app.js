@@ -169,7 +169,7 @@ async function chat(event) {
   $("chat-button").disabled = true;
   try {
     const body = await api("/api/continue", { method: "POST", body: form });
-    $("chat-message").textContent = "";
+    $("chat-message").textContent = body.warnings.join(" ");
     $("chat-log").append(mixedLine("you", body.prompt, body.seen),
       ...body.continuations.map((c) => mixedLine("model", c.text, c.images)));
   } catch (error) {
