@@ -14,6 +14,7 @@ incremental.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -392,6 +393,18 @@ class Transformer(nn.Module):
         if not len(logits):
             return logits.sum()         # 0, from an empty read of the head
         return F.cross_entropy(logits, digits[chosen])
+
+
+@contextmanager
+def final_hidden_states(model: Transformer):
+    """Within: seen["hidden"] holds the (B, T, C) final hidden states (after the last LayerNorm: what the output
+    head, the pointer and the digit head read) of the model's latest forward."""
+    seen = {}
+    hook = model.norm.register_forward_hook(lambda module, inputs, output: seen.__setitem__("hidden", output))
+    try:
+        yield seen
+    finally:
+        hook.remove()
 
 
 def next_token_log_probs(model, sequences: torch.Tensor) -> torch.Tensor:

@@ -168,6 +168,18 @@ def decode_upload(data: bytes, reader=None):
         _release_memory()
 
 
+def checked_prompt(check) -> list[str]:
+    """Run a prompt's check: its PromptError becomes a 422, and the warnings it gives (a color off the palette) are
+    returned for the answer's "warnings"."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            check()
+        except PromptError as error:
+            raise HTTPException(422, str(error)) from None
+    return [str(warning.message) for warning in caught]
+
+
 def data_url(levels, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(levels, scale)).decode()
 
@@ -300,15 +312,10 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         sampling = {"temperature": request.temperature, "top_k": request.top_k, "guidance": request.guidance,
                     "image_candidates": request.candidates}
         cost = check_cost(request.n, sampling, model=request.model)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                pipeline.encode_partial([request.prompt])  # "*" blanks are filled per image
-            except PromptError as error:
-                raise HTTPException(422, str(error)) from None
+        notes = checked_prompt(lambda: pipeline.encode_partial([request.prompt]))  # "*" blanks are filled per image
         prompt = normalize_prompt(request.prompt)
         pairs = await run(Job("generate", sampling, [prompt] * request.n, request.seed, cost, model=request.model), http)
-        return {"prompt": prompt, "warnings": [str(w.message) for w in caught],
+        return {"prompt": prompt, "warnings": notes,
                 "images": [data_url(image) for image, _ in pairs], "captions": [text for _, text in pairs]}
 
     @app.post(TASKS["caption"].endpoint, summary=TASKS["caption"].summary)
@@ -382,17 +389,12 @@ def create_app(pipeline, settings: ServerSettings | None = None, search_loader=l
         if len(images) > pipeline.vocab.document_images:
             raise HTTPException(422, f"{len(images)} images: a document holds at most {pipeline.vocab.document_images}")
         sampling = {"temperature": temperature, "guidance": guidance}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                DocumentTokenizer(pipeline.vocab).check(prompt, len(images))
-            except PromptError as error:
-                raise HTTPException(422, str(error)) from None
+        notes = checked_prompt(lambda: DocumentTokenizer(pipeline.vocab).check(prompt, len(images)))
         cost = check_cost(n, pipeline.document_overrides(sampling), candidates_used=False,
                           images_per_sample=pipeline.vocab.document_images)
         pictures = [await read_upload(file) for file in images]
         results = await run(Job("continue", sampling, [(prompt, pictures)] * n, seed, cost), http)
-        return {"prompt": " ".join(split_words(prompt)), "warnings": [str(w.message) for w in caught],
+        return {"prompt": " ".join(split_words(prompt)), "warnings": notes,
                 "seen": [data_url(picture) for picture in pictures],
                 "continuations": [{"text": item.text, "images": [data_url(image) for image in item.images],
                                    "finished": item.finished} for item in results]}
