@@ -21,14 +21,12 @@ import torch
 
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, PromptError
-from .regions import erase_outside, keep_mask
-from .data.colored import COLOR_ID, COLOR_RGB
-from .imaging import two_colors
+from .regions import check_kept_colors, erase_outside, keep_mask
 from .reranking import DIGIT_SLOT, digit_for_kept_part
 from .sampling import ModalityRules
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, split_sequences
 from .tokenizers.text import WordTokenizer
-from .tokenizers.vocab import HEADER, TEXT_LENGTH, WORDS, Vocab
+from .tokenizers.vocab import HEADER, TEXT_LENGTH, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_image_tokenizer
 from .device import resolve_device
 from .documents.decoder import DocumentDecoder
@@ -232,7 +230,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             if len(prompts) != len(images):
                 raise PromptError(f"{len(prompts)} prompts for {len(images)} images: give one per image, or one")
             partial = self.encode_partial(prompts)
-            self._check_kept_colors(images, mask, partial)
+            check_kept_colors(images, mask, partial.numpy())
         partial = partial.repeat_interleave(n, dim=0)
         codes = codes.repeat_interleave(n, dim=0)
         words = self.fill_blanks(partial, settings, generator, codes=codes)
@@ -258,31 +256,6 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             if len(rows) == 0:
                 break
         return completed, self._decode_words(captions)
-
-    def _check_kept_colors(self, images: np.ndarray, mask: np.ndarray, partial: torch.Tensor) -> None:
-        """A prompt's colors must paint the kept pixels in their roles: the named digit color is the kept ink,
-        the named background the kept paper (the image's most common color), not merely the same two colors."""
-        for index, (image, row) in enumerate(zip(images, partial)):
-            named = {}
-            for role, slots in (("digit", slice(0, 2)), ("background", slice(4, 6))):
-                if (row[slots] >= 0).all():
-                    name = " ".join(WORDS[int(w)] for w in row[slots])
-                    if name not in COLOR_ID:  # generate only warns; here the color must paint kept pixels
-                        raise PromptError(f"'{name}' is not a palette color, so it cannot match the kept part "
-                                          f"of image {index}")
-                    named[role] = (name, tuple(COLOR_RGB[COLOR_ID[name]]))
-            ink, paper = (tuple(int(v) for v in color) for color in two_colors(image))
-            kept = {tuple(int(v) for v in color) for color in image[mask].reshape(-1, 3)}
-            for role, shown in (("digit", ink), ("background", paper)):
-                if role == "digit" and ink == paper:
-                    continue  # a one-color image shows no ink to compare with
-                if role in named and shown in kept and named[role][1] != shown:
-                    raise PromptError(f"the prompt's colors do not match the kept part of image {index}: it names "
-                                      f"the {role} '{named[role][0]}', but the kept {role} is another color"
-                                      + (" (ink and paper swapped?)" if named[role][1] in kept else ""))
-            if len(named) == 2 and not kept <= {named["digit"][1], named["background"][1]}:
-                raise PromptError(f"the prompt's colors do not match the kept part of image {index}: it shows "
-                                  f"{len(kept - {c for _, c in named.values()})} other color(s)")
 
     def _caption_settings(self, sampling: dict) -> SamplingConfig:
         """Settings of an image -> text request: the caption's own temperature and guidance unless the call
@@ -346,21 +319,6 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             drawn = self.pairs.generate(heads[image_rows], settings, generator, length=self.vocab.image_first_codes.stop)
             codes[image_rows] = drawn[:, self.vocab.image_first_codes]
             words[image_rows] = self._write_words(codes[image_rows], self._caption_settings(sampling), generator)
-        return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
-
-    def _sample_next_scale(self, n: int, settings: SamplingConfig, generator, first: str, ancestral: bool,
-                           sampling: dict) -> tuple[np.ndarray, list[str]]:
-        """`sample` for the next-scale model, which writes the caption first in its one generative order
-        (first="model" is that order). first="image" draws from the masked caption, then reads the image."""
-        if ancestral:
-            settings = replace(settings, guidance=1.0)
-        if first == "image":
-            codes = self._draw_unconditional_scales(n, settings, generator)
-            words = self._write_words(codes, self._caption_settings(sampling), generator)
-        else:
-            blanks = torch.full((n, TEXT_LENGTH), -1, dtype=torch.long)
-            words = self.fill_blanks(blanks, settings, generator)
-            codes = self._draw_codes(words, settings, generator)
         return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
 
     def continue_documents(self, prompts: list[str] | str, images: list[list[np.ndarray]] | None = None, n: int = 1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from .batching import batch_slices
@@ -102,3 +103,18 @@ class NextScaleTasks:
         """n images from nothing: the caption read as <mask> tokens (guidance's unconditional stream), drawn plain."""
         return self._draw_scales(torch.zeros(n, TEXT_LENGTH, dtype=torch.long), replace(settings, guidance=1.0),
                                  generator, masked=True)
+
+    def _sample_next_scale(self, n: int, settings: SamplingConfig, generator, first: str, ancestral: bool,
+                           sampling: dict) -> tuple[np.ndarray, list[str]]:
+        """`sample` for the next-scale model, which writes the caption first in its one generative order
+        (first="model" is that order). first="image" draws from the masked caption, then reads the image."""
+        if ancestral:
+            settings = replace(settings, guidance=1.0)
+        if first == "image":
+            codes = self._draw_unconditional_scales(n, settings, generator)
+            words = self._write_words(codes, self._caption_settings(sampling), generator)
+        else:
+            blanks = torch.full((n, TEXT_LENGTH), -1, dtype=torch.long)
+            words = self.fill_blanks(blanks, settings, generator)
+            codes = self._draw_codes(words, settings, generator)
+        return self.image_tokenizer.decode(codes).cpu().numpy(), self._decode_words(words)
