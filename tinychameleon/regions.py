@@ -3,7 +3,7 @@
 A mask is (28, 28) booleans, True where the given pixels are kept. The image tokenizer says which
 of its tokens a mask keeps (`kept_tokens`: a 4x4 patch's code only when all 16 of its pixels are);
 the kept pixels of the other patches are pasted back after decoding, so every kept pixel comes back
-unchanged.
+unchanged. A prompt that names colors must name the kept pixels' own, in their roles (`check_kept_colors`).
 """
 
 from __future__ import annotations
