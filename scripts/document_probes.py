@@ -177,14 +177,19 @@ def continued(pipe: Pipeline, chosen: list, split) -> list:
     return [rows[0] for rows in pipe.continue_documents([e.prompt for e in chosen], images, n=1, seed=0)]
 
 
+def answered_digit(text: str) -> int | None:
+    """The digit an answer's first word names, or None when it names none."""
+    first = split_words(text)[:1]
+    return DIGIT_WORDS.index(first[0]) if first and first[0] in DIGIT_WORDS else None
+
+
 def addition_answers(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
     """Shares of greedy answers naming the sum, the first addend, the second, or something else."""
     chosen = examples(bank, count, [0, 8, 23], families=["addition"])
     named = Counter()
     for example, continuation in zip(chosen, continued(pipe, chosen, split)):
         first, second = (picture.digit for picture in example.prompt_images)
-        answer = split_words(continuation.text)[:1]
-        digit = DIGIT_WORDS.index(answer[0]) if answer and answer[0] in DIGIT_WORDS else None
+        digit = answered_digit(continuation.text)
         named["sum" if digit == first + second else "first" if digit == first else
               "second" if digit == second else "other"] += 1
     return {key: named[key] / count for key in ("sum", "first", "second", "other")}
@@ -197,8 +202,7 @@ def next_digit_words(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict
     named = Counter()
     for example, continuation in zip(chosen, continued(pipe, chosen, split)):
         shown = example.prompt_images[0].digit
-        answer = split_words(continuation.text)[:1]
-        digit = DIGIT_WORDS.index(answer[0]) if answer and answer[0] in DIGIT_WORDS else None
+        digit = answered_digit(continuation.text)
         named["none" if digit is None else "next" if digit == shown + 1 else "shown" if digit == shown else "other"] += 1
     return {key: named[key] / count for key in ("next", "shown", "other", "none")}
 
