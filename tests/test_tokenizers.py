@@ -149,3 +149,40 @@ def test_vqvae_learns_on_real_images(colored):
         optimizer.step()
         first = first or loss.item()
     assert loss.item() < 0.7 * first
+
+
+def test_two_color_decoding_picks_the_likeliest_valid_pair_like_the_brute_force(colored):
+    """The fast decode (pair scores from color totals and one L1 distance matrix) paints the same images as scoring
+    all 365 pairs pixel by pixel; on noisy logits of real digits it recovers their pixels in one valid pair."""
+    import torch.nn.functional as F
+
+    from tinychameleon.data.colored import COLOR_RGB, VALID_PAIRS
+    from tinychameleon.tokenizers.vqvae import COLOR_PAIRS, two_color_levels
+
+    def brute_force(logits):
+        log_levels = F.log_softmax(logits, dim=2)                                    # (B, 3, 4, H, W)
+        rgb = torch.as_tensor(COLOR_RGB, dtype=torch.long)
+        flat = sum(log_levels[:, c, rgb[:, c]] for c in range(3)).flatten(2)         # (B, 31, H*W)
+        scores = torch.maximum(flat[:, COLOR_PAIRS[:, 0]], flat[:, COLOR_PAIRS[:, 1]]).sum(-1)  # (B, 365)
+        a, b = COLOR_PAIRS[scores.argmax(-1)].T
+        rows = torch.arange(len(logits))
+        colors = torch.where(flat[rows, a] >= flat[rows, b], a[:, None], b[:, None])
+        return rgb[colors].view(len(logits), 28, 28, 3).to(torch.uint8)
+
+    train, _ = colored
+    images = torch.from_numpy(train.images[:300]).long()                             # (B, 28, 28, 3) levels
+    generator = torch.Generator().manual_seed(0)
+    real = F.one_hot(images, 4).permute(0, 3, 4, 1, 2).float() * 3                    # (B, 3, 4, 28, 28)
+    for logits in (real + torch.randn(real.shape, generator=generator) * 2,
+                   torch.randn(real.shape, generator=generator) * 3):
+        fast = two_color_levels(logits, chunk=64)
+        assert torch.equal(fast, brute_force(logits))
+    decoded = two_color_levels(real + torch.randn(real.shape, generator=generator) * 0.5)
+    assert torch.equal(decoded, images.to(torch.uint8))
+    palette = {tuple(color) for color in COLOR_RGB.tolist()}
+    valid = {tuple(sorted(pair)) for pair in VALID_PAIRS.tolist()}
+    for image in two_color_levels(torch.randn(real.shape, generator=generator)):
+        colors = set(map(tuple, image.view(-1, 3).tolist()))
+        assert colors <= palette and len(colors) <= 2
+        ids = sorted(COLOR_RGB.tolist().index(list(color)) for color in colors)
+        assert len(ids) == 1 or tuple(ids) in valid
