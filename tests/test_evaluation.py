@@ -109,9 +109,11 @@ def test_evaluate_quick_on_a_tiny_checkpoint(tiny_run, tmp_path, capsys, judge):
 
 
 def test_evaluate_on_the_validation_split(tiny_run, tmp_path, judge):
-    code = main(["evaluate", "--quick", "--split", "validation", "--checkpoint", str(tiny_run), "--out", str(tmp_path)])
+    code = main(["evaluate", "--quick", "--samples", "16", "--split", "validation", "--checkpoint", str(tiny_run),
+                 "--out", str(tmp_path)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert code == 0 and metrics["split"] == "validation"
+    assert metrics["samples"] == 16 and metrics["nll"]["examples"] == 500   # --quick keeps a --samples given
     assert 0 < metrics["nll"]["validation_nll"] < 10 and "test_nll" not in metrics["nll"]
     assert "**validation**" in (tmp_path / "report.md").read_text()
     with pytest.raises(SystemExit):

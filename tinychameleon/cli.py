@@ -523,9 +523,9 @@ def command_evaluate(args) -> int:
 
     sampling = sampling_overrides(args)
     size = VALIDATION_SIZE if args.split == "validation" else 10_000
-    if not 0 <= args.document_samples <= 100_000:
+    if args.document_samples is not None and not 0 <= args.document_samples <= 100_000:
         raise TinyChameleonError("--document-samples must be 0..100000 (0: as many as --samples)")
-    if not 1 <= args.samples <= size or not 0 <= args.offset < size:
+    if (args.samples is not None and not 1 <= args.samples <= size) or not 0 <= args.offset < size:
         raise TinyChameleonError(f"--samples must be 1..{size} and --offset 0..{size - 1} on the {args.split} split")
     run_evaluation(checkpoint=args.checkpoint, out=prepare_output(args.out), samples=args.samples,
                    offset=args.offset, quick=args.quick, seed=args.seed, cache_dir=args.cache_dir,
@@ -742,14 +742,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "speckle and shape realism")
     evaluate.add_argument("--checkpoint", help="run directory, or a shipped model by name: raster (default) or var")
     evaluate.add_argument("--out", default="evaluation", help="folder for metrics.json, report.md and grids")
-    evaluate.add_argument("--samples", type=number(int), default=1000, help="samples per direction (default 1000)")
+    evaluate.add_argument("--samples", type=number(int), help="samples per direction (default 1000; 64 with --quick)")
     evaluate.add_argument("--offset", type=number(int), default=0,
                           help="use test examples from this index on for the sampled metrics")
     evaluate.add_argument("--split", choices=("test", "validation"), default="test",
                           help="test (the final report, default) or validation (where settings are chosen)")
-    evaluate.add_argument("--document-samples", type=number(int), default=0,
-                          help="documents per task family, for runs trained on documents (default: --samples)")
-    evaluate.add_argument("--quick", action="store_true", help="a tiny run (64 samples, 500 NLL examples) for tests")
+    evaluate.add_argument("--document-samples", type=number(int),
+                          help="documents per task family, for runs trained on documents (default: --samples; 16 "
+                               "with --quick)")
+    evaluate.add_argument("--quick", action="store_true",
+                          help="a tiny run for tests: 500 NLL examples, and 64 samples / 16 documents unless given")
     evaluate.add_argument("--seed", type=number(int), default=0, help="sampler seed (default 0)")
     evaluate.add_argument("--cache-dir", help="data and judge cache directory")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")

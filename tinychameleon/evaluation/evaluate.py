@@ -209,14 +209,16 @@ def compositional(pipeline, judge, test, holdout_pairs: int, samples: int, seed:
     return results
 
 
-def run_evaluation(checkpoint: str | None = None, out: str | Path = "evaluation", samples: int = 1000,
+def run_evaluation(checkpoint: str | None = None, out: str | Path = "evaluation", samples: int | None = None,
                    offset: int = 0, quick: bool = False, seed: int = 0, cache_dir=None, device: str = "cpu",
-                   sampling: dict | None = None, split: str = "test", document_samples: int = 0) -> dict:
-    """Load a run directory, evaluate it, write metrics.json / report.md / grids into `out`."""
+                   sampling: dict | None = None, split: str = "test", document_samples: int | None = None) -> dict:
+    """Load a run directory, evaluate it, write metrics.json / report.md / grids into `out`. `quick` scores the
+    NLL on 500 examples and makes 64 samples and 16 documents per family the defaults (what a caller gives wins)."""
     torch.manual_seed(seed)
     pipeline = Pipeline.from_pretrained(checkpoint, device=device)
-    samples, nll_examples = (64, 500) if quick else (samples, 0)
-    document_samples = 16 if quick else document_samples
+    nll_examples = 500 if quick else 0
+    samples = samples if samples is not None else 64 if quick else 1000
+    document_samples = document_samples if document_samples is not None else 16 if quick else 0
     out = Path(out)
     metrics = evaluate(pipeline, samples, nll_examples, seed, cache_dir, sampling, out, offset, split, document_samples)
     print(json.dumps({key: metrics[key] for key in ("nll", "text_to_image", "image_to_text", "unconditional",
