@@ -53,6 +53,9 @@ def color_level_matrix() -> torch.Tensor:
     return matrix.view(len(rgb), 3 * LEVELS)
 
 
+COLOR_LEVELS = color_level_matrix()  # (31, 12), built once like COLOR_PAIRS rather than on every decode
+
+
 @torch.no_grad()
 def two_color_levels(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     """(B, 3, 4, 28, 28) level logits -> (B, 28, 28, 3) levels in exactly one valid palette pair.
@@ -66,7 +69,7 @@ def two_color_levels(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     """
     rgb = torch.as_tensor(COLOR_RGB, dtype=torch.long, device=logits.device)  # (31, 3)
     pairs = COLOR_PAIRS.to(logits.device)
-    color_levels = color_level_matrix().to(logits.device)                     # (31, 12)
+    color_levels = COLOR_LEVELS.to(logits.device)                             # (31, 12)
     outputs = []
     for rows in batch_slices(len(logits), chunk):
         log_levels = F.log_softmax(logits[rows].float(), dim=2)                # (B, 3, 4, H, W)
