@@ -240,7 +240,7 @@ def test_light_requests_stay_fast_beside_heavy_ones(server):
     """Heavy requests (at the cost budget) run in their own lane: health checks and light requests
     keep a bounded latency while they run. Heavy ones the server predicts cannot finish in time are refused
     up front: 503 with Retry-After when the queue is the reason, 422 when its measured rate says the request alone
-    would pass the time limit (a slow or busy machine; this failed CI once as a bare 422); no admitted request
+    would pass the time limit (a slow or busy machine; a clean-clone run once failed here on such a 422); no admitted request
     times out (504) and nothing else answers 5xx or 4xx."""
     heavy = {"prompt": "dark green eight on bright cyan", "n": 16, "candidates": 16}
     light = {"prompt": "plain white one on plain black", "n": 1, "candidates": 1}
