@@ -335,6 +335,48 @@ def test_work_whose_clients_have_gone_stops_at_the_next_step():
     assert issubclass(DeadlineExceeded, Exception)
 
 
+def test_a_heavy_batch_is_timed_without_the_pauses_it_made_for_light_ones():
+    """Admission prices a request "alone" from the measured batches of its kind, so a heavy batch's time excludes
+    the seconds it waited while a light batch ran (counted, they made a live server refuse heavy requests that fit)."""
+    import asyncio
+    import contextlib
+    import threading
+    import time
+
+    from tinychameleon.web.worker import InferenceWorker
+
+    held = 0.9                                     # seconds a light batch holds the CPU (the pause waits up to 1 s)
+    ran = []                                       # the batch's own start and end, read by the pipeline itself
+
+    class SteppingPipeline:
+        def time_limit(self, seconds, pause=None):
+            SteppingPipeline.pause = pause
+            return contextlib.nullcontext()
+
+        def sample(self, n, seed=None, **settings):
+            ran.append(time.monotonic())
+            for step in range(6):
+                if step == 3:                      # a light batch starts: the heavy one pauses before its next step
+                    worker.light_idle.clear()
+                    threading.Timer(held, worker.light_idle.set).start()
+                SteppingPipeline.pause()
+            ran.append(time.monotonic())
+            return [], []
+
+    worker = InferenceWorker(SteppingPipeline())
+
+    async def main():
+        worker.start()
+        await worker.submit(Job("sample", {}, [None] * 32, cost=32), 30)   # over light_cost: the heavy lane
+        await worker.stop()
+
+    asyncio.run(main())
+    duration = ran[1] - ran[0]
+    assert duration >= held                                  # it did wait for the light batch
+    (cost, seconds), = worker.timings["sample"].batches
+    assert cost == 32 and seconds < duration - held / 2      # ...and that wait is not part of its measured time
+
+
 def test_complete_takes_a_mask_like_the_cli(client):
     """The API's mask: a 28x28 image whose white pixels are kept (other sizes refused, not resized)."""
     image = (np.full((28, 28, 3), 1) * 85).astype(np.uint8)
