@@ -200,6 +200,22 @@ def test_unknown_preset(tmp_path, capsys):
     assert code == 2 and "unknown preset" in err
 
 
+def test_the_tune_stage_needs_the_run_it_continues(tmp_path, capsys):
+    """`--preset tune` is a second stage: without --init-from it says so (exit 2) and writes nothing; with it, it is
+    `best` plus one epoch with counting at 4 and a fresh 20-step warmup, nothing else changed."""
+    from tinychameleon.config import make_config
+
+    code, _, err = run(["train", "--preset", "tune", "--out", tmp_path / "r"], capsys)
+    assert code == 2 and "--init-from" in err and not (tmp_path / "r").exists()
+    best, tune = make_config("best"), make_config("tune", train={"init_from": "runs/base"})
+    assert (tune.train.epochs, tune.train.warmup_steps, tune.train.init_from) == (1, 20, "runs/base")
+    assert tune.train.family_shares == {**best.train.family_shares, "counting": 4.0} != best.train.family_shares
+    assert (tune.model, tune.vq, tune.vq_train) == (best.model, best.vq, best.vq_train)
+    tune.train.epochs, tune.train.warmup_steps, tune.train.init_from = 3, 300, ""
+    tune.train.family_shares = best.train.family_shares
+    assert tune.train == best.train
+
+
 def test_every_flag_has_help():
     from tinychameleon.cli import build_parser
 

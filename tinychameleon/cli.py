@@ -246,7 +246,7 @@ def command_train(args) -> int:
         config = inherited_config(make_config(args.preset, validate=False, **overrides), args.vqvae_from)
         if args.scale_lr and args.batch_size and args.lr is None:
             # Large-batch recipe: square-root learning-rate scaling from the preset's batch size.
-            base = make_config(args.preset).train
+            base = make_config(args.preset, validate=False, train={"init_from": config.train.init_from}).train
             config.train.lr = base.lr * (args.batch_size / base.batch_size) ** 0.5
         if config.train.family_shares:   # unknown names, or families this run never draws: refused before any work
             from .documents.families import family_shares
@@ -263,7 +263,8 @@ def command_train(args) -> int:
 def add_train_command(commands) -> None:
     """The `train` command's flags."""
     train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
-    train.add_argument("--preset", default="quick", help="seed, quick, best, memory (retrieval-augmented), var "
+    train.add_argument("--preset", default="quick", help="seed, quick, best, tune (a second stage on a best run, "
+                                                         "with --init-from), memory (retrieval-augmented), var "
                                                          "(next-scale), pixels or tiny (default quick)")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

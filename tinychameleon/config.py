@@ -382,6 +382,17 @@ PRESETS["memory"] = {**PRESETS["best"],
                                "memory_strokes": True, "word_families": False, "family_shares": {}, "seed": 0}}
 
 
+# The second stage (CM3Leon tunes its pretrained model on a task mixture; nanochat's base -> mid -> sft): one more
+# epoch of `best`'s mixture on top of a `best` run, counting at 4 instead of 1.5, a fresh 20-step warmup and cosine.
+# From release 9's weights: counting 1.5 -> 29.5 %, the families' mean 83.1 -> 84.7 % on validation, where three
+# runs from nothing with counting at 4 lost the color names or addition instead (BENCHMARKS.md). It continues
+# the run named by train.init_from (`--init-from`), which it requires.
+PRESETS["tune"] = {**PRESETS["best"],
+                   "train": {**PRESETS["best"]["train"], "epochs": 1, "warmup_steps": 20,
+                             "family_shares": {**PRESETS["best"]["train"]["family_shares"], "counting": 4.0}}}
+STAGES = {"tune": "best"}   # a preset that continues a run -> the preset of the run it continues
+
+
 def make_config(preset: str = "seed", validate: bool = True, **overrides) -> RunConfig:
     """Build a RunConfig from a preset name plus `section={field: value}` overrides. validate=False leaves the
     checks to the caller (a fine-tune's tokenizer is only known once its source run is read)."""
@@ -398,6 +409,9 @@ def make_config(preset: str = "seed", validate: bool = True, **overrides) -> Run
                 if not hasattr(target, key):
                     raise ValueError(f"unknown setting {section}.{key}")
                 setattr(target, key, dict(value) if isinstance(value, dict) else value)   # never the preset's own
+    if preset in STAGES and not config.train.init_from:
+        raise ValueError(f"the {preset} preset continues a trained run: give it with --init-from (a `--preset "
+                         f"{STAGES[preset]}` run's folder)")
     try:
         return config.validate() if validate else config
     except ConfigError as error:
