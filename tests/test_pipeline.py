@@ -27,16 +27,21 @@ def test_shipped_checkpoint_is_complete():
         assert (PRETRAINED_DIR / name).exists(), name
 
 
-def test_shipped_checkpoint_is_the_best_preset_output():
-    """The release is exactly `tinychameleon train --preset best`: same config, and its run_info says so."""
+def test_shipped_checkpoint_is_the_tune_stage_on_a_best_run():
+    """The release is `train --preset best`, then `train --preset tune --init-from` that run (release 10: the second
+    stage on release 9's weights): every setting the tune preset names, and its run_info says it continued a run."""
     import json
 
     from tinychameleon.checkpoint import load_config
     from tinychameleon.config import make_config
 
-    assert load_config(PRETRAINED_DIR).to_dict() == make_config("best").to_dict()
+    shipped = load_config(PRETRAINED_DIR)
+    preset = make_config("tune", train={"init_from": shipped.train.init_from})
+    for section in ("vq", "vq_train", "model", "train"):
+        assert getattr(shipped, section) == getattr(preset, section), section
+    assert shipped.train.init_from and shipped.train.family_shares["counting"] == 4.0
     run_info = json.loads((PRETRAINED_DIR / "run_info.json").read_text())
-    assert run_info["command"].startswith("tinychameleon train --preset best ") and run_info["wall_time_s"] > 0
+    assert run_info["command"].startswith("tinychameleon train --preset best --init-from ") and run_info["wall_time_s"] > 0
 
 
 def test_shipped_memory_checkpoint_is_its_preset_and_draws_like_its_memory(tmp_path, colored):
