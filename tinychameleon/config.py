@@ -313,7 +313,8 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 4, "batch_size": 128, "lr": 2e-3},
         "train": {"epochs": 3, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100},
     },
-    # The shipped checkpoint, in one command from an empty directory (about 100 minutes on a 2-core CPU):
+    # Release 9 in one command from an empty directory (about 100 minutes on a 2-core CPU), and the first stage of
+    # the shipped checkpoint (release 10 adds the `tune` stage below):
     # the "patches" image tokenizer (two color tokens + the 2048 most frequent 4x4 shape patches, fitted
     # in seconds), a 6-layer d192 transformer with rotary positions trained for 3 epochs with Muon on its
     # blocks' matrices, a fresh color draw of the training digits each epoch, bf16 matmuls where the CPU has them
