@@ -385,7 +385,7 @@ PRESETS["memory"] = {**PRESETS["best"],
 
 # The second stage (CM3Leon tunes its pretrained model on a task mixture; nanochat's base -> mid -> sft): one more
 # epoch of `best`'s mixture on top of a `best` run, counting at 4 instead of 1.5, a fresh 20-step warmup and cosine.
-# From release 9's weights: counting 1.5 -> 29.5 %, the families' mean 83.1 -> 84.7 % on validation, where three
+# From release 9's weights: counting 1.5 -> 29.5 %, the families' mean 83.1 -> 84.7 % on validation, where two
 # runs from nothing with counting at 4 lost the color names or addition instead (BENCHMARKS.md). It continues
 # the run named by train.init_from (`--init-from`), which it requires.
 PRESETS["tune"] = {**PRESETS["best"],
