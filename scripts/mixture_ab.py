@@ -1,4 +1,4 @@
-"""Release 5's document mixture vs the reweighted one in a matched short run of the `best` recipe (the same run
+"""Release 5's document mixture vs the reweighted one in a matched short run of the `base` recipe (the same run
 as scripts/positions_ab.py: 10k training digits' pairs in both orders + 20k documents, 1 epoch, rotary positions,
 the shipped image tokenizer). Compare with `python scripts/answer_nll.py runs/ab-release5 runs/ab-reweighted`
 (nats of each family's answer on validation) and the runs' last log lines (nats per pair).
@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for name, share in SHARES[args.arm].items():
         families.FAMILIES[name] = (families.FAMILIES[name][0], share)
-    config = make_config("best", train={"epochs": 1, "max_train_examples": 10000, "documents": 20000,
+    config = make_config("base", train={"epochs": 1, "max_train_examples": 10000, "documents": 20000,
                                         "max_validation_examples": 1000, "answer_loss_weight": ARMS[args.arm],
                                         "seed": args.seed, "answer_words_only": args.arm in WORDS_ONLY})
     started = time.time()

@@ -1,4 +1,4 @@
-"""Learned vs rotary positions in a matched short run of the `best` recipe (10k training digits' pairs in both
+"""Learned vs rotary positions in a matched short run of the `base` recipe (10k training digits' pairs in both
 orders + 20k documents, 1 epoch, the shipped image tokenizer): validation nats per pair and per document token.
 
     python scripts/positions_ab.py learned & python scripts/positions_ab.py rope    # ~13 min each, one thread each
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (two runs share a 2-core CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = make_config("best", model={"positions": args.positions},
+    config = make_config("base", model={"positions": args.positions},
                          train={"epochs": 1, "max_train_examples": 10000, "documents": 20000,
                                 "max_validation_examples": 1000})
     started = time.time()

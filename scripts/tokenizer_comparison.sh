@@ -11,7 +11,7 @@
 set -euo pipefail
 runs=${1:-runs/tokenizers}
 sampler=$(python -c "import tinychameleon, pathlib; print(pathlib.Path(tinychameleon.__file__).parent / 'pretrained' / 'sampling.json')")
-matched=(--preset best --epochs 1 --colorings 1 --max-train-examples 15000 --warmup-steps 50 --vq-epochs 2 --no-progress)
+matched=(--preset base --epochs 1 --colorings 1 --max-train-examples 15000 --warmup-steps 50 --vq-epochs 2 --no-progress)
 declare -A kinds=([vq]="--tokenizer vq --codebook-size 256" [rvq]="--tokenizer rvq --codebook-size 256"
                   [fsq]="--tokenizer fsq --codebook-size 1024" [patches]="--tokenizer patches --codebook-size 2048")
 rows=()

@@ -200,20 +200,62 @@ def test_unknown_preset(tmp_path, capsys):
     assert code == 2 and "unknown preset" in err
 
 
-def test_the_tune_stage_needs_the_run_it_continues(tmp_path, capsys):
-    """`--preset tune` is a second stage: without --init-from it says so (exit 2) and writes nothing; with it, it is
-    `best` plus one epoch with counting at 4 and a fresh 20-step warmup, nothing else changed."""
-    from tinychameleon.config import make_config
+def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
+    """`best`'s last stage is `base` plus one epoch with counting at 4 and a fresh 20-step warmup, nothing else
+    changed; asked for alone (as a config, without the run it continues) it says what to give."""
+    from tinychameleon.config import STAGES, make_config
 
-    code, _, err = run(["train", "--preset", "tune", "--out", tmp_path / "r"], capsys)
-    assert code == 2 and "--init-from" in err and not (tmp_path / "r").exists()
-    best, tune = make_config("best"), make_config("tune", train={"init_from": "runs/base"})
-    assert (tune.train.epochs, tune.train.warmup_steps, tune.train.init_from) == (1, 20, "runs/base")
-    assert tune.train.family_shares == {**best.train.family_shares, "counting": 4.0} != best.train.family_shares
-    assert (tune.model, tune.vq, tune.vq_train) == (best.model, best.vq, best.vq_train)
-    tune.train.epochs, tune.train.warmup_steps, tune.train.init_from = 3, 300, ""
-    tune.train.family_shares = best.train.family_shares
-    assert tune.train == best.train
+    assert STAGES["best"] == "base"
+    with pytest.raises(ValueError, match="init_from"):
+        make_config("best")
+    base, best = make_config("base"), make_config("best", train={"init_from": "runs/base"})
+    assert (best.train.epochs, best.train.warmup_steps, best.train.init_from) == (1, 20, "runs/base")
+    assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0} != base.train.family_shares
+    assert (best.model, best.vq, best.vq_train) == (base.model, base.vq, base.vq_train)
+    best.train.epochs, best.train.warmup_steps, best.train.init_from = 3, 300, ""
+    best.train.family_shares = base.train.family_shares
+    assert best.train == base.train
+
+
+def weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_a_two_stage_preset_trains_both_in_one_command(tmp_path, capsys, cache_dir, monkeypatch):
+    """`train --preset best` is two stages in one command (issue 22: one command, one model). Shown on a tiny
+    chain of the same kind: the first stage's run in OUT/<its preset>, the second continuing it in OUT, equal to
+    the two commands run by hand; flags reach both stages; a second call refuses, --resume finds nothing to do;
+    --init-from RUN runs the last stage alone, on RUN."""
+    from tinychameleon import config as config_module
+
+    monkeypatch.setitem(config_module.PRESETS, "tiny-tuned", {**config_module.PRESETS["tiny"],
+                                                            "train": {**config_module.PRESETS["tiny"]["train"],
+                                                                      "lr": 1e-3, "warmup_steps": 2}})
+    monkeypatch.setitem(config_module.STAGES, "tiny-tuned", "tiny")
+    flags = ["--max-train-examples", 256, "--no-progress", "--cache-dir", cache_dir, "--device", "cpu"]
+    out = tmp_path / "chain"
+    code, printed, _ = run(["train", "--preset", "tiny-tuned", "--out", out, "--train-seed", 3] + flags, capsys)
+    assert code == 0 and "stage 1 of 2: --preset tiny in" in printed and "stage 2 of 2: --preset tiny-tuned" in printed
+    first, last = (json.loads((run_dir / "config.json").read_text()) for run_dir in (out / "tiny", out))
+    assert (first["preset"], first["train"]["init_from"], first["train"]["lr"]) == ("tiny", "", 3e-3)
+    assert (last["preset"], last["train"]["init_from"], last["train"]["lr"]) == ("tiny-tuned", str(out / "tiny"), 1e-3)
+    assert first["train"]["seed"] == last["train"]["seed"] == 3 and first["train"]["max_train_examples"] == 256
+    assert (out / "run_info.json").exists() and (out / "tiny" / "run_info.json").exists()
+    chained, base = weights(out), weights(out / "tiny")
+    assert any(not torch.equal(chained[name], base[name]) for name in chained)      # the second stage trained
+    by_hand = tmp_path / "by-hand"
+    assert run(["train", "--preset", "tiny", "--out", by_hand / "first", "--train-seed", 3] + flags, capsys)[0] == 0
+    assert run(["train", "--preset", "tiny-tuned", "--init-from", by_hand / "first", "--out", by_hand,
+                "--train-seed", 3] + flags, capsys)[0] == 0
+    assert not (by_hand / "tiny").exists()                                          # --init-from: no first stage
+    assert all(torch.equal(tensor, weights(by_hand)[name]) for name, tensor in chained.items())
+    code, _, err = run(["train", "--preset", "tiny-tuned", "--out", out] + flags, capsys)
+    assert code == 2 and "already holds a run" in err
+    code, printed, _ = run(["train", "--preset", "tiny-tuned", "--out", out, "--resume"] + flags, capsys)
+    assert code == 0 and printed.count("already fully trained") == 2
+    assert all(torch.equal(tensor, weights(out)[name]) for name, tensor in chained.items())
 
 
 def test_every_flag_has_help():

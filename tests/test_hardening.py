@@ -66,8 +66,10 @@ def test_run_config_is_validated(change, fragment):
 
 
 def test_every_preset_round_trips():
-    for preset in ("seed", "quick", "best", "tiny"):
-        config = make_config(preset)
+    from tinychameleon.config import PRESETS, STAGES
+
+    for preset in PRESETS:   # a preset that continues a run is asked for with that run
+        config = make_config(preset, **({"train": {"init_from": "runs/base"}} if preset in STAGES else {}))
         assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 

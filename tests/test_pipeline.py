@@ -27,16 +27,16 @@ def test_shipped_checkpoint_is_complete():
         assert (PRETRAINED_DIR / name).exists(), name
 
 
-def test_shipped_checkpoint_is_the_tune_stage_on_a_best_run():
-    """The release is `train --preset best`, then `train --preset tune --init-from` that run (release 10: the second
-    stage on release 9's weights): every setting the tune preset names, and its run_info says it continued a run."""
+def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
+    """The release is `train --preset best`'s last stage (release 10: run as `--init-from` release 9's weights, a
+    `base` run): every setting the preset names, and its run_info says it continued a run."""
     import json
 
     from tinychameleon.checkpoint import load_config
     from tinychameleon.config import make_config
 
     shipped = load_config(PRETRAINED_DIR)
-    preset = make_config("tune", train={"init_from": shipped.train.init_from})
+    preset = make_config("best", train={"init_from": shipped.train.init_from})
     for section in ("vq", "vq_train", "model", "train"):
         assert getattr(shipped, section) == getattr(preset, section), section
     assert shipped.train.init_from and shipped.train.family_shares["counting"] == 4.0

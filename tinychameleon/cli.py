@@ -213,14 +213,8 @@ def write_manifest(out_dir: Path, rows: list[dict]) -> None:
         temp.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def command_train(args) -> int:
-    from .checkpoint import inherited_config
-    from .config import make_config
-    from .training.run import train
-
-    out = Path(args.out)
-    if not args.resume and (out / "config.json").exists():
-        raise TinyChameleonError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+def train_overrides(args) -> dict:
+    """The config overrides the train flags name, per section."""
     overrides = {"train": {}, "vq_train": {}, "vq": {}, "model": {}}
     for key, section, field in (("tokenizer", "vq", "kind"), ("codebook_size", "vq", "codebook_size"),
                                 ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
@@ -242,30 +236,74 @@ def command_train(args) -> int:
         raise TinyChameleonError("--colorings must be at least 1")
     if args.family_shares is not None:
         overrides["train"]["family_shares"] = dict(args.family_shares)
+    return overrides
+
+
+def stage_config(preset: str, args, init_from: str = "", inherit: bool = True, vqvae_from: str | None = None):
+    """One training stage's config: the preset, the flags over it, `init_from` (a run it continues) when given,
+    the tokenizer of `vqvae_from`. inherit=False checks the flags only: the run a stage continues may not exist yet
+    (the stage before trains it)."""
+    from .checkpoint import inherited_config
+    from .config import make_config
+
+    overrides = train_overrides(args)
+    if init_from:
+        overrides["train"]["init_from"] = init_from
     try:
-        config = inherited_config(make_config(args.preset, validate=False, **overrides), args.vqvae_from)
+        config = make_config(preset, validate=False, **overrides)
+        if inherit:
+            config = inherited_config(config, vqvae_from)
         if args.scale_lr and args.batch_size and args.lr is None:
             # Large-batch recipe: square-root learning-rate scaling from the preset's batch size.
-            base = make_config(args.preset, validate=False, train={"init_from": config.train.init_from}).train
+            base = make_config(preset, validate=False, train={"init_from": config.train.init_from}).train
             config.train.lr = base.lr * (args.batch_size / base.batch_size) ** 0.5
         if config.train.family_shares:   # unknown names, or families this run never draws: refused before any work
             from .documents.families import family_shares
             family_shares(config.train.family_shares, config.train.word_families, bool(config.train.retrieve))
     except ValueError as error:
         raise TinyChameleonError(str(error)) from None
+    return config
+
+
+def command_train(args) -> int:
+    """Train a preset into --out. A preset that continues another's run (config.STAGES: `best` continues `base`)
+    trains that run first, in --out/<its preset>, unless --init-from names the run to continue; --resume resumes
+    whichever stage was cut short, and the flags apply to every stage."""
+    from .config import STAGES
+    from .training.run import train
+
+    out = Path(args.out)
+    first = STAGES.get(args.preset) if args.init_from is None else None     # the preset of the run this continues
+    stages = ([(first, out / first)] if first else []) + [(args.preset, out)]
+    for _, run_dir in stages:
+        if not args.resume and (run_dir / "config.json").exists():
+            raise TinyChameleonError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+                                     "--out")
+    # Every stage's flags are checked before any work; the last stage's source is read once the first has trained.
+    configs = [stage_config(first, args, vqvae_from=args.vqvae_from)] if first else []
+    configs.append(stage_config(args.preset, args, str(out / first) if first else "", inherit=not first,
+                                vqvae_from=None if first else args.vqvae_from))
     prepare_output(out, lock=False)
     command = " ".join(["tinychameleon"] + [shlex.quote(word) for word in sys.argv[1:]])
-    train(config, out, resume=args.resume, vqvae_from=args.vqvae_from, device_name=args.device,
-          cache_dir=args.cache_dir, progress=not args.no_progress, compile_model=args.compile, command=command)
+    for index, ((preset, run_dir), config) in enumerate(zip(stages, configs)):
+        if len(stages) > 1:
+            print(f"stage {index + 1} of {len(stages)}: --preset {preset} in {run_dir}", flush=True)
+        if index:
+            config = stage_config(preset, args, config.train.init_from)
+        train(config, run_dir, resume=args.resume, vqvae_from=None if index else args.vqvae_from,
+              device_name=args.device, cache_dir=args.cache_dir, progress=not args.no_progress,
+              compile_model=args.compile, command=command)
     return 0
 
 
 def add_train_command(commands) -> None:
     """The `train` command's flags."""
     train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
-    train.add_argument("--preset", default="quick", help="seed, quick, best, tune (a second stage on a best run, "
-                                                         "with --init-from), memory (retrieval-augmented), var "
-                                                         "(next-scale), pixels or tiny (default quick)")
+    train.add_argument("--preset", default="quick",
+                       help="seed, quick, base, best (the shipped recipe: a base run in OUT/base, then one more epoch "
+                            "on it with counting at 4; with --init-from RUN only that epoch, on RUN), memory "
+                            "(retrieval-augmented), var (next-scale), pixels or tiny (default quick); the other "
+                            "flags apply to every stage")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--vqvae-from", help="reuse the image tokenizer of another run directory")
@@ -276,7 +314,8 @@ def add_train_command(commands) -> None:
                        help="with --batch-size: scale the preset's learning rate by sqrt(new batch / preset batch)")
     train.add_argument("--warmup-steps", type=number(int), help="transformer warmup steps (overrides the preset)")
     train.add_argument("--init-from", help="fine-tune: start the transformer from this run directory's weights "
-                                           "(its tokenizer and model shape are used)")
+                                           "(its tokenizer and model shape are used); with --preset best: the run "
+                                           "its last stage continues (no base run is trained)")
     train.add_argument("--colorings", type=number(int),
                        help="color-pair draws of the training images, cycled over epochs (default 1: fixed colors)")
     train.add_argument("--infill-rate", type=number(float),

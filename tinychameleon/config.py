@@ -313,8 +313,8 @@ PRESETS: dict[str, dict] = {
         "vq_train": {"epochs": 4, "batch_size": 128, "lr": 2e-3},
         "train": {"epochs": 3, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100},
     },
-    # Release 9 in one command from an empty directory (about 100 minutes on a 2-core CPU), and the first stage of
-    # the shipped checkpoint (release 10 adds the `tune` stage below):
+    # Release 9 in one command from an empty directory (about 100 minutes on a 2-core CPU): the first stage of
+    # `best` (below), which trains it first unless told which run to continue:
     # the "patches" image tokenizer (two color tokens + the 2048 most frequent 4x4 shape patches, fitted
     # in seconds), a 6-layer d192 transformer with rotary positions trained for 3 epochs with Muon on its
     # blocks' matrices, a fresh color draw of the training digits each epoch, bf16 matmuls where the CPU has them
@@ -331,7 +331,7 @@ PRESETS: dict[str, dict] = {
     # evenly), mean 78.8 -> 83.1 %. MODEL_CARD.md has its curve and choices.
     # The causal-masked objective (train.infill_rate) is left out: in a matched small run it cost 1.5 %
     # validation NLL and did not improve infilling (docs/history/release-1-model-card.md).
-    "best": {
+    "base": {
         "vq": {"kind": "patches", "codebook_size": 2048, "hidden": 96},
         "vq_train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192, "positions": "rope", "copy_head": True},
@@ -372,26 +372,27 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# Retrieval-augmented (CM3Leon), in one command: `best` with one to four retrieved neighbours (as many as a user may
-# ask for) read before the "draw from memory" and "read from memory" documents, each drawn in one random stroke style
-# (train.memory_strokes), at release 2's token budget (26 000 documents of 141 tokens on average read what its
-# 28 000 of 130 did; it read two neighbours always). Release 7's pointer and stream included: without them the twelve
-# families fell to 41.5 % on validation (edits never copied). It keeps release 8's mixture (no stepping stones, the
-# registry's shares, seed 0): the shipped memory files were trained so.
-PRESETS["memory"] = {**PRESETS["best"],
-                     "train": {**PRESETS["best"]["train"], "documents": 26000, "retrieve": 4, "retrieve_min": 1,
+# Retrieval-augmented (CM3Leon), in one command: `base` (the first stage of `best`) with one to four retrieved
+# neighbours (as many as a user may ask for) read before the "draw from memory" and "read from memory" documents, each
+# drawn in one random stroke style (train.memory_strokes), at release 2's token budget (26 000 documents of 141 tokens
+# on average read what its 28 000 of 130 did; it read two neighbours always). Release 7's pointer and stream included:
+# without them the twelve families fell to 41.5 % on validation (edits never copied). It keeps release 8's mixture (no
+# stepping stones, the registry's shares, seed 0): the shipped memory files were trained so.
+PRESETS["memory"] = {**PRESETS["base"],
+                     "train": {**PRESETS["base"]["train"], "documents": 26000, "retrieve": 4, "retrieve_min": 1,
                                "memory_strokes": True, "word_families": False, "family_shares": {}, "seed": 0}}
 
 
-# The second stage (CM3Leon tunes its pretrained model on a task mixture; nanochat's base -> mid -> sft): one more
-# epoch of `best`'s mixture on top of a `best` run, counting at 4 instead of 1.5, a fresh 20-step warmup and cosine.
-# From release 9's weights: counting 1.5 -> 29.5 %, the families' mean 83.1 -> 84.7 % on validation, where two
-# runs from nothing with counting at 4 lost the color names or addition instead (BENCHMARKS.md). It continues
-# the run named by train.init_from (`--init-from`), which it requires.
-PRESETS["tune"] = {**PRESETS["best"],
-                   "train": {**PRESETS["best"]["train"], "epochs": 1, "warmup_steps": 20,
-                             "family_shares": {**PRESETS["best"]["train"]["family_shares"], "counting": 4.0}}}
-STAGES = {"tune": "best"}   # a preset that continues a run -> the preset of the run it continues
+# The shipped recipe, two stages in one command (CM3Leon tunes its pretrained model on a task mixture; nanochat's
+# base -> mid -> sft): `base`, then one more epoch of its mixture with counting at 4 instead of 1.5, a fresh
+# 20-step warmup and cosine. From release 9's weights: counting 1.5 -> 29.5 %, the families' mean 83.1 -> 84.7 % on
+# validation, where two runs from nothing with counting at 4 lost the color names or addition instead
+# (BENCHMARKS.md). `train --preset best --out D` trains the `base` run in D/base first, then this stage in D;
+# `--init-from RUN` continues RUN instead (the shipped checkpoint: this stage on release 9's weights).
+PRESETS["best"] = {**PRESETS["base"],
+                   "train": {**PRESETS["base"]["train"], "epochs": 1, "warmup_steps": 20,
+                             "family_shares": {**PRESETS["base"]["train"]["family_shares"], "counting": 4.0}}}
+STAGES = {"best": "base"}   # a preset that continues a run -> the preset of the run it continues (its first stage)
 
 
 def make_config(preset: str = "seed", validate: bool = True, **overrides) -> RunConfig:
@@ -411,8 +412,9 @@ def make_config(preset: str = "seed", validate: bool = True, **overrides) -> Run
                     raise ValueError(f"unknown setting {section}.{key}")
                 setattr(target, key, dict(value) if isinstance(value, dict) else value)   # never the preset's own
     if preset in STAGES and not config.train.init_from:
-        raise ValueError(f"the {preset} preset continues a trained run: give it with --init-from (a `--preset "
-                         f"{STAGES[preset]}` run's folder)")
+        raise ValueError(f"the {preset} preset continues a trained run (a `--preset {STAGES[preset]}` run's folder): "
+                         f"give it as train.init_from, or train both stages with `tinychameleon train --preset "
+                         f"{preset}`")
     try:
         return config.validate() if validate else config
     except ConfigError as error:
