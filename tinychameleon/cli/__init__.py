@@ -1,7 +1,8 @@
 """The `tinychameleon` command: subcommands on top of the Python API. `main(argv)` is testable.
 
 Each subcommand is a `command_NAME(args)` handler followed by `add_NAME_command(commands)`, its flags;
-`build_parser` adds them in the order `--help` lists them.
+`build_parser` adds them in the order `--help` lists them. The training commands live in `cli/train.py`, what
+every command shares (sampler flags, output folders, manifests) in `cli/common.py`.
 
 Errors caused by the user (bad prompt, missing checkpoint, unreadable image, no data, a flag
 out of range, an output folder that cannot be written) print one line on stderr and exit
@@ -12,398 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shlex
 import sys
-import tempfile
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
-from .config import DOCUMENT_SETTINGS, IMAGE_TOKENIZER_KINDS, RETRIEVED_SETTINGS, SamplingConfig
-from .errors import ConfigError, OutputError, TinyChameleonError
-from .tasks import TASKS
-
-MAX_SEED = 2**63 - 1
-
-# Sampler flags: (flag, SamplingConfig field, help). The field name is the one used by the Python API,
-# the web API and sampling.json; ranges come from SamplingConfig.RANGES.
-SAMPLER_FLAGS = [
-    ("--temperature", "temperature", "sampling temperature (0 = greedy)"),
-    ("--fine-temperature", "fine_temperature", "next-scale model: the finest scale's temperature as a multiple of "
-                                               "--temperature, scales between interpolated (1 = flat)"),
-    ("--guided-scales", "guided_scales", "next-scale model: guidance on the N coarsest scales only, the finer "
-                                         "ones from the caption alone (0 = every scale)"),
-    ("--top-k", "top_k", "keep only the k most likely tokens (0 = all)"),
-    ("--top-p", "top_p", "nucleus sampling: keep the tokens that make up this much probability (1 = off)"),
-    ("--guidance", "guidance", "classifier-free guidance scale (1 = off)"),
-    ("--greedy-above", "greedy_above", "take a token the model alone gives more than this probability as it stands, "
-                                       "before guidance and temperature: copies stay exact (1 = off)"),
-    ("--cd-k", "cd_k", "contrastive decoding CD-K instead of guidance (0 = off)"),
-    ("--cd-alpha", "cd_alpha", "with --cd-k: candidates within this factor of the k-th likeliest token"),
-    ("--candidates", "image_candidates", "text -> image: draw this many images per prompt, keep the one the "
-                                         "model captions best"),
-    ("--views", "caption_views", "with --rerank: score the digit on the image and N-1 recolorings of it "
-                                 "(1 = image only)"),
-    ("--hypotheses", "caption_hypotheses", "with --rerank: digits (the image-first reading's top ones) that get the "
-                                           "full two-way score (10 = all)"),
-    ("--caption-clip", "caption_clip_weight", "with --rerank: add this times the retriever's (CLIP's) image-caption "
-                                              "cosine to each digit's score (0 = off)"),
-]
-
-
-# Sampler on/off switches: (flag, SamplingConfig field, help); each also has its --no- form.
-SAMPLER_SWITCHES = [
-    ("--rerank", "rerank_captions", "image -> text: choose the digit word by Bayes re-ranking in both orders"),
-    ("--mixed-pool", "mixed_pool", "with --candidates N: draw half of them by CD-K, half with guidance"),
-    ("--clip-rerank", "clip_rerank", "with --candidates N: keep the image the retriever (CLIP) finds closest to "
-                                     "the prompt"),
-]
-
-
-def family_share(text: str) -> tuple[str, float]:
-    """An argparse type: "NAME=SHARE" (a family of documents/families.py and a finite number) -> (NAME, SHARE)."""
-    name, equals, share = text.rpartition("=")
-    if not equals or not name.strip():
-        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not NAME=SHARE (for example counting=2)")
-    return " ".join(name.split()), number(float)(share)
-
-
-def number(kind):
-    """An argparse type: a finite int or float, so 'nan', 'inf' and '1e309' are refused with exit 2."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a{'n integer' if kind is int else ' number'}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a finite number")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
-    """How to sample; each defaults to the checkpoint's sampling.json, else SamplingConfig."""
-    for flag, field, text in SAMPLER_FLAGS:
-        kind = int if isinstance(getattr(SamplingConfig(), field), int) else float
-        low, high = SamplingConfig.RANGES[field]
-        parser.add_argument(flag, type=number(kind), dest=field, metavar="N" if kind is int else "X",
-                            help=f"{text}; {low}..{high}")
-    for flag, field, text in SAMPLER_SWITCHES:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, dest=field, help=text)
-
-
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="run directory, or a shipped model by name: raster (the default) or "
-                                             "var (next-scale)")
-    parser.add_argument("--seed", type=number(int), default=0, help="random seed of the sampler (default 0)")
-    add_sampler_flags(parser)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-
-
-def sampling_overrides(args) -> dict:
-    """The sampler flags that were given, validated before any work (ConfigError names the bad one)."""
-    overrides = {field: getattr(args, field, None) for _, field, _ in SAMPLER_FLAGS}
-    for _, switch, _ in SAMPLER_SWITCHES:
-        overrides[switch] = getattr(args, switch, None)
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        replace(SamplingConfig(), **overrides).validate()
-    except ConfigError as error:  # name the flag the user typed, not the field behind it
-        message = str(error).removeprefix("sampling.")
-        for flag, field, _ in SAMPLER_FLAGS:
-            if message.startswith(field + " "):
-                message = flag + message[len(field):]
-        raise ConfigError(message) from None
-    seed = getattr(args, "seed", 0)
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"--seed must be between 0 and {MAX_SEED}, got {str(seed)[:40]}")
-    return overrides
-
-
-def retrieval_request(args, sampling: dict, honoured: tuple[str, ...] = DOCUMENT_SETTINGS) -> dict | None:
-    """{"retrieve": K, "memory": DIR} for --retrieve K [--memory DIR], or None; flags it would not honour are refused.
-    A retrieval-augmented request decodes a document, so it reads what sampling.documents may set (`honoured`:
-    generate also keeps the best of n, as sampling.retrieved may set)."""
-    if args.retrieve is None:
-        if args.memory is not None:
-            raise TinyChameleonError("--memory DIR needs --retrieve K (how many of its documents to read)")
-        return None
-    if args.retrieve < 1:   # the upper bound is the checkpoint's (Pipeline checks it: Vocab.max_retrieve)
-        raise TinyChameleonError(f"--retrieve must be at least 1, got {args.retrieve}")
-    flags = {field: flag for flag, field, _ in SAMPLER_FLAGS + SAMPLER_SWITCHES}
-    ignored = [flags[field] for field in sampling if field not in honoured]
-    if ignored:
-        allowed = [flags[field] for field in honoured]
-        raise TinyChameleonError(f"with --retrieve only {', '.join(allowed[:-1])} and {allowed[-1]} apply here; "
-                                 f"drop {', '.join(ignored)}")
-    return {"retrieve": args.retrieve, "memory": args.memory}
-
-
-def add_retrieval_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--retrieve", type=number(int), metavar="K",
-                        help="read the K nearest documents of the memory bank first (retrieval-augmented; needs a "
-                             "checkpoint trained with train.retrieve)")
-    parser.add_argument("--memory", metavar="DIR", help="with --retrieve: a folder of images + manifest.jsonl rows "
-                                                        "{\"file\", \"caption\"} instead of the training digits")
-
-
-_held_locks = []  # descriptors of --out folders this command has locked (flock on the folder itself)
-
-
-def prepare_output(out: str | Path, inputs=(), lock: bool = True) -> Path:
-    """Check an output folder before any work: it can be created and written to, it is none of the command's
-    `inputs` and holds none of them (its PNGs and manifest would overwrite them), and no other command is
-    writing to it (an exclusive flock on the folder itself, so nothing is left in it; released when main returns).
-    `train` does not lock: under torchrun its ranks write one run directory together."""
-    import fcntl
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder")
-    target = out.resolve()
-    for path in inputs:
-        path = Path(path).resolve()
-        if path == target or target in path.parents:
-            raise OutputError(f"--out {out} holds the input {path.name}: its files would be overwritten; "
-                              "choose another folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-        if not lock:
-            return out
-        descriptor = os.open(out, os.O_RDONLY)
-    except OSError as error:
-        raise OutputError(f"cannot write to {out}: {error.strerror or error}") from None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(descriptor)
-        raise OutputError(f"another tinychameleon command is writing to {out}; wait for it or choose "
-                          "another --out") from None
-    _held_locks.append(descriptor)
-    return out
-
-
-def load_pipeline(args):
-    from .pipeline import Pipeline
-
-    return Pipeline.from_pretrained(args.checkpoint, device=args.device)
-
-
-def write_outputs(out: Path, images, rows: list[dict]) -> None:
-    """PNGs then the manifest, each written atomically; a failing disk gives one clear error."""
-    from .imaging import save_png
-
-    try:
-        for image, row in zip(images, rows):
-            save_png(image, out / row["file"])
-        write_manifest(out, rows)
-    except OSError as error:
-        raise OutputError(f"writing to {out} failed: {error.strerror or error}") from None
-
-
-def write_manifest(out_dir: Path, rows: list[dict]) -> None:
-    from .io_utils import atomic_path
-
-    with atomic_path(out_dir / "manifest.jsonl") as temp:
-        temp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def train_overrides(args) -> dict:
-    """The config overrides the train flags name, per section."""
-    overrides = {"train": {}, "vq_train": {}, "vq": {}, "model": {}}
-    for key, section, field in (("tokenizer", "vq", "kind"), ("codebook_size", "vq", "codebook_size"),
-                                ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"),
-                                ("lr", "train", "lr"), ("vq_epochs", "vq_train", "epochs"),
-                                ("holdout_pairs", "train", "holdout_pairs"), ("train_seed", "train", "seed"),
-                                ("max_train_examples", "train", "max_train_examples"),
-                                ("warmup_steps", "train", "warmup_steps"), ("init_from", "train", "init_from"),
-                                ("colorings", "train", "colorings"), ("infill_rate", "train", "infill_rate"),
-                                ("optimizer", "train", "optimizer"),
-                                ("caption_loss_weight", "train", "caption_loss_weight"),
-                                ("shifted_reading", "train", "shifted_reading"), ("documents", "train", "documents"),
-                                ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes"),
-                                ("word_families", "train", "word_families"),
-                                ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head"),
-                                ("digit_head", "model", "digit_head")):
-        if getattr(args, key) is not None:
-            overrides[section][field] = getattr(args, key)
-    if args.colorings is not None and args.colorings < 1:
-        raise TinyChameleonError("--colorings must be at least 1")
-    if args.family_shares is not None:
-        overrides["train"]["family_shares"] = dict(args.family_shares)
-    return overrides
-
-
-def stage_config(preset: str, args, init_from: str = "", inherit: bool = True, vqvae_from: str | None = None):
-    """One training stage's config: the preset, the flags over it, `init_from` (a run it continues) when given,
-    the tokenizer of `vqvae_from`. inherit=False checks the flags only: the run a stage continues may not exist yet
-    (the stage before trains it)."""
-    from .checkpoint import inherited_config
-    from .config import make_config
-
-    overrides = train_overrides(args)
-    if init_from:
-        overrides["train"]["init_from"] = init_from
-    try:
-        config = make_config(preset, validate=False, **overrides)
-        if inherit:
-            config = inherited_config(config, vqvae_from)
-        if args.scale_lr and args.batch_size and args.lr is None:
-            # Large-batch recipe: square-root learning-rate scaling from the preset's batch size.
-            base = make_config(preset, validate=False, train={"init_from": config.train.init_from}).train
-            config.train.lr = base.lr * (args.batch_size / base.batch_size) ** 0.5
-        if config.train.family_shares:   # unknown names, or families this run never draws: refused before any work
-            from .documents.families import family_shares
-            family_shares(config.train.family_shares, config.train.word_families, bool(config.train.retrieve))
-    except ValueError as error:
-        raise TinyChameleonError(str(error)) from None
-    return config
-
-
-def command_train(args) -> int:
-    """Train a preset into --out. A preset that continues another's run (config.STAGES: `best` continues `base`)
-    trains that run first, in --out/<its preset>, unless --init-from names the run to continue; --resume resumes
-    whichever stage was cut short, and the flags apply to every stage."""
-    from .config import STAGES
-    from .training.run import train
-
-    out = Path(args.out)
-    first = STAGES.get(args.preset) if args.init_from is None else None     # the preset of the run this continues
-    stages = ([(first, out / first)] if first else []) + [(args.preset, out)]
-    for _, run_dir in stages:
-        if not args.resume and (run_dir / "config.json").exists():
-            raise TinyChameleonError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
-                                     "--out")
-    # Every stage's flags are checked before any work; the last stage's source is read once the first has trained.
-    configs = [stage_config(first, args, vqvae_from=args.vqvae_from)] if first else []
-    configs.append(stage_config(args.preset, args, str(out / first) if first else "", inherit=not first,
-                                vqvae_from=None if first else args.vqvae_from))
-    prepare_output(out, lock=False)
-    command = " ".join(["tinychameleon"] + [shlex.quote(word) for word in sys.argv[1:]])
-    for index, ((preset, run_dir), config) in enumerate(zip(stages, configs)):
-        if len(stages) > 1:
-            print(f"stage {index + 1} of {len(stages)}: --preset {preset} in {run_dir}", flush=True)
-        if index:
-            config = stage_config(preset, args, config.train.init_from)
-        train(config, run_dir, resume=args.resume, vqvae_from=None if index else args.vqvae_from,
-              device_name=args.device, cache_dir=args.cache_dir, progress=not args.no_progress,
-              compile_model=args.compile, command=command)
-    return 0
-
-
-def add_train_command(commands) -> None:
-    """The `train` command's flags."""
-    train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
-    train.add_argument("--preset", default="quick",
-                       help="seed, quick, base, best (the shipped recipe: a base run in OUT/base, then one more epoch "
-                            "on it with counting at 4; with --init-from RUN only that epoch, on RUN), memory "
-                            "(retrieval-augmented), var (next-scale), pixels or tiny (default quick); the other "
-                            "flags apply to every stage")
-    train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    train.add_argument("--vqvae-from", help="reuse the image tokenizer of another run directory")
-    train.add_argument("--epochs", type=number(int), help="transformer epochs (overrides the preset)")
-    train.add_argument("--batch-size", type=number(int), help="transformer global batch size (overrides the preset)")
-    train.add_argument("--lr", type=number(float), help="transformer peak learning rate (overrides the preset)")
-    train.add_argument("--scale-lr", action="store_true",
-                       help="with --batch-size: scale the preset's learning rate by sqrt(new batch / preset batch)")
-    train.add_argument("--warmup-steps", type=number(int), help="transformer warmup steps (overrides the preset)")
-    train.add_argument("--init-from", help="fine-tune: start the transformer from this run directory's weights "
-                                           "(its tokenizer and model shape are used); with --preset best: the run "
-                                           "its last stage continues (no base run is trained)")
-    train.add_argument("--colorings", type=number(int),
-                       help="color-pair draws of the training images, cycled over epochs (default 1: fixed colors)")
-    train.add_argument("--infill-rate", type=number(float),
-                       help="CM3 objective: share of sequences with one span moved to the end (0..1; 0 = off)")
-    train.add_argument("--caption-loss-weight", type=number(float),
-                       help="loss weight of caption words that follow the image (1 = plain next-token loss)")
-    train.add_argument("--shifted-reading", type=number(float),
-                       help="share of image-first rows that read their digit moved by 1-2 pixels (0..1; 0 = off)")
-    train.add_argument("--documents", type=number(int),
-                       help="task-family documents per epoch beside the pairs (0 = pairs only; overrides the preset)")
-    train.add_argument("--retrieve", type=number(int),
-                       help="retrieval-augmented documents: draw and read after this many retrieved neighbours "
-                            "(1..4; needs --documents; 0 = off)")
-    train.add_argument("--memory-strokes", action="store_const", const=True,
-                       help="with --retrieve: draw each retrieval document, neighbours and query alike, in one random "
-                            "stroke style (spread sideways or up and down, or their own), so the model draws like "
-                            "what it retrieved")
-    train.add_argument("--word-families", action="store_const", const=True,
-                       help="with --documents: also train two stepping stones in words alone (\"three plus four is\" -> "
-                            "\"seven .\"; \"count from two to four :\" -> \"two three four .\"), so sums and the order of "
-                            "the digits are learnt apart from reading and drawing them (BENCHMARKS.md)")
-    train.add_argument("--family-shares", nargs="+", type=family_share, metavar="NAME=SHARE",
-                       help="with --documents: these families' shares of the documents, over the registry's "
-                            "(docs/documents.md), e.g. counting=2 \"what comes next=0.5\"")
-    train.add_argument("--image-slots", action="store_const", const=True,
-                       help="add a learned embedding of each image token's place in its image (0..50), so an edit "
-                            "finds slot s of the prompt's image by content, not by an offset (measured with best: "
-                            "edits copied worse; BENCHMARKS.md)")
-    train.add_argument("--copy-head", action="store_const", const=True,
-                       help="add a pointer beside the output head: the next token may be copied from an earlier "
-                            "position (an edit's strokes), its gate learnt (part of --preset best since release 7: validation "
-                            "edits 69.5-70.5 -> 91.5-93.5 %%; BENCHMARKS.md)")
-    train.add_argument("--digit-head", action="store_const", const=True,
-                       help="with --documents: train a head that reads, at each image's end, the digit the image shows "
-                            "(an auxiliary loss), so the choice of the next image or of the stop can see what was just "
-                            "drawn; unused when sampling (measured: counting alone 12.5 -> 28.5 %%, but in the whole "
-                            "mixture no gain and \"what comes next\" -6.5 points; in no preset; BENCHMARKS.md)")
-    train.add_argument("--optimizer", choices=("adamw", "muon"),
-                       help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
-    train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")
-    train.add_argument("--tokenizer", choices=IMAGE_TOKENIZER_KINDS,
-                       help="image tokenizer: vq (VQ codes of colored 4x4 patches), rvq (2 residual VQ codes per "
-                            "patch), fsq (finite scalar codes), pixels (a token per pixel), palette (two color tokens "
-                            "and VQ codes of the digit's shape), patches (two color tokens and the most frequent 4x4 "
-                            "shape patches) or scales (two color tokens and the shape coded at six scales: a "
-                            "next-scale model); overrides the preset")
-    train.add_argument("--codebook-size", type=number(int), help="image codes (VQ codes or patches; overrides the preset)")
-    train.add_argument("--holdout-pairs", type=number(int), help="hold this many color pairs out of training")
-    train.add_argument("--train-seed", type=number(int), help="seed of initialisation and batch order")
-    train.add_argument("--max-train-examples", type=number(int), help="use only the first N training images (quick trials)")
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    train.add_argument("--compile", action="store_true", help="torch.compile the transformer")
-    train.add_argument("--cache-dir", help="data cache directory")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
-    train.set_defaults(handler=command_train)
-
-
-def command_train_retriever(args) -> int:
-    from .training.retriever_trainer import train_retriever
-
-    if not 1 <= args.epochs <= 1000 or not 2 <= args.batch_size <= 65536 or not 0 < args.lr <= 1 or \
-            (args.max_train_examples is not None and args.max_train_examples < 2):
-        raise TinyChameleonError("--epochs must be 1..1000, --batch-size 2..65536, --lr in (0, 1] and "
-                                 "--max-train-examples at least 2")
-    out = prepare_output(args.out)
-    train_retriever(out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.train_seed,
-                    cache_dir=args.cache_dir, resume=args.resume, max_examples=args.max_train_examples)
-    print(f"retriever written to {out} (load it with --retriever {out})")
-    return 0
-
-
-def add_train_retriever_command(commands) -> None:
-    """The `train-retriever` command's flags."""
-    retriever = commands.add_parser("train-retriever", help="train the retriever (a small CLIP) on the training split")
-    retriever.add_argument("--out", required=True, help="folder for clip.json, clip.safetensors and metrics")
-    retriever.add_argument("--epochs", type=number(int), default=15, help="epochs, each under a fresh color draw (default 15)")
-    retriever.add_argument("--batch-size", type=number(int), default=512, help="texts and images per step (default 512)")
-    retriever.add_argument("--lr", type=number(float), default=2e-3, help="peak learning rate (default 0.002)")
-    retriever.add_argument("--train-seed", type=number(int), default=0, help="seed of initialisation and order")
-    retriever.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    retriever.add_argument("--max-train-examples", type=number(int), help="use only the first N training digits "
-                                                                          "(quick trials)")
-    retriever.add_argument("--cache-dir", help="data cache directory")
-    retriever.set_defaults(handler=command_train_retriever)
-
+from ..config import RETRIEVED_SETTINGS
+from ..errors import OutputError, TinyChameleonError
+from ..tasks import TASKS
+from .common import (_held_locks, add_retrieval_flags, add_sampler_flags, add_sampling_flags, load_pipeline, number,
+                     prepare_output, retrieval_request, sampling_overrides, write_manifest, write_outputs)
+from .train import add_train_command, add_train_retriever_command
 
 def command_generate(args) -> int:
-    from .tokenizers.text import normalize_prompt
+    from ..tokenizers.text import normalize_prompt
 
     if args.prompts_file:
         prompts = read_prompts_file(args.prompts_file)
@@ -445,7 +68,7 @@ def add_generate_command(commands) -> None:
 
 
 def collect_images(paths: list[str]) -> list[Path]:
-    from .imaging import IMAGE_SUFFIXES
+    from ..imaging import IMAGE_SUFFIXES
 
     files = []
     for name in paths:
@@ -497,8 +120,8 @@ def read_images(files: list[Path], strict: bool = False) -> tuple:
     with `strict` if any cannot."""
     import numpy as np
 
-    from .errors import ImageInputError
-    from .imaging import read_image
+    from ..errors import ImageInputError
+    from ..imaging import read_image
 
     readable, images, skipped = [], [], []
     for path in files:
@@ -524,7 +147,7 @@ def read_prompts_file(path: str) -> list[str]:
 
 def command_complete(args) -> int:
     """Keep part of each image, let the model draw the rest (for a prompt, or reading one off the kept part)."""
-    from .regions import KEEP_REGIONS, read_mask
+    from ..regions import KEEP_REGIONS, read_mask
 
     if not 1 <= args.n <= 1000:
         raise TinyChameleonError("-n must be at least 1 (and at most 1000)")
@@ -569,7 +192,7 @@ def add_complete_command(commands) -> None:
 def read_document_prompts(path: str) -> list[tuple[str, list[Path]]]:
     """A --prompts-file of JSON rows {"prompt": "... <image> ...", "images": ["a.png", ...]}; image paths are
     relative to the file's folder unless absolute."""
-    from .io_utils import json_lines
+    from ..io_utils import json_lines
 
     rows = []
     for number_, row in json_lines(path, "prompts file"):
@@ -588,7 +211,7 @@ def command_continue(args) -> int:
     """Continue mixed-modal documents; one manifest row per continuation, one PNG per image the model drew."""
     import numpy as np
 
-    from .imaging import read_image, save_png
+    from ..imaging import read_image, save_png
 
     if not 1 <= args.n <= 1000:
         raise TinyChameleonError("-n must be at least 1 (and at most 1000)")
@@ -638,8 +261,8 @@ def add_continue_command(commands) -> None:
 
 def read_search_queries(path: str) -> list:
     """A --queries-file of JSON rows {"text": "..."} or {"image": "a.png"} (relative to the file's folder)."""
-    from .imaging import read_image
-    from .io_utils import json_lines
+    from ..imaging import read_image
+    from ..io_utils import json_lines
 
     queries = []
     for number_, row in json_lines(path, "queries file"):
@@ -653,9 +276,9 @@ def read_search_queries(path: str) -> list:
 
 def command_search(args) -> int:
     """Nearest documents of the memory bank for text or image queries; one line (or JSON row) per hit."""
-    from .imaging import read_image
-    from .retrieval.memory import embed_queries, load_bank
-    from .retrieval.retriever import Retriever
+    from ..imaging import read_image
+    from ..retrieval.memory import embed_queries, load_bank
+    from ..retrieval.retriever import Retriever
 
     given = [args.text is not None, args.image is not None, args.queries_file is not None]
     if sum(given) != 1:
@@ -728,7 +351,7 @@ def add_sample_command(commands) -> None:
 
 
 def command_report(args) -> int:
-    from .evaluation.figures import write_figures
+    from ..evaluation.figures import write_figures
 
     sampling_overrides(args)
     written = write_figures(load_pipeline(args), prepare_output(args.out), seed=args.seed, cache_dir=args.cache_dir)
@@ -747,9 +370,9 @@ def add_report_command(commands) -> None:
 
 
 def command_evaluate(args) -> int:
-    from .evaluation.evaluate import run_evaluation
+    from ..evaluation.evaluate import run_evaluation
 
-    from .data.colored import VALIDATION_SIZE
+    from ..data.colored import VALIDATION_SIZE
 
     sampling = sampling_overrides(args)
     size = VALIDATION_SIZE if args.split == "validation" else 10_000
@@ -787,7 +410,7 @@ def add_evaluate_command(commands) -> None:
 
 
 def command_serve(args) -> int:
-    from .web.server import ServerSettings, serve
+    from ..web.server import ServerSettings, serve
 
     if not 0 <= args.port <= 65535:
         raise TinyChameleonError(f"--port must be 0..65535, got {args.port}")
@@ -811,7 +434,7 @@ def add_serve_command(commands) -> None:
 
 
 def command_bench(args) -> int:
-    from .bench import run_bench
+    from ..bench import run_bench
 
     try:
         batches = [int(b) for b in args.batches.split(",")]
@@ -839,7 +462,7 @@ def add_bench_command(commands) -> None:
 
 
 def command_data(args) -> int:
-    from .data.mnist import default_cache_dir, load_mnist
+    from ..data.mnist import default_cache_dir, load_mnist
 
     data = load_mnist(args.cache_dir)
     print(f"MNIST ready in {args.cache_dir or default_cache_dir()}: {len(data['train_labels'])} train, "
