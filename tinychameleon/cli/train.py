@@ -86,8 +86,8 @@ def command_train(args) -> int:
     for index, ((preset, run_dir), config) in enumerate(zip(stages, configs)):
         if len(stages) > 1:
             print(f"stage {index + 1} of {len(stages)}: --preset {preset} in {run_dir}", flush=True)
-        if index:
-            config = stage_config(preset, args, config.train.init_from)
+        if index:   # continues the run the stage before it wrote
+            config = stage_config(preset, args, str(stages[index - 1][1]))
         train(config, run_dir, resume=args.resume, vqvae_from=None if index else args.vqvae_from,
               device_name=args.device, cache_dir=args.cache_dir, progress=not args.no_progress,
               compile_model=args.compile, command=command)
