@@ -217,6 +217,29 @@ def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
     assert best.train == base.train
 
 
+def test_memory_is_memory_base_plus_a_tune_epoch_at_lower_memory_shares():
+    """`memory`'s last stage is `memory-base` plus one epoch with the memory families at 2 and 1 (the registry's 4
+    and 2) and a fresh 20-step warmup, nothing else changed; alone it asks for the run it continues."""
+    from tinychameleon.config import STAGES, make_config
+    from tinychameleon.documents.families import family_shares
+
+    assert STAGES["memory"] == "memory-base"
+    with pytest.raises(ValueError, match="memory-base"):
+        make_config("memory")
+    base, memory = make_config("memory-base"), make_config("memory", train={"init_from": "runs/memory-base"})
+    assert (memory.train.epochs, memory.train.warmup_steps, memory.train.init_from) == (1, 20, "runs/memory-base")
+    registry, tuned = family_shares(retrieve=True), family_shares(memory.train.family_shares, retrieve=True)
+    assert (registry["draw from memory"], registry["read from memory"]) == (4.0, 2.0)
+    assert (tuned["draw from memory"], tuned["read from memory"]) == (2.0, 1.0)
+    assert {name: share for name, share in tuned.items() if "memory" not in name} == \
+        {name: share for name, share in registry.items() if "memory" not in name}
+    assert (memory.model, memory.vq, memory.vq_train) == (base.model, base.vq, base.vq_train)
+    memory.train.epochs, memory.train.warmup_steps = base.train.epochs, base.train.warmup_steps
+    memory.train.init_from = ""
+    memory.train.family_shares = {}
+    assert memory.train == base.train
+
+
 def weights(run_dir):
     from safetensors.torch import load_file
 

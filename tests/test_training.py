@@ -266,7 +266,7 @@ def test_a_run_says_what_precision_it_trained_in(tmp_path, cache_dir, monkeypatc
                 progress=False, device_name="cpu")
     assert "train.precision auto: this CPU has no native bf16" in capsys.readouterr().out
     assert json.loads((run / "run_info.json").read_text())["precision"] == "fp32"
-    assert {make_config(name).train.precision for name in ("base", "var", "memory", "pixels")} == {"auto"}
+    assert {make_config(name).train.precision for name in ("base", "var", "memory-base", "pixels")} == {"auto"}
 
 
 def test_bf16_autocast_on_cpu_matches_fp32(tiny_run):

@@ -100,8 +100,8 @@ def add_train_command(commands) -> None:
     train.add_argument("--preset", default="quick",
                        help="seed, quick, base, best (the shipped recipe: a base run in OUT/base, then one more epoch "
                             "on it with counting at 4; with --init-from RUN only that epoch, on RUN), memory "
-                            "(retrieval-augmented), var (next-scale), pixels or tiny (default quick); the other "
-                            "flags apply to every stage")
+                            "(retrieval-augmented; two stages the same way, the first memory-base), var (next-scale), "
+                            "pixels or tiny (default quick); the other flags apply to every stage")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--vqvae-from", help="reuse the image tokenizer of another run directory")
