@@ -1,5 +1,5 @@
-"""One text -> image request at a time (batch 1, process warm) under each of several named settings, interleaved in
-one run (these machines are noisy: compare the ratios of one run). A setting names its checkpoint (default
+"""One text -> image request (or with --caption one image -> text request, a validation image each) at a time
+(batch 1, process warm) under each of several named settings, interleaved in one run (these machines are noisy: compare the ratios of one run). A setting names its checkpoint (default
 --checkpoint) and overrides that checkpoint's sampling.json (`{}`: the shipped settings themselves).
 
     python scripts/settings_latency.py --repeats 21 --settings '{"shipped": {},
@@ -8,6 +8,8 @@ one run (these machines are noisy: compare the ratios of one run). A setting nam
         "var": {"checkpoint": "var"}, "var guided_scales 5": {"checkpoint": "var", "guided_scales": 5},
         "var guided_scales 4": {"checkpoint": "var", "guided_scales": 4}, "var guidance 1": {"checkpoint": "var",
         "guidance": 1.0}}'
+    python scripts/settings_latency.py --caption --checkpoint var --repeats 41 --settings '{"shipped": {},
+        "greedy": {"rerank_captions": false}}'
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import statistics
 import time
 
+from tinychameleon.data.colored import load_splits
 from tinychameleon.io_utils import write_json
 from tinychameleon.pipeline import Pipeline
 
@@ -40,16 +43,21 @@ def main() -> None:
                                              "(default: the raster model)")
     parser.add_argument("--settings", required=True, help="JSON object: name -> sampler settings (+ \"checkpoint\")")
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--caption", action="store_true", help="time image -> text requests instead")
     parser.add_argument("--out")
     args = parser.parse_args()
     named = json.loads(args.settings)
     pipes = {}                                                                   # one Pipeline per checkpoint
+    images = load_splits(0).validation.images[:args.repeats + 1] if args.caption else None
     calls = {}
     for name, settings in named.items():
         settings = dict(settings)
         checkpoint = settings.pop("checkpoint", args.checkpoint)
         pipe = pipes.setdefault(checkpoint, Pipeline.from_pretrained(checkpoint))
-        calls[name] = lambda seed, pipe=pipe, settings=settings: pipe.generate_images(PROMPT, seed=seed, **settings)
+        if args.caption:
+            calls[name] = lambda seed, pipe=pipe, settings=settings: pipe.caption(images[seed], **settings)
+        else:
+            calls[name] = lambda seed, pipe=pipe, settings=settings: pipe.generate_images(PROMPT, seed=seed, **settings)
     for call in calls.values():
         call(1)                                                                  # warm up (loads CLIP once)
     medians = {name: statistics.median(values) for name, values in interleaved_ms(calls, args.repeats).items()}

@@ -14,8 +14,9 @@ from tinychameleon.data.colored import VALID_PAIRS, color_counts, parse_caption
 from tinychameleon.errors import ConfigError
 from tinychameleon.nextscale.model import CAPTION, NextScaleLayout
 from tinychameleon.nextscale.objective import captions, drawing_nll, reading_nll
-from tinychameleon.nextscale.sampler import ImageRules, draw, read
+from tinychameleon.nextscale.sampler import ImageRules, draw, read, reading_per_digit, rerank_digits
 from tinychameleon.pipeline import PRETRAINED, Pipeline
+from tinychameleon.reranking import DIGIT_SLOT, DIGIT_WORD_IDS, digit_candidates
 from tinychameleon.checkpoint import build_transformer, load_config
 from tinychameleon.sampling import ModalityRules, filter_logits
 from tinychameleon.sequences import IMAGE_FIRST
@@ -256,3 +257,42 @@ def test_reading_out_only_the_last_positions_equals_the_full_output(untrained):
     ids = torch.randint(0, vocab.size, (3, 9))
     with torch.no_grad():
         torch.testing.assert_close(model(ids, last=2), model(ids)[:, -2:], atol=1e-5, rtol=1e-5)
+
+
+def test_caption_digits_are_reranked_by_bayes_rule_in_both_orders(untrained, scales_run, colored):
+    """rerank_digits keeps the digit whose caption scores best by log p(caption | image) + log p(caption, image),
+    brute force over all ten; hypotheses=1 keeps the reading's own best; a second reader's scores are added. The
+    pipeline honours rerank_captions for a next-scale model (and refuses caption_views, a raster-only setting)."""
+    _, tokenizer, model, vocab = untrained
+    pipe = Pipeline.from_pretrained(scales_run)
+    words = torch.tensor([pipe.tokenizer.encode(caption) for caption in colored[1].captions()[:5]])
+    image_ids = draw(model, tokenizer.shape, vocab, ImageRules(vocab, tokenizer), words,
+                     generator=torch.Generator().manual_seed(0))
+    candidates = digit_candidates(words)                                                   # (5, 10, 6)
+    flat, repeated = candidates.view(50, 6), image_ids.repeat_interleave(10, 0)
+    with torch.no_grad():
+        reading = -reading_nll(model, tokenizer.shape, vocab, flat, repeated).sum(1).view(5, 10)
+        word_nll, image_nll = drawing_nll(model, tokenizer.shape, vocab, flat, repeated)
+    bayes = reading - (word_nll.sum(1) + image_nll.sum(1)).view(5, 10)
+    # The cached reading (the shared prefix once per image) equals the uncached one on every candidate.
+    torch.testing.assert_close(reading_per_digit(model, tokenizer.shape, vocab, words, image_ids), reading,
+                               atol=1e-4, rtol=1e-5)
+    rows = torch.arange(5)
+    assert torch.equal(rerank_digits(model, tokenizer.shape, vocab, words, image_ids, batch_size=7),
+                       candidates[rows, bayes.argmax(1)])
+    assert torch.equal(rerank_digits(model, tokenizer.shape, vocab, words, image_ids, hypotheses=1),
+                       candidates[rows, reading.argmax(1)])
+    seven = DIGIT_WORD_IDS[7]
+    outvoted = rerank_digits(model, tokenizer.shape, vocab, words, image_ids,
+                             second_reader=lambda kept: 1e4 * (kept[:, :, DIGIT_SLOT] == seven).float())
+    assert (outvoted[:, DIGIT_SLOT] == seven).all()
+    images = colored[1].images[:6]
+    plain, reranked = pipe.caption(images), pipe.caption(images, rerank_captions=True)
+    codes = pipe.image_tokenizer.encode(torch.from_numpy(images))
+    expected = rerank_digits(pipe.model, pipe.image_tokenizer.shape, pipe.vocab,
+                             torch.tensor([pipe.tokenizer.encode(caption) for caption in plain]), codes)
+    assert reranked == [pipe.tokenizer.decode(row) for row in expected]
+    with pytest.raises(ConfigError, match="raster"):
+        pipe.caption(images, caption_views=2)
+    with pytest.raises(ConfigError, match="guidance on captions"):
+        pipe.caption(images, guidance=2.0)

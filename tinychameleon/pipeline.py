@@ -158,7 +158,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
                      images: np.ndarray | None = None) -> torch.Tensor:
         """(B, L) codes -> (B, 6) caption word ids (`images`: the pixels behind them, for re-ranking views)."""
         if self.next_scale:
-            return self._read_scales(codes, settings, generator)
+            return self._read_scales(codes, settings, generator, images)
         weight = settings.caption_clip_weight
         return self.pairs.read(codes, settings, generator, images,
                                self._clip_reader(codes, images, weight) if weight else None)
@@ -275,8 +275,12 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
             images = images[None]
         if len(images) == 0:
             return []
+        settings = self._caption_settings(sampling)
+        if self.next_scale and settings.guidance != 1.0:   # refused, never ignored: its reading has no guidance
+            raise ConfigError("guidance on captions is a raster-decoding setting; the next-scale model reads "
+                              "captions without it (leave it at 1)")
         codes = self.image_tokenizer.encode(torch.from_numpy(images).to(self.device))
-        words = self._write_words(codes, self._caption_settings(sampling), self._generator(seed), images)
+        words = self._write_words(codes, settings, self._generator(seed), images)
         return self._decode_words(words)
 
     def sample(self, n: int, seed: int | None = None, first: str = "text", ancestral: bool = False, **sampling

@@ -5,7 +5,8 @@ colors and the 1x1 code) in one prefill, then one pass per finer scale, whose in
 drawn so far summed and downsampled (the tokenizer's quantizer). Temperature, top-k / top-p and
 classifier-free guidance (the unconditional stream reads the caption as <mask> tokens) apply to every
 token of every scale, exactly as the raster sampler applies them per token (sampling.filter_logits).
-`read` writes a caption for image ids, word by word, within the caption grammar (sampling.ModalityRules).
+`read` writes a caption for image ids, word by word, within the caption grammar (sampling.ModalityRules);
+`rerank_digits` then picks its digit word by Bayes' rule in both orders, as reranking.py does for the raster model.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
+from ..batching import batch_slices
 from ..errors import stop_if_expired
 from ..model import KVCache
+from ..reranking import DIGIT_SLOT, DIGIT_WORD_IDS, digit_candidates
 from ..sampling import ModalityRules, filter_logits, guided_logits, keep_sure, pick
 from ..sequences import IMAGE_FIRST
 from ..tokenizers.vocab import TEXT_LENGTH, Vocab
 from ..tokenizers.vqvae import GRID
 from .model import CAPTION, COLORS, NextScaleTransformer
 from .objective import captions as caption_ids
-from .objective import reading_head
+from .objective import drawing_nll, reading_head, reading_nll
 
 
 class ImageRules:
@@ -135,3 +139,63 @@ def read(model: NextScaleTransformer, coder, vocab: Vocab, rules: ModalityRules,
             break
         logits = model.run(model.embed_tokens(previous[:, None], cache.position), None, cache)[:, -1]
     return torch.stack(words, dim=1) - vocab.word_offset
+
+
+@torch.no_grad()
+def rerank_digits(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.Tensor, image_ids: torch.Tensor,
+                  hypotheses: int = 10, second_reader: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  batch_size: int = 1000) -> torch.Tensor:
+    """(B, 6) caption word ids of (B, 106) images -> the same with each digit word replaced by the Bayes-best one,
+    log p(caption_d | image) + log p(caption_d, image), as reranking.rerank_digits scores the raster model's: the
+    reading order ranks all ten digits, its `hypotheses` likeliest get the drawing order's joint term (the costly
+    one: 115 positions against 60), and `second_reader` maps those candidates (B, m, 6) to scores (B, m) added on
+    top (CLIP's, caption_clip_weight)."""
+    model.eval()
+    B, D = len(words), len(DIGIT_WORD_IDS)
+    m = max(1, min(hypotheses, D))
+
+    def scored(score, candidates: torch.Tensor, images: torch.Tensor) -> torch.Tensor:   # (N, 6), (N, 106) -> (N,)
+        return torch.cat([score(candidates[rows], images[rows]) for rows in batch_slices(len(candidates),
+                                                                                            batch_size)])
+
+    def joint(candidates, images):
+        word_nll, image_nll = drawing_nll(model, coder, vocab, candidates, images)
+        return -(word_nll.sum(1) + image_nll.sum(1))
+
+    everything = digit_candidates(words)                                                  # (B, 10, 6)
+    scores = torch.cat([reading_per_digit(model, coder, vocab, words[rows], image_ids[rows])
+                        for rows in batch_slices(B, max(1, batch_size // D))])                # (B, 10)
+    scores, keep = scores.topk(m, dim=1)                                                  # (B, m) each
+    kept = everything[torch.arange(B, device=words.device)[:, None], keep]                # (B, m, 6)
+    scores = scores + scored(joint, kept.view(B * m, -1), image_ids.repeat_interleave(m, 0)).view(B, m)
+    if second_reader is not None:
+        scores = scores + second_reader(kept).to(scores.device)
+    reranked = words.clone()
+    reranked[:, DIGIT_SLOT] = kept[torch.arange(B, device=words.device), scores.argmax(dim=1), DIGIT_SLOT]
+    return reranked
+
+
+@torch.no_grad()
+def reading_per_digit(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.Tensor, image_ids: torch.Tensor
+                      ) -> torch.Tensor:
+    """log p(caption with digit d | image) for all ten digits d: (B, 6), (B, 106) -> (B, 10). Equals the reading
+    order's NLL (objective.reading_nll) of each digit's caption, but the reading up to the digit word (the image
+    and the words before it, 55 of 60 positions) runs once per image through the KV cache, and only the digit
+    and the words after it once per digit."""
+    model.eval()
+    B, D = len(words), len(DIGIT_WORD_IDS)
+    targets = words.long() + vocab.word_offset                                             # (B, 6) vocabulary ids
+    digits = torch.tensor(DIGIT_WORD_IDS, device=words.device) + vocab.word_offset          # (10,)
+    cache = KVCache(model.config, B, max_length=model.layout.reading_length, device=words.device)
+    end = torch.full((B, 1), vocab.end_of_image, dtype=torch.long, device=words.device)
+    inputs = torch.cat([end, targets[:, :DIGIT_SLOT]], dim=1)                              # (B, 1 + DIGIT_SLOT)
+    x = model.embed_reading(reading_head(vocab, image_ids), coder.features(image_ids[:, 2:]), inputs)
+    prefix = F.log_softmax(model.run(x, None, cache, last=DIGIT_SLOT + 1).float(), dim=-1)  # (B, 1 + slot, V)
+    before = prefix[:, :DIGIT_SLOT].gather(-1, targets[:, :DIGIT_SLOT, None]).sum(dim=(1, 2))  # (B,)
+    digit = prefix[:, DIGIT_SLOT, digits]                                                  # (B, 10)
+    suffix = targets[:, DIGIT_SLOT:-1].repeat_interleave(D, dim=0)                         # (B*10, 6 - slot - 1)
+    suffix[:, 0] = digits.repeat(B)
+    repeated = cache.repeat_rows(D)
+    after = F.log_softmax(model.run(model.embed_tokens(suffix, repeated.position), None, repeated).float(), dim=-1)
+    after = after.gather(-1, targets[:, DIGIT_SLOT + 1:].repeat_interleave(D, dim=0)[..., None]).sum(dim=(1, 2))
+    return before[:, None] + digit + after.view(B, D)
