@@ -1,6 +1,7 @@
 """One text -> image request (or with --caption one image -> text request, a validation image each) at a time
-(batch 1, process warm) under each of several named settings, interleaved in one run (these machines are noisy: compare the ratios of one run). A setting names its checkpoint (default
---checkpoint) and overrides that checkpoint's sampling.json (`{}`: the shipped settings themselves).
+(batch 1, process warm) under each of several named settings, interleaved in one run (these machines are noisy:
+compare the ratios of one run). A setting names its checkpoint (default --checkpoint) and overrides that
+checkpoint's sampling.json (`{}`: the shipped settings themselves).
 
     python scripts/settings_latency.py --repeats 21 --settings '{"shipped": {},
         "3 candidates, CLIP": {"guidance": 1.125, "image_candidates": 3, "clip_rerank": true}}'
@@ -54,10 +55,11 @@ def main() -> None:
         settings = dict(settings)
         checkpoint = settings.pop("checkpoint", args.checkpoint)
         pipe = pipes.setdefault(checkpoint, Pipeline.from_pretrained(checkpoint))
-        if args.caption:
-            calls[name] = lambda seed, pipe=pipe, settings=settings: pipe.caption(images[seed], **settings)
-        else:
-            calls[name] = lambda seed, pipe=pipe, settings=settings: pipe.generate_images(PROMPT, seed=seed, **settings)
+        def call(seed: int, pipe=pipe, settings=settings):
+            if args.caption:
+                return pipe.caption(images[seed], **settings)
+            return pipe.generate_images(PROMPT, seed=seed, **settings)
+        calls[name] = call
     for call in calls.values():
         call(1)                                                                  # warm up (loads CLIP once)
     medians = {name: statistics.median(values) for name, values in interleaved_ms(calls, args.repeats).items()}

@@ -45,7 +45,8 @@ def main() -> None:
     torch._dynamo.config.cache_size_limit = 64   # one graph per block shape and cache position: more than 8
     compiled.model.run = torch.compile(compiled.model.run, dynamic=False)
     variants = {"shipped": variant(), "inference_mode": variant(inference=True), "one thread": variant(one_thread=True),
-                "bf16 autocast": variant(bf16=True), "torch.compile": lambda seed: compiled.generate_images(PROMPT, seed=seed)}
+                "bf16 autocast": variant(bf16=True),
+                "torch.compile": lambda seed: compiled.generate_images(PROMPT, seed=seed)}
     first = {name: call(1) for name, call in variants.items()}
     times = interleaved_ms(variants, args.repeats)
     base = statistics.median(times["shipped"])

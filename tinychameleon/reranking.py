@@ -173,21 +173,36 @@ def rerank_digits(model: Transformer, vocab: Vocab, word_ids: torch.Tensor, code
     captions (B, m, 6) to scores (B, m) added to the model's (another model's reading, e.g. CLIP's).
     """
     readings = [(word_ids, codes), *views]
-    B, kept = len(word_ids), max(1, min(hypotheses, len(DIGIT_WORD_IDS)))
     reading = sum(caption_given_image_per_digit(model, vocab, words, image) for words, image in readings)  # (B, 10)
+
+    def joint_of(digit_ids: torch.Tensor) -> torch.Tensor:                        # (B, m) -> (B, m)
+        B, m = digit_ids.shape
+        return sum(joint(model, vocab, with_digits(words, digit_ids).view(B * m, -1),
+                         image.repeat_interleave(m, dim=0)).view(B, m) for words, image in readings)
+
+    return choose_digits(word_ids, reading, hypotheses, joint_of, second_reader)
+
+
+def with_digits(word_ids: torch.Tensor, digit_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 6) captions, (B, m) digit word ids -> (B, m, 6): each caption with each of its row's digits."""
+    candidates = word_ids[:, None, :].repeat(1, digit_ids.shape[1], 1)
+    candidates[:, :, DIGIT_SLOT] = digit_ids
+    return candidates
+
+
+def choose_digits(word_ids: torch.Tensor, reading: torch.Tensor, hypotheses: int,
+                  joint_of: Callable[[torch.Tensor], torch.Tensor],
+                  second_reader: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The Bayes choice of a caption's digit, for any model that scores captions both ways: (B, 6) captions and
+    `reading` (B, 10), log p(caption_d | image) for every digit d -> the captions with the best digit. The
+    `hypotheses` likeliest by the reading get `joint_of` their digit word ids (B, m) -> log p(caption_d, image)
+    (B, m), and `second_reader`'s scores of their captions (B, m, 6) -> (B, m)."""
+    B, kept = len(word_ids), max(1, min(hypotheses, len(DIGIT_WORD_IDS)))
     scores, keep = reading.topk(kept, dim=1)                                      # (B, m) each
     digit_ids = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device)[keep]        # (B, m) word ids
-
-    def with_kept_digits(words: torch.Tensor) -> torch.Tensor:
-        candidates = words[:, None, :].repeat(1, kept, 1)                          # (B, 6) -> (B, m, 6)
-        candidates[:, :, DIGIT_SLOT] = digit_ids
-        return candidates
-
-    for words, image in readings:
-        scores = scores + joint(model, vocab, with_kept_digits(words).view(B * kept, -1),
-                                image.repeat_interleave(kept, dim=0)).view(B, kept)
+    scores = scores + joint_of(digit_ids)
     if second_reader is not None:
-        scores = scores + second_reader(with_kept_digits(word_ids)).to(scores.device)
+        scores = scores + second_reader(with_digits(word_ids, digit_ids)).to(scores.device)
     reranked = word_ids.clone()
     reranked[:, DIGIT_SLOT] = digit_ids[torch.arange(B), scores.argmax(dim=1)]
     return reranked

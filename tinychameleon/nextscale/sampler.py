@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from ..batching import batch_slices
 from ..errors import stop_if_expired
 from ..model import KVCache
-from ..reranking import DIGIT_SLOT, DIGIT_WORD_IDS, digit_candidates
+from ..reranking import DIGIT_SLOT, DIGIT_WORD_IDS, choose_digits, with_digits
 from ..sampling import ModalityRules, filter_logits, guided_logits, keep_sure, pick
 from ..sequences import IMAGE_FIRST
 from ..tokenizers.vocab import TEXT_LENGTH, Vocab
 from ..tokenizers.vqvae import GRID
 from .model import CAPTION, COLORS, NextScaleTransformer
 from .objective import captions as caption_ids
-from .objective import drawing_nll, reading_head, reading_nll
+from .objective import drawing_nll, reading_head
 
 
 class ImageRules:
@@ -146,33 +146,25 @@ def rerank_digits(model: NextScaleTransformer, coder, vocab: Vocab, words: torch
                   hypotheses: int = 10, second_reader: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   batch_size: int = 1000) -> torch.Tensor:
     """(B, 6) caption word ids of (B, 106) images -> the same with each digit word replaced by the Bayes-best one,
-    log p(caption_d | image) + log p(caption_d, image), as reranking.rerank_digits scores the raster model's: the
-    reading order ranks all ten digits, its `hypotheses` likeliest get the drawing order's joint term (the costly
-    one: 115 positions against 60), and `second_reader` maps those candidates (B, m, 6) to scores (B, m) added on
+    log p(caption_d | image) + log p(caption_d, image), chosen as the raster model's are (reranking.choose_digits):
+    the reading order ranks all ten digits, its `hypotheses` likeliest get the drawing order's joint term (the
+    costly one: 115 positions each), and `second_reader` maps those candidates (B, m, 6) to scores (B, m) added on
     top (CLIP's, caption_clip_weight)."""
     model.eval()
-    B, D = len(words), len(DIGIT_WORD_IDS)
-    m = max(1, min(hypotheses, D))
+    B = len(words)
+    reading = torch.cat([reading_per_digit(model, coder, vocab, words[rows], image_ids[rows])
+                         for rows in batch_slices(B, max(1, batch_size // len(DIGIT_WORD_IDS)))])   # (B, 10)
 
-    def scored(score, candidates: torch.Tensor, images: torch.Tensor) -> torch.Tensor:   # (N, 6), (N, 106) -> (N,)
-        return torch.cat([score(candidates[rows], images[rows]) for rows in batch_slices(len(candidates),
-                                                                                            batch_size)])
+    def joint_of(digit_ids: torch.Tensor) -> torch.Tensor:                                # (B, m) -> (B, m)
+        m = digit_ids.shape[1]
+        candidates, images = with_digits(words, digit_ids).view(B * m, -1), image_ids.repeat_interleave(m, 0)
+        scores = []
+        for rows in batch_slices(len(candidates), batch_size):
+            word_nll, image_nll = drawing_nll(model, coder, vocab, candidates[rows], images[rows])
+            scores.append(-(word_nll.sum(1) + image_nll.sum(1)))
+        return torch.cat(scores).view(B, m)
 
-    def joint(candidates, images):
-        word_nll, image_nll = drawing_nll(model, coder, vocab, candidates, images)
-        return -(word_nll.sum(1) + image_nll.sum(1))
-
-    everything = digit_candidates(words)                                                  # (B, 10, 6)
-    scores = torch.cat([reading_per_digit(model, coder, vocab, words[rows], image_ids[rows])
-                        for rows in batch_slices(B, max(1, batch_size // D))])                # (B, 10)
-    scores, keep = scores.topk(m, dim=1)                                                  # (B, m) each
-    kept = everything[torch.arange(B, device=words.device)[:, None], keep]                # (B, m, 6)
-    scores = scores + scored(joint, kept.view(B * m, -1), image_ids.repeat_interleave(m, 0)).view(B, m)
-    if second_reader is not None:
-        scores = scores + second_reader(kept).to(scores.device)
-    reranked = words.clone()
-    reranked[:, DIGIT_SLOT] = kept[torch.arange(B, device=words.device), scores.argmax(dim=1), DIGIT_SLOT]
-    return reranked
+    return choose_digits(words, reading, hypotheses, joint_of, second_reader)
 
 
 @torch.no_grad()
