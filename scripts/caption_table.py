@@ -2,6 +2,8 @@
 
     python scripts/caption_table.py --samples 500 --out runs/caption_table.json
     python scripts/caption_table.py --checkpoint var --samples 1000 --only greedy x20 x100 --out runs/caption_table_var.json
+    python scripts/caption_table.py --checkpoint var --samples 1000 --only "top 2 digits, CLIP x100" \
+        --out runs/caption_table_var_views.json
 
 One row per setting: exact-caption accuracy, digit accuracy and milliseconds per caption (a setting the
 checkpoint refuses, such as guidance on a next-scale model's captions, is skipped with its reason). The
@@ -48,6 +50,11 @@ SETTINGS = {
                                                           "caption_views": 1, "caption_hypotheses": m,
                                                           "caption_clip_weight": float(weight)}
        for m in (2, 3, 10) for weight in (5, 10, 20, 40, 100)},
+    # ... and on the views too (each view's captions in its own colors), beside the model.
+    **{f"rerank, {views} views, top {m} digits, CLIP x{weight}": {"guidance": 1.0, "rerank_captions": True,
+                                                                  "caption_views": views, "caption_hypotheses": m,
+                                                                  "caption_clip_weight": float(weight)}
+       for views in (2, 3, 4) for m, weight in ((2, 100), (3, 20))},
 }
 
 

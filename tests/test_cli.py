@@ -119,11 +119,14 @@ def test_caption_clip_flag_reaches_the_reranking(tiny_run, tmp_path, capsys, mon
     from tinychameleon.imaging import levels_to_pil
     from tinychameleon.pipeline import Pipeline
 
-    asked = []
+    asked, real_reader = [], Pipeline._clip_reader
 
-    def clip_reader(self, codes, images, weight):
+    def clip_reader(self, codes, images, weight, views=()):
+        if real_reader(self, codes, images, weight, views) is None:   # weight 0: no second reader
+            return None
+
         def scores(candidates):                               # what rerank_digits asks the second reader
-            asked.append((weight, tuple(candidates.shape)))
+            asked.append((weight, len(views), tuple(candidates.shape)))
             return torch.zeros(candidates.shape[:2])
         return scores
 
@@ -134,7 +137,10 @@ def test_caption_clip_flag_reaches_the_reranking(tiny_run, tmp_path, capsys, mon
     assert code == 0 and asked == []                          # off by default
     code, _, _ = run(["caption", image, "--rerank", "--hypotheses", 3, "--caption-clip", 7, "--checkpoint",
                       tiny_run], capsys)
-    assert code == 0 and asked == [(7.0, (1, 3, 6))]
+    assert code == 0 and asked == [(7.0, 0, (1, 3, 6))]
+    code, _, _ = run(["caption", image, "--rerank", "--hypotheses", 3, "--caption-clip", 7, "--views", 3,
+                      "--checkpoint", tiny_run], capsys)
+    assert code == 0 and asked[1:] == [(7.0, 2, (1, 3, 6))]       # and reads the views
     code, _, err = run(["caption", image, "--caption-clip", -1, "--checkpoint", tiny_run], capsys)
     assert code == 2 and "--caption-clip must be between 0.0 and 1000.0" in err
 

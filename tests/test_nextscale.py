@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from tinychameleon.config import NEXT_SCALES, make_config
-from tinychameleon.data.colored import VALID_PAIRS, color_counts, parse_caption
+from tinychameleon.data.colored import COLOR_NAMES, VALID_PAIRS, color_counts, parse_caption
 from tinychameleon.errors import ConfigError
 from tinychameleon.nextscale.model import CAPTION, NextScaleLayout
 from tinychameleon.nextscale.objective import captions, drawing_nll, reading_nll
 from tinychameleon.nextscale.sampler import ImageRules, draw, read, reading_per_digit, rerank_digits
 from tinychameleon.pipeline import PRETRAINED, Pipeline
-from tinychameleon.reranking import DIGIT_SLOT, DIGIT_WORD_IDS, digit_candidates
+from tinychameleon.reranking import DIGIT_SLOT, DIGIT_WORD_IDS, digit_candidates, view_images
 from tinychameleon.checkpoint import build_transformer, load_config
 from tinychameleon.sampling import ModalityRules, filter_logits
 from tinychameleon.sequences import IMAGE_FIRST
@@ -262,7 +262,7 @@ def test_reading_out_only_the_last_positions_equals_the_full_output(untrained):
 def test_caption_digits_are_reranked_by_bayes_rule_in_both_orders(untrained, scales_run, colored):
     """rerank_digits keeps the digit whose caption scores best by log p(caption | image) + log p(caption, image),
     brute force over all ten; hypotheses=1 keeps the reading's own best; a second reader's scores are added. The
-    pipeline honours rerank_captions for a next-scale model (and refuses caption_views, a raster-only setting)."""
+    pipeline honours rerank_captions for a next-scale model."""
     _, tokenizer, model, vocab = untrained
     pipe = Pipeline.from_pretrained(scales_run)
     words = torch.tensor([pipe.tokenizer.encode(caption) for caption in colored[1].captions()[:5]])
@@ -292,7 +292,41 @@ def test_caption_digits_are_reranked_by_bayes_rule_in_both_orders(untrained, sca
     expected = rerank_digits(pipe.model, pipe.image_tokenizer.shape, pipe.vocab,
                              torch.tensor([pipe.tokenizer.encode(caption) for caption in plain]), codes)
     assert reranked == [pipe.tokenizer.decode(row) for row in expected]
-    with pytest.raises(ConfigError, match="raster"):
-        pipe.caption(images, caption_views=2)
     with pytest.raises(ConfigError, match="guidance on captions"):
         pipe.caption(images, guidance=2.0)
+
+
+def test_caption_views_add_their_digit_scores(untrained, scales_run, colored):
+    """A view's (recolored, shifted copy's) scores add to the image's own, in the reading and the joint term alike:
+    the same reading twice cannot change the choice, another one moves it to the argmax of the summed brute-force
+    scores; the pipeline's caption_views reads exactly the views reranking.view_images makes."""
+    _, tokenizer, model, vocab = untrained
+    generator = torch.Generator().manual_seed(1)
+    words = torch.tensor([[0, 5, 16, 26, 1, 7], [2, 9, 20, 26, 0, 3], [4, 4, 18, 26, 2, 2]])
+    other_words = torch.tensor([[3, 6, 11, 26, 5, 8]] * 3)
+    rules = ImageRules(vocab, tokenizer)
+    image_ids = draw(model, tokenizer.shape, vocab, rules, words, generator=generator)
+    other_ids = draw(model, tokenizer.shape, vocab, rules, other_words, generator=generator)
+
+    def bayes(caption_words, ids):                                                       # (3, 10) brute force
+        flat, repeated = digit_candidates(caption_words).view(30, 6), ids.repeat_interleave(10, 0)
+        with torch.no_grad():
+            word_nll, image_nll = drawing_nll(model, tokenizer.shape, vocab, flat, repeated)
+            reading = reading_nll(model, tokenizer.shape, vocab, flat, repeated).sum(1)
+        return -(reading + word_nll.sum(1) + image_nll.sum(1)).view(3, 10)
+
+    alone = rerank_digits(model, tokenizer.shape, vocab, words, image_ids)
+    assert torch.equal(rerank_digits(model, tokenizer.shape, vocab, words, image_ids, views=[(words, image_ids)]),
+                       alone)
+    expected = digit_candidates(words)[torch.arange(3), (bayes(words, image_ids) + bayes(other_words, other_ids))
+                                       .argmax(1)]
+    assert torch.equal(rerank_digits(model, tokenizer.shape, vocab, words, image_ids, batch_size=7,
+                                     views=[(other_words, other_ids)]), expected)
+    pipe = Pipeline.from_pretrained(scales_run)
+    images = colored[1].images[:4]
+    plain = torch.tensor([pipe.tokenizer.encode(c) for c in pipe.caption(images)])
+    views = [(torch.tensor(pipe.tokenizer.encode(f"{COLOR_NAMES[f]} zero on {COLOR_NAMES[b]}")).repeat(4, 1),
+              pipe.image_tokenizer.encode(torch.from_numpy(pixels))) for f, b, pixels in view_images(images, 3)]
+    expected = rerank_digits(pipe.model, pipe.image_tokenizer.shape, pipe.vocab, plain,
+                             pipe.image_tokenizer.encode(torch.from_numpy(images)), views=views)
+    assert pipe.caption(images, rerank_captions=True, caption_views=3) == [pipe.tokenizer.decode(r) for r in expected]

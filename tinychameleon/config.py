@@ -459,7 +459,8 @@ class SamplingConfig:
     clip_rerank: bool = False     # with image_candidates > 1: keep the one the retriever (a CLIP trained here) finds
                                   # closest to its prompt, instead of the one the model itself captions best
     rerank_captions: bool = False  # image -> text: pick the digit word by Bayes' rule in both orders (reranking.py)
-    caption_views: int = 1        # with rerank_captions: sum the digit scores over the image and views - 1 recolorings
+    caption_views: int = 1        # with rerank_captions: sum every reader's digit scores (the model's, CLIP's) over the
+                                  # image and views - 1 recolorings of it, each shifted by a pixel
     caption_hypotheses: int = 10  # with rerank_captions: digits (the image-first reading's top ones) given the full score
     caption_clip_weight: float = 0.0  # with rerank_captions: add this times the retriever's (CLIP's) cosine of each
                                   # digit's caption with the image to its Bayes score: a second reader whose errors
@@ -486,6 +487,11 @@ class SamplingConfig:
     def streams(self) -> int:
         """Token streams a conditional request decodes: 2 when guidance or CD-K reads the unconditional one."""
         return 2 if self.guidance != 1.0 or self.cd_k or (self.mixed_pool and self.image_candidates > 1) else 1
+
+    @property
+    def reranks_captions(self) -> bool:
+        """Whether a caption's digit is re-ranked: only greedy captions are (a sampled caption stays a sample)."""
+        return self.rerank_captions and self.temperature <= 0
 
     @classmethod
     def from_dict(cls, data: dict) -> "SamplingConfig":

@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .batching import batch_slices
 from .config import SamplingConfig
-from .data.colored import COLOR_NAMES, VALID_PAIRS, caption_of, parse_caption
+from .data.colored import COLOR_NAMES, VALID_PAIRS, parse_caption
 from .errors import PromptError, stop_if_expired
-from .reranking import best_images, rerank_digits, view_images
+from .reranking import best_images, rerank_digits
 from .sampling import ModalityRules, SpanRules, generate
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, image_prefix, split_sequences, text_prefix
 from .tokenizers.text import WordTokenizer
@@ -124,27 +123,16 @@ class PairDecoder:
 
     # -- image -> text ---------------------------------------------------------------------------------
     def read(self, codes: torch.Tensor, settings: SamplingConfig, generator,
-             images: np.ndarray | None = None, second_reader=None) -> torch.Tensor:
-        """(B, L) codes -> (B, 6) caption word ids. With `images` (the pixels behind `codes`) and caption_views > 1,
-        the digit is re-ranked on recolored, shifted views of them too; `second_reader` (reranking.rerank_digits)
-        adds another model's scores of the candidate captions."""
+             views: list[tuple[torch.Tensor, torch.Tensor]] = (), second_reader=None) -> torch.Tensor:
+        """(B, L) codes -> (B, 6) caption word ids. With rerank_captions the digit is re-ranked
+        (reranking.rerank_digits) on the image and its `views` ((word ids, codes) of recolored, shifted copies);
+        `second_reader` adds another model's scores of the candidate captions."""
         words, _ = split_sequences(self.vocab, self.generate(image_prefix(self.vocab, codes), settings, generator))
-        if settings.rerank_captions and settings.temperature <= 0:
-            # Only greedy captions are re-ranked: a sampled caption should stay a sample.
+        if settings.reranks_captions:
             self.check_time()
-            views = [] if images is None else self.views(images, settings.caption_views)
             words = rerank_digits(self.model, self.vocab, words, codes, views, settings.caption_hypotheses,
                                   second_reader)
         return words
-
-    def views(self, images: np.ndarray, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(word ids, codes) of each view of `images` (reranking.view_images); the digit word is a placeholder."""
-        readings = []
-        for foreground, background, pixels in view_images(images, views):
-            words = torch.tensor(self.tokenizer.encode(caption_of(0, foreground, background)), device=self.device)
-            codes = self.image_tokenizer.encode(torch.from_numpy(pixels).to(self.device))
-            readings.append((words.repeat(len(images), 1), codes))
-        return readings
 
     # -- captions with blanks --------------------------------------------------------------------------
     def fill_blanks(self, partial: torch.Tensor, settings: SamplingConfig, generator,

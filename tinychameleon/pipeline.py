@@ -22,7 +22,8 @@ import torch
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, PromptError
 from .regions import check_kept_colors, erase_outside, keep_mask
-from .reranking import DIGIT_SLOT, digit_for_kept_part
+from .data.colored import caption_of
+from .reranking import DIGIT_SLOT, digit_for_kept_part, view_images
 from .sampling import ModalityRules
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, split_sequences
 from .tokenizers.text import WordTokenizer
@@ -156,12 +157,26 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
 
     def _write_words(self, codes: torch.Tensor, settings: SamplingConfig, generator,
                      images: np.ndarray | None = None) -> torch.Tensor:
-        """(B, L) codes -> (B, 6) caption word ids (`images`: the pixels behind them, for re-ranking views)."""
+        """(B, L) codes -> (B, 6) caption word ids (`images`: the pixels behind them, which the re-ranking's views
+        and CLIP read)."""
         if self.next_scale:
             return self._read_scales(codes, settings, generator, images)
-        weight = settings.caption_clip_weight
-        return self.pairs.read(codes, settings, generator, images,
-                               self._clip_reader(codes, images, weight) if weight else None)
+        views = self._caption_views(images, settings)
+        return self.pairs.read(codes, settings, generator, [(words, view) for words, view, _ in views],
+                               self._clip_reader(codes, images, settings.caption_clip_weight, views))
+
+    def _caption_views(self, images: np.ndarray | None, settings: SamplingConfig
+                       ) -> list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        """(word ids, codes, pixels) of each of the caption_views - 1 views of `images` the re-ranking reads
+        (reranking.view_images: recolored, shifted by a pixel; the digit word a placeholder); none unless it runs."""
+        if images is None or not settings.reranks_captions:
+            return []
+        views = []
+        for foreground, background, pixels in view_images(images, settings.caption_views):
+            words = torch.tensor(self.tokenizer.encode(caption_of(0, foreground, background)), device=self.device)
+            codes = self.image_tokenizer.encode(torch.from_numpy(pixels).to(self.device))
+            views.append((words.repeat(len(images), 1), codes, pixels))
+        return views
 
     def _decode_words(self, words: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row) for row in words.cpu()]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, PromptError
+from .reranking import DIGIT_SLOT, with_digits
 from .tokenizers.vocab import TEXT_LENGTH
 
 
@@ -24,20 +25,29 @@ class RetrievalTasks:
         best = scores.argmax(dim=1)
         return codes.view(-1, candidates, codes.shape[-1])[torch.arange(len(best)), best.to(codes.device)]
 
-    def _clip_reader(self, codes: torch.Tensor, images: np.ndarray | None, weight: float
-                     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A second reader for reranking.rerank_digits: candidate captions (B, m, 6) word ids -> (B, m), `weight`
-        times the retriever's cosine of each with its row's image (`images`, or the B images `codes` decode to).
-        Nothing runs until the reranking asks (greedy captions with rerank_captions only)."""
+    def _clip_reader(self, codes: torch.Tensor, images: np.ndarray | None, weight: float,
+                     views: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = ()
+                     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A second reader for the digit re-ranking (reranking.choose_digits): candidate captions (B, m, 6) word ids
+        -> (B, m), `weight` times the retriever's cosine of each with its row's image (`images`, or the B images
+        `codes` decode to), summed over the image and its `views` (word ids, codes, pixels), each view's captions
+        in its own colors. None at weight 0; nothing runs until the re-ranking asks."""
+        if not weight:
+            return None
 
         def scores(candidates: torch.Tensor) -> torch.Tensor:
             retriever = self._load_retriever()
             pixels = images if images is not None else self.image_tokenizer.decode(codes.to(self.device)).cpu().numpy()
-            image_vectors = torch.from_numpy(retriever.embed_images(pixels))                  # (B, D)
             B, m, _ = candidates.shape
-            texts = self._decode_words(candidates.reshape(B * m, -1))
-            text_vectors = torch.from_numpy(retriever.embed_texts(texts)).view(B, m, -1)  # (B, m, D)
-            return weight * (text_vectors * image_vectors[:, None]).sum(-1)
+            digits = candidates[:, :, DIGIT_SLOT]                                        # (B, m) word ids
+            total = torch.zeros(B, m)
+            for view_candidates, view_pixels in [(candidates, pixels),
+                                                 *((with_digits(words, digits), view) for words, _, view in views)]:
+                image_vectors = torch.from_numpy(retriever.embed_images(view_pixels))          # (B, D)
+                texts = self._decode_words(view_candidates.reshape(B * m, -1))
+                text_vectors = torch.from_numpy(retriever.embed_texts(texts)).view(B, m, -1)  # (B, m, D)
+                total += (text_vectors * image_vectors[:, None]).sum(-1)
+            return weight * total
 
         return scores
 

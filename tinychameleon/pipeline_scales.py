@@ -20,7 +20,7 @@ from .nextscale.objective import reading_nll
 from .tokenizers.vocab import TEXT_LENGTH
 
 # Raster-only settings: each names a decoding the next-scale sampler does not have (refused, never ignored).
-RASTER_ONLY_SETTINGS = {"cd_k": 0, "mixed_pool": False, "caption_guidance": 1.0, "caption_views": 1}
+RASTER_ONLY_SETTINGS = {"cd_k": 0, "mixed_pool": False, "caption_guidance": 1.0}
 # Next-scale-only settings: (off value, what it does there and why the raster model has no use for it).
 NEXT_SCALE_ONLY_SETTINGS = {
     "fine_temperature": (1.0, "sets each scale's temperature of the next-scale model; the raster model draws with "
@@ -91,19 +91,22 @@ class NextScaleTasks:
     def _read_scales(self, codes: torch.Tensor, settings: SamplingConfig, generator,
                      images: np.ndarray | None = None) -> torch.Tensor:
         """(B, 106) image ids -> (B, 6) caption word ids, within the caption grammar; greedy captions' digits
-        re-ranked by Bayes' rule with rerank_captions (plus CLIP's reading of `images`, caption_clip_weight)."""
+        re-ranked by Bayes' rule with rerank_captions, on the image and its views (caption_views; plus CLIP's
+        reading of `images` and the views, caption_clip_weight)."""
         words = []
         for rows in batch_slices(len(codes), settings.batch_size):
             self._check_time()
             chunk = codes[rows].to(self.device)
             read = sampler.read(self.model, self.image_tokenizer.shape, self.vocab, self.rules, chunk,
                                 settings.temperature, settings.top_k or None, settings.top_p, generator)
-            if settings.rerank_captions and settings.temperature <= 0:   # a sampled caption stays a sample
+            if settings.reranks_captions:
                 self._check_time()
-                weight, pixels = settings.caption_clip_weight, None if images is None else images[rows]
+                pixels = None if images is None else images[rows]
+                views = self._caption_views(pixels, settings)
                 read = sampler.rerank_digits(self.model, self.image_tokenizer.shape, self.vocab, read, chunk,
                                              settings.caption_hypotheses,
-                                             self._clip_reader(chunk, pixels, weight) if weight else None)
+                                             self._clip_reader(chunk, pixels, settings.caption_clip_weight, views),
+                                             views=[(view_words, view) for view_words, view, _ in views])
             words.append(read)
         return torch.cat(words)
 

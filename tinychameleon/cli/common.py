@@ -33,8 +33,8 @@ SAMPLER_FLAGS = [
     ("--cd-alpha", "cd_alpha", "with --cd-k: candidates within this factor of the k-th likeliest token"),
     ("--candidates", "image_candidates", "text -> image: draw this many images per prompt, keep the one the "
                                          "model captions best"),
-    ("--views", "caption_views", "with --rerank: score the digit on the image and N-1 recolorings of it "
-                                 "(1 = image only)"),
+    ("--views", "caption_views", "with --rerank: score the digit (the model and CLIP) on the image and N-1 "
+                                 "recolorings of it (1 = image only)"),
     ("--hypotheses", "caption_hypotheses", "with --rerank: digits (the image-first reading's top ones) that get the "
                                            "full two-way score (10 = all)"),
     ("--caption-clip", "caption_clip_weight", "with --rerank: add this times the retriever's (CLIP's) image-caption "

@@ -144,25 +144,28 @@ def read(model: NextScaleTransformer, coder, vocab: Vocab, rules: ModalityRules,
 @torch.no_grad()
 def rerank_digits(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.Tensor, image_ids: torch.Tensor,
                   hypotheses: int = 10, second_reader: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  batch_size: int = 1000) -> torch.Tensor:
+                  batch_size: int = 1000, views: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
     """(B, 6) caption word ids of (B, 106) images -> the same with each digit word replaced by the Bayes-best one,
     log p(caption_d | image) + log p(caption_d, image), chosen as the raster model's are (reranking.choose_digits):
     the reading order ranks all ten digits, its `hypotheses` likeliest get the drawing order's joint term (the
     costly one: 115 positions each), and `second_reader` maps those candidates (B, m, 6) to scores (B, m) added on
-    top (CLIP's, caption_clip_weight)."""
+    top (CLIP's, caption_clip_weight). `views` are more (word ids, image ids) readings of the same images
+    (recolored, shifted copies with their own color words); their scores are added to the image's own."""
     model.eval()
     B = len(words)
-    reading = torch.cat([reading_per_digit(model, coder, vocab, words[rows], image_ids[rows])
-                         for rows in batch_slices(B, max(1, batch_size // len(DIGIT_WORD_IDS)))])   # (B, 10)
+    readings = [(words, image_ids), *views]
+    reading = sum(torch.cat([reading_per_digit(model, coder, vocab, view_words[rows], view_ids[rows])
+                             for rows in batch_slices(B, max(1, batch_size // len(DIGIT_WORD_IDS)))])
+                  for view_words, view_ids in readings)                                    # (B, 10)
 
     def joint_of(digit_ids: torch.Tensor) -> torch.Tensor:                                # (B, m) -> (B, m)
-        m = digit_ids.shape[1]
-        candidates, images = with_digits(words, digit_ids).view(B * m, -1), image_ids.repeat_interleave(m, 0)
-        scores = []
-        for rows in batch_slices(len(candidates), batch_size):
-            word_nll, image_nll = drawing_nll(model, coder, vocab, candidates[rows], images[rows])
-            scores.append(-(word_nll.sum(1) + image_nll.sum(1)))
-        return torch.cat(scores).view(B, m)
+        m, scores = digit_ids.shape[1], []
+        for view_words, view_ids in readings:
+            candidates, images = with_digits(view_words, digit_ids).view(B * m, -1), view_ids.repeat_interleave(m, 0)
+            for rows in batch_slices(len(candidates), batch_size):
+                word_nll, image_nll = drawing_nll(model, coder, vocab, candidates[rows], images[rows])
+                scores.append(-(word_nll.sum(1) + image_nll.sum(1)))
+        return torch.cat(scores).view(len(readings), B, m).sum(0)
 
     return choose_digits(words, reading, hypotheses, joint_of, second_reader)
 
