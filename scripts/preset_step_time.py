@@ -1,9 +1,11 @@
 """Seconds per training step of the `best` (raster) and `var` (next-scale) presets' transformers, measured in one
 run at their batch size, bf16 autocast and optimizer (random weights and tokens: speed does not depend on them).
+`best documents` is a step on a batch of documents as long as the preset's average (98 tokens against a pair's 58).
 
     python scripts/preset_step_time.py --steps 20
 
 With the steps per epoch this gives a training time free of whatever else the machine ran during a real run.
+Like the CLI, it first has malloc keep freed memory (device.keep_freed_memory), where this tree has that.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import time
 
 import torch
 
+from tinychameleon import device
 from tinychameleon.checkpoint import build_image_tokenizer, build_transformer
 from tinychameleon.config import make_config
-from tinychameleon.device import autocast
 from tinychameleon.nextscale.objective import pair_loss
 from tinychameleon.sequences import build_sequences
 from tinychameleon.tokenizers.vocab import Vocab
@@ -24,8 +26,12 @@ from tinychameleon.training.lm_trainer import sequence_loss
 from tinychameleon.training.optimizers import build_optimizer
 
 
-def step_seconds(preset: str, steps: int, precision: str | None = None) -> float:
-    config = make_config(preset, train={"precision": precision} if precision else {})
+DOCUMENT_TOKENS = 98   # a `best` epoch's document batches: 11 956 tokens in 128 rows on average
+
+
+def step_seconds(preset: str, steps: int, precision: str | None = None, documents: bool = False) -> float:
+    # `best` trains the `base` preset's transformer at its batch (and continues a run, so it has no config alone).
+    config = make_config("base" if preset == "best" else preset, train={"precision": precision} if precision else {})
     vocab, settings = Vocab.for_config(config), config.train
     torch.manual_seed(0)
     model = build_transformer(config)
@@ -38,8 +44,11 @@ def step_seconds(preset: str, steps: int, precision: str | None = None) -> float
     coder = build_image_tokenizer(config).shape.eval() if config.vq.kind == "scales" else None
 
     def step():
-        with autocast(torch.device("cpu"), precision=settings.precision):
-            if coder is not None:
+        with device.autocast(torch.device("cpu"), precision=settings.precision):
+            if documents:
+                loss = sequence_loss(model, torch.randint(0, vocab.size, (B, DOCUMENT_TOKENS),
+                                                          generator=torch.Generator().manual_seed(0)))
+            elif coder is not None:
                 loss = pair_loss(model, coder, vocab, words, codes, orders == 1, settings.text_dropout,
                                  settings.caption_loss_weight)
             else:
@@ -60,13 +69,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--precision", nargs="*", default=[None], choices=["fp32", "bf16", "auto"],
                         help="train.precision to time (default: the preset's)")
+    parser.add_argument("--cases", nargs="*", default=["best", "best documents", "var"],
+                        choices=["best", "best documents", "var"])
     args = parser.parse_args()
+    if hasattr(device, "keep_freed_memory"):   # an older tree, timed for a before / after, has no such setting
+        device.keep_freed_memory()
     results = {}
     for _ in range(2):   # interleaved twice: a noisy machine shows as two different readings
-        for preset in ("best", "var"):
+        for case in args.cases:
             for precision in args.precision:
-                key = preset if precision is None else f"{preset} {precision}"
-                results.setdefault(key, []).append(step_seconds(preset, args.steps, precision))
+                key = case if precision is None else f"{case} {precision}"
+                results.setdefault(key, []).append(step_seconds(case.split()[0], args.steps, precision,
+                                                                case.endswith("documents")))
     print(json.dumps({preset: [round(s, 3) for s in values] for preset, values in results.items()}))
 
 

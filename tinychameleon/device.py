@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +15,22 @@ from .errors import ConfigError
 
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next tensors instead of giving it back to the system.
+
+    By default glibc maps every block over a few MB (a batch's logits, their gradients and fp32 copies) fresh from
+    the kernel and unmaps it when freed, so each training step page-faults and zeroes hundreds of MB again
+    (BENCHMARKS.md, "Faster training steps on a CPU"). The price: the process keeps its peak memory instead of
+    shrinking after it. Returns whether malloc took the settings (False off glibc: macOS, Windows, musl)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
 
 
 def resolve_device(name: str = "auto") -> torch.device:

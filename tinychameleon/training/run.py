@@ -23,7 +23,7 @@ from ..data.mnist import default_cache_dir
 from ..io_utils import atomic_path, write_json
 from ..tokenizers.text import WordTokenizer
 from ..checkpoint import VQVAE_FILE, inherited_config, load_config, load_image_tokenizer, module_hash, save_config
-from ..device import init_distributed, resolved_precision
+from ..device import init_distributed, keep_freed_memory, resolved_precision
 from .documents import document_source, validation_documents
 from .state import PROGRESS_FILE, mark_finished, remove_stale_temporaries, stage_finished
 from .lm_trainer import train_transformer
@@ -160,6 +160,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     run_dir = Path(run_dir)
     # Tiny gradients in the VQ-VAE become denormal floats, which CPUs process ~3x slower; flush them to zero.
     torch.set_flush_denormal(True)
+    keep_freed_memory()    # each step would otherwise page-fault its large tensors in afresh (device.py)
     world, device = init_distributed(device_name)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if resume and (run_dir / "config.json").exists():
