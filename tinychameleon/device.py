@@ -34,7 +34,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-
 def resolve_device(name: str = "auto") -> torch.device:
     """A device name -> torch.device; ConfigError for names torch does not know or hardware that is absent."""
     if name == "auto":
