@@ -27,14 +27,14 @@ from tinychameleon.tokenizers.vocab import Vocab
 from tinychameleon.training.documents import document_source
 from tinychameleon.training.lm_trainer import epoch_batches, sequence_loss
 from tinychameleon.training.optimizers import build_optimizer
-from tinychameleon.training.run import colorings, shared_codes
+from tinychameleon.training.run import colorings, data_key_of, shared_codes
 
 
 def step_milliseconds(run: str, steps: int) -> dict:
     """Median ms of a training step on `steps` pair batches and `steps` document batches of epoch 0."""
     config, cache, cpu = load_config(run), default_cache_dir(), torch.device("cpu")
-    tokenizer, splits = load_image_tokenizer(run, config), load_splits(config.data_seed, cache, 0)
-    key = f"seed{config.data_seed}-hold0-val"
+    tokenizer, splits = load_image_tokenizer(run, config), load_splits(config.data_seed, cache, config.train.holdout_pairs)
+    key = data_key_of(config)
     codes = shared_codes(tokenizer, splits.train, "train", key, cache, cpu, Distributed())
     words, codes, _ = colorings(config, tokenizer, splits.train, codes, key, cache, cpu, Distributed())
     documents = document_source(config, tokenizer, splits.train, codes[0])(0)

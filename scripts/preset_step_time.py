@@ -5,7 +5,7 @@ run at their batch size, bf16 autocast and optimizer (random weights and tokens:
     python scripts/preset_step_time.py --steps 20
 
 With the steps per epoch this gives a training time free of whatever else the machine ran during a real run.
-Like the CLI, it first has malloc keep freed memory (device.keep_freed_memory), where this tree has that.
+Like `train`, it first has malloc keep freed memory (device.keep_freed_memory).
 """
 
 from __future__ import annotations
@@ -72,8 +72,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=["best", "best documents", "var"],
                         choices=["best", "best documents", "var"])
     args = parser.parse_args()
-    if hasattr(device, "keep_freed_memory"):   # an older tree, timed for a before / after, has no such setting
-        device.keep_freed_memory()
+    device.keep_freed_memory()
     results = {}
     for _ in range(2):   # interleaved twice: a noisy machine shows as two different readings
         for case in args.cases:
