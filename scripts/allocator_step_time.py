@@ -33,10 +33,11 @@ from tinychameleon.training.run import colorings, data_key_of, shared_codes
 def step_milliseconds(run: str, steps: int) -> dict:
     """Median ms of a training step on `steps` pair batches and `steps` document batches of epoch 0."""
     config, cache, cpu = load_config(run), default_cache_dir(), torch.device("cpu")
-    tokenizer, splits = load_image_tokenizer(run, config), load_splits(config.data_seed, cache, config.train.holdout_pairs)
-    key = data_key_of(config)
-    codes = shared_codes(tokenizer, splits.train, "train", key, cache, cpu, Distributed())
-    words, codes, _ = colorings(config, tokenizer, splits.train, codes, key, cache, cpu, Distributed())
+    tokenizer = load_image_tokenizer(run, config)
+    splits = load_splits(config.data_seed, cache, config.train.holdout_pairs)
+    data_key = data_key_of(config)
+    codes = shared_codes(tokenizer, splits.train, "train", data_key, cache, cpu, Distributed())
+    words, codes, _ = colorings(config, tokenizer, splits.train, codes, data_key, cache, cpu, Distributed())
     documents = document_source(config, tokenizer, splits.train, codes[0])(0)
     vocab, settings = Vocab.for_config(config), config.train
     torch.manual_seed(0)

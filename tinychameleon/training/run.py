@@ -202,21 +202,21 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, vqvae_fr
     image_tokenizer = load_image_tokenizer(run_dir, config)
 
     # Stage 2: the transformer on cached token tensors.
-    key = data_key_of(config)
-    train_codes = shared_codes(image_tokenizer, train_split, "train", key, cache_dir, device, world)
-    validation_codes = shared_codes(image_tokenizer, validation_split, "validation", key, cache_dir, device, world)
+    data_key = data_key_of(config)
+    train_codes = shared_codes(image_tokenizer, train_split, "train", data_key, cache_dir, device, world)
+    validation_codes = shared_codes(image_tokenizer, validation_split, "validation", data_key, cache_dir, device, world)
     if resume and finished(run_dir, "transformer"):
         print(f"{run_dir} is already fully trained; nothing to resume")
         (run_dir / SEGMENT_FILE).unlink(missing_ok=True)
         return run_dir
-    train_words, train_codes, shifted_codes = colorings(config, image_tokenizer, train_split, train_codes, key,
+    train_words, train_codes, shifted_codes = colorings(config, image_tokenizer, train_split, train_codes, data_key,
                                                         cache_dir, device, world)
     documents = validation = None
     if config.train.documents:  # task-family documents beside the pairs, from the training digits only
         codes = train_codes[0]
         if config.train.memory_strokes:   # the training digits' tokens in each training stroke style, cached too
             codes = torch.stack([codes] + [shared_codes(image_tokenizer, thickened(train_split, stroke), "train",
-                                                        f"{key}-{stroke}", cache_dir, device, world)
+                                                        f"{data_key}-{stroke}", cache_dir, device, world)
                                            for stroke in TRAINING_STROKES])
         documents = document_source(config, image_tokenizer, train_split, codes)
         validation = validation_documents(config, image_tokenizer, validation_split, validation_codes)
