@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tinychameleon.config import POSITIONS, ModelConfig
-from tinychameleon.model import KVCache, Rotary, Transformer, causal_mask, image_slots, rotate
+from tinychameleon.model import (KVCache, Rotary, Transformer, causal_mask, fused_attention, image_slots,
+                                 manual_attention, rotate)
 
 
 def small_model(**overrides) -> Transformer:
@@ -28,6 +29,24 @@ def test_manual_and_fused_attention_agree(positions):
     model.set_fused_attention(False)
     manual = model(ids)
     torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_bf16_attention_runs_in_fp32(masked):
+    """Under bf16 autocast on the CPU the fused kernel runs in fp32 (torch's bf16 CPU kernel is the slow one): its
+    output is fp32 attention on the bf16 inputs, rounded once to bf16, and gradients reach q, k, v in bf16."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8).bfloat16().requires_grad_() for _ in range(3))
+    mask = causal_mask(17, 0, "cpu")
+    options = {"attn_mask": mask} if masked else {"is_causal": True}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_attention(q, k, v, **options)
+    reference = manual_attention(q.float(), k.float(), v.float(), mask)
+    assert out.dtype == torch.bfloat16
+    # One rounding of fp32 results: bit-equal but where two fp32 sums round apart (torch's bf16 kernel: 27 %)
+    assert (out != reference.bfloat16()).float().mean() < 0.02
+    (out.float() * reference).sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0 for t in (q, k, v))
 
 
 @pytest.mark.parametrize("positions", POSITIONS)

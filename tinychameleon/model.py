@@ -112,7 +112,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
-        self.fused = True  # use F.scaled_dot_product_attention; False runs the hand-written path
+        self.fused = True  # use fused_attention (torch's kernel); False runs the hand-written path
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0,
                 mask: torch.Tensor | None = None, rotary: tuple | None = None) -> torch.Tensor:
@@ -134,17 +134,17 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(layer, k, v)  # (B, nh, past + T, hs)
         dropout = self.dropout if self.training else 0.0
         if mask is not None:
-            y = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout) if self.fused
+            y = (fused_attention(q, k, v, attn_mask=mask, dropout_p=dropout) if self.fused
                  else manual_attention(q, k, v, mask, dropout, self.training))
         elif self.fused:
             if past == 0:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+                y = fused_attention(q, k, v, is_causal=True, dropout_p=dropout)
             elif T == 1:
                 # One new token sees every cached key: no mask to build at each decoding step.
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+                y = fused_attention(q, k, v, dropout_p=dropout)
             else:
                 # New query i sits at absolute position past + i and may see keys 0..past + i.
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, x.device),
+                y = fused_attention(q, k, v, attn_mask=causal_mask(T, past, x.device),
                                                    dropout_p=dropout)
         else:
             y = manual_attention(q, k, v, causal_mask(T, past, x.device), dropout, self.training)
@@ -175,6 +175,17 @@ def causal_mask(T: int, past: int, device) -> torch.Tensor:
     query_positions = torch.arange(past, past + T, device=device)[:, None]
     key_positions = torch.arange(past + T, device=device)[None, :]
     return key_positions <= query_positions
+
+
+def fused_attention(q, k, v, **options) -> torch.Tensor:
+    """F.scaled_dot_product_attention, run in fp32 on the CPU even under bf16 autocast: torch's CPU flash-attention
+    kernel is slower in bf16 than in fp32 (forward and backward of (128, 6, 98, 32): 173 against 41 ms), which made it
+    a third of a `best` training step; in fp32 the step takes ~0.73x the time (BENCHMARKS.md, "Attention in fp32 on
+    the CPU"). On CUDA bf16 is the fast path and stays."""
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, **options)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options).to(q.dtype)
 
 
 def manual_attention(q, k, v, mask, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
