@@ -179,9 +179,9 @@ def causal_mask(T: int, past: int, device) -> torch.Tensor:
 
 def fused_attention(q, k, v, **options) -> torch.Tensor:
     """F.scaled_dot_product_attention, run in fp32 on the CPU even under bf16 autocast: torch's CPU flash-attention
-    kernel is slower in bf16 than in fp32 (forward and backward of (128, 6, 98, 32): 173 against 41 ms), which made it
-    a third of a `best` training step; in fp32 the step takes ~0.73x the time (BENCHMARKS.md, "Attention in fp32 on
-    the CPU"). On CUDA bf16 is the fast path and stays."""
+    kernel is slower in bf16 than in fp32 (forward and backward of (128, 6, 98, 32): 173 against 41 ms). In fp32 a
+    `best` training step takes 22-33 % less time and a `var` step 43 % less (BENCHMARKS.md, "Attention in fp32 on the
+    CPU"). Autocast is turned off for the call, or it would cast the fp32 inputs back to bf16. CUDA keeps bf16."""
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, **options)
     with torch.autocast("cpu", enabled=False):
