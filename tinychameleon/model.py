@@ -144,8 +144,7 @@ class CausalSelfAttention(nn.Module):
                 y = fused_attention(q, k, v, dropout_p=dropout)
             else:
                 # New query i sits at absolute position past + i and may see keys 0..past + i.
-                y = fused_attention(q, k, v, attn_mask=causal_mask(T, past, x.device),
-                                                   dropout_p=dropout)
+                y = fused_attention(q, k, v, attn_mask=causal_mask(T, past, x.device), dropout_p=dropout)
         else:
             y = manual_attention(q, k, v, causal_mask(T, past, x.device), dropout, self.training)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
