@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from ..data.colored import ColoredMNIST, digit_pixels, recolor
 from ..documents.document import split_words
@@ -79,16 +80,37 @@ def evaluate_documents(pipeline, judge, split: ColoredMNIST, per_family: int, se
                   for example, found, images in zip(chosen, continuations, prompt_images)]
         answers = [picture for example in chosen for picture in example.answer_images]
         ceiling = judged_right(judge, render(answers, split), answers).mean() if answers else 1.0
+        copied = exact_copy_ceiling(pipeline, judge, chosen, prompt_images)
         results[family] = {"examples": len(chosen), "accuracy": float(np.mean([s["right"] for s in scores])),
                            "words": float(np.mean([s["words"] for s in scores])),
                            "images": float(np.mean([s["images"] for s in scores])),
                            "shape_kept": float(np.mean([s["shape_kept"] for s in scores])),
-                           "judge_on_real_answers": float(ceiling), "ms_per_document": 1000 * seconds / len(chosen),
+                           "judge_on_real_answers": float(ceiling), **copied,
+                           "ms_per_document": 1000 * seconds / len(chosen),
                            "example": {"prompt": chosen[0].prompt, "continuation": continuations[0][0].text}}
         if looks is not None:
             results[family].update(fresh_drawings_looks(looks, chosen, continuations, split))
         shown.append((chosen[0].prompt, prompt_images[0], continuations[0][0]))
     return results, shown
+
+
+def exact_copy_ceiling(pipeline, judge, chosen: list[Example], prompt_images: list[np.ndarray]) -> dict:
+    """{"exact_copy_ceiling": share} for a family whose answer is one image that keeps the prompt's shape (the
+    edits): the share a model that copied every shape token exactly would get right, its answer being the
+    prompt's own tokens recolored as asked, decoded, and scored as the model's answers are. Below the real-answer
+    ceiling by what the image tokenizer's round trip costs the shape's IoU. {} for the other families."""
+    if not all(len(example.answer_images) == 1 and example.answer_images[0].same_shape for example in chosen):
+        return {}
+    answers = [example.answer_images[0] for example in chosen]
+    tokenizer = pipeline.image_tokenizer
+    shown = np.concatenate([images[:1] for images in prompt_images])                    # (N, 28, 28, 3)
+    ids = tokenizer.encode(torch.from_numpy(shown).to(pipeline.device))
+    recolored = tokenizer.recolor(ids, torch.tensor([p.foreground for p in answers]),
+                                  torch.tensor([p.background for p in answers]))
+    drawn = tokenizer.decode(recolored).cpu().numpy()
+    right = [score(example, example.answer, drawn[k:k + 1], images, judge)["right"]
+             for k, (example, images) in enumerate(zip(chosen, prompt_images))]
+    return {"exact_copy_ceiling": float(np.mean(right))}
 
 
 def fresh_drawings_looks(looks, chosen: list[Example], continuations: list, split: ColoredMNIST) -> dict:

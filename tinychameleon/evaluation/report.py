@@ -24,18 +24,21 @@ def tokenizer_name(metrics: dict) -> str:
 
 
 def documents_section(documents: dict) -> list[str]:
-    """The family table: accuracy with its parts, the judge on real pictures of the expected answers, and the
-    realism and variety of fresh drawings against real pictures of the same answers."""
+    """The family table: accuracy with its parts, the judge on real pictures of the expected answers (and, for the
+    edits, on the prompt's own tokens recolored: an exact copy), and the realism and variety of fresh drawings
+    against real pictures of the same answers."""
     lines = ["## Documents (each task family on held-out digits)", "",
              "Fresh drawings are answers any shape of the digit will do (edits must keep theirs); their shape "
              "precision and recall are given as a share of real pictures' of the same answers.", "",
              "| family | documents | right | words right | images right | shape kept (IoU >= 0.95) | "
-             "judge on real answers (ceiling) | fresh drawings: precision · recall (× real) | ms per document |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "judge on real answers (ceiling) | an exact copy (ceiling) | fresh drawings: precision · recall (× real) | "
+             "ms per document |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for family, row in documents.items():
+        copied = percent(row["exact_copy_ceiling"]) if "exact_copy_ceiling" in row else "-"
         lines.append(f"| {family} | {row['examples']} | {percent(row['accuracy'])} | {percent(row['words'])} | "
                      f"{percent(row['images'])} | {percent(row['shape_kept'])} | {percent(row['judge_on_real_answers'])}"
-                     f" | {fresh_drawings(row)} | {row['ms_per_document']:.1f} |")
+                     f" | {copied} | {fresh_drawings(row)} | {row['ms_per_document']:.1f} |")
     return lines + [""]
 
 
