@@ -6,7 +6,7 @@ import torch
 
 from tinychameleon.cli import main
 from tinychameleon.evaluation.judge import attribute_accuracy, load_or_train_judge
-from tinychameleon.data.colored import COLOR_RGB, VALID_PAIRS, colorize
+from tinychameleon.data.colored import COLOR_RGB, VALID_PAIRS, colorize, recolor
 from tinychameleon.evaluation.metrics import (caption_accuracy, component_labels, frechet_distance, specks,
                                               unconditional_metrics)
 
@@ -86,8 +86,6 @@ def test_judge_features_separate_real_from_noise(judge, colored):
 def test_judge_reads_the_digit_from_the_shape_alone(judge, colored):
     """The same strokes under other colors: the same shape features and digit, the new colors read; v3 reads at
     least 99 % of real test digits (v2, reading the colored image, read 97.4 %)."""
-    from tinychameleon.data.colored import recolor
-
     _, test = colored
     images = test.images[:500]
     rng = np.random.default_rng(0)
@@ -231,9 +229,6 @@ def test_an_exact_copy_is_the_edits_ceiling(colored):
     """The edits' second ceiling is the prompt's own tokens recolored as asked: with a judge that reads every
     answer as asked, exactly the share whose round trip through the image tokenizer keeps the shape (IoU >= 0.95);
     with a judge that misreads every digit, none; families that draw fresh digits get none."""
-    import numpy as np
-    import torch
-
     from tinychameleon.documents.families import DigitBank, examples
     from tinychameleon.evaluation.documents import exact_copy_ceiling, render, shape_iou
     from tinychameleon.pipeline import Pipeline

@@ -17,20 +17,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..batching import batch_slices
-from ..data.colored import STROKES, ColoredMNIST, in_random_strokes
+from ..data.colored import STROKES, ColoredMNIST, digit_pixels, in_random_strokes
 from ..checkpoint import load_weights, save_weights
 
 JUDGE_VERSION = 3   # 3: the digit read from the shape alone, shifted training digits (real test digits 97.4 -> 99.4 %)
 
 
 def shape_mask(images: torch.Tensor) -> torch.Tensor:
-    """(B, 28, 28, 3) levels -> (B, 1, 28, 28) float: 1 where a pixel differs from the image's most common color
-    (the digit's shape, as data.colored.digit_pixels reads it), the same under any two colors."""
-    B = images.shape[0]
-    keys = images.long().reshape(B, -1, 3)
-    keys = (keys[..., 0] * 4 + keys[..., 1]) * 4 + keys[..., 2]                          # (B, 784) in 0..63
-    counts = torch.zeros(B, 64, dtype=torch.long, device=images.device).scatter_add_(1, keys, torch.ones_like(keys))
-    return (keys != counts.argmax(dim=1, keepdim=True)).float().view(B, 1, 28, 28)
+    """(B, 28, 28, 3) levels -> (B, 1, 28, 28) float: data.colored.digit_pixels, the pixels that differ from the
+    image's most common color (the digit's shape), the same under any two colors."""
+    return torch.from_numpy(digit_pixels(images.numpy())).float()[:, None]
 
 
 def shifted(images: torch.Tensor, most: int, generator: torch.Generator) -> torch.Tensor:
@@ -72,18 +68,15 @@ class Judge(nn.Module):
         one_hot = F.one_hot(images.long(), 4).float().view(B, 28, 28, 12).permute(0, 3, 1, 2)   # (B, 12, 28, 28)
         return self.shapes(shape_mask(images)), self.colors(one_hot)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 28, 28, 3) levels -> (B, 256) features, shape then colors (the Frechet distance's space)."""
-        return torch.cat(self.parts(images), dim=1)
-
     def forward(self, images: torch.Tensor):
         shape, colors = self.parts(images)
         return self.digit(shape), self.foreground(colors), self.background(colors)
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 2000) -> dict[str, np.ndarray]:
-        """Predicted digit / foreground / background ids and (N, 256) features for (N, 28, 28, 3) levels, and
-        (N, 128) "shape_features": the shape part alone, the same for the same strokes under any two colors."""
+        """Predicted digit / foreground / background ids and (N, 256) features (shape then colors: the Frechet
+        distance's space) for (N, 28, 28, 3) levels, and (N, 128) "shape_features": the shape part alone, the same
+        for the same strokes under any two colors."""
         self.eval()
         outputs = {"digit": [], "foreground": [], "background": [], "features": [], "shape_features": []}
         for rows in batch_slices(len(images), batch_size):
