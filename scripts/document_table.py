@@ -40,6 +40,7 @@ SETTINGS = {
     "guidance 2, greedy above 0.3": {"guidance": 2.0, "top_p": 1.0, "greedy_above": 0.3},
     "guidance 2, greedy above 0.7": {"guidance": 2.0, "top_p": 1.0, "greedy_above": 0.7},
     "guidance 1.5, greedy above 0.5": {"guidance": 1.5, "top_p": 1.0, "greedy_above": 0.5},
+    "guidance 1.5, greedy above 0.7": {"guidance": 1.5, "top_p": 1.0, "greedy_above": 0.7},
     "guidance 2.5, greedy above 0.5": {"guidance": 2.5, "top_p": 1.0, "greedy_above": 0.5},
     "guidance 2, greedy above 0.9": {"guidance": 2.0, "top_p": 1.0, "greedy_above": 0.9},
 }
