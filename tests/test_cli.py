@@ -207,8 +207,9 @@ def test_unknown_preset(tmp_path, capsys):
 
 
 def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
-    """`best`'s last stage is `base` plus one epoch with counting at 4 and a fresh 20-step warmup, nothing else
-    changed; asked for alone (as a config, without the run it continues) it says what to give."""
+    """`best`'s last stage is `base` plus one epoch with counting at 4, the three color edits at 1.5 and a fresh
+    20-step warmup, nothing else changed; asked for alone (as a config, without the run it continues) it says what
+    to give."""
     from tinychameleon.config import STAGES, make_config
 
     assert STAGES["best"] == "base"
@@ -216,7 +217,9 @@ def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
         make_config("best")
     base, best = make_config("base"), make_config("best", train={"init_from": "runs/base"})
     assert (best.train.epochs, best.train.warmup_steps, best.train.init_from) == (1, 20, "runs/base")
-    assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0} != base.train.family_shares
+    edits = {"digit color": 1.5, "background color": 1.5, "swap": 1.5}
+    assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0, **edits}
+    assert best.train.family_shares != base.train.family_shares
     assert (best.model, best.vq, best.vq_train) == (base.model, base.vq, base.vq_train)
     best.train.epochs, best.train.warmup_steps, best.train.init_from = 3, 300, ""
     best.train.family_shares = base.train.family_shares
