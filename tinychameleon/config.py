@@ -386,8 +386,8 @@ PRESETS["memory-base"] = {**PRESETS["base"],
 # The shipped recipe, two stages in one command (CM3Leon tunes its pretrained model on a task mixture; nanochat's
 # base -> mid -> sft): `base`, then one more epoch of its mixture with counting at 4 instead of 1.5, the three color
 # edits at 1.5 instead of 1, a fresh 20-step warmup and cosine. From release 9's weights: counting 1.5 -> 29.5 %, the
-# families' mean 83.1 -> 84.7 % on validation (release 10); the edits at 1.5 lifted the edits in two runs (3.5-5
-# points at 600 documents each in one, 1.5-7.5 at 200 in the other: release 11), where the edits at 2 cost drawings'
+# families' mean 83.1 -> 84.7 % on validation (release 10); the edits at 1.5 lifted the edits 1.5-5.7 points at 600
+# validation documents each in two runs on two CPUs (release 11), where the edits at 2 cost drawings'
 # variety and two runs from nothing with counting at 4 lost the color names or addition (BENCHMARKS.md).
 # `train --preset best --out D` trains the `base` run in D/base first, then this stage in D; `--init-from RUN`
 # continues RUN instead (the shipped checkpoint: this stage on release 9's weights).
