@@ -47,7 +47,7 @@ from tinychameleon.documents.families import DigitBank, examples
 from tinychameleon.evaluation.documents import render
 from tinychameleon.evaluation.judge import load_or_train_judge
 from tinychameleon.io_utils import write_json
-from tinychameleon.model import final_hidden_states
+from tinychameleon.model import hidden_states
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.sampling import guided_logits
 
@@ -55,7 +55,7 @@ from tinychameleon.sampling import guided_logits
 def teacher_forced(pipe: Pipeline, chosen: list, codes: torch.Tensor):
     """Each chosen example's real document read at once: yields (example, ids, (T, V) next-token probabilities,
     (T, C) final hidden states: what the output head and the pointer read)."""
-    with final_hidden_states(pipe.model) as final:
+    with hidden_states(pipe.model) as final:
         for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor,
                                                           pipe.documents.tokenizer)):
             with torch.no_grad():

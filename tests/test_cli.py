@@ -331,6 +331,7 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     assert "validation_digit_accuracy" not in json.loads((out / "transformer_metrics.json").read_text())["epochs"][-1]
     tuned_config = json.loads((tuned / "config.json").read_text())
     assert tuned_config["vq"] == config["vq"] and tuned_config["train"]["word_families"] is True
+    assert tuned_config["model"]["digit_layer"] == 0
     assert tuned_config["train"]["family_shares"] == {"counting": 3.0, "what comes next": 0.5}
     assert config["train"]["family_shares"] == {}
     assert config["train"]["word_families"] is False
@@ -342,6 +343,9 @@ def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path,
     assert code == 2 and "word_families needs train.documents" in err
     code, _, err = run(["train", "--preset", "tiny", "--digit-head", "--out", tmp_path / "digits"], capsys)
     assert code == 2 and "digit_head reads the digits of documents' images: it needs train.documents" in err
+    code, _, err = run(["train", "--preset", "tiny", "--init-from", out, "--digit-head", "--digit-layer", 1,
+                        "--documents", 64, "--out", tmp_path / "layer"], capsys)   # tiny has one block: nothing below it
+    assert code == 2 and "model.digit_layer" in err
     code, _, err = run(["train", "--preset", "tiny", "--documents", 64, "--tokenizer", "patches", "--family-shares",
                         "countin=2", "--out", tmp_path / "shares"], capsys)
     assert code == 2 and "did you mean 'counting'" in err and not (tmp_path / "shares").exists()

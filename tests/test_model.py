@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from tinychameleon.config import POSITIONS, ModelConfig
-from tinychameleon.model import (KVCache, Rotary, Transformer, causal_mask, fused_attention, image_slots,
-                                 manual_attention, rotate)
+from tinychameleon.config import POSITIONS, ConfigError, ModelConfig
+from tinychameleon.model import (KVCache, Rotary, Transformer, causal_mask, fused_attention, hidden_states,
+                                 image_slots, manual_attention, rotate)
 
 
 def small_model(**overrides) -> Transformer:
@@ -246,3 +246,26 @@ def test_digit_head_reads_the_labelled_positions_and_leaves_the_token_output_alo
     _, none = model(ids, targets=targets, digits=torch.full((2, 12), -1))
     none.backward()
     assert none.item() == 0.0 and model.digit_head.weight.grad is not None and model.digit_head.bias.grad is not None
+
+
+def test_digit_layer_reads_the_stream_after_its_block_and_trains_nothing_above_it():
+    """model.digit_layer k: the head reads block k's output (normalised without parameters), so the digit loss
+    sends no gradient to the blocks above k, the final LayerNorm or the output head; hidden_states(model, k) sees
+    the same states, and the token outputs do not change."""
+    model = small_model(positions="rope", digit_head=True, digit_layer=1)
+    ids, targets = torch.randint(0, 50, (2, 12)), torch.randint(0, 50, (2, 12))
+    digits = torch.full((2, 12), -1)
+    digits[0, 3], digits[1, 9] = 7, 2
+    with hidden_states(model, 1) as seen:
+        log_probs, loss = model(ids, targets=targets, digits=digits)
+    stream = seen["hidden"]
+    read = torch.nn.functional.layer_norm(torch.stack([stream[0, 3], stream[1, 9]]), (32,))
+    expected = torch.nn.functional.cross_entropy(model.digit_head(read), torch.tensor([7, 2]))
+    assert torch.allclose(loss, expected) and torch.equal(log_probs, model(ids, targets=targets))
+    loss.backward()
+    assert model.blocks[0].attention.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in (*model.blocks[1].parameters(), *model.norm.parameters(), model.head.weight))
+    for wrong in ({"digit_layer": 2}, {"digit_layer": -1}, {"digit_layer": 1, "digit_head": False}):
+        config = ModelConfig(vocab_size=50, n_layer=2, n_head=4, d_model=32, **{"digit_head": True, **wrong})
+        with pytest.raises(ConfigError, match="digit"):
+            config.validate()

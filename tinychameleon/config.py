@@ -115,6 +115,9 @@ class ModelConfig:
                                   # counting document's) holds the digit just drawn; unused when sampling. Measured:
                                   # counting alone 12.5 -> 28.5 %, in the whole mixture no gain and "what comes next"
                                   # 78 -> 71.5 % (BENCHMARKS.md "A digit head"); in no preset
+    digit_layer: int = 0          # with digit_head: 0 reads the final hidden state; k (1..n_layer-1) the stream after
+                                  # block k, so the digit is known early enough at <eoi> for later positions' blocks
+                                  # to combine (a sum needs both addends, then layers to add them)
     image_tokens: int = 0         # filled in: ids below this are image tokens
     image_length: int = 0         # filled in: tokens per image
 
@@ -128,6 +131,9 @@ class ModelConfig:
         check_range("model.dropout", self.dropout, 0.0, 1.0)
         check_range("model.image_tokens", self.image_tokens, 0, 1 << 20)
         check_range("model.image_length", self.image_length, 0, 1 << 16)
+        check_range("model.digit_layer", self.digit_layer, 0, self.n_layer - 1)
+        if self.digit_layer and not self.digit_head:
+            raise ConfigError("model.digit_layer places the digit head: it needs model.digit_head")
         if self.positions not in POSITIONS:
             raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, got {short(repr(self.positions))}")
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:
@@ -137,7 +143,7 @@ class ModelConfig:
 
 
 # Model parts that only add parameters to a transformer: a fine-tune (train.init_from) may add them, fresh.
-ADDABLE_PARTS = ("image_slots", "copy_head", "digit_head")
+ADDABLE_PARTS = ("image_slots", "copy_head", "digit_head", "digit_layer")
 PRECISIONS = ("fp32", "bf16", "auto")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.

@@ -5,7 +5,7 @@ queries and keys by their position so attention sees only relative offsets) and,
 token's place in its image (`image_slots`, derived from the ids themselves), pre-LayerNorm blocks of multi-head causal
 self-attention and a GELU MLP, a final LayerNorm and an output head (optionally with a gated pointer beside it,
 `CopyHead`, that copies an earlier token's id; and, in training only, a `digit_head` that reads each image's
-digit off its <eoi>). Attention has a
+digit off its <eoi>, from the final hidden state or from the residual stream after block `digit_layer`). Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
 tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
 incremental.
@@ -375,15 +375,18 @@ class Transformer(nn.Module):
             if kv_cache is not None:
                 kv_cache.image_run = image_run
         past = 0 if kv_cache is None else kv_cache.position
+        read = None
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, mask, rotary)
+            if layer + 1 == self.config.digit_layer:
+                read = x                                      # the digit head's input: the stream after this block
         hidden = self.norm(x)
         if self.config.copy_head:   # every position's pointer key is kept, whichever positions are read out
             keys, token_ids = self.copy.key(hidden), ids
             if kv_cache is not None:
                 keys, token_ids = kv_cache.update_copy(keys, ids)
             seen = causal_mask(T, past, ids.device)[None] if mask is None else mask[:, 0]           # (B or 1, T, S)
-        digit_loss = None if digits is None else self.digit_loss(hidden, digits)
+        digit_loss = None if digits is None else self.digit_loss(hidden if read is None else read, digits)
         if last:
             hidden = hidden[:, -last:]                                                              # (B, last, C)
         logits = self.head(hidden)
@@ -395,22 +398,32 @@ class Transformer(nn.Module):
             kv_cache.advance(T)
         return logits if digit_loss is None else (logits, digit_loss)
 
+    def digit_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., C) states the digit head reads -> (..., 10) logits. The residual stream after a middle block is
+        normalised first (without parameters: the final LayerNorm's output needs none, and neither does a probe)."""
+        if self.config.digit_layer:
+            states = F.layer_norm(states, states.shape[-1:])
+        return self.digit_head(states)
+
     def digit_loss(self, hidden: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the digit head at the positions whose digit is given ((B, T) digits, -1 elsewhere);
-        a batch without any reads 0, still tied to the head so every parameter gets a gradient (DDP asks it)."""
+        a batch without any reads 0, still tied to the head so every parameter gets a gradient (DDP asks it).
+        `hidden` is what the head reads: the final hidden state, or the stream after block model.digit_layer."""
         chosen = digits >= 0
-        logits = self.digit_head(hidden[chosen]).float()                                       # (positions, 10)
+        logits = self.digit_logits(hidden[chosen]).float()                                     # (positions, 10)
         if not len(logits):
             return logits.sum()         # 0, from an empty read of the head
         return F.cross_entropy(logits, digits[chosen])
 
 
 @contextmanager
-def final_hidden_states(model: Transformer):
-    """Within: seen["hidden"] holds the (B, T, C) final hidden states (after the last LayerNorm: what the output
-    head, the pointer and the digit head read) of the model's latest forward."""
+def hidden_states(model: Transformer, after_block: int = 0):
+    """Within: seen["hidden"] holds the (B, T, C) states of the model's latest forward: the final hidden states
+    (after the last LayerNorm: what the output head and the pointer read), or with `after_block` k the residual
+    stream after block k (what the digit head reads with model.digit_layer k; `model.digit_logits` reads either)."""
+    module = model.blocks[after_block - 1] if after_block else model.norm
     seen = {}
-    hook = model.norm.register_forward_hook(lambda module, inputs, output: seen.__setitem__("hidden", output))
+    hook = module.register_forward_hook(lambda module, inputs, output: seen.__setitem__("hidden", output))
     try:
         yield seen
     finally:

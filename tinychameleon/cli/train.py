@@ -27,7 +27,7 @@ def train_overrides(args) -> dict:
                                 ("retrieve", "train", "retrieve"), ("memory_strokes", "train", "memory_strokes"),
                                 ("word_families", "train", "word_families"),
                                 ("image_slots", "model", "image_slots"), ("copy_head", "model", "copy_head"),
-                                ("digit_head", "model", "digit_head")):
+                                ("digit_head", "model", "digit_head"), ("digit_layer", "model", "digit_layer")):
         if getattr(args, key) is not None:
             overrides[section][field] = getattr(args, key)
     if args.colorings is not None and args.colorings < 1:
@@ -151,6 +151,9 @@ def add_train_command(commands) -> None:
                             "(an auxiliary loss), so the choice of the next image or of the stop can see what was just "
                             "drawn; unused when sampling (measured: counting alone 12.5 -> 28.5 %%, but in the whole "
                             "mixture no gain and \"what comes next\" -6.5 points; in no preset; BENCHMARKS.md)")
+    train.add_argument("--digit-layer", type=number(int), metavar="K",
+                       help="with --digit-head: the head reads the stream after block K (1..n_layer-1) instead of the "
+                            "final hidden state, so the digit is known early enough for later blocks to combine it")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..batching import batch_slices
 from ..config import RunConfig
-from ..model import Transformer, final_hidden_states, next_token_log_probs
+from ..model import Transformer, hidden_states, next_token_log_probs
 from ..nextscale import objective as next_scale
 from ..nextscale.model import NextScaleTransformer
 from ..sequences import IMAGE_FIRST, build_sequences, image_first_rows, random_spans, target_kinds
@@ -70,7 +70,7 @@ def document_metrics(model: Transformer, ids: torch.Tensor, weights: torch.Tenso
     was_training = model.training
     model.eval()
     total, count, right = 0.0, 0.0, 0
-    with torch.no_grad(), final_hidden_states(model) as final:
+    with torch.no_grad(), hidden_states(model, model.config.digit_layer) as final:
         for rows in batch_slices(len(ids), batch_size):
             with autocast(ids.device):
                 losses = -next_token_log_probs(model, ids[rows]).double()
@@ -78,7 +78,7 @@ def document_metrics(model: Transformer, ids: torch.Tensor, weights: torch.Tenso
             count += float(weights[rows].sum())
             if digits is not None:
                 labels = digits[rows, :-1]
-                read = model.digit_head(final["hidden"][labels >= 0].float()).argmax(-1)
+                read = model.digit_logits(final["hidden"][labels >= 0].float()).argmax(-1)
                 right += int((read == labels[labels >= 0]).sum())
     model.train(was_training)
     metrics = {"validation_document_nll": total / count}
