@@ -207,9 +207,9 @@ def test_unknown_preset(tmp_path, capsys):
 
 
 def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
-    """`best`'s last stage is `base` plus one epoch with counting at 4, the three color edits at 1.5 and a fresh
-    20-step warmup, nothing else changed; asked for alone (as a config, without the run it continues) it says what
-    to give."""
+    """`best`'s last stage is `base` plus one epoch with counting at 4, the three color edits at 1.5, the answers'
+    words at 3x, a digit head after block 3 and a fresh 20-step warmup, nothing else changed; asked for alone (as a
+    config, without the run it continues) it says what to give."""
     from tinychameleon.config import STAGES, make_config
 
     assert STAGES["best"] == "base"
@@ -220,9 +220,13 @@ def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
     edits = {"digit color": 1.5, "background color": 1.5, "swap": 1.5}
     assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0, **edits}
     assert best.train.family_shares != base.train.family_shares
+    assert (best.model.digit_head, best.model.digit_layer) == (True, 3) and not base.model.digit_head
+    best.model.digit_head, best.model.digit_layer = False, 0
     assert (best.model, best.vq, best.vq_train) == (base.model, base.vq, base.vq_train)
+    assert (best.train.answer_loss_weight, best.train.answer_words_only) == (3.0, True)
     best.train.epochs, best.train.warmup_steps, best.train.init_from = 3, 300, ""
     best.train.family_shares = base.train.family_shares
+    best.train.answer_loss_weight, best.train.answer_words_only = 1.0, False
     assert best.train == base.train
 
 

@@ -28,7 +28,7 @@ def test_shipped_checkpoint_is_complete():
 
 
 def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
-    """The release is `train --preset best`'s last stage (releases 10 and 11: run as `--init-from` release 9's weights, a
+    """The release is `train --preset best`'s last stage (releases 10 to 12: run as `--init-from` release 9's weights, a
     `base` run): every setting the preset names, and its run_info says it continued a run."""
     import json
 
