@@ -114,7 +114,8 @@ class ModelConfig:
                                   # shows (train.digit_loss_weight), so what decides the next image or the stop (a
                                   # counting document's) holds the digit just drawn; unused when sampling. Measured:
                                   # counting alone 12.5 -> 28.5 %, in the whole mixture no gain and "what comes next"
-                                  # 78 -> 71.5 % (BENCHMARKS.md "A digit head"); in no preset
+                                  # 78 -> 71.5 % (BENCHMARKS.md "A digit head"). After block 3 (digit_layer), with
+                                  # the answers' words at 3x, in `best`'s second stage since release 12
     digit_layer: int = 0          # with digit_head: 0 reads the final hidden state; k (1..n_layer-1) the stream after
                                   # block k, so the digit is known early enough at <eoi> for later positions' blocks
                                   # to combine (a sum needs both addends, then layers to add them)

@@ -150,7 +150,8 @@ def add_train_command(commands) -> None:
                        help="with --documents: train a head that reads, at each image's end, the digit the image shows "
                             "(an auxiliary loss), so the choice of the next image or of the stop can see what was just "
                             "drawn; unused when sampling (measured: counting alone 12.5 -> 28.5 %%, but in the whole "
-                            "mixture no gain and \"what comes next\" -6.5 points; in no preset; BENCHMARKS.md)")
+                            "mixture no gain and \"what comes next\" -6.5 points; after block 3, with the answers' "
+                            "words at 3x, in --preset best's second stage since release 12; BENCHMARKS.md)")
     train.add_argument("--digit-layer", type=number(int), metavar="K",
                        help="with --digit-head: the head reads the stream after block K (1..n_layer-1) instead of the "
                             "final hidden state, so the digit is known early enough for later blocks to combine it")
