@@ -143,7 +143,8 @@ class ModelConfig:
             raise ConfigError(f"model.d_model ({self.d_model}) must be a multiple of model.n_head ({self.n_head})")
 
 
-# Model parts that only add parameters to a transformer: a fine-tune (train.init_from) may add them, fresh.
+# Model parts that only add parameters to a transformer (and where the digit head reads): a fine-tune
+# (train.init_from) may add them, fresh.
 ADDABLE_PARTS = ("image_slots", "copy_head", "digit_head", "digit_layer")
 PRECISIONS = ("fp32", "bf16", "auto")
 OPTIMIZERS = ("adamw", "muon")
