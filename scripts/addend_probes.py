@@ -13,8 +13,8 @@ block to add it (BENCHMARKS.md, "Where the addends are known").
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +22,7 @@ from tinychameleon.data.colored import load_splits
 from tinychameleon.documents.batches import example_documents
 from tinychameleon.documents.families import DigitBank, examples
 from tinychameleon.io_utils import write_json
+from tinychameleon.model import hidden_states
 from tinychameleon.pipeline import Pipeline
 
 HELD_OUT = 0.25   # share of the documents a probe is scored on
@@ -45,23 +46,18 @@ def probe_accuracy(states: torch.Tensor, labels: torch.Tensor, steps: int = 400)
 
 def block_states(pipe: Pipeline, documents: list[list[int]]) -> dict[str, list[torch.Tensor]]:
     """Per place ("answer", "eoi"), per block: (N, 2C) states of each document (two positions side by side)."""
-    vocab, blocks = pipe.vocab, pipe.model.blocks
-    outputs = {}
-    hooks = [block.register_forward_hook(lambda module, inputs, output, k=k: outputs.__setitem__(k, output[0]))
-             for k, block in enumerate(blocks)]
+    vocab, blocks = pipe.vocab, range(1, len(pipe.model.blocks) + 1)
     places = {"answer": [[] for _ in blocks], "eoi": [[] for _ in blocks]}
-    try:
-        with torch.no_grad():
-            for ids in documents:
-                end = ids.index(vocab.end_prompt)                      # <eop>: the answer is predicted here
-                ends = [i for i in range(end) if ids[i] == vocab.end_image]
-                pipe.model(torch.tensor([ids[:end + 1]], device=pipe.device))
-                for k in range(len(blocks)):
-                    places["answer"][k].append(torch.cat([outputs[k][end - 1], outputs[k][end]]).float().cpu())
-                    places["eoi"][k].append(torch.cat([outputs[k][ends[0]], outputs[k][ends[-1]]]).float().cpu())
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with ExitStack() as stack, torch.no_grad():
+        seen = [stack.enter_context(hidden_states(pipe.model, after_block=k)) for k in blocks]
+        for ids in documents:
+            end = ids.index(vocab.end_prompt)                          # <eop>: the answer is predicted here
+            ends = [i for i in range(end) if ids[i] == vocab.end_image]
+            pipe.model(torch.tensor([ids[:end + 1]], device=pipe.device))
+            for k, states in enumerate(seen):
+                row = states["hidden"][0]                                                         # (T, C)
+                places["answer"][k].append(torch.cat([row[end - 1], row[end]]).float().cpu())
+                places["eoi"][k].append(torch.cat([row[ends[0]], row[ends[-1]]]).float().cpu())
     return {place: [torch.stack(rows) for rows in per_block] for place, per_block in places.items()}
 
 
