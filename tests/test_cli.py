@@ -310,6 +310,22 @@ def test_console_entry_point_runs_as_a_process(tiny_run, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
 
 
+def test_a_fine_tune_keeps_its_sources_parts_unless_asked_for_other_placements(tmp_path):
+    from tinychameleon.checkpoint import inherited_config, save_config
+    from tinychameleon.config import make_config
+
+    source = tmp_path / "source"
+    source.mkdir()
+    save_config(source, make_config("base", model={"digit_head": True, "digit_layer": 3}, train={"documents": 64}))
+
+    def tuned(**model):
+        return inherited_config(make_config("base", validate=False, model=model,
+                                            train={"init_from": str(source), "documents": 64})).model
+    assert (tuned().digit_head, tuned().digit_layer) == (True, 3)           # not asked: the source's placement
+    assert tuned(digit_head=True, digit_layer=2).digit_layer == 2           # asked: the flag wins
+    assert tuned(image_slots=True).image_slots and tuned().image_slots is False   # added on top only when asked
+
+
 def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path, capsys, cache_dir):
     out = tmp_path / "docs"
     code, _, _ = run(["train", "--preset", "tiny", "--tokenizer", "patches", "--codebook-size", 64, "--documents", 256,

@@ -74,14 +74,15 @@ def load_config(run_dir: str | Path) -> RunConfig:
 def inherited_config(config: RunConfig, vqvae_from: str | Path | None = None) -> RunConfig:
     """The config a run trains with once its sources are read: a fine-tune (train.init_from) continues another
     run's transformer, so that run's shape and tokenizer come with it (parts that only add parameters, a slot
-    embedding or a pointer head, may be asked on top and start fresh); vqvae_from reuses another run's tokenizer,
+    embedding or a pointer head, may be asked on top and start fresh; a part asked for wins over the source's, so
+    --digit-layer 2 moves a head the source read after block 3); vqvae_from reuses another run's tokenizer,
     whose codebook must match, so its VQ config too. Validated after: the tokenizer a rule asks for may be the
     source's, not the preset's."""
     if config.train.init_from:
         added = {name: getattr(config.model, name) for name in ADDABLE_PARTS}
         config.model = load_config(config.train.init_from).model
         for name, wanted in added.items():
-            setattr(config.model, name, getattr(config.model, name) or wanted)
+            setattr(config.model, name, wanted or getattr(config.model, name))
     source = vqvae_from or config.train.init_from
     if source:
         config.vq = load_config(source).vq
