@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -243,6 +245,25 @@ def test_answers_carry_their_own_loss_weight(bank, codes):
         assert torch.equal(words_only[row, :len(targets)], expected)
     drawn = [row for row, example in enumerate(chosen) if example.answer_images and not dropout[row]]
     assert drawn and all((words_only[row] == 1).sum() > (weights[row] == 1).sum() for row in drawn)
+
+
+def test_the_decision_after_each_answer_image_carries_its_own_weight(bank, codes):
+    """train.decision_loss_weight lands on exactly the targets that follow an <eoi> of the answer (counting's
+    <boi> to draw on or <eod> to stop, the <eod> after an edit); the prompt's images and all else keep theirs."""
+    from tinychameleon.documents.batches import prefix_lengths
+    chosen = examples(bank, 40, 5, families=["counting", "what comes next", "addition"])
+    ids = example_documents(chosen, codes, recolor, TOKENIZER)
+    prefixes = prefix_lengths(chosen, VOCAB)
+    plain = LossWeights(answer=3.0, image_tokens=VOCAB.image_tokens)
+    _, before = padded(ids, VOCAB.end_document, prefixes, plain)
+    _, after = padded(ids, VOCAB.end_document, prefixes, replace(plain, decision=7.0, end_image=VOCAB.end_image))
+    for row, (example, document, (_, answer)) in enumerate(zip(chosen, ids, prefixes)):
+        changed = (after[row] != before[row]).nonzero().flatten().tolist()
+        decisions = [j for j in range(answer - 1, len(document) - 1) if document[j] == VOCAB.end_image]
+        assert changed == decisions and (after[row, decisions] == 7.0).all()
+        assert len(decisions) == len(example.answer_images)            # one per image the answer draws
+        if example.family == "counting":
+            assert [document[j + 1] for j in decisions] == [VOCAB.begin_image] * (len(decisions) - 1) + [VOCAB.end_document]
 
 
 def well_formed(ids: list[int], grammar: DocumentGrammar) -> bool:

@@ -209,6 +209,9 @@ class TrainConfig:
                                   # the prompt that asks for a caption
     answer_words_only: bool = False   # answer_loss_weight on the answer's words, <boi>, <eoi> and <eod> only: its
                                   # images keep weight 1, so drawing keeps its share of the document loss
+    decision_loss_weight: float = 0.0  # > 0: loss weight of what an answer writes right after each of its images
+                                  # (<boi> again, <eod>, a word): counting's only cue to stop is a 1-in-55 target
+                                  # that the digit just drawn is the last one asked; 0 leaves it the answer's weight
     digit_loss_weight: float = 0.2    # with model.digit_head: weight of its cross-entropy (a mean over the documents'
                                   # images) beside the next-token loss (a mean over tokens)
 
@@ -234,6 +237,7 @@ class TrainConfig:
         check_range("train.retrieve_min", self.retrieve_min, 0, self.retrieve)
         check_range("train.context_loss_weight", self.context_loss_weight, 0.0, 1.0)
         check_range("train.answer_loss_weight", self.answer_loss_weight, 0.0, 100.0)
+        check_range("train.decision_loss_weight", self.decision_loss_weight, 0.0, 100.0)
         if self.prompt_end and not self.documents:
             raise ConfigError("train.prompt_end needs train.documents > 0: only documents have prompts")
         if self.unconditional_without_eop and not self.prompt_end:

@@ -83,6 +83,8 @@ class LossWeights:
     answer: float = 1.0           # the answer's tokens (what follows the prompt, <eod> included)
     image_tokens: int = 0         # > 0: `answer` only on the answer's ids from here up (its words, <boi> <eoi> <eod>)
     given: int = -1               # a token the model is given, never asked for (<eop>): its targets weigh 0
+    decision: float = 0.0         # > 0: the weight of the answer's targets right after one of its images (after
+    end_image: int = -1           # `end_image`): <boi> to draw again, <eod> to stop, or a word
 
 
 def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]] | None = None,
@@ -102,6 +104,9 @@ def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]]
             targets = torch.tensor(document[answer:])                      # the answer's tokens and <eod>
             chosen = targets >= weighting.image_tokens                     # all of them when image_tokens is 0
             weights[row, answer - 1:len(document) - 1][chosen] = weighting.answer
+        if answer and weighting.decision:
+            previous = torch.tensor(document[answer - 1:-1])               # the token before each answer target
+            weights[row, answer - 1:len(document) - 1][previous == weighting.end_image] = weighting.decision
     weights[ids[:, 1:] == weighting.given] = 0.0
     return ids, weights
 

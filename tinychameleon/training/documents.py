@@ -50,7 +50,8 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
     tokenizer, bank = DocumentTokenizer(vocab), bank_of(train_split, settings.retrieve, strokes, settings.retrieve_min,
                                                         settings.word_families)
     weighting = LossWeights(settings.context_loss_weight, settings.answer_loss_weight,
-                            vocab.image_tokens if settings.answer_words_only else 0, given_token(vocab))
+                            vocab.image_tokens if settings.answer_words_only else 0, given_token(vocab),
+                            settings.decision_loss_weight, vocab.end_image)
 
     def documents(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(settings.seed * 7937 + epoch)
