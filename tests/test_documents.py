@@ -218,6 +218,34 @@ def test_digit_labels_sit_on_each_images_end_with_the_digit_it_shows(bank, codes
     assert sum(int((batch_labels >= 0).sum()) for _, _, batch_labels in batches) == int((labels >= 0).sum())
 
 
+def test_the_digit_plan_sits_on_each_answer_images_begin_only(bank, codes):
+    """train.digit_plan: the answer's <boi>s hold the digit of the image they begin, as its <eoi> does; a prompt's or
+    a text-dropped row's <boi> holds none (its image is given, not planned); length_batches passes the plan on."""
+    from tinychameleon.documents.batches import digit_labels, image_digits, prefix_lengths
+    chosen = examples(bank, 200, 5)
+    dropout = torch.arange(len(chosen)) % 10 == 0
+    ids = example_documents(chosen, codes, recolor, TOKENIZER, dropout)
+    prefixes = prefix_lengths(chosen, VOCAB, dropout)
+    batch, _ = padded(ids, VOCAB.end_document)
+    plain = digit_labels(batch, image_digits(chosen), VOCAB.end_image)
+    labels = digit_labels(batch, image_digits(chosen), VOCAB.end_image, VOCAB.begin_image,
+                          [answer for _, answer in prefixes])
+    for row, example in enumerate(chosen):
+        begins = (batch[row] == VOCAB.begin_image).nonzero().flatten()
+        drawn = [] if dropout[row] else [picture.digit for picture in example.answer_images]
+        assert labels[row, begins].tolist() == [-1] * (len(begins) - len(drawn)) + drawn
+        ends = batch[row] == VOCAB.end_image
+        assert torch.equal(labels[row, ends], plain[row, ends])
+        assert (labels[row][~ends & (batch[row] != VOCAB.begin_image)] == -1).all()
+    assert any(len(example.answer_images) > 1 for example in chosen)      # counting: a plan per image
+    batches = length_batches(ids, 50, torch.Generator().manual_seed(0), VOCAB.end_document, prefixes,
+                             digits=image_digits(chosen), end_image=VOCAB.end_image, plan_at=VOCAB.begin_image)
+    planned = sum(int(((tokens == VOCAB.begin_image) & (batch_labels >= 0)).sum()) for tokens, _, batch_labels in batches)
+    assert planned == int(((batch == VOCAB.begin_image) & (labels >= 0)).sum()) > 0
+    with pytest.raises(ValueError, match="digit_plan trains the digit head .* needs model.digit_head"):
+        make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={"documents": 64, "digit_plan": True})
+
+
 def test_answers_carry_their_own_loss_weight(bank, codes):
     """train.answer_loss_weight lands on exactly each answer's targets (words or image, <eod> included) of every
     family; a row trained without its text (guidance's unconditional stream) has no answer to weight."""

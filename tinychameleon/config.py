@@ -214,6 +214,9 @@ class TrainConfig:
                                   # that the digit just drawn is the last one asked; 0 leaves it the answer's weight
     digit_loss_weight: float = 0.2    # with model.digit_head: weight of its cross-entropy (a mean over the documents'
                                   # images) beside the next-token loss (a mean over tokens)
+    digit_plan: bool = False      # with model.digit_head: it also reads, at each <boi> an answer writes, the digit
+                                  # that image will show: counting draws its next digit with no word to say which,
+                                  # and the image's first tokens (background) barely tell
 
 
     def validate(self) -> None:
@@ -314,6 +317,8 @@ class RunConfig:
                               f"palette or patches, got {self.vq.kind}): edits repaint a digit's color tokens")
         if self.model.digit_head and not self.train.documents:
             raise ConfigError("model.digit_head reads the digits of documents' images: it needs train.documents")
+        if self.train.digit_plan and not self.model.digit_head:
+            raise ConfigError("train.digit_plan trains the digit head at each answer's <boi>: it needs model.digit_head")
         return self
 
 

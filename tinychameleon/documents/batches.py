@@ -116,23 +116,32 @@ def image_digits(examples: list[Example]) -> list[list[int]]:
     return [[picture.digit for picture in example.pictures] for example in examples]
 
 
-def digit_labels(ids: torch.Tensor, digits: list[list[int]], end_image: int) -> torch.Tensor:
+def digit_labels(ids: torch.Tensor, digits: list[list[int]], end_image: int, begin_image: int = -1,
+                 answer_starts: list[int] | None = None) -> torch.Tensor:
     """(B, T) ids -> (B, T) labels: at each image's <eoi>, the digit that image shows (`digits`, from image_digits,
-    one row per document); -1 everywhere else."""
+    one row per document); with `begin_image` and each row's answer start (prefix_lengths; 0: no answer), also at
+    each <boi> the answer writes, the digit of the image it begins (the plan, before the image's first token: a
+    prompt's image cannot be known there); -1 everywhere else."""
     labels = torch.full_like(ids, -1)
+    flat = torch.tensor([digit for row in digits for digit in row], dtype=torch.long)
     rows, positions = (ids == end_image).nonzero(as_tuple=True)    # row by row, left to right: reading order
-    flat = [digit for row in digits for digit in row]
     assert len(flat) == len(rows), "one digit per <eoi>"
-    labels[rows, positions] = torch.tensor(flat, dtype=torch.long)
+    labels[rows, positions] = flat
+    if answer_starts is not None:
+        rows, positions = (ids == begin_image).nonzero(as_tuple=True)                # the same order: image by image
+        starts = torch.tensor(answer_starts, dtype=torch.long)[rows]
+        planned = (starts > 0) & (positions >= starts)
+        labels[rows[planned], positions[planned]] = flat[planned]
     return labels
 
 
 def length_batches(documents: list[list[int]], batch_size: int, generator: torch.Generator, pad: int,
                    prefixes: list[tuple[int, int]] | None = None, weighting: LossWeights = LossWeights(),
-                   digits: list[list[int]] | None = None, end_image: int = -1) -> list[tuple[torch.Tensor, ...]]:
+                   digits: list[list[int]] | None = None, end_image: int = -1, plan_at: int = -1
+                   ) -> list[tuple[torch.Tensor, ...]]:
     """Whole batches of documents of similar length (sorted by length, random among equals), in random order;
     the last partial batch is dropped. Each is (ids, weights), and with `digits` (image_digits) also (B, T)
-    digit_labels at `end_image`."""
+    digit_labels at `end_image` (and at the answers' `plan_at`, <boi>, when given)."""
     tiebreak = torch.rand(len(documents), generator=generator).tolist()
     order = sorted(range(len(documents)), key=lambda i: (len(documents[i]), tiebreak[i]))
     prefixes = prefixes or [(0, 0)] * len(documents)
@@ -140,6 +149,7 @@ def length_batches(documents: list[list[int]], batch_size: int, generator: torch
     for start in range(0, len(order) - batch_size + 1, batch_size):
         chosen = order[start:start + batch_size]
         ids, weights = padded([documents[i] for i in chosen], pad, [prefixes[i] for i in chosen], weighting)
-        labels = () if digits is None else (digit_labels(ids, [digits[i] for i in chosen], end_image),)
+        starts = [prefixes[i][1] for i in chosen] if plan_at >= 0 else None
+        labels = () if digits is None else (digit_labels(ids, [digits[i] for i in chosen], end_image, plan_at, starts),)
         batches.append((ids, weights, *labels))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -62,7 +62,7 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
         prefixes = prefix_lengths(chosen, vocab, dropout)
         digits = image_digits(chosen) if config.model.digit_head else None
         return length_batches(ids, settings.batch_size, generator, vocab.end_document, prefixes, weighting, digits,
-                              vocab.end_image)
+                              vocab.end_image, vocab.begin_image if settings.digit_plan else -1)
 
     return documents
 
