@@ -326,6 +326,28 @@ def test_a_fine_tune_keeps_its_sources_parts_unless_asked_for_other_placements(t
     assert tuned(image_slots=True).image_slots and tuned().image_slots is False   # added on top only when asked
 
 
+def test_set_reaches_any_config_field_typed_and_refuses_what_it_cannot_apply(tmp_path, capsys):
+    """--set SECTION.KEY=VALUE: fields without a flag reach the config as their type (never silently dropped); a
+    misspelt name, a wrong type, or a shape setting a fine-tune would ignore are refused with exit 2 and no run."""
+    from tinychameleon.cli import build_parser
+    from tinychameleon.cli.train import stage_config
+
+    args = build_parser().parse_args(["train", "--preset", "base", "--set", "train.decision_loss_weight=10",
+                                      "train.digit_plan=true", "model.digit_head=true", "model.n_layer=4",
+                                      "train.optimizer=adamw", "--out", str(tmp_path / "unused")])
+    config = stage_config("base", args)
+    assert (config.train.decision_loss_weight, config.train.digit_plan, config.model.n_layer) == (10.0, True, 4)
+    assert config.model.digit_head is True and config.train.optimizer == "adamw"
+    for argv, fragment in ((["--set", "train.decison_loss_weight=3"], "did you mean train.decision_loss_weight"),
+                           (["--set", "train.digit_plan=maybe"], "takes true or false"),
+                           (["--set", "train.epochs=two"], "is not an integer"),
+                           (["--set", "train.family_shares=x"], "has its own flag"),
+                           (["--set", "train.digit_plan=true"], "train.digit_plan trains the digit head"),
+                           (["--init-from", str(tmp_path), "--set", "model.n_layer=4"], "keeps its source's model")):
+        code, _, err = run(["train", "--preset", "base", *argv, "--out", tmp_path / "refused"], capsys)
+        assert code == 2 and fragment in err and not (tmp_path / "refused").exists(), (argv, err)
+
+
 def test_train_documents_image_slots_and_copy_head_flags_reach_the_run(tmp_path, capsys, cache_dir):
     out = tmp_path / "docs"
     code, _, _ = run(["train", "--preset", "tiny", "--tokenizer", "patches", "--codebook-size", 64, "--documents", 256,

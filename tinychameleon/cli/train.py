@@ -6,9 +6,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import IMAGE_TOKENIZER_KINDS
+from ..config import ADDABLE_PARTS, IMAGE_TOKENIZER_KINDS
 from ..errors import TinyChameleonError
-from .common import family_share, number, prepare_output
+from .common import family_share, number, prepare_output, setting, setting_value
 
 
 def train_overrides(args) -> dict:
@@ -34,7 +34,31 @@ def train_overrides(args) -> dict:
         raise TinyChameleonError("--colorings must be at least 1")
     if args.family_shares is not None:
         overrides["train"]["family_shares"] = dict(args.family_shares)
+    for section, key, value in args.set or ():
+        overrides[section][key] = field_value(section, key, value)
+        if args.init_from and section in ("model", "vq") and key not in ADDABLE_PARTS:   # else silently the source's
+            raise TinyChameleonError(f"--set {section}.{key}: a fine-tune (--init-from) keeps its source's model "
+                                     f"shape and tokenizer; only {', '.join(ADDABLE_PARTS)} may be added")
     return overrides
+
+
+def field_value(section: str, key: str, text: str):
+    """--set SECTION.KEY=VALUE -> the value, typed as the field; an unknown name is refused with the closest ones."""
+    import difflib
+    import dataclasses
+
+    from ..config import RunConfig
+
+    defaults = RunConfig()
+    fields = {f"{part}.{item.name}": getattr(getattr(defaults, part), item.name)
+              for part in ("model", "train", "vq", "vq_train") for item in dataclasses.fields(getattr(defaults, part))}
+    name = f"{section}.{key}"
+    if name not in fields:
+        close = difflib.get_close_matches(name, list(fields), n=3, cutoff=0.6)
+        raise TinyChameleonError(f"--set: unknown setting {name!r}" +
+                                 (f" (did you mean {', '.join(close)}?)" if close else
+                                  "; settings are model.*, train.*, vq.* and vq_train.* (config.py)"))
+    return setting_value(fields[name], name, text)
 
 
 def stage_config(preset: str, args, init_from: str = "", inherit: bool = True, vqvae_from: str | None = None):
@@ -155,6 +179,9 @@ def add_train_command(commands) -> None:
     train.add_argument("--digit-layer", type=number(int), metavar="K",
                        help="with --digit-head: the head reads the stream after block K (1..n_layer-1) instead of the "
                             "final hidden state, so the digit is known early enough for later blocks to combine it")
+    train.add_argument("--set", nargs="+", type=setting, metavar="SECTION.KEY=VALUE",
+                       help="any other config field (config.py), e.g. train.decision_loss_weight=10 "
+                            "train.digit_plan=true; flags and --set apply over the preset")
     train.add_argument("--optimizer", choices=("adamw", "muon"),
                        help="transformer optimizer: adamw, or muon for the blocks' matrices (overrides the preset)")
     train.add_argument("--vq-epochs", type=number(int), help="image tokenizer epochs (overrides the preset)")
