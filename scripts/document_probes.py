@@ -14,6 +14,8 @@
 - swap, teacher-forced: the chance of each of the answer's two color tokens (the prompt's background color, then its
   digit color), given the real document up to it; a model that swaps puts both near one. With the pointer: at the
   first, its gate and where it points (the prompt's background color token, or its digit color token).
+- counting, drawn: free-running, by how many images the prompt asked for, the share that drew as many, fewer or
+  more, and per place in the answer how often the drawing shows the asked digit.
 - counting, next digit: with the prompt and the real first k images (k = 0, 1, 2) as the prefix, the share of
   documents whose next image the sampler draws as the next digit of the count, or as the last one again. A model
   that counts draws every image right whatever k; one that only reads the start digit gets the first.
@@ -172,6 +174,24 @@ def counting_next_digits(pipe: Pipeline, bank: DigitBank, split, judge, count: i
     return shares
 
 
+def counting_images_drawn(pipe: Pipeline, bank: DigitBank, split, judge, count: int) -> dict:
+    """Free-running counting documents (the shipped settings): by images asked, the share that drew as many, fewer
+    or more; by place in the answer, the share of drawings that show the asked digit (of those drawn there)."""
+    chosen = examples(bank, count, [0, 12, 23], families=["counting"])
+    drawn, places = defaultdict(Counter), defaultdict(list)
+    for example, continuation in zip(chosen, continued(pipe, chosen, split)):
+        asked = [picture.digit for picture in example.answer_images]
+        judged = judge.predict(continuation.images)["digit"].tolist() if len(continuation.images) else []
+        drawn[f"asked {len(asked)}"][("as many" if len(judged) == len(asked) else
+                                      "fewer" if len(judged) < len(asked) else "more")] += 1
+        for place, (wanted, got) in enumerate(zip(asked, judged), 1):
+            places[f"image {place}"].append(wanted == got)
+    counts = {asked: {key: round(number / sum(found.values()), 3) for key, number in found.items()}
+              | {"documents": sum(found.values())} for asked, found in sorted(drawn.items())}
+    return {"drawn": counts, "digit right": {place: round(float(np.mean(right)), 3) for place, right in sorted(places.items())}}
+
+
+@torch.no_grad()
 def continued(pipe: Pipeline, chosen: list, split) -> list:
     images = [list(render(example.prompt_images, split)) for example in chosen]
     return [rows[0] for rows in pipe.continue_documents([e.prompt for e in chosen], images, n=1, seed=0)]
@@ -309,6 +329,8 @@ PROBES = {
     "swap_colors": lambda pipe, inputs: swap_colors(pipe, inputs.bank, inputs.codes, inputs.count),
     "counting_next_digit": lambda pipe, inputs: counting_next_digits(pipe, inputs.bank, inputs.split, inputs.judge(),
                                                                      inputs.count),
+    "counting_images_drawn": lambda pipe, inputs: counting_images_drawn(pipe, inputs.bank, inputs.split,
+                                                                         inputs.judge(), inputs.count),
     "addition_answers": lambda pipe, inputs: addition_answers(pipe, inputs.bank, inputs.split, inputs.count),
     "next_digit_words": lambda pipe, inputs: next_digit_words(pipe, inputs.bank, inputs.split, inputs.count),
     "digit_color_copies": lambda pipe, inputs: copy_errors(pipe, inputs.bank, inputs.split, inputs.count),
