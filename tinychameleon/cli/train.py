@@ -44,8 +44,8 @@ def train_overrides(args) -> dict:
 
 def field_value(section: str, key: str, text: str):
     """--set SECTION.KEY=VALUE -> the value, typed as the field; an unknown name is refused with the closest ones."""
-    import difflib
     import dataclasses
+    import difflib
 
     from ..config import RunConfig
 
