@@ -328,7 +328,8 @@ def test_a_fine_tune_keeps_its_sources_parts_unless_asked_for_other_placements(t
 
 def test_set_reaches_any_config_field_typed_and_refuses_what_it_cannot_apply(tmp_path, capsys):
     """--set SECTION.KEY=VALUE: fields without a flag reach the config as their type (never silently dropped); a
-    misspelt name, a wrong type, or a shape setting a fine-tune would ignore are refused with exit 2 and no run."""
+    misspelt name, a wrong type, or a shape or tokenizer setting (by --set or by its flag) that --init-from or
+    --vqvae-from would replace with the source's are refused with exit 2 and no run."""
     from tinychameleon.cli import build_parser
     from tinychameleon.cli.train import stage_config
 
@@ -343,7 +344,9 @@ def test_set_reaches_any_config_field_typed_and_refuses_what_it_cannot_apply(tmp
                            (["--set", "train.epochs=two"], "is not an integer"),
                            (["--set", "train.family_shares=x"], "has its own flag"),
                            (["--set", "train.digit_plan=true"], "train.digit_plan trains the digit head"),
-                           (["--init-from", str(tmp_path), "--set", "model.n_layer=4"], "keeps its source's model")):
+                           (["--init-from", str(tmp_path), "--set", "model.n_layer=4"], "keeps its source's model"),
+                           (["--init-from", str(tmp_path), "--tokenizer", "vq"], "vq.kind cannot be set"),
+                           (["--vqvae-from", str(tmp_path), "--codebook-size", "64"], "vq.codebook_size cannot be set")):
         code, _, err = run(["train", "--preset", "base", *argv, "--out", tmp_path / "refused"], capsys)
         assert code == 2 and fragment in err and not (tmp_path / "refused").exists(), (argv, err)
 

@@ -61,29 +61,13 @@ def family_share(text: str) -> tuple[str, float]:
 
 def setting(text: str) -> tuple[str, str, str]:
     """An argparse type: "SECTION.KEY=VALUE" (a config field without a flag of its own) -> (SECTION, KEY, VALUE);
-    the value is read by the field's type in setting_value."""
+    the value is read by the field's type in cli.train.field_value."""
     name, equals, value = text.partition("=")
     section, dot, key = name.strip().partition(".")
     if not equals or not dot or not section or not key:
         raise argparse.ArgumentTypeError(f"{text[:60]!r} is not SECTION.KEY=VALUE (for example "
                                          f"train.decision_loss_weight=10)")
     return section, key, value.strip()
-
-
-def setting_value(default, name: str, text: str):
-    """VALUE of --set NAME=VALUE read as the type of the field's default (bool, int, float or str)."""
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false"):
-            raise TinyChameleonError(f"--set {name} takes true or false, got {text[:40]!r}")
-        return text.lower() == "true"
-    if isinstance(default, (int, float)):
-        try:
-            return number(type(default))(text)
-        except argparse.ArgumentTypeError as error:
-            raise TinyChameleonError(f"--set {name}: {error}") from None
-    if isinstance(default, str):
-        return text
-    raise TinyChameleonError(f"--set {name}: a {type(default).__name__} setting has its own flag, not --set")
 
 
 def number(kind):

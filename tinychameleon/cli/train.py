@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from ..config import ADDABLE_PARTS, IMAGE_TOKENIZER_KINDS
 from ..errors import TinyChameleonError
-from .common import family_share, number, prepare_output, setting, setting_value
+from .common import family_share, number, prepare_output, setting
 
 
 def train_overrides(args) -> dict:
@@ -36,14 +37,19 @@ def train_overrides(args) -> dict:
         overrides["train"]["family_shares"] = dict(args.family_shares)
     for section, key, value in args.set or ():
         overrides[section][key] = field_value(section, key, value)
-        if args.init_from and section in ("model", "vq") and key not in ADDABLE_PARTS:   # else silently the source's
-            raise TinyChameleonError(f"--set {section}.{key}: a fine-tune (--init-from) keeps its source's model "
-                                     f"shape and tokenizer; only {', '.join(ADDABLE_PARTS)} may be added")
+    # What a source run fixes would be silently replaced by the source's (checkpoint.inherited_config): refused.
+    fixed = [f"vq.{key}" for key in overrides["vq"]] if args.init_from or args.vqvae_from else []
+    fixed += [f"model.{key}" for key in overrides["model"] if args.init_from and key not in ADDABLE_PARTS]
+    if fixed:
+        raise TinyChameleonError(f"{', '.join(fixed)} cannot be set here: a fine-tune (--init-from) keeps its source's "
+                                 f"model shape and tokenizer, and --vqvae-from that run's tokenizer; only "
+                                 f"{', '.join(ADDABLE_PARTS)} may be added")
     return overrides
 
 
 def field_value(section: str, key: str, text: str):
-    """--set SECTION.KEY=VALUE -> the value, typed as the field; an unknown name is refused with the closest ones."""
+    """--set SECTION.KEY=VALUE -> the value, read as the type of the field's default (bool, int, float or str); an
+    unknown name is refused with the closest ones."""
     import dataclasses
     import difflib
 
@@ -58,7 +64,19 @@ def field_value(section: str, key: str, text: str):
         raise TinyChameleonError(f"--set: unknown setting {name!r}" +
                                  (f" (did you mean {', '.join(close)}?)" if close else
                                   "; settings are model.*, train.*, vq.* and vq_train.* (config.py)"))
-    return setting_value(fields[name], name, text)
+    default = fields[name]
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise TinyChameleonError(f"--set {name} takes true or false, got {text[:40]!r}")
+        return text.lower() == "true"
+    if isinstance(default, (int, float)):
+        try:
+            return number(type(default))(text)
+        except argparse.ArgumentTypeError as error:
+            raise TinyChameleonError(f"--set {name}: {error}") from None
+    if isinstance(default, str):
+        return text
+    raise TinyChameleonError(f"--set {name}: a {type(default).__name__} setting has its own flag, not --set")
 
 
 def stage_config(preset: str, args, init_from: str = "", inherit: bool = True, vqvae_from: str | None = None):
