@@ -5,6 +5,8 @@ fused AdamW on CUDA) against a naive reference step (hand-written attention, fp3
 built example by example in Python on the host, then copied to the device). Sampling:
 text -> image with the static KV cache against recomputing the whole prefix each step.
 Models have the seed shape (4 layers, d 128) with random weights: speed does not depend on them.
+On CUDA, the checkpoint's own decode step and requests are also timed eagerly and replayed as a recorded
+CUDA graph (decode_graph.py): before and after in one run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 
 from .config import make_config
 from .io_utils import write_json
-from .sampling import ModalityRules, generate
+from .decode_graph import eager_steps
+from .sampling import ModalityRules, Stream, generate
 from .sequences import build_sequences, text_prefix
 from .tokenizers.vocab import Vocab
 from .checkpoint import build_transformer
@@ -139,9 +142,33 @@ def sampling_case(device, batch_size: int, use_cache: bool, repeats: int) -> dic
             "peak_memory_mb": peak_memory_mb(device)}
 
 
+def decode_step_case(model, vocab: Vocab, batch_size: int, static: bool, steps: int = 40, repeats: int = 3) -> dict:
+    """Microseconds per one-token decode step of `model` (the prefill not counted): the growing KVCache, or
+    the static step (on a GPU, a replayed CUDA graph). The median of `repeats` decodes after a warm-up one."""
+    device = next(model.parameters()).device
+    prefix = text_prefix(vocab, torch.randint(0, vocab.num_words, (batch_size, 6))).to(device)
+    token = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def decode() -> float:
+        stream = Stream(model, [prefix], length=vocab.plain_length, static=static)
+        stream.prefill()
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            stream.decode_one_token(token)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    with torch.no_grad():
+        decode()
+        seconds = float(np.median([decode() for _ in range(repeats)]))
+    return {"batch": batch_size, "static": static, "us_per_step": seconds / steps * 1e6}
+
+
 def pipeline_cases(device, checkpoint: str | None, repeats: int) -> list[dict]:
     """One request at a time through the Pipeline, plain vs the checkpoint's own settings
-    (guidance, best-of-n images, re-ranked captions): what a user of the API or web page waits."""
+    (guidance, best-of-n images, re-ranked captions): what a user of the API or web page waits.
+    On CUDA each is timed twice: decode steps replayed as CUDA graphs (the default), then eagerly."""
     from .pipeline import Pipeline
 
     pipeline = Pipeline.from_pretrained(checkpoint, device=str(device))
@@ -152,8 +179,28 @@ def pipeline_cases(device, checkpoint: str | None, repeats: int) -> list[dict]:
              ("text -> image", "checkpoint", lambda: pipeline.generate_images([prompt], seed=0)),
              ("image -> text", "plain", lambda: pipeline.caption(image, **plain)),
              ("image -> text", "checkpoint", lambda: pipeline.caption(image))]
-    return [{"request": request, "settings": name, "ms": timed(call, device, repeats) * 1000}
-            for request, name, call in cases]
+    rows = []
+    for request, name, call in cases:
+        row = {"request": request, "settings": name, "ms": timed(call, device, repeats) * 1000}
+        if device.type == "cuda":
+            with eager_steps():
+                row["eager_ms"] = timed(call, device, repeats) * 1000
+        rows.append(row)
+    return rows
+
+
+def decode_step_cases(device, checkpoint: str | None, batches: list[int]) -> list[dict]:
+    """The checkpoint's raster decode step at each batch, eager and static (CUDA only: on the CPU the static
+    step is the same kernels plus a mask, so there is nothing to compare)."""
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline.from_pretrained(checkpoint, device=str(device))
+    if pipeline.next_scale:
+        return []
+    torch.manual_seed(0)
+    return [{"batch": batch, "eager_us": decode_step_case(pipeline.model, pipeline.vocab, batch, False)["us_per_step"],
+             "graph_us": decode_step_case(pipeline.model, pipeline.vocab, batch, True)["us_per_step"]}
+            for batch in batches]
 
 
 def table(rows: list[list[str]]) -> str:
@@ -208,9 +255,17 @@ def run_bench(device: str = "auto", batches: list[int] = (1, 64, 1024), train_ba
         print(f"sampling batch {batch}: KV cache {cached['images_per_s']:,.1f} img/s"
               + (f", no cache {uncached['images_per_s']:,.1f} img/s" if uncached else ""), flush=True)
     print("\n" + table(rows) + "\n")
+    if device.type == "cuda":
+        results["decode_step"] = decode_step_cases(device, checkpoint, sorted({2, *sample_batches}))
+        rows = [["checkpoint decode step, batch", "eager us", "CUDA graph us", "speed-up"]]
+        rows += [[str(case["batch"]), f"{case['eager_us']:.0f}", f"{case['graph_us']:.0f}",
+                  f"{case['eager_us'] / case['graph_us']:.1f}x"] for case in results["decode_step"]]
+        print(table(rows) + "\n")
     results["pipeline"] = pipeline_cases(device, checkpoint, repeats)
-    rows = [["one request (batch 1)", "settings", "ms"]]
-    rows += [[case["request"], case["settings"], f"{case['ms']:.1f}"] for case in results["pipeline"]]
+    gpu = device.type == "cuda"
+    rows = [["one request (batch 1)", "settings", "ms"] + (["eager ms"] if gpu else [])]
+    rows += [[case["request"], case["settings"], f"{case['ms']:.1f}"] + ([f"{case['eager_ms']:.1f}"] if gpu else [])
+             for case in results["pipeline"]]
     print(table(rows))
     if json_path:
         write_json(json_path, results)

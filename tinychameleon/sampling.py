@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .errors import stop_if_expired
 
+from .decode_graph import StaticKVCache, capture_on_cuda, captured_step
 from .model import KVCache, Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST
 from .data.colored import ADJECTIVES, HUES, PALETTE
@@ -175,7 +176,8 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
              use_cache: bool = True, length: int | None = None,
              should_stop: Callable[[], bool] | None = None, forced: torch.Tensor | None = None,
              top_p: float = 1.0, cd_k: int = 0, cd_alpha: float = 0.1,
-             unconditional_prefix: torch.Tensor | None = None, greedy_above: float = 1.0) -> torch.Tensor:
+             unconditional_prefix: torch.Tensor | None = None, greedy_above: float = 1.0,
+             static: bool | None = None) -> torch.Tensor:
     """Complete (B, P) prefixes (all the same length, starting with <bos>) to (B, length) sequences
     (default: a whole plain sequence; a shorter length stops early, e.g. after the first modality).
 
@@ -187,7 +189,8 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     should_stop is asked before every decode step; when it answers True the work is abandoned
     with DeadlineExceeded (a server request whose client has stopped waiting).
     unconditional_prefix replaces the default unconditional stream (infilling reads the image-first
-    masked sequence without its caption). greedy_above: see keep_sure.
+    masked sequence without its caption). greedy_above: see keep_sure. static: see Stream (the default replays
+    each step as a recorded CUDA graph on a GPU).
     """
     model.eval()
     B, P = prefix.shape
@@ -202,7 +205,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
             unconditional_prefix = torch.stack([prefix[:, 0], prefix[:, -1]], dim=1)
         prefixes.append(unconditional_prefix)
     # Both guidance streams run as one batch: one forward per step reads the weights once for both.
-    streams = Stream(model, prefixes, use_cache, length)
+    streams = Stream(model, prefixes, use_cache, length, static)
     logits, *free_logits = streams.prefill()
     orders = rules.order_of(prefix[:, 1]) if P >= 2 else torch.zeros(B, dtype=torch.long, device=prefix.device)
     for position in range(P, length):
@@ -237,19 +240,30 @@ class Stream:
     """
 
     def __init__(self, model: Transformer, prefixes: list[torch.Tensor], use_cache: bool = True,
-                 length: int | None = None) -> None:
+                 length: int | None = None, static: bool | None = None) -> None:
         """length: the longest sequence a row will reach (default: the model's block size), so the cache holds
-        no more slots than the decode can fill."""
+        no more slots than the decode can fill. static: decode through a `StaticKVCache` (default: on CUDA, where
+        each step is then replayed as one recorded CUDA graph, unless decode_graph.capture_on_cuda() says no; on
+        the CPU it runs eagerly, for the tests)."""
         self.model, self.tokens = model, list(prefixes)
         self.sizes = [len(prefix) for prefix in prefixes]
-        self.cache = None
+        self.cache = self.captured = None
         if use_cache:
+            device = prefixes[0].device
             longest = max(prefix.shape[1] for prefix in prefixes)
             padding = torch.cat([torch.full((len(prefix),), longest - prefix.shape[1], dtype=torch.long)
                                  for prefix in prefixes])
             self.padded = torch.cat([F.pad(prefix, (longest - prefix.shape[1], 0), value=0) for prefix in prefixes])
-            self.cache = KVCache(model.config, len(padding), max_length=(length or model.config.block_size)
-                                 + int(padding.max()), device=prefixes[0].device, padding=padding)
+            slots = (length or model.config.block_size) + int(padding.max())
+            if static is None:
+                static = device.type == "cuda" and capture_on_cuda()
+            if static and device.type == "cuda":
+                self.captured = captured_step(model, padding, slots)
+                self.cache = self.captured.cache
+            elif static:
+                self.cache = StaticKVCache(model.config, len(padding), slots, device=device, padding=padding)
+            else:
+                self.cache = KVCache(model.config, len(padding), max_length=slots, device=device, padding=padding)
 
     def prefill(self) -> list[torch.Tensor]:
         """Read the prompts; per group, (B_i, vocab) logits for the token after it."""
@@ -261,6 +275,7 @@ class Stream:
         """Append (B,) tokens to every group; per group, (B, vocab) logits for the next one."""
         if self.cache is not None:  # the cache holds the past: only the new tokens run
             tokens = token.repeat(len(self.sizes))[:, None]                            # (groups * B, 1)
-            return list(self.model(tokens, kv_cache=self.cache)[:, -1].split(self.sizes))
+            logits = self.captured(tokens) if self.captured else self.model(tokens, kv_cache=self.cache)
+            return list(logits[:, -1].split(self.sizes))
         self.tokens = [torch.cat([tokens, token[:, None]], dim=1) for tokens in self.tokens]
         return [self.model(tokens)[:, -1] for tokens in self.tokens]

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Everything measured on a lent GPU, in one run (BENCHMARKS.md, "On a GPU"): the CUDA-graph decode tests, the
+# benchmark (the checkpoint's decode step and requests eager vs replayed as CUDA graphs), next-scale requests,
+# `train --preset best` from nothing, and its document table. From the repo root on a CUDA machine:
+#     TINYCHAMELEON_CACHE=~/.cache/tinychameleon OUT=runs/device bash scripts/device_check.sh
+# Each stage has its own time limit so that a slow one cannot eat the next's.
+set -u
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TINYCHAMELEON_CACHE=${TINYCHAMELEON_CACHE:-$PWD/.devcache}
+OUT=${OUT:-runs/device}
+mkdir -p "$OUT"
+stage() { echo "== $1 ($(date +%T))"; }
+
+stage "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+stage "CUDA-graph decode tests"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_decode_graph.py tests/test_sampling.py 2>&1 | tail -4
+
+stage "bench: raster checkpoint, eager vs CUDA graph"
+timeout 200 python3 -m tinychameleon bench --device cuda --batches 1,64,1024 --repeats 5 --json "$OUT/bench.json"
+
+stage "requests of both generators: batch 1 and ms per image at batch 1024"
+timeout 120 python3 - "$OUT/requests.json" <<'PY'
+import json, sys, time
+import torch
+from tinychameleon.bench import pipeline_cases, synchronize
+from tinychameleon.pipeline import Pipeline
+
+device, rows = torch.device("cuda"), {}
+rows["var_requests"] = pipeline_cases(device, "var", 5)
+plain = {"guidance": 1.0, "image_candidates": 1, "rerank_captions": False, "caption_views": 1}
+for name in (None, "var"):
+    pipeline = Pipeline.from_pretrained(name, device="cuda")
+    for n in (1, 1024):
+        call = lambda: pipeline.generate_images("dark green eight on bright cyan", n=n, seed=0, **plain)
+        call()
+        times = []
+        for _ in range(3):
+            synchronize(device); started = time.perf_counter(); call(); synchronize(device)
+            times.append(time.perf_counter() - started)
+        rows[f"{name or 'raster'}_plain_batch{n}_ms_per_image"] = sorted(times)[1] * 1000 / n
+print(json.dumps(rows, indent=1))
+json.dump(rows, open(sys.argv[1], "w"), indent=1)
+PY
+
+stage "train --preset best from nothing"
+BEST=${BEST:-/tmp/tinychameleon-best}      # outside $OUT: only the files below come back
+rm -rf "$BEST"
+started=$(date +%s)
+timeout 300 python3 -m tinychameleon train --preset best --device cuda --out "$BEST" --no-progress 2>&1 | tail -25
+echo "train wall: $(( $(date +%s) - started )) s"
+cp "$BEST/run_info.json" "$OUT/train_run_info.json" 2>/dev/null
+cp "$BEST/base/run_info.json" "$OUT/train_base_run_info.json" 2>/dev/null
+
+stage "document table of that model (CPU threads of this machine)"
+if [ -f "$BEST/model.safetensors" ]; then
+    cp tinychameleon/pretrained/sampling.json "$BEST/"
+    tar -czf "$OUT/best.tar.gz" --exclude=base -C "$(dirname "$BEST")" "$(basename "$BEST")"
+    timeout 120 python3 scripts/document_table.py --checkpoint "$BEST" --samples 200 \
+        --settings "guidance 2, greedy above 0.7" --out "$OUT/table.json" 2>/dev/null | tail -3
+fi
+stage "done"
