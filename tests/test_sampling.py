@@ -213,3 +213,12 @@ def test_captions_use_their_own_guidance(tiny_pipeline, monkeypatch):
     pipe.caption(images, guidance=2.0)
     pipe.caption(images, caption_guidance=1.5)
     assert scales == [1.0, 2.0, 1.5]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's whole-sort path runs on CUDA only")
+def test_the_gpu_nucleus_equals_the_cpu_one():
+    from tinychameleon.sampling import outside_nucleus
+
+    logits = torch.randn(48, 2139, generator=torch.Generator().manual_seed(1)) * torch.tensor([0.3, 3.0, 8.0]).repeat(16)[:, None]
+    for top_p in (0.3, 0.99, 0.999):
+        assert torch.equal(outside_nucleus(logits.cuda(), top_p).cpu(), outside_nucleus(logits, top_p))

@@ -63,7 +63,7 @@ class Pipeline(RetrievalTasks, NextScaleTasks):
         self.vocab = Vocab.for_config(config)
         self.rules = ModalityRules(self.vocab, grammar=self.sampling.grammar,
                                    image_positions=image_tokenizer.position_tokens(),
-                                   image_follows=image_tokenizer.token_follows())
+                                   image_follows=image_tokenizer.token_follows()).to(device)
         self.tokenizer = WordTokenizer()
         self.pairs = PairDecoder(model, self.vocab, image_tokenizer, self.rules, device, self._expired)
         self.documents = DocumentDecoder(model, self.vocab, image_tokenizer, device, self._expired)

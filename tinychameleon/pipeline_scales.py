@@ -61,7 +61,7 @@ class NextScaleTasks:
 
     @cached_property
     def _image_rules(self) -> sampler.ImageRules:
-        return sampler.ImageRules(self.vocab, self.image_tokenizer)
+        return sampler.ImageRules(self.vocab, self.image_tokenizer).to(self.device)
 
     def _draw_scales(self, words: torch.Tensor, settings: SamplingConfig, generator, candidates: int = 1,
                      masked: bool = False) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .errors import stop_if_expired
 
+from .device import DeviceTables
 from .decode_graph import StaticKVCache, capture_on_cuda, captured_step
 from .model import KVCache, Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST
@@ -24,7 +25,7 @@ from .tokenizers.text import SLOTS
 from .tokenizers.vocab import WORDS, Vocab
 
 
-class ModalityRules:
+class ModalityRules(DeviceTables):
     """allowed[order, position] is the set of tokens that may stand at `position`."""
 
     def __init__(self, vocab: Vocab, grammar: bool = True, image_positions: torch.Tensor | None = None,
@@ -111,10 +112,14 @@ NUCLEUS_FIRST = 256   # likeliest tokens ranked before falling back to a full so
 
 def outside_nucleus(logits: torch.Tensor, top_p: float, first: int = NUCLEUS_FIRST) -> torch.Tensor:
     """(B, V) booleans: the tokens each row drops under top-p, those whose higher-ranked tokens already hold
-    top_p of the mass. A top-p near 1 keeps a few hundred of the 2000+ ids, so the `first` likeliest are ranked
-    with topk (several times cheaper than sorting every id); only rows whose `first` hold less than top_p are
-    sorted whole. Both rank the same probabilities, so the mask equals the full sort's (tests/test_sampling.py)."""
+    top_p of the mass. On the CPU a top-p near 1 keeps a few hundred of the 2000+ ids, so the `first` likeliest
+    are ranked with topk (several times cheaper than sorting every id); only rows whose `first` hold less than
+    top_p are sorted whole. On a GPU every row is sorted whole: one kernel there, while asking which rows fall
+    short would stall the host at every decode step. Both rank the same probabilities, so the masks are equal
+    (tests/test_sampling.py)."""
     probabilities = F.softmax(logits, dim=-1)
+    if logits.is_cuda:
+        return sorted_outside_nucleus(logits, probabilities, top_p)
     order = torch.topk(logits, min(first, logits.shape[-1]), dim=-1).indices       # (B, k), likeliest first
     mass = probabilities.gather(-1, order)
     before = mass.cumsum(dim=-1) - mass                                            # mass of the tokens ranked above
@@ -122,10 +127,15 @@ def outside_nucleus(logits: torch.Tensor, top_p: float, first: int = NUCLEUS_FIR
     short = (before[:, -1] + mass[:, -1]) < top_p                                  # the nucleus goes past `first`
     if short.any():
         rows = short.nonzero().squeeze(1)
-        order = torch.sort(logits[rows], dim=-1, descending=True).indices
-        mass = probabilities[rows].gather(-1, order)
-        drop[rows] = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass.cumsum(-1) - mass >= top_p)
+        drop[rows] = sorted_outside_nucleus(logits[rows], probabilities[rows], top_p)
     return drop
+
+
+def sorted_outside_nucleus(logits: torch.Tensor, probabilities: torch.Tensor, top_p: float) -> torch.Tensor:
+    """outside_nucleus by sorting every id of every row."""
+    order = torch.sort(logits, dim=-1, descending=True).indices
+    mass = probabilities.gather(-1, order)
+    return torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass.cumsum(-1) - mass >= top_p)
 
 
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, guidance: float) -> torch.Tensor:

@@ -36,7 +36,8 @@ class DocumentDecoder:
     @cached_property
     def grammar(self) -> DocumentGrammar:
         """Built on first use, after `tokenizer` has refused a checkpoint without documents."""
-        return DocumentGrammar(self.vocab, self.image_tokenizer.position_tokens(), self.image_tokenizer.token_follows())
+        return DocumentGrammar(self.vocab, self.image_tokenizer.position_tokens(),
+                               self.image_tokenizer.token_follows()).to(self.device)
 
     def prompt_ids(self, prompts: list[str], images: list[list[np.ndarray]]) -> list[list[int]]:
         """Prompts with <image> placeholders and their (28, 28, 3) level images -> ids (<bos> first, <eop> last

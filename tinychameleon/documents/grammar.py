@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device import DeviceTables
 from ..tokenizers.vocab import Vocab
 
 TEXT = -1    # image_position of a row that is writing text
@@ -29,7 +30,7 @@ class RowState:
         return RowState(self.image_position[rows], self.finished[rows])
 
 
-class DocumentGrammar:
+class DocumentGrammar(DeviceTables):
     def __init__(self, vocab: Vocab, image_positions: torch.Tensor | None = None,
                  image_follows: torch.Tensor | None = None) -> None:
         """image_positions (L, K): image ids allowed at each image position; image_follows (K, K): which image
@@ -50,9 +51,9 @@ class DocumentGrammar:
         self.end_only[vocab.end_document] = True
         # What guidance's unconditional stream leaves out of a prompt: its words, and <eop> where the run's
         # text-dropped training documents had none (train.unconditional_without_eop).
-        self.unconditional_drops = self.words.clone()
-        if vocab.unconditional_without_eop:
-            self.unconditional_drops[vocab.end_prompt] = True
+        # A set of ids, not a table: it filters Python lists, on the host whatever device the tables are on.
+        self.unconditional_drops = set(vocab.text_ids) | ({vocab.end_prompt} if vocab.unconditional_without_eop
+                                                          else set())
 
     def start(self, prompts: list[list[int]]) -> RowState:
         """The state after each prompt (<bos> first): inside an image if it ends after a <boi> without <eoi>."""
@@ -92,4 +93,4 @@ class DocumentGrammar:
     def without_words(self, ids: list[int]) -> list[int]:
         """A prompt as the unconditional stream of guidance reads it: the document with its words left out (and
         its <eop>, for runs whose text-dropped training documents had none)."""
-        return [token for token in ids if not self.unconditional_drops[token]]
+        return [token for token in ids if token not in self.unconditional_drops]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..batching import batch_slices
+from ..device import DeviceTables
 from ..errors import stop_if_expired
 from ..model import KVCache
 from ..reranking import DIGIT_SLOT, DIGIT_WORD_IDS, choose_digits, with_digits
@@ -29,7 +30,7 @@ from .objective import captions as caption_ids
 from .objective import drawing_nll, reading_head
 
 
-class ImageRules:
+class ImageRules(DeviceTables):
     """Which ids may stand at each image slot (the tokenizer's position_tokens), and which background may
     follow a foreground (its token_follows), over the whole vocabulary."""
 
