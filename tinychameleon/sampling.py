@@ -14,10 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import stop_if_expired
-
-from .device import DeviceTables
 from .decode_graph import StaticKVCache, capture_on_cuda, captured_step
+from .device import DeviceTables
+from .errors import stop_if_expired
 from .model import KVCache, Transformer
 from .sequences import IMAGE_FIRST, TEXT_FIRST
 from .data.colored import ADJECTIVES, HUES, PALETTE
