@@ -2,24 +2,33 @@
 # Everything measured on a lent GPU, in one run (BENCHMARKS.md, "On a GPU"): the CUDA-graph decode tests, the
 # benchmark (the checkpoint's decode step and requests eager vs replayed as CUDA graphs), next-scale requests,
 # `train --preset best` from nothing, and its document table. From the repo root on a CUDA machine:
-#     TINYCHAMELEON_CACHE=~/.cache/tinychameleon OUT=runs/device bash scripts/device_check.sh
-# Each stage has its own time limit so that a slow one cannot eat the next's.
+#     TINYCHAMELEON_CACHE=~/.cache/tinychameleon OUT=runs/device bash scripts/device_check.sh [STAGE ...]
+# STAGEs: tests, bench, requests, train (default: all). Each has its own time limit so that a slow one cannot eat
+# the next's.
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TINYCHAMELEON_CACHE=${TINYCHAMELEON_CACHE:-$PWD/.devcache}
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
+STAGES=${*:-tests bench requests train}
 stage() { echo "== $1 ($(date +%T))"; }
+wanted() { [[ " $STAGES " == *" $1 "* ]]; }
 
 stage "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
+if wanted tests; then
 stage "CUDA-graph decode tests"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_decode_graph.py tests/test_sampling.py 2>&1 | tail -4
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_decode_graph.py tests/test_sampling.py \
+    tests/test_nextscale.py::test_replayed_passes_draw_what_eager_passes_draw 2>&1 | tail -4
+fi
 
+if wanted bench; then
 stage "bench: raster checkpoint, eager vs CUDA graph"
 timeout 200 python3 -m tinychameleon bench --device cuda --batches 1,64,1024 --repeats 5 --json "$OUT/bench.json"
+fi
 
+if wanted requests; then
 stage "requests of both generators, eager vs CUDA graph; ms per image at batch 1 and 1024"
 timeout 150 python3 - "$OUT/requests.json" <<'PY'
 import json, sys, time
@@ -43,7 +52,9 @@ for name in (None, "var"):
 print(json.dumps(rows, indent=1))
 json.dump(rows, open(sys.argv[1], "w"), indent=1)
 PY
+fi
 
+if wanted train; then
 stage "train --preset best from nothing"
 BEST=${BEST:-/tmp/tinychameleon-best}      # outside $OUT: only the files below come back
 rm -rf "$BEST"
@@ -59,5 +70,6 @@ if [ -f "$BEST/model.safetensors" ]; then
     tar -czf "$OUT/best.tar.gz" --exclude=base -C "$(dirname "$BEST")" "$(basename "$BEST")"
     timeout 120 python3 scripts/document_table.py --checkpoint "$BEST" --samples 200 \
         --settings "guidance 2, greedy above 0.7" --out "$OUT/table.json" 2>/dev/null | tail -3
+fi
 fi
 stage "done"

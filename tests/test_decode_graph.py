@@ -4,6 +4,7 @@ on a GPU, replayed as a recorded CUDA graph, exactly as the eager step, also whe
 import pytest
 import torch
 
+from tinychameleon import decode_graph
 from tinychameleon.config import ModelConfig
 from tinychameleon.decode_graph import StaticKVCache, captured_step
 from tinychameleon.model import Transformer
@@ -89,6 +90,7 @@ def test_a_replayed_cuda_graph_draws_what_the_eager_step_draws(parts):
         drawn = [generate(model, prefix, rules, temperature=1.0, guidance=2.0, static=static,
                           generator=torch.Generator("cuda").manual_seed(5)) for static in (False, True)]
         assert torch.equal(drawn[0], drawn[1])
+    assert any(key[2] == "step" for key in decode_graph._pool[model])       # the default decode recorded one
     padding = torch.zeros(6, dtype=torch.long)
     slots = VOCAB.plain_length + VOCAB.text_first_codes.start - 2
     assert captured_step(model, padding, slots) is captured_step(model, padding, slots)

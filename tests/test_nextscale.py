@@ -111,6 +111,28 @@ def test_cached_sampler_equals_uncached(untrained, guidance):
     assert all((f - offset, b - offset) in valid for f, b in drawn[:, :2].tolist())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_replayed_passes_draw_what_eager_passes_draw(untrained):
+    """On CUDA each block's pass replays a recorded graph (decode_graph.CapturedPasses): the same drawings as eager
+    passes, also when a later drawing replays the passes an earlier one recorded."""
+    import copy
+    from contextlib import nullcontext
+
+    from tinychameleon import decode_graph
+
+    config, tokenizer, model, vocab = untrained
+    model, coder = copy.deepcopy(model).cuda(), copy.deepcopy(tokenizer.shape).cuda()
+    rules, words = ImageRules(vocab, tokenizer).to("cuda"), torch.randint(0, 31, (5, 6)).cuda()
+    for guidance in (1.0, 2.5, 2.5):
+        runs = []
+        for context in (decode_graph.eager_steps(), nullcontext()):
+            with context:
+                runs.append(draw(model, coder, vocab, rules, words, 1.0, None, 0.9, guidance,
+                                 torch.Generator("cuda").manual_seed(3)))
+        assert torch.equal(*runs)
+    assert {key[2:] for key in decode_graph._pool[model]} == {("passes", 5), ("passes", 10)}
+
+
 def test_guidance_one_equals_plain_sampling(untrained):
     """Scale 1 runs one stream; a scale a hair above 1 runs two and combines them - same greedy draws."""
     config, tokenizer, model, vocab = untrained

@@ -8,7 +8,8 @@ Replaying needs the step to read and write the same memory every time, so `Stati
 hides the slots not yet written) and the next slot is a device tensor, advanced in place by the step
 itself. `CapturedStep` records `model(token, kv_cache=cache)` on first use and replays it after, and
 `captured_step` keeps recorded steps for reuse: recording costs a few eager steps, which a 51-step image
-would otherwise pay on every request.
+would otherwise pay on every request. The next-scale sampler's six passes need no static cache: each block
+always touches the same slots of a growing one, so `CapturedPasses` records one graph per block.
 
 On the CPU the static cache runs eagerly (the tests compare it with `KVCache`); only CUDA captures.
 `TINYCHAMELEON_CUDA_GRAPHS=0` (or `eager_steps()`, which the benchmark uses to compare) turns capture off.
@@ -20,6 +21,7 @@ import os
 import threading
 import weakref
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 
@@ -105,48 +107,84 @@ class StaticKVCache:
         self.image_run = torch.zeros_like(self._image_run)
 
 
+WARM_UP = 2     # eager runs before recording: lazily built kernels and workspaces must exist before capture
+
+
+def record(run: Callable[[], torch.Tensor], rewind: Callable[[], None]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Record `run` (a forward that advances a cache) as a CUDA graph: warm it up on a side stream (as
+    torch.cuda.graphs asks), rewind() the state each run advanced, record, rewind again (recording runs the Python,
+    whose bookkeeping advances, but no kernel). Returns the graph and the output tensor its replays fill. Under
+    autocast, without autocast's cache of cast weights: a cached cast is freed when the caller's autocast ends,
+    and a replay would read freed memory."""
+    same_autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                   enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), same_autocast:
+        for _ in range(WARM_UP):
+            run()
+            rewind()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), same_autocast:
+        output = run()
+    rewind()
+    return graph, output
+
+
 class CapturedStep:
     """`model(tokens, kv_cache=cache)` for (B, 1) tokens, recorded as a CUDA graph on the first call and replayed
     at every call after: one launch per step instead of one per kernel. The returned logits live in the graph's
     own memory and are overwritten by the next call (read them before stepping again)."""
 
-    WARM_UP = 2     # eager runs before recording: lazily built kernels and workspaces must exist before capture
-
     def __init__(self, model, cache: StaticKVCache) -> None:
         self.model, self.cache = model, cache
         self.tokens = torch.zeros(len(cache.padding), 1, dtype=torch.long, device=cache.keys.device)
-        self.graph = None
-        self.logits = None
+        self.graph = self.logits = None
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
-            self._record()
+            cache = self.cache
+            slot, image_run, position = cache.slot.clone(), cache.image_run.clone(), cache.position
+
+            def rewind() -> None:   # the warm-up wrote slots that real steps overwrite before anything reads them
+                cache.slot.copy_(slot)
+                cache.image_run, cache.position = image_run, position
+
+            self.graph, self.logits = record(lambda: self.model(self.tokens, kv_cache=cache), rewind)
         self.tokens.copy_(tokens)
         self.graph.replay()
         self.cache.position += 1
         return self.logits
 
-    def _record(self) -> None:
-        """Warm up on a side stream (as torch.cuda.graphs asks), put back the state the warm-up advanced, record.
-        Under autocast, without its cache of cast weights: a cached cast is freed when the caller's autocast
-        ends, and a replay would read freed memory."""
-        cache = self.cache
-        saved = cache.slot.clone(), cache.image_run.clone(), cache.position
-        same_autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                                       enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), same_autocast:
-            for _ in range(self.WARM_UP):
-                self.model(self.tokens, kv_cache=cache)
-        torch.cuda.current_stream().wait_stream(side)
-        # The warm-up wrote slots the real steps overwrite before anything reads them (the mask hides them).
-        cache.slot.copy_(saved[0])
-        cache.image_run = saved[1]
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), same_autocast:
-            self.logits = self.model(self.tokens, kv_cache=cache)
-        cache.position = saved[2]        # recording ran the Python (position += 1) but no kernel
+
+class CapturedPasses:
+    """The next-scale sampler's passes, one recorded CUDA graph per block. Block b of every drawing reads the caption
+    and the coarser blocks' cache slots and writes its own, always the same ones, so each pass replays exactly as it
+    was recorded: six launches per drawing instead of one per kernel. `cache` is a plain growing `KVCache`."""
+
+    def __init__(self, model, cache) -> None:
+        self.model, self.cache = model, cache
+        self.inputs, self.graphs, self.logits = {}, {}, {}
+
+    def run(self, block: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """model.run(x, mask, cache) for block `block` ((R, T, C) inputs of its new positions) -> (R, T, V) logits,
+        in the graph's memory until this block's next pass. Block 0 starts a new drawing (an empty cache)."""
+        if block == 0:
+            self.cache.position = 0
+        start = self.cache.position
+        if block not in self.graphs:
+            self.inputs[block] = x.clone()
+
+            def rewind() -> None:
+                self.cache.position = start
+
+            self.graphs[block], self.logits[block] = record(
+                lambda: self.model.run(self.inputs[block], mask, self.cache), rewind)
+        self.inputs[block].copy_(x)
+        self.graphs[block].replay()
+        self.cache.position = start + x.shape[1]
+        return self.logits[block]
 
 
 _eager = threading.local()
@@ -167,22 +205,33 @@ def eager_steps():
         _eager.on = False
 
 
-POOL_SIZE = 8      # recorded steps kept per model and thread; the oldest is dropped first
+POOL_SIZE = 8      # recorded steps or passes kept per model and thread; the oldest is dropped first
 _pool: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def pooled(model, shape: tuple, build: Callable[[], object]):
+    """The recorder kept for `model` and this shape on this thread (the web worker and a script's loop decode one
+    request after another, so a request pays no recording), or build() one. A step recorded under autocast computes
+    in its dtype whatever the caller's context later: that is part of the key."""
+    kept = _pool.setdefault(model, {})
+    key = (threading.get_ident(), torch.is_autocast_enabled("cuda"), *shape)
+    if key not in kept:
+        if len(kept) >= POOL_SIZE:
+            kept.pop(next(iter(kept)))
+        kept[key] = build()
+    return kept[key]
 
 
 def captured_step(model, padding: torch.Tensor, max_length: int) -> CapturedStep:
     """A recorded step of `model` for len(padding) rows and a max_length-slot cache, emptied and given this (B,)
-    padding: the one recorded by an earlier decode of the same shape on this thread if there is one (the web
-    worker and a script's loop decode one request after another), else a new one, recorded on first use."""
-    steps = _pool.setdefault(model, {})
-    # A step recorded under autocast computes in its dtype whatever the caller's context later: part of the key.
-    key = (threading.get_ident(), len(padding), max_length, torch.is_autocast_enabled("cuda"))
-    if key not in steps:
-        if len(steps) >= POOL_SIZE:
-            steps.pop(next(iter(steps)))
-        device = next(model.parameters()).device
-        steps[key] = CapturedStep(model, StaticKVCache(model.config, len(padding), max_length, device, padding=padding))
-    step = steps[key]
-    step.cache.reset(padding.to(step.cache.padding.device))
+    padding (see `pooled`)."""
+    device = next(model.parameters()).device
+    step = pooled(model, ("step", len(padding), max_length), lambda: CapturedStep(
+        model, StaticKVCache(model.config, len(padding), max_length, device, padding=padding)))
+    step.cache.reset(padding.to(device))
     return step
+
+
+def captured_passes(model, rows: int, cache: Callable[[], object]) -> CapturedPasses:
+    """The recorded passes of the next-scale `model` for `rows` rows (see `pooled`); cache() builds their cache."""
+    return pooled(model, ("passes", rows), lambda: CapturedPasses(model, cache()))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..batching import batch_slices
+from ..decode_graph import capture_on_cuda, captured_passes
 from ..device import DeviceTables
 from ..errors import stop_if_expired
 from ..model import KVCache
@@ -60,7 +61,16 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
         streams = torch.cat([streams, caption_ids(vocab, words, torch.ones(B, dtype=torch.bool))])
     R = len(streams)
     starts, sizes = layout.block_starts(), layout.block_sizes
-    cache = KVCache(model.config, R, max_length=layout.drawing_length, device=device) if use_cache else None
+
+    def new_cache() -> KVCache:
+        return KVCache(model.config, R, max_length=layout.drawing_length, device=device)
+
+    # On CUDA each pass replays a recorded graph, unless guidance leaves the batch midway (other shapes after).
+    shrinks = R > B and 0 < guided_blocks < len(sizes)
+    passes = None
+    if use_cache and device.type == "cuda" and capture_on_cuda() and not shrinks:
+        passes = captured_passes(model, R, new_cache)
+    cache = passes.cache if passes else (new_cache() if use_cache else None)
     image = torch.empty(B, layout.image_length, dtype=torch.long, device=device)
     latents, f_hat = [], 0
     for block in range(len(sizes)):
@@ -69,7 +79,8 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
         new = model.embed_blocks(block, 1, latents[-1] if block else None, R)
         if cache is not None:   # only this block runs; the caption and coarser blocks are in the cache
             x = torch.cat([model.embed_tokens(streams), new], dim=1) if block == 0 else new
-            logits = model.run(x, model.mask[stop - x.shape[1]:stop, :stop], cache)
+            mask = model.mask[stop - x.shape[1]:stop, :stop]
+            logits = passes.run(block, x, mask) if passes else model.run(x, mask, cache)
         else:                   # the reference: re-read everything so far
             earlier = model.embed_blocks(0, block, torch.cat(latents[:-1], 1) if block > 1 else None, R) \
                 if block else None
