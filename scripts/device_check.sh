@@ -19,8 +19,9 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 
 if wanted tests; then
 stage "CUDA-graph decode tests"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_decode_graph.py tests/test_sampling.py \
-    tests/test_nextscale.py::test_replayed_passes_draw_what_eager_passes_draw 2>&1 | tail -4
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_decode_graph.py tests/test_sampling.py \
+    tests/test_nextscale.py::test_replayed_passes_draw_what_eager_passes_draw \
+    tests/test_documents.py::test_replayed_document_steps_write_what_the_row_cache_writes 2>&1 | tail -4
 fi
 
 if wanted bench; then
@@ -30,7 +31,7 @@ fi
 
 if wanted requests; then
 stage "requests of both generators, eager vs CUDA graph; ms per image at batch 1 and 1024"
-timeout 150 python3 - "$OUT/requests.json" <<'PY'
+timeout 200 python3 - "$OUT/requests.json" <<'PY'
 import json, sys, time
 import torch
 from tinychameleon.bench import pipeline_cases, synchronize
@@ -49,6 +50,21 @@ for name in (None, "var"):
             synchronize(device); started = time.perf_counter(); call(); synchronize(device)
             times.append(time.perf_counter() - started)
         rows[f"{name or 'raster'}_plain_batch{n}_ms_per_image"] = sorted(times)[2] * 1000 / n
+# Documents (`continue`): one swap edit, and 256 at once, replayed steps vs eager ones.
+from contextlib import nullcontext
+from tinychameleon.decode_graph import eager_steps
+raster = Pipeline.from_pretrained(None, device="cuda")
+image = raster.generate_images("dark green eight on bright cyan", seed=0)[0]
+for n in (1, 256):
+    call = lambda: raster.continue_documents(["<image> swap the colors ."] * n, [[image]] * n, seed=0)
+    for name, context in (("graph", nullcontext), ("eager", eager_steps)):
+        with context():
+            call()
+            times = []
+            for _ in range(3):
+                synchronize(device); started = time.perf_counter(); call(); synchronize(device)
+                times.append(time.perf_counter() - started)
+        rows[f"documents_swap_{n}_{name}_ms"] = sorted(times)[1] * 1000
 print(json.dumps(rows, indent=1))
 json.dump(rows, open(sys.argv[1], "w"), indent=1)
 PY

@@ -61,16 +61,19 @@ def test_sampling_through_the_static_cache_draws_the_same_tokens(parts):
         assert torch.equal(drawn[0], drawn[1])
 
 
-def test_a_reset_static_cache_reads_as_a_fresh_one():
+def test_a_restarted_static_cache_reads_as_a_fresh_one():
     model = make_model(positions="rope", copy_head=True)
     first, second = text_prefix(VOCAB, PROMPTS), text_prefix(VOCAB, PROMPTS.flip(0))
-    cache = StaticKVCache(model.config, 3, VOCAB.plain_length, padding=torch.tensor([0, 2, 0]))
+    cache = StaticKVCache(model.config, 3, VOCAB.plain_length)
     with torch.no_grad():
+        cache.start(torch.tensor([[True] * 9, [False] * 2 + [True] * 7, [True] * 9]))
         model(first, kv_cache=cache)
         model(torch.zeros(3, 1, dtype=torch.long), kv_cache=cache)
-        cache.reset(torch.zeros(3, dtype=torch.long))
+        cache.start(torch.ones(3, 9, dtype=torch.bool))
         reused = model(second, kv_cache=cache)[:, -1]
-        fresh = model(second, kv_cache=StaticKVCache(model.config, 3, VOCAB.plain_length))[:, -1]
+        fresh_cache = StaticKVCache(model.config, 3, VOCAB.plain_length)
+        fresh_cache.start(torch.ones(3, 9, dtype=torch.bool))
+        fresh = model(second, kv_cache=fresh_cache)[:, -1]
     assert cache.position == second.shape[1] and int(cache.slot) == second.shape[1]
     torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
 
@@ -91,9 +94,8 @@ def test_a_replayed_cuda_graph_draws_what_the_eager_step_draws(parts):
                           generator=torch.Generator("cuda").manual_seed(5)) for static in (False, True)]
         assert torch.equal(drawn[0], drawn[1])
     assert any(key[2] == "step" for key in decode_graph._pool[model])       # the default decode recorded one
-    padding = torch.zeros(6, dtype=torch.long)
     slots = VOCAB.plain_length + VOCAB.text_first_codes.start - 2
-    assert captured_step(model, padding, slots) is captured_step(model, padding, slots)
+    assert captured_step(model, 6, slots) is captured_step(model, 6, slots)
 
 
 @GPU

@@ -398,7 +398,8 @@ def test_the_cached_decoder_equals_the_uncached_one_on_a_mixed_document(parts):
         settings = DecodeSettings(temperature=0.0, guidance=guidance, max_new_tokens=2 * L + 8)
         cached = decode(model, grammar, prompts, settings, extra)
         uncached = decode(model, grammar, prompts, settings, extra, use_cache=False)
-        assert cached == uncached
+        static = decode(model, grammar, prompts, settings, extra, static=True)
+        assert cached == uncached == static
         assert all(row.count(VOCAB.begin_image) >= 1 for row in cached)
 
 
@@ -441,6 +442,38 @@ def test_finished_rows_leave_the_batch():
     written = decode(model, grammar, prompts, DecodeSettings(temperature=0.0, max_new_tokens=60))
     assert written[0] == [VOCAB.end_document]
     assert written[1][L - 2] == VOCAB.end_image and written[1][-1] == VOCAB.end_document
+
+
+def test_the_static_reader_writes_what_the_row_cache_writes_as_rows_finish():
+    """StaticReader (the CUDA path) keeps finished rows stepping into slots nobody reads: the same documents as the
+    RowCache's, sampled, with guidance's text-free rows, while rows end at different steps."""
+    model, grammar = model_and_grammar(4)
+    favour(model, VOCAB.end_document, 1.0)                    # with words sampled too, rows end at random steps
+    prompts = [[VOCAB.bos] + VOCAB.text_ids[i:i + 1 + i % 3] for i in range(6)]
+    settings = DecodeSettings(temperature=1.0, guidance=2.0, max_new_tokens=L + 4, text_temperature=1.0)
+    runs = [decode(model, grammar, prompts, settings, [[VOCAB.bos]] * 6, generator=torch.Generator().manual_seed(4),
+                   static=static) for static in (False, True)]
+    assert runs[0] == runs[1]
+    assert len({len(row) for row in runs[0]}) > 2                      # rows did finish at different steps
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_replayed_document_steps_write_what_the_row_cache_writes():
+    """On CUDA the engine replays a recorded step (StaticReader + CapturedStep) by default: the same documents as the
+    RowCache's eager steps, twice (the second decode replays what the first recorded)."""
+    from tinychameleon import decode_graph
+
+    model, grammar = model_and_grammar(4)
+    favour(model, VOCAB.end_document, 1.0)
+    model, grammar = model.cuda(), grammar.to("cuda")
+    prompts = [[VOCAB.bos] + VOCAB.text_ids[i:i + 1 + i % 3] for i in range(6)]
+    settings = DecodeSettings(temperature=1.0, guidance=2.0, max_new_tokens=L + 4, text_temperature=1.0)
+    for _ in range(2):
+        runs = [decode(model, grammar, prompts, settings, [[VOCAB.bos]] * 6,
+                       generator=torch.Generator("cuda").manual_seed(4), static=static) for static in (False, None)]
+        assert runs[0] == runs[1]
+    assert len({len(row) for row in runs[0]}) > 2
+    assert any(key[2] == "step" for key in decode_graph._pool[model])
 
 
 def test_picture_codes_repaint_shapes(codes):

@@ -29,26 +29,44 @@ from .config import ModelConfig
 
 
 class StaticKVCache:
-    """`KVCache`'s contract (update, update_copy, positions, attention_mask, advance, image_run) with every
-    tensor's shape fixed for the whole decode: (layers, B, heads, max_length, head_dim) keys and values, read
+    """The cache contract the model reads (positions, attention_mask, update, update_copy, advance, image_run) with
+    every tensor's shape fixed for the whole decode: (layers, B, heads, max_length, head_dim) keys and values, read
     whole at each step under a mask, and `slot`, the next slot to write, a device tensor.
 
-    `position` mirrors `slot` on the host for the model's length check; a replayed graph does not run Python,
-    so `CapturedStep` advances the mirror itself. padding (B,): slots each row's prompt was left-padded by."""
+    Like the documents' `RowCache`, each row keeps its own valid slots and positions: a slot written while
+    `writing` marks it invalid (left padding, a word in guidance's text-free stream, a finished row's step) is
+    never read and does not advance the row's position. `start` readies it for a prefill; after it, every step
+    writes with `step_writing`, a fixed (B, 1) buffer (all True unless the caller fills it).
+
+    Two host numbers serve the model's length check (position - least_padding: the longest row's length), with no
+    device sync per step: `position` mirrors `slot` (a replayed graph runs no Python, so `CapturedStep` advances
+    it), and `least_padding` is set by `start` and, where rows finish while others go on, by the caller."""
 
     def __init__(self, config: ModelConfig, batch_size: int, max_length: int, device=None,
-                 dtype=torch.float32, padding: torch.Tensor | None = None) -> None:
+                 dtype=torch.float32) -> None:
         head_dim = config.d_model // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_length, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.slot = torch.zeros((), dtype=torch.long, device=device)
-        self.position = 0
-        self.padding = (torch.zeros(batch_size, dtype=torch.long) if padding is None else padding).to(device)
-        self.least_padding = int(self.padding.min())
         self.every_slot = torch.arange(max_length, device=device)
+        self.slot = torch.zeros((), dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
+        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.step_writing = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
         self._image_run = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.copy_keys = self.copy_ids = None                                  # model.copy_head, on first use
+        self.position, self.least_padding, self.writing = 0, 0, self.step_writing
+
+    def start(self, valid: torch.Tensor) -> None:
+        """Empty the cache, in place, for a prefill of (B, P) tokens of which `valid` says which are real (left
+        padding is not). Old keys stay in memory but are never read: the mask shows only slots written since."""
+        self.slot.zero_()
+        self.valid.zero_()
+        self.next_position.zero_()
+        self.step_writing.fill_(True)
+        self.image_run = torch.zeros_like(self._image_run)
+        self.position, self.writing = 0, valid
+        self.least_padding = valid.shape[1] - int(valid.sum(1).max())
 
     @property
     def image_run(self) -> torch.Tensor:
@@ -81,30 +99,27 @@ class StaticKVCache:
         return self.copy_keys, self.copy_ids
 
     def positions(self, T: int) -> torch.Tensor:
-        """(B, T) position ids of the next T tokens: a row's slot less its padding (padding slots: 0, never read)."""
-        return (self.new_slots(T)[None, :] - self.padding[:, None]).clamp(min=0)
+        """(B, T) position ids of the new tokens: each row counts only its valid slots."""
+        valid = self.writing.long()
+        return self.next_position[:, None] + valid.cumsum(1) - valid
 
     def attention_mask(self, T: int) -> torch.Tensor:
-        """(B, 1, T, max_length): each query sees the written, unpadded slots up to its own, and always its own
-        (so a padding query still has a key). Slots not yet written are hidden like padding."""
-        queries = self.new_slots(T)[:, None]                                               # (T, 1)
-        causal = self.every_slot[None, :] <= queries                                       # (T, S)
-        real = self.every_slot[None, :] >= self.padding[:, None]                           # (B, S)
-        own = self.every_slot[None, :] == queries                                          # (T, S)
-        return ((causal[None] & real[:, None, :]) | own[None])[:, None]
+        """(B, 1, T, max_length): each query sees the valid slots up to its own, and always its own (so that an
+        invalid query still has a key; its output is never used). Slots not yet written are not valid."""
+        slots = self.new_slots(T)
+        keys = self.valid.index_copy(1, slots, self.writing.expand(-1, T))                  # (B, S)
+        causal = self.every_slot[None, :] <= slots[:, None]                                # (T, S)
+        own = self.every_slot[None, :] == slots[:, None]                                   # (T, S)
+        return ((causal[None] & keys[:, None, :]) | own[None])[:, None]
 
     def advance(self, steps: int) -> None:
-        self.slot += steps               # in place: part of the recorded step
+        """In place (part of the recorded step): the new slots' validity, each row's position, the next slot."""
+        writing = self.writing.expand(-1, steps)
+        self.valid.index_copy_(1, self.new_slots(steps), writing)
+        self.next_position += writing.sum(1)
+        self.slot += steps
         self.position += steps
-
-    def reset(self, padding: torch.Tensor) -> None:
-        """Empty the cache for a new decode whose rows are left-padded by `padding` (B,), in place. Old keys stay
-        in memory but are never read: the mask shows only slots written since."""
-        self.padding.copy_(padding)
-        self.least_padding = int(self.padding.min())
-        self.slot.zero_()
-        self.position = 0
-        self.image_run = torch.zeros_like(self._image_run)
+        self.writing = self.step_writing
 
 
 WARM_UP = 2     # eager runs before recording: lazily built kernels and workspaces must exist before capture
@@ -139,22 +154,26 @@ class CapturedStep:
 
     def __init__(self, model, cache: StaticKVCache) -> None:
         self.model, self.cache = model, cache
-        self.tokens = torch.zeros(len(cache.padding), 1, dtype=torch.long, device=cache.keys.device)
+        self.tokens = torch.zeros(len(cache.valid), 1, dtype=torch.long, device=cache.keys.device)
         self.graph = self.logits = None
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, writing: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, 1); writing (B, 1): which rows' slots this step are valid (default: all)."""
+        cache = self.cache
         if self.graph is None:
-            cache = self.cache
-            slot, image_run, position = cache.slot.clone(), cache.image_run.clone(), cache.position
+            saved = [tensor.clone() for tensor in (cache.slot, cache.valid, cache.next_position, cache.image_run)]
+            position = cache.position
 
             def rewind() -> None:   # the warm-up wrote slots that real steps overwrite before anything reads them
-                cache.slot.copy_(slot)
-                cache.image_run, cache.position = image_run, position
+                for tensor, value in zip((cache.slot, cache.valid, cache.next_position, cache._image_run), saved):
+                    tensor.copy_(value)
+                cache.position = position
 
             self.graph, self.logits = record(lambda: self.model(self.tokens, kv_cache=cache), rewind)
         self.tokens.copy_(tokens)
+        cache.step_writing.copy_(True if writing is None else writing)
         self.graph.replay()
-        self.cache.position += 1
+        cache.position += 1
         return self.logits
 
 
@@ -222,14 +241,12 @@ def pooled(model, shape: tuple, build: Callable[[], object]):
     return kept[key]
 
 
-def captured_step(model, padding: torch.Tensor, max_length: int) -> CapturedStep:
-    """A recorded step of `model` for len(padding) rows and a max_length-slot cache, emptied and given this (B,)
-    padding (see `pooled`)."""
+def captured_step(model, rows: int, max_length: int) -> CapturedStep:
+    """A recorded step of `model` for `rows` rows and a max_length-slot cache (see `pooled`); call its cache's
+    `start` before the prefill."""
     device = next(model.parameters()).device
-    step = pooled(model, ("step", len(padding), max_length), lambda: CapturedStep(
-        model, StaticKVCache(model.config, len(padding), max_length, device, padding=padding)))
-    step.cache.reset(padding.to(device))
-    return step
+    return pooled(model, ("step", rows, max_length),
+                  lambda: CapturedStep(model, StaticKVCache(model.config, rows, max_length, device)))
 
 
 def captured_passes(model, rows: int, cache: Callable[[], object]) -> CapturedPasses:

@@ -267,12 +267,14 @@ class Stream:
             if static is None:
                 static = device.type == "cuda" and capture_on_cuda()
             if static and device.type == "cuda":
-                self.captured = captured_step(model, padding, slots)
+                self.captured = captured_step(model, len(padding), slots)
                 self.cache = self.captured.cache
             elif static:
-                self.cache = StaticKVCache(model.config, len(padding), slots, device=device, padding=padding)
+                self.cache = StaticKVCache(model.config, len(padding), slots, device=device)
             else:
                 self.cache = KVCache(model.config, len(padding), max_length=slots, device=device, padding=padding)
+            if static:
+                self.cache.start((torch.arange(longest)[None, :] >= padding[:, None]).to(device))
 
     def prefill(self) -> list[torch.Tensor]:
         """Read the prompts; per group, (B_i, vocab) logits for the token after it."""

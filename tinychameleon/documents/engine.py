@@ -5,7 +5,9 @@ Rows hold prompts of different lengths (left-padded) and, with classifier-free g
 stream per row: the same document with its text left out (CM3Leon's unconditional stream). Both
 streams run in one forward per step through one `RowCache`; a slot a row must not see (padding, or
 a word in the unconditional stream) is marked invalid there, so every row reads exactly as it would
-alone. Rows that reach <eod> leave the batch, so they stop costing work.
+alone. Rows that reach <eod> leave the batch, so they stop costing work. On CUDA the rows instead stay in
+one fixed-shape batch (`StaticReader`) so that each step replays a recorded CUDA graph: there, a step costs
+about the same at any batch size, and the launches it saves are most of it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..errors import stop_if_expired
+from ..decode_graph import StaticKVCache, capture_on_cuda, captured_step
 from ..model import KVCache, Transformer, causal_mask
 from ..sampling import filter_logits, guided_logits, keep_sure, pick
 from .grammar import DocumentGrammar
@@ -106,13 +109,15 @@ def left_padded(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.T
 @torch.no_grad()
 def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]], settings: DecodeSettings,
            unconditional: list[list[int]] | None = None, generator: torch.Generator | None = None,
-           should_stop: Callable[[], bool] | None = None, use_cache: bool = True) -> list[list[int]]:
+           should_stop: Callable[[], bool] | None = None, use_cache: bool = True,
+           static: bool | None = None) -> list[list[int]]:
     """Continue each prompt (ids, <bos> first) until <eod> or the room runs out; returns the new ids per row.
 
     unconditional: one prompt per row for the guidance stream (the document without its text); with it,
     image tokens are drawn from log p_uncond + guidance * (log p_cond - log p_uncond). should_stop is asked
     before every step; True abandons the work with DeadlineExceeded. use_cache=False re-reads every row
-    whole at each step (the reference the cache is tested against)."""
+    whole at each step (the reference the cache is tested against). static: keep every row in one fixed-shape
+    batch (`StaticReader`; default: on CUDA, where each step is then replayed as a recorded CUDA graph)."""
     model.eval()
     device = next(model.parameters()).device
     B = len(prompts)
@@ -128,7 +133,10 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
     previous = torch.tensor([prompt[-1] for prompt in prompts], device=device)
     outputs = [[] for _ in range(B)]
     active = torch.arange(B, device=device)                 # original index of each remaining row
-    reader = (CachedReader if use_cache else FullReader)(model, ids, valid, ids.shape[1] + steps)
+    if static is None:
+        static = device.type == "cuda" and capture_on_cuda()
+    reader_type = (StaticReader if static else CachedReader) if use_cache else FullReader
+    reader = reader_type(model, ids, valid, ids.shape[1] + steps)
     logits = reader.prefill()                                                            # (groups * B, V)
     groups = len(streams)
     for step in range(steps):
@@ -183,6 +191,47 @@ class CachedReader:
 
     def select(self, rows: torch.Tensor) -> None:
         self.cache.select(rows)
+
+
+class StaticReader:
+    """Every row stays in one fixed-shape batch through a `StaticKVCache`: a finished row goes on stepping into
+    slots nobody reads (its work is not saved, unlike `CachedReader`'s), so that on CUDA each step replays one
+    recorded CUDA graph (decode_graph.py). The rows still running are read out of the batch."""
+
+    def __init__(self, model: Transformer, ids: torch.Tensor, valid: torch.Tensor, length: int) -> None:
+        self.model, self.ids = model, ids
+        self.captured = captured_step(model, len(ids), length) if ids.is_cuda else None
+        self.cache = self.captured.cache if self.captured else StaticKVCache(model.config, len(ids), length,
+                                                                             ids.device)
+        self.cache.start(valid)
+        self.running = list(range(len(ids)))                             # the running rows, in the engine's order
+        self.rows = torch.arange(len(ids), device=ids.device)           # the same, on the device
+        # Each running row's length if every step of it is valid: exact for the prompts' rows, an upper bound for
+        # guidance's text-free rows (shorter still). Their maximum is the longest running row, which the model's
+        # length check reads (cache.least_padding), kept on the host: no device sync per step.
+        self.lengths = valid.sum(1).tolist()
+
+    def prefill(self) -> torch.Tensor:
+        return self.model(self.ids, kv_cache=self.cache, last=1)[:, -1]
+
+    def step(self, token: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        cache, B = self.cache, len(self.ids)
+        tokens = torch.zeros(B, 1, dtype=torch.long, device=token.device)
+        writing = torch.zeros(B, 1, dtype=torch.bool, device=token.device)
+        tokens[self.rows, 0], writing[self.rows, 0] = token, seen
+        cache.least_padding = cache.position - max(self.lengths[row] for row in self.running)
+        if self.captured:
+            logits = self.captured(tokens, writing)
+        else:
+            cache.step_writing.copy_(writing)
+            logits = self.model(tokens, kv_cache=cache)
+        for row in self.running:
+            self.lengths[row] += 1
+        return logits[self.rows, -1]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.running = [self.running[index] for index in rows.tolist()]
+        self.rows = self.rows[rows]
 
 
 class FullReader:
