@@ -161,11 +161,11 @@ class CapturedStep:
         """tokens (B, 1); writing (B, 1): which rows' slots this step are valid (default: all)."""
         cache = self.cache
         if self.graph is None:
-            saved = [tensor.clone() for tensor in (cache.slot, cache.valid, cache.next_position, cache.image_run)]
-            position = cache.position
+            state = (cache.slot, cache.valid, cache.next_position, cache.image_run)
+            saved, position = [tensor.clone() for tensor in state], cache.position
 
             def rewind() -> None:   # the warm-up wrote slots that real steps overwrite before anything reads them
-                for tensor, value in zip((cache.slot, cache.valid, cache.next_position, cache._image_run), saved):
+                for tensor, value in zip(state, saved):
                     tensor.copy_(value)
                 cache.position = position
 
@@ -241,10 +241,14 @@ def pooled(model, shape: tuple, build: Callable[[], object]):
     return kept[key]
 
 
+LENGTH_STEP = 32   # a recorded step's cache length is rounded up to this: documents' lengths vary with their prompts
+
+
 def captured_step(model, rows: int, max_length: int) -> CapturedStep:
-    """A recorded step of `model` for `rows` rows and a max_length-slot cache (see `pooled`); call its cache's
-    `start` before the prefill."""
+    """A recorded step of `model` for `rows` rows and a cache of at least max_length slots (see `pooled`); call its
+    cache's `start` before the prefill. Slots past those a decode fills cost a little attention, no results."""
     device = next(model.parameters()).device
+    max_length = -(-max_length // LENGTH_STEP) * LENGTH_STEP
     return pooled(model, ("step", rows, max_length),
                   lambda: CapturedStep(model, StaticKVCache(model.config, rows, max_length, device)))
 
