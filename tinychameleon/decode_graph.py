@@ -253,6 +253,15 @@ def captured_step(model, rows: int, max_length: int) -> CapturedStep:
                   lambda: CapturedStep(model, StaticKVCache(model.config, rows, max_length, device)))
 
 
+def static_cache(model, rows: int, max_length: int, device) -> tuple[StaticKVCache, CapturedStep | None]:
+    """A static cache for a decode of `rows` rows, and the step that replays on it: on CUDA a pooled recorded
+    step's; elsewhere a fresh cache run eagerly (None: call the model)."""
+    if torch.device(device).type == "cuda":
+        step = captured_step(model, rows, max_length)
+        return step.cache, step
+    return StaticKVCache(model.config, rows, max_length, device), None
+
+
 def captured_passes(model, rows: int, cache: Callable[[], object]) -> CapturedPasses:
     """The recorded passes of the next-scale `model` for `rows` rows (see `pooled`); cache() builds their cache."""
     return pooled(model, ("passes", rows), lambda: CapturedPasses(model, cache()))

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .decode_graph import StaticKVCache, capture_on_cuda, captured_step
+from .decode_graph import capture_on_cuda, static_cache
 from .device import DeviceTables
 from .errors import stop_if_expired
 from .model import KVCache, Transformer
@@ -266,15 +266,11 @@ class Stream:
             slots = (length or model.config.block_size) + int(padding.max())
             if static is None:
                 static = device.type == "cuda" and capture_on_cuda()
-            if static and device.type == "cuda":
-                self.captured = captured_step(model, len(padding), slots)
-                self.cache = self.captured.cache
-            elif static:
-                self.cache = StaticKVCache(model.config, len(padding), slots, device=device)
+            if static:
+                self.cache, self.captured = static_cache(model, len(padding), slots, device)
+                self.cache.start((torch.arange(longest)[None, :] >= padding[:, None]).to(device))
             else:
                 self.cache = KVCache(model.config, len(padding), max_length=slots, device=device, padding=padding)
-            if static:
-                self.cache.start((torch.arange(longest)[None, :] >= padding[:, None]).to(device))
 
     def prefill(self) -> list[torch.Tensor]:
         """Read the prompts; per group, (B_i, vocab) logits for the token after it."""

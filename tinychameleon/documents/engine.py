@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..errors import stop_if_expired
-from ..decode_graph import StaticKVCache, capture_on_cuda, captured_step
+from ..decode_graph import capture_on_cuda, static_cache
 from ..model import KVCache, Transformer, causal_mask
 from ..sampling import filter_logits, guided_logits, keep_sure, pick
 from .grammar import DocumentGrammar
@@ -200,9 +200,7 @@ class StaticReader:
 
     def __init__(self, model: Transformer, ids: torch.Tensor, valid: torch.Tensor, length: int) -> None:
         self.model, self.ids = model, ids
-        self.captured = captured_step(model, len(ids), length) if ids.is_cuda else None
-        self.cache = self.captured.cache if self.captured else StaticKVCache(model.config, len(ids), length,
-                                                                             ids.device)
+        self.cache, self.captured = static_cache(model, len(ids), length, ids.device)
         self.cache.start(valid)
         self.running = list(range(len(ids)))                             # the running rows, in the engine's order
         self.rows = torch.arange(len(ids), device=ids.device)           # the same, on the device
