@@ -78,6 +78,14 @@ def test_a_restarted_static_cache_reads_as_a_fresh_one():
     torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
 
 
+def test_recorded_steps_are_kept_per_shape_and_dropped_when_the_weights_move():
+    model = make_model()
+    step = captured_step(model, 2, 40)
+    assert captured_step(model, 2, 40) is step and captured_step(model, 3, 40) is not step
+    model.to(torch.float64)         # new weight tensors: graphs recorded on the old ones would read freed memory
+    assert captured_step(model, 2, 40) is not step
+
+
 @GPU
 @pytest.mark.parametrize("parts", PARTS)
 def test_a_replayed_cuda_graph_draws_what_the_eager_step_draws(parts):

@@ -226,6 +226,7 @@ def eager_steps():
 
 POOL_SIZE = 8      # recorded steps or passes kept per model and thread; the oldest is dropped first
 _pool: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_placed: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()   # weights' address
 
 
 def pooled(model, shape: tuple, build: Callable[[], object]):
@@ -233,6 +234,10 @@ def pooled(model, shape: tuple, build: Callable[[], object]):
     request after another, so a request pays no recording), or build() one. A step recorded under autocast computes
     in its dtype whatever the caller's context later: that is part of the key."""
     kept = _pool.setdefault(model, {})
+    weights = next(model.parameters()).data_ptr()
+    if _placed.get(model) != weights:   # moved or cast since recording: those graphs would read freed memory
+        kept.clear()
+        _placed[model] = weights
     key = (threading.get_ident(), torch.is_autocast_enabled("cuda"), *shape)
     if key not in kept:
         if len(kept) >= POOL_SIZE:
