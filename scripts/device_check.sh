@@ -2,11 +2,13 @@
 # Everything measured on a lent GPU, in one run (BENCHMARKS.md, "On a GPU"): the CUDA-graph decode tests, the
 # benchmark (the checkpoint's decode step and requests eager vs replayed as CUDA graphs), next-scale requests,
 # `train --preset best` from nothing, and its document table. From the repo root on a CUDA machine:
-#     TINYCHAMELEON_CACHE=~/.cache/tinychameleon OUT=runs/device bash scripts/device_check.sh [STAGE ...]
+#     OUT=runs/device bash scripts/device_check.sh [STAGE ...]
+# (On a machine without internet, copy the data cache - mnist-uint8.npz and the judge's weights - into a folder
+# and name it in TINYCHAMELEON_CACHE.)
 # STAGEs: tests, bench, requests, train (default: all). Each has its own time limit so that a slow one cannot eat
 # the next's.
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TINYCHAMELEON_CACHE=${TINYCHAMELEON_CACHE:-$PWD/.devcache}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
 STAGES=${*:-tests bench requests train}
