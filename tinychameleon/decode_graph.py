@@ -171,10 +171,24 @@ class CapturedStep:
 
             self.graph, self.logits = record(lambda: self.model(self.tokens, kv_cache=cache), rewind)
         self.tokens.copy_(tokens)
-        cache.step_writing.copy_(True if writing is None else writing)
+        if writing is not None:         # else as `start` left it: every row's slot valid
+            cache.step_writing.copy_(writing)
         self.graph.replay()
         cache.position += 1
         return self.logits
+
+
+class EagerStep:
+    """`CapturedStep`'s call, run eagerly: on the CPU (a static cache, or a growing `KVCache`), and where replaying
+    is off."""
+
+    def __init__(self, model, cache) -> None:
+        self.model, self.cache = model, cache
+
+    def __call__(self, tokens: torch.Tensor, writing: torch.Tensor | None = None) -> torch.Tensor:
+        if writing is not None:
+            self.cache.step_writing.copy_(writing)
+        return self.model(tokens, kv_cache=self.cache)
 
 
 class CapturedPasses:
@@ -209,9 +223,11 @@ class CapturedPasses:
 _eager = threading.local()
 
 
-def capture_on_cuda() -> bool:
-    """Whether decoding on CUDA replays recorded steps (the default) rather than running each step eagerly."""
-    return os.environ.get("TINYCHAMELEON_CUDA_GRAPHS", "1") != "0" and not getattr(_eager, "on", False)
+def replays(device) -> bool:
+    """Whether a decode on `device` replays recorded steps: on CUDA by default; never elsewhere, or under
+    TINYCHAMELEON_CUDA_GRAPHS=0 or `eager_steps()`."""
+    return (torch.device(device).type == "cuda" and os.environ.get("TINYCHAMELEON_CUDA_GRAPHS", "1") != "0"
+            and not getattr(_eager, "on", False))
 
 
 @contextmanager
@@ -258,13 +274,14 @@ def captured_step(model, rows: int, max_length: int) -> CapturedStep:
                   lambda: CapturedStep(model, StaticKVCache(model.config, rows, max_length, device)))
 
 
-def static_cache(model, rows: int, max_length: int, device) -> tuple[StaticKVCache, CapturedStep | None]:
-    """A static cache for a decode of `rows` rows, and the step that replays on it: on CUDA a pooled recorded
-    step's; elsewhere a fresh cache run eagerly (None: call the model)."""
-    if torch.device(device).type == "cuda":
+def static_cache(model, rows: int, max_length: int, device) -> tuple[StaticKVCache, CapturedStep | EagerStep]:
+    """A static cache for a decode of `rows` rows and the step that runs on it, called as step(tokens, writing):
+    where `replays(device)`, a pooled recorded step and its cache; elsewhere a fresh cache, stepped eagerly."""
+    if replays(device):
         step = captured_step(model, rows, max_length)
         return step.cache, step
-    return StaticKVCache(model.config, rows, max_length, device), None
+    cache = StaticKVCache(model.config, rows, max_length, device)
+    return cache, EagerStep(model, cache)
 
 
 def captured_passes(model, rows: int, cache: Callable[[], object]) -> CapturedPasses:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .decode_graph import capture_on_cuda, static_cache
+from .decode_graph import EagerStep, replays, static_cache
 from .device import DeviceTables
 from .errors import stop_if_expired
 from .model import KVCache, Transformer
@@ -252,11 +252,11 @@ class Stream:
                  length: int | None = None, static: bool | None = None) -> None:
         """length: the longest sequence a row will reach (default: the model's block size), so the cache holds
         no more slots than the decode can fill. static: decode through a `StaticKVCache` (default: on CUDA, where
-        each step is then replayed as one recorded CUDA graph, unless decode_graph.capture_on_cuda() says no; on
-        the CPU it runs eagerly, for the tests)."""
+        each step is then replayed as one recorded CUDA graph, unless decode_graph.replays() says no; on the
+        CPU it runs eagerly, for the tests)."""
         self.model, self.tokens = model, list(prefixes)
         self.sizes = [len(prefix) for prefix in prefixes]
-        self.cache = self.captured = None
+        self.cache = self.step = None
         if use_cache:
             device = prefixes[0].device
             longest = max(prefix.shape[1] for prefix in prefixes)
@@ -265,12 +265,13 @@ class Stream:
             self.padded = torch.cat([F.pad(prefix, (longest - prefix.shape[1], 0), value=0) for prefix in prefixes])
             slots = (length or model.config.block_size) + int(padding.max())
             if static is None:
-                static = device.type == "cuda" and capture_on_cuda()
+                static = replays(device)
             if static:
-                self.cache, self.captured = static_cache(model, len(padding), slots, device)
+                self.cache, self.step = static_cache(model, len(padding), slots, device)
                 self.cache.start((torch.arange(longest)[None, :] >= padding[:, None]).to(device))
             else:
                 self.cache = KVCache(model.config, len(padding), max_length=slots, device=device, padding=padding)
+                self.step = EagerStep(model, self.cache)
 
     def prefill(self) -> list[torch.Tensor]:
         """Read the prompts; per group, (B_i, vocab) logits for the token after it."""
@@ -282,7 +283,6 @@ class Stream:
         """Append (B,) tokens to every group; per group, (B, vocab) logits for the next one."""
         if self.cache is not None:  # the cache holds the past: only the new tokens run
             tokens = token.repeat(len(self.sizes))[:, None]                            # (groups * B, 1)
-            logits = self.captured(tokens) if self.captured else self.model(tokens, kv_cache=self.cache)
-            return list(logits[:, -1].split(self.sizes))
+            return list(self.step(tokens)[:, -1].split(self.sizes))
         self.tokens = [torch.cat([tokens, token[:, None]], dim=1) for tokens in self.tokens]
         return [self.model(tokens)[:, -1] for tokens in self.tokens]

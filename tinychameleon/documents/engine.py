@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..errors import stop_if_expired
-from ..decode_graph import capture_on_cuda, static_cache
+from ..decode_graph import replays, static_cache
 from ..model import KVCache, Transformer, causal_mask
 from ..sampling import filter_logits, guided_logits, keep_sure, pick
 from .grammar import DocumentGrammar
@@ -134,7 +134,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
     outputs = [[] for _ in range(B)]
     active = torch.arange(B, device=device)                 # original index of each remaining row
     if static is None:
-        static = device.type == "cuda" and capture_on_cuda()
+        static = replays(device)
     reader_type = (StaticReader if static else CachedReader) if use_cache else FullReader
     reader = reader_type(model, ids, valid, ids.shape[1] + steps)
     logits = reader.prefill()                                                            # (groups * B, V)
@@ -200,7 +200,7 @@ class StaticReader:
 
     def __init__(self, model: Transformer, ids: torch.Tensor, valid: torch.Tensor, length: int) -> None:
         self.model, self.ids = model, ids
-        self.cache, self.captured = static_cache(model, len(ids), length, ids.device)
+        self.cache, self.decode_step = static_cache(model, len(ids), length, ids.device)
         self.cache.start(valid)
         self.running = list(range(len(ids)))                             # the running rows, in the engine's order
         self.rows = torch.arange(len(ids), device=ids.device)           # the same, on the device
@@ -218,11 +218,7 @@ class StaticReader:
         writing = torch.zeros(B, 1, dtype=torch.bool, device=token.device)
         tokens[self.rows, 0], writing[self.rows, 0] = token, seen
         cache.least_padding = cache.position - max(self.lengths[row] for row in self.running)
-        if self.captured:
-            logits = self.captured(tokens, writing)
-        else:
-            cache.step_writing.copy_(writing)
-            logits = self.model(tokens, kv_cache=cache)
+        logits = self.decode_step(tokens, writing)
         for row in self.running:
             self.lengths[row] += 1
         return logits[self.rows, -1]

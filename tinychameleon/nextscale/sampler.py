@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..batching import batch_slices
-from ..decode_graph import capture_on_cuda, captured_passes
+from ..decode_graph import captured_passes, replays
 from ..device import DeviceTables
 from ..errors import stop_if_expired
 from ..model import KVCache
@@ -68,7 +68,7 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
     # On CUDA each pass replays a recorded graph, unless guidance leaves the batch midway (other shapes after).
     shrinks = R > B and 0 < guided_blocks < len(sizes)
     passes = None
-    if use_cache and device.type == "cuda" and capture_on_cuda() and not shrinks:
+    if use_cache and replays(device) and not shrinks:
         passes = captured_passes(model, R, new_cache)
     cache = passes.cache if passes else (new_cache() if use_cache else None)
     image = torch.empty(B, layout.image_length, dtype=torch.long, device=device)
