@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import shlex
 import sys
 from pathlib import Path
 
-from ..config import ADDABLE_PARTS, IMAGE_TOKENIZER_KINDS
+from ..config import ADDABLE_PARTS, IMAGE_TOKENIZER_KINDS, RunConfig
 from ..errors import TinyChameleonError
 from .common import family_share, number, prepare_output, setting
 
@@ -50,11 +52,6 @@ def train_overrides(args) -> dict:
 def field_value(section: str, key: str, text: str):
     """--set SECTION.KEY=VALUE -> the value, read as the type of the field's default (bool, int, float or str); an
     unknown name is refused with the closest ones."""
-    import dataclasses
-    import difflib
-
-    from ..config import RunConfig
-
     defaults = RunConfig()
     fields = {f"{part}.{item.name}": getattr(getattr(defaults, part), item.name)
               for part in ("model", "train", "vq", "vq_train") for item in dataclasses.fields(getattr(defaults, part))}
