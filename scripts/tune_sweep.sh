@@ -9,7 +9,7 @@
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 OUT=${OUT:-runs/sweep}
-BASE=${BASE:-runs/release9}
+BASE=${BASE-runs/release9}         # "": both stages from nothing
 DEVICE=${DEVICE:-cuda}
 TRAIN_LIMIT=${TRAIN_LIMIT:-330}     # seconds per arm; an arm cut short keeps its best finished epoch
 TABLE_LIMIT=${TABLE_LIMIT:-170}
@@ -26,6 +26,7 @@ declare -A ARM=(
     [data4x]="--batch-size 512 --epochs 4 --set train.patience=0"  # 4x the examples in the same 756 steps
     [data8x]="--batch-size 512 --epochs 8 --set train.patience=0"  # 8x the examples in 2x the steps
     [mixture]="MIXTURE"                                            # the same steps, addition 6 and counting 8
+    [seed2]="--train-seed 2" [seed3]="--train-seed 3" [seed4]="--train-seed 4"   # with BASE="": the recipe's spread
 )
 ARMS=${ARMS:-shipped data4x data8x mixture}
 
@@ -36,7 +37,7 @@ for name in $ARMS; do
     rm -rf "$RUNS/$name"
     # shellcheck disable=SC2086 # flags are words on purpose
     ( started=$(date +%s)
-      timeout "$TRAIN_LIMIT" python3 -m tinychameleon train --preset best --init-from "$BASE" --device "$DEVICE" \
+      timeout "$TRAIN_LIMIT" python3 -m tinychameleon train --preset best ${BASE:+--init-from "$BASE"} --device "$DEVICE" \
           --out "$RUNS/$name" --no-progress $flags "${extra[@]}" $EXTRA > "$OUT/$name.log" 2>&1
       echo "exit $? after $(( $(date +%s) - started )) s" >> "$OUT/$name.log" ) &
 done
