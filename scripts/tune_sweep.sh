@@ -4,6 +4,7 @@
 # (BENCHMARKS.md, "More data for the tune stage"). Built for a lent GPU, where an arm takes a minute or two and the
 # arms overlap (each step is bound by kernel launches, not by the GPU's arithmetic):
 #     OUT=runs/sweep BASE=runs/release9 bash scripts/tune_sweep.sh
+#     OUT=runs/seeds BASE= ARMS="seed2 seed3 seed4" bash scripts/tune_sweep.sh    # both stages from nothing
 # ARMS picks arms by name (default: all); EXTRA adds flags to every arm (a dry run on the CPU: DEVICE=cpu EXTRA="
 # --max-train-examples 512 --documents 1024" SAMPLES=2). Each arm's log and table land in $OUT.
 set -u
