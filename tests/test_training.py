@@ -190,6 +190,29 @@ def test_colorings_cycle_over_epochs(tiny_run, tmp_path, cache_dir, monkeypatch)
     assert torch.equal(draws[0][:, 2], draws[1][:, 2])  # the digit word is the same in every draw
 
 
+def test_pairs_per_epoch_reads_a_fresh_subset_of_the_digits_each_epoch(tiny_run, tmp_path, cache_dir, monkeypatch):
+    from tinychameleon.training import lm_trainer
+    from tinychameleon.training.run import train
+
+    seen = []  # every training batch's digit rows, as the trainer builds them
+    original = lm_trainer.build_sequences
+
+    def spy(vocab, words, codes, orders):
+        if codes.shape[0] == 32:
+            seen.append(words.clone())
+        return original(vocab, words, codes, orders)
+
+    monkeypatch.setattr(lm_trainer, "build_sequences", spy)
+    config = make_config("tiny", train={"epochs": 2, "max_train_examples": 128, "pairs": 64})
+    train(config, tmp_path / "pairs", vqvae_from=tiny_run, cache_dir=cache_dir, progress=False, device_name="cpu")
+    assert len(seen) == 4                                     # 64 of the 128 digits per epoch: 2 batches of 32, twice
+    steps = json.loads((tmp_path / "pairs" / "transformer_metrics.json").read_text())["epochs"][-1]["step"]
+    assert steps == 4
+    rows = [torch.cat([batch[0] for batch in list(lm_trainer.epoch_batches(128, 32, 0, epoch))[:2]])
+            for epoch in range(2)]
+    assert set(rows[0].tolist()) != set(rows[1].tolist())    # a fresh half each epoch, not the same one
+
+
 def test_early_stopping_rules():
     from tinychameleon.config import TrainConfig
     from tinychameleon.training.lm_trainer import is_best, should_stop

@@ -180,6 +180,9 @@ class TrainConfig:
     shifted_reading: float = 0.0  # share of image-first rows that read a copy of their digit moved by 1-2 pixels
                                   # (data.colored.shifted): they train the reading only, their image tokens carry no
                                   # loss, so the model learns to read digits off any grid phase but draws them centred
+    pairs: int = 0                # pairs trained per epoch, a fresh random subset of the training digits each epoch;
+                                  # 0 = every one (a tune stage on a model that already draws and reads may spend
+                                  # its steps on documents instead)
     documents: int = 0            # mixed-modal documents (documents/families.py) trained per epoch beside the pairs,
                                   # built afresh each epoch from the training digits; 0 = pairs only
     text_dropout: float = 0.1     # share of those documents (and of a next-scale model's drawing rows) trained with
@@ -228,7 +231,7 @@ class TrainConfig:
         check_range("train.weight_decay", self.weight_decay, 0.0)
         check_range("train.grad_clip", self.grad_clip, 0.0)
         check_range("train.seed", self.seed, 0, 2**63 - 1)
-        for name in ("max_train_examples", "max_validation_examples", "holdout_pairs", "patience"):
+        for name in ("max_train_examples", "max_validation_examples", "holdout_pairs", "patience", "pairs"):
             check_range(f"train.{name}", getattr(self, name), 0)
         check_range("train.colorings", self.colorings, 1, 1000)
         check_range("train.stop_at_nll", self.stop_at_nll, 0.0)

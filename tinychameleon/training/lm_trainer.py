@@ -224,7 +224,9 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         shifted_codes = shifted_codes[None]
     num_examples = train_codes.shape[1]
     document_steps = settings.documents // settings.batch_size if documents is not None else 0
-    steps_per_epoch = num_examples // settings.batch_size + document_steps
+    # train.pairs: an epoch reads only the first batches of its fresh permutation of the digits (epoch_batches)
+    pairs_per_epoch = min(settings.pairs, num_examples) if settings.pairs else num_examples
+    steps_per_epoch = pairs_per_epoch // settings.batch_size + document_steps
     total_steps = settings.epochs * steps_per_epoch
     start_epoch, step_log, epoch_log = resume_from(run_dir / STATE_FILE, model, optimizer) if resume else (0, [], [])
     if start_epoch and world.is_main:
