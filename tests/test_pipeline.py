@@ -28,7 +28,7 @@ def test_shipped_checkpoint_is_complete():
 
 
 def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
-    """The release is `train --preset best`'s last stage (releases 10 to 12: run as `--init-from` release 9's weights, a
+    """The release is `train --preset best`'s last stage (releases 10 to 13: run as `--init-from` release 9's weights, a
     `base` run): every setting the preset names, and its run_info says it continued a run."""
     import json
 
@@ -39,7 +39,7 @@ def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
     preset = make_config("best", train={"init_from": shipped.train.init_from})
     for section in ("vq", "vq_train", "model", "train"):
         assert getattr(shipped, section) == getattr(preset, section), section
-    assert shipped.train.init_from and shipped.train.family_shares["counting"] == 4.0
+    assert shipped.train.init_from and shipped.train.family_shares["addition"] == 8.0 and shipped.train.pairs == 28000
     run_info = json.loads((PRETRAINED_DIR / "run_info.json").read_text())
     assert run_info["command"].startswith("tinychameleon train --preset best --init-from ") and run_info["wall_time_s"] > 0
 
