@@ -207,9 +207,9 @@ def test_unknown_preset(tmp_path, capsys):
 
 
 def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
-    """`best`'s last stage is `base` plus one epoch with counting at 4, the three color edits at 1.5, the answers'
-    words at 3x, a digit head after block 3 and a fresh 20-step warmup, nothing else changed; asked for alone (as a
-    config, without the run it continues) it says what to give."""
+    """`best`'s last stage is `base` plus one epoch with counting at 4, addition at 8, the three color edits at 1.5,
+    the answers' words at 3x, a digit head after block 3, half the pairs and 56 000 documents, and a fresh 20-step
+    warmup, nothing else changed; asked for alone (as a config, without the run it continues) it says what to give."""
     from tinychameleon.config import STAGES, make_config
 
     assert STAGES["best"] == "base"
@@ -218,7 +218,8 @@ def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
     base, best = make_config("base"), make_config("best", train={"init_from": "runs/base"})
     assert (best.train.epochs, best.train.warmup_steps, best.train.init_from) == (1, 20, "runs/base")
     edits = {"digit color": 1.5, "background color": 1.5, "swap": 1.5}
-    assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0, **edits}
+    assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0, "addition": 8.0, **edits}
+    assert (best.train.pairs, best.train.documents, base.train.pairs, base.train.documents) == (28000, 56000, 0, 42000)
     assert best.train.family_shares != base.train.family_shares
     assert (best.model.digit_head, best.model.digit_layer) == (True, 3) and not base.model.digit_head
     best.model.digit_head, best.model.digit_layer = False, 0
@@ -227,6 +228,7 @@ def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
     best.train.epochs, best.train.warmup_steps, best.train.init_from = 3, 300, ""
     best.train.family_shares = base.train.family_shares
     best.train.answer_loss_weight, best.train.answer_words_only = 1.0, False
+    best.train.pairs, best.train.documents = 0, 42000
     assert best.train == base.train
 
 
