@@ -191,10 +191,11 @@ def test_colorings_cycle_over_epochs(tiny_run, tmp_path, cache_dir, monkeypatch)
 
 
 def test_pairs_per_epoch_reads_a_fresh_subset_of_the_digits_each_epoch(tiny_run, tmp_path, cache_dir, monkeypatch):
+    from tinychameleon.data.colored import load_splits
     from tinychameleon.training import lm_trainer
-    from tinychameleon.training.run import train
+    from tinychameleon.training.run import caption_word_ids, train
 
-    seen = []  # every training batch's digit rows, as the trainer builds them
+    seen = []  # every training batch's caption word ids, as the trainer builds them
     original = lm_trainer.build_sequences
 
     def spy(vocab, words, codes, orders):
@@ -210,6 +211,9 @@ def test_pairs_per_epoch_reads_a_fresh_subset_of_the_digits_each_epoch(tiny_run,
     assert steps == 4
     rows = [torch.cat([batch[0] for batch in list(lm_trainer.epoch_batches(128, 32, 0, epoch))[:2]])
             for epoch in range(2)]
+    words = caption_word_ids(load_splits(config.data_seed, cache_dir).train.subset(slice(0, 128)))
+    for epoch in range(2):                                    # each epoch: the first two batches of its permutation
+        assert torch.equal(torch.cat(seen[2 * epoch:2 * epoch + 2]), words[rows[epoch]])
     assert set(rows[0].tolist()) != set(rows[1].tolist())    # a fresh half each epoch, not the same one
 
 
