@@ -159,7 +159,7 @@ def test_complete_endpoint(tiny_pipeline, colored):
 def test_a_completion_its_own_caption_disagrees_with_is_drawn_again(tiny_pipeline, colored, monkeypatch):
     """Without a prompt: rows whose caption (read back) names another digit than the one drawn for are
     redrawn, at most COMPLETION_REDRAWS times; rows that agree are drawn once."""
-    from tinychameleon.pipeline import COMPLETION_REDRAWS
+    from tinychameleon.pipeline_completion import COMPLETION_REDRAWS
     from tinychameleon.reranking import DIGIT_SLOT
     from tinychameleon.tokenizers.vocab import WORDS
 

@@ -100,7 +100,8 @@ def test_infill_objective_trains_and_grows_a_plain_checkpoint(tiny_run, infill_r
 
 
 def test_infilling_reads_both_sides_and_keeps_the_kept_part(infill_run, colored, monkeypatch):
-    from tinychameleon.pipeline import COMPLETION_REDRAWS, Pipeline
+    from tinychameleon.pipeline import Pipeline
+    from tinychameleon.pipeline_completion import COMPLETION_REDRAWS
 
     pipe = Pipeline.from_pretrained(infill_run)
     calls = []

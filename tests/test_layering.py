@@ -22,7 +22,7 @@ LAYERS = [
     ("model", "decode_graph", "sequences", "device", "checkpoint", "regions", "nextscale.model",
      "nextscale.objective"),
     ("sampling", "reranking", "pairs", "documents", "retrieval", "nextscale"),
-    ("pipeline", "pipeline_retrieval", "pipeline_scales", "tasks"),
+    ("pipeline", "pipeline_completion", "pipeline_retrieval", "pipeline_scales", "tasks"),
     ("evaluation", "training", "bench", "web", "cli", "__main__"),
 ]
 

@@ -278,7 +278,7 @@ def test_completion_without_a_prompt_is_priced_with_its_redraws(client):
     image = png((np.full((28, 28, 3), 3) * 85).astype(np.uint8))
     response = client.post("/api/complete", files={"file": ("a.png", image)}, data={"keep": "top", "n": "16"})
     assert response.status_code == 200
-    from tinychameleon.pipeline import COMPLETION_REDRAWS
+    from tinychameleon.pipeline_completion import COMPLETION_REDRAWS
 
     app = create_app(client.app.state.worker.pipeline, ServerSettings(max_samples=64, max_cost=50))  # 16 x 4 = 64 > 50
     with TestClient(app) as small:

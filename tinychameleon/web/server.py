@@ -32,7 +32,7 @@ from ..regions import KEEP_REGIONS, RegionError, keep_mask, read_mask
 from ..tokenizers.text import MAX_PROMPT_CHARACTERS, TEMPLATE, normalize_prompt
 from ..imaging import png_bytes, read_image
 from ..documents.document import MAX_PROMPT_CHARACTERS as MAX_DOCUMENT_PROMPT, DocumentTokenizer, split_words
-from ..pipeline import COMPLETION_REDRAWS
+from ..pipeline_completion import COMPLETION_REDRAWS
 from ..tasks import TASKS
 from .worker import InferenceWorker, Job, QueueFull
 
