@@ -269,3 +269,29 @@ def test_digit_layer_reads_the_stream_after_its_block_and_trains_nothing_above_i
         config = ModelConfig(vocab_size=50, n_layer=2, n_head=4, d_model=32, **{"digit_head": True, **wrong})
         with pytest.raises(ConfigError, match="digit"):
             config.validate()
+
+
+def test_tied_digit_head_scores_digits_by_their_words_embeddings():
+    """model.digit_head_tied: the head's logits are a learned scale times the stream's product with the ten
+    digit words' embeddings (ids digit_words..+9), so its loss moves those rows of the embedding and no others."""
+    model = small_model(positions="rope", digit_head=True, digit_layer=1, digit_head_tied=True, digit_words=20)
+    assert not hasattr(model, "digit_head")
+    with torch.no_grad():
+        model.digit_scale.fill_(1.5)
+    ids, targets = torch.randint(0, 50, (2, 12)), torch.randint(0, 50, (2, 12))
+    digits = torch.full((2, 12), -1)
+    digits[0, 3], digits[1, 9] = 7, 2
+    with hidden_states(model, 1) as seen:
+        _, loss = model(ids, targets=targets, digits=digits)
+    read = torch.nn.functional.layer_norm(torch.stack([seen["hidden"][0, 3], seen["hidden"][1, 9]]), (32,))
+    logits = 1.5 * read @ model.token_embedding.weight[20:30].t()
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([7, 2])))
+    model.zero_grad()
+    loss.backward()
+    moved = model.token_embedding.weight.grad.abs().sum(dim=1) > 0
+    assert moved[20:30].all() and model.digit_scale.grad.abs() > 0
+    # rows outside the digit words move only where the input ids read them (the blocks below the head)
+    outside = set(moved.nonzero().flatten().tolist()) - set(range(20, 30))
+    assert outside <= set(ids.flatten().tolist())
+    with pytest.raises(ConfigError, match="digit_head_tied"):
+        ModelConfig(vocab_size=50, digit_head_tied=True).validate()

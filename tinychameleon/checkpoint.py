@@ -111,6 +111,7 @@ def build_transformer(config: RunConfig) -> Transformer | NextScaleTransformer:
     vocab = Vocab.for_config(config)
     config.model.vocab_size = vocab.size
     config.model.image_tokens, config.model.image_length = vocab.image_tokens, vocab.image_length
+    config.model.digit_words = vocab.digit_words
     config.model.block_size = max(config.model.block_size, vocab.sequence_length)
     if config.vq.kind == "scales":
         return NextScaleTransformer(config.model, NEXT_SCALES, config.vq.code_dim)

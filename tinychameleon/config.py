@@ -119,7 +119,12 @@ class ModelConfig:
     digit_layer: int = 0          # with digit_head: 0 reads the final hidden state; k (1..n_layer-1) the stream after
                                   # block k, so the digit is known early enough at <eoi> for later positions' blocks
                                   # to combine (a sum needs both addends, then layers to add them)
+    digit_head_tied: bool = False  # with digit_head: its weights are the ten digit words' own embeddings (times a
+                                  # learned scale), so the stream at <eoi> comes to hold the drawn digit's word, which
+                                  # later blocks can compare with the prompt's words (a count's end, an addend) the
+                                  # way they compare words with words
     image_tokens: int = 0         # filled in: ids below this are image tokens
+    digit_words: int = 0          # filled in: the id of the word "zero" (the nine other digit words follow it)
     image_length: int = 0         # filled in: tokens per image
 
     def validate(self) -> None:
@@ -132,9 +137,12 @@ class ModelConfig:
         check_range("model.dropout", self.dropout, 0.0, 1.0)
         check_range("model.image_tokens", self.image_tokens, 0, 1 << 20)
         check_range("model.image_length", self.image_length, 0, 1 << 16)
+        check_range("model.digit_words", self.digit_words, 0, 1 << 20)
         check_range("model.digit_layer", self.digit_layer, 0, self.n_layer - 1)
         if self.digit_layer and not self.digit_head:
             raise ConfigError("model.digit_layer places the digit head: it needs model.digit_head")
+        if self.digit_head_tied and not self.digit_head:
+            raise ConfigError("model.digit_head_tied ties the digit head to the digit words: it needs model.digit_head")
         if self.positions not in POSITIONS:
             raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, got {short(repr(self.positions))}")
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:
@@ -145,7 +153,7 @@ class ModelConfig:
 
 # Model parts that only add parameters to a transformer (and where the digit head reads): a fine-tune
 # (train.init_from) may add them, fresh.
-ADDABLE_PARTS = ("image_slots", "copy_head", "digit_head", "digit_layer")
+ADDABLE_PARTS = ("image_slots", "copy_head", "digit_head", "digit_layer", "digit_head_tied")
 PRECISIONS = ("fp32", "bf16", "auto")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.

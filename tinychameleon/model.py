@@ -5,7 +5,8 @@ queries and keys by their position so attention sees only relative offsets) and,
 token's place in its image (`image_slots`, derived from the ids themselves), pre-LayerNorm blocks of multi-head causal
 self-attention and a GELU MLP, a final LayerNorm and an output head (optionally with a gated pointer beside it,
 `CopyHead`, that copies an earlier token's id; and, in training only, a `digit_head` that reads each image's
-digit off its <eoi>, from the final hidden state or from the residual stream after block `digit_layer`). Attention has a
+digit off its <eoi>, from the final hidden state or from the residual stream after block `digit_layer`, with its own
+weights or, `digit_head_tied`, the digit words' embeddings). Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
 tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
 incremental.
@@ -334,7 +335,9 @@ class Transformer(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.copy_head:
             self.copy = CopyHead(config.d_model)
-        if config.digit_head:
+        if config.digit_head and config.digit_head_tied:
+            self.digit_scale = nn.Parameter(torch.ones(()))   # the head's weights are the digit words' embeddings
+        elif config.digit_head:
             self.digit_head = nn.Linear(config.d_model, DIGITS)
         init_weights(self, config.n_layer)
         if config.copy_head:
@@ -403,6 +406,10 @@ class Transformer(nn.Module):
         normalised first (without parameters: the final LayerNorm's output needs none, and neither does a probe)."""
         if self.config.digit_layer:
             states = F.layer_norm(states, states.shape[-1:])
+        if self.config.digit_head_tied:
+            start = self.config.digit_words
+            words = self.token_embedding.weight[start:start + DIGITS]                              # (10, C)
+            return self.digit_scale * states @ words.t()
         return self.digit_head(states)
 
     def digit_loss(self, hidden: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:

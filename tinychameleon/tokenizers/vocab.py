@@ -117,6 +117,11 @@ class Vocab:
         return self.image_tokens
 
     @property
+    def digit_words(self) -> int:
+        """Id of the word "zero"; the nine other digit words follow it."""
+        return self.word_offset + WORDS.index(DIGIT_WORDS[0])
+
+    @property
     def num_words(self) -> int:
         return len(WORDS)
 
