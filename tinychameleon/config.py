@@ -122,7 +122,8 @@ class ModelConfig:
     digit_head_tied: bool = False  # with digit_head: its weights are the ten digit words' own embeddings (times a
                                   # learned scale), so the stream at <eoi> comes to hold the drawn digit's word, which
                                   # later blocks can compare with the prompt's words (a count's end, an addend) the
-                                  # way they compare words with words
+                                  # way they compare words with words. Measured in `best`'s tune stage: the same stop
+                                  # and sums as the free head (BENCHMARKS.md, "Reading pairs again, and a digit head tied")
     image_tokens: int = 0         # filled in: ids below this are image tokens
     digit_words: int = 0          # filled in: the id of the word "zero" (the nine other digit words follow it)
     image_length: int = 0         # filled in: tokens per image
