@@ -43,7 +43,6 @@ PRETRAINED = {"raster": PRETRAINED_DIR, "var": PRETRAINED_DIR / "var", "memory":
 FIRST_MODALITY = ("text", "image", "model")  # sample(first=...)
 
 
-
 def resolve_checkpoint(path: str | Path | None) -> Path:
     """A run directory, or the shipped checkpoint a name stands for (None: the default, "raster")."""
     if path is None:
