@@ -17,6 +17,7 @@ COMPLETION_REDRAWS = 3  # completions without a prompt: redraws of one whose own
 
 
 class CompletionTasks:
+    @torch.inference_mode()
     def complete(self, images: np.ndarray, keep: str | np.ndarray = "top", prompts: list[str] | str | None = None,
                  n: int = 1, seed: int | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
         """Fill the part of each image outside `keep` ('top' | 'bottom' | 'left' | 'right' or a (28, 28) mask).

@@ -75,6 +75,7 @@ class RetrievalTasks:
                   for row, (_, pictures) in enumerate(contexts)]
         return self.documents.prompt_ids([f"{context} {prompt}" for prompt, (context, _) in zip(prompts, contexts)], images)
 
+    @torch.inference_mode()
     def draw_from_memory(self, prompts: list[str] | str, n: int = 1, seed: int | None = None, retrieve: int = 2,
                          memory: str | Path | None = None, **sampling) -> tuple[np.ndarray, list[str]]:
         """Text -> image after the prompt's `retrieve` nearest documents of the memory bank (default: the training
@@ -99,6 +100,7 @@ class RetrievalTasks:
         codes = self._keep_best(words, codes, settings, candidates)
         return self.image_tokenizer.decode(codes).cpu().numpy(), [normalize_prompt(p) for p in prompts for _ in range(n)]
 
+    @torch.inference_mode()
     def caption_from_memory(self, images: np.ndarray, seed: int | None = None, retrieve: int = 2,
                             memory: str | Path | None = None, **sampling) -> list[str]:
         """Image -> text after the image's `retrieve` nearest documents of the memory bank."""
