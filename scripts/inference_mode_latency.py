@@ -12,11 +12,9 @@ import statistics
 
 import numpy as np
 
-from settings_latency import interleaved_ms
+from settings_latency import PROMPT, interleaved_ms
 from tinychameleon.data.colored import load_splits
 from tinychameleon.pipeline import Pipeline
-
-PROMPT = "dark green eight on bright cyan"
 
 
 def main() -> None:

@@ -15,10 +15,8 @@ import statistics
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from settings_latency import interleaved_ms
+from settings_latency import PROMPT, interleaved_ms
 from tinychameleon.pipeline import Pipeline
-
-PROMPT = "dark green eight on bright cyan"
 
 
 def main() -> None:
