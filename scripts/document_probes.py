@@ -29,6 +29,8 @@
   likelihood) cannot find the copy.
 - edits, teacher-forced: with the exact answer as the prefix, is the prompt's patch the likeliest token at each
   shape slot, and where it is not, its rank and the probability it keeps.
+- edits, the pointer: teacher-forced as above, its gate and its weight on the prompt's patch at the same slot, and
+  where the copy is not the likeliest token, which patch the pointer looks at instead.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from tinychameleon.documents.families import DigitBank, examples
 from tinychameleon.evaluation.documents import render
 from tinychameleon.evaluation.judge import load_or_train_judge
 from tinychameleon.io_utils import write_json
-from tinychameleon.model import hidden_states
+from tinychameleon.model import hidden_states, image_slots
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.sampling import guided_logits
 
@@ -66,12 +68,17 @@ def teacher_forced(pipe: Pipeline, chosen: list, codes: torch.Tensor):
 
 
 @torch.no_grad()
-def pointer_at(model, hidden: torch.Tensor, position: int) -> tuple[float, torch.Tensor]:
-    """The pointer (model.copy) predicting the token after `position`, from one read's (T, C) final hidden states:
-    its gate (the share it copies) and its (position + 1,) weights over the positions so far."""
+def pointer_at(model, hidden: torch.Tensor, ids: list[int], position: int) -> tuple[float, torch.Tensor]:
+    """The pointer (model.copy) predicting the token after `position`, from one read's (T, C) final hidden states
+    of `ids`: its gate (the share it copies) and its (position + 1,) weights over the positions so far."""
     keys = model.copy.key(hidden[None, :position + 1])                                         # (1, position + 1, kd)
     mask = torch.ones(1, 1, position + 1, dtype=torch.bool, device=hidden.device)
-    weights, gate = model.copy.look(hidden[None, position:position + 1], keys, mask)   # (1, 1, position + 1), (1, 1, 1)
+    slots = (None, None)
+    if model.config.pointer_slots:
+        every = image_slots(torch.tensor([ids[:position + 1]], device=hidden.device), model.config.image_tokens,
+                            model.config.image_length)[0]                                      # (1, position + 1)
+        slots = (every[:, -1:], every)
+    weights, gate = model.copy.look(hidden[None, position:position + 1], keys, mask, *slots)   # (1, 1, p + 1), (1, 1, 1)
     return float(torch.sigmoid(gate)), weights[0, 0]
 
 
@@ -111,7 +118,7 @@ def word_stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, coun
             chances[f"asked {asked}, after word {k}"].append(float(probabilities[position, full_stop]))
             if pipe.config.model.copy_head:
                 due = "stop due" if k == asked else "stop not due"
-                gate, weights = pointer_at(pipe.model, hidden, position)
+                gate, weights = pointer_at(pipe.model, hidden, ids, position)
                 chances[f"pointer, {due}: the head's own chance of '.'"].append(float(head[position]))
                 chances[f"pointer, {due}: gate"].append(gate)
                 chances[f"pointer, {due}: points at the end word"].append(float(int(weights.argmax()) == end_word))
@@ -139,7 +146,7 @@ def swap_colors(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int
         first.append(float(probabilities[answer, ids[answer + 1]]))
         second.append(float(probabilities[answer + 1, ids[answer + 2]]))
         if pipe.config.model.copy_head:
-            gate, weights = pointer_at(pipe.model, hidden, answer)
+            gate, weights = pointer_at(pipe.model, hidden, ids, answer)
             pointer.append((gate, float(weights[prompt + 2]), float(weights[prompt + 1])))
     results = {"first color (the prompt's background)": round(float(np.mean(first)), 3),
                "second color (the prompt's digit), given the first": round(float(np.mean(second)), 3)}
@@ -320,6 +327,28 @@ def copy_teacher_forced(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, co
             "mean_probability_of_the_likeliest_then": float(np.mean(top)) if top else None}
 
 
+def copy_pointer(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
+    """Digit color edits read with the exact answer as the prefix: at each of the answer's shape tokens, the pointer's
+    gate and its weight on the prompt image's patch at the same slot; at the slots where the copy is not the likeliest
+    token, where the pointer's heaviest weight lies, as an offset in slots from that patch (+-1: the patch beside it,
+    +-7: the one above or below in the 7x7 grid)."""
+    chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
+    gates, aligned, offsets = [], [], Counter()
+    for _, ids, probabilities, hidden in teacher_forced(pipe, chosen, codes):
+        prompt, answer = (i + 1 for i, token in enumerate(ids) if token == pipe.vocab.begin_image)   # first slots
+        for slot in range(2, pipe.vocab.image_length):
+            position = answer + slot - 1                               # predicts the answer's token at this slot
+            gate, weights = pointer_at(pipe.model, hidden, ids, position)
+            gates.append(gate)
+            aligned.append(float(weights[prompt + slot]))
+            if int(probabilities[position].argmax()) != ids[answer + slot]:
+                offsets[int(weights.argmax()) - (prompt + slot)] += 1
+    return {"shape_slots": len(gates), "mean_gate": round(float(np.mean(gates)), 3),
+            "mean_weight_on_the_same_slot": round(float(np.mean(aligned)), 3),
+            "copy_not_likeliest": sum(offsets.values()),
+            "pointer_offset_there": dict(offsets.most_common(8))}
+
+
 # name -> probe(pipe, inputs); inputs holds the validation bank, split, token codes, judge and count.
 PROBES = {
     "counting_stop_chance": lambda pipe, inputs: stop_chances(pipe, inputs.bank, inputs.codes, inputs.count),
@@ -337,6 +366,7 @@ PROBES = {
     "digit_color_search": lambda pipe, inputs: copy_search(pipe, inputs.bank, inputs.codes, inputs.count),
     "digit_color_teacher_forced": lambda pipe, inputs: copy_teacher_forced(pipe, inputs.bank, inputs.codes,
                                                                            inputs.count),
+    "digit_color_pointer": lambda pipe, inputs: copy_pointer(pipe, inputs.bank, inputs.codes, inputs.count),
 }
 
 

@@ -42,8 +42,8 @@ def main() -> None:
         seen["unconditional"] = unconditional
         return guided_logits(conditional, unconditional, guidance)
 
-    def look_and_keep(self, hidden, keys, mask):
-        weights, gate = look(self, hidden, keys, mask)
+    def look_and_keep(self, hidden, keys, mask, *slots):
+        weights, gate = look(self, hidden, keys, mask, *slots)
         seen["gate"] = torch.sigmoid(gate[:, -1, 0])                        # (rows,) the newest position's gate
         return weights, gate
 

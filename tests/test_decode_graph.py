@@ -22,12 +22,18 @@ GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need
 def make_model(device="cpu", **parts) -> Transformer:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=VOCAB.size, n_layer=2, n_head=2, d_model=32, block_size=VOCAB.plain_length, **parts)
-    return Transformer(config).to(device).eval()
+    model = Transformer(config)
+    if config.pointer_slots:
+        with torch.no_grad():
+            model.copy.slot_bias.normal_(0.0, 0.3)        # zero at init: drawn here so that the slots matter
+    return model.to(device).eval()
 
 
 # Every part of the model that keeps state in the cache: rotary positions, each image token's slot, the pointer.
 PARTS = [{}, {"positions": "rope", "copy_head": True, "image_slots": True, "image_tokens": VOCAB.image_tokens,
-              "image_length": VOCAB.image_length}]
+              "image_length": VOCAB.image_length},
+         {"positions": "rope", "copy_head": True, "pointer_slots": True, "image_tokens": VOCAB.image_tokens,
+          "image_length": VOCAB.image_length}]
 
 
 def step_logits(model, prefixes, static: bool, steps: int = 12) -> list[torch.Tensor]:

@@ -385,11 +385,15 @@ def forced_drawing(model):
     favour(model, VOCAB.begin_image, 20.0)
 
 
-@pytest.mark.parametrize("parts", [{}, {"image_slots": True}, {"copy_head": True}])
+@pytest.mark.parametrize("parts", [{}, {"image_slots": True}, {"copy_head": True},
+                                   {"copy_head": True, "pointer_slots": True}])
 def test_the_cached_decoder_equals_the_uncached_one_on_a_mixed_document(parts):
     model, grammar = model_and_grammar(2, **parts)
     if "copy_head" in parts:
         torch.nn.init.constant_(model.copy.gate.bias, 0.0)                # copies as likely as generations
+    if "pointer_slots" in parts:
+        with torch.no_grad():
+            model.copy.slot_bias.normal_(0.0, 0.3)                       # scaled 10x: it moves the pointer
     forced_drawing(model)
     prompts = [[VOCAB.bos, VOCAB.begin_image, 64, 70] + [7] * 49 + [VOCAB.end_image] + VOCAB.text_ids[40:44],
                [VOCAB.bos] + VOCAB.text_ids[:3]]

@@ -203,6 +203,32 @@ def test_copy_head_mixes_two_distributions_and_the_cache_reads_it_as_a_full_forw
         torch.testing.assert_close(shut, plain, atol=1e-5, rtol=1e-5)
 
 
+def test_pointer_slots_bias_where_the_pointer_looks_by_image_slot_and_the_cache_reads_it_as_a_full_forward():
+    """model.pointer_slots: zero bias is the plain pointer; a bias on (slot s, slot s + 1) makes an all-copying
+    pointer write, at each image slot, the token an earlier image has at the next slot; a cached decode (token
+    by token, the slots carried across steps) equals the full read."""
+    parts = dict(positions="rope", copy_head=True, image_tokens=40, image_length=4)
+    plain, slotted = small_model(**parts), small_model(**parts, pointer_slots=True)
+    assert slotted.copy.slot_bias.shape == (5, 5)
+    # <bos>-like 45, an image (marker 41, four image tokens), words, a second image: slots 4 4 0 1 2 3 4 4 4 0 1 2 3
+    ids = torch.tensor([[45, 41, 3, 17, 29, 8, 46, 47, 41, 30, 31, 32, 33]])
+    with torch.no_grad():
+        for model in (plain, slotted):
+            model.copy.gate.bias.fill_(0.0)                                 # half generated, half copied
+        torch.testing.assert_close(slotted(ids), plain(ids), atol=1e-6, rtol=1e-6)   # the same weights, bias zero
+        slotted.copy.gate.bias.fill_(60.0)                                  # every token copied
+        slotted.copy.slot_bias[4, 0] = 5.0                                 # the marker looks at slot 0
+        for slot in range(3):
+            slotted.copy.slot_bias[slot, slot + 1] = 5.0                   # slot s looks at slot s + 1
+        copied = slotted(ids).exp()                                        # (1, T, V)
+        second_image = range(8, 12)                                        # its marker and its first three slots
+        for position, expected in zip(second_image, [3, 17, 29, 8]):
+            assert copied[0, position, expected] > 0.99                    # the first image's token at the next slot
+        cache = KVCache(slotted.config, batch_size=1)
+        chunks = [slotted(ids[:, :5], kv_cache=cache)] + [slotted(ids[:, p:p + 1], kv_cache=cache) for p in range(5, 13)]
+        torch.testing.assert_close(torch.cat(chunks, dim=1), slotted(ids), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("copy_head", [False, True])
 def test_reading_out_only_the_last_positions_equals_the_full_output(copy_head):
     """`last=k` (a prefill reads one) gives the full forward's last k positions, padded cached rows and the pointer

@@ -110,6 +110,10 @@ class ModelConfig:
     copy_head: bool = False       # a pointer beside the output head: the next token copied from an earlier position
                                   # (the best preset's since release 7: validation edits 69.5-70.5 -> 91.5-93.5 %;
                                   # BENCHMARKS.md "A pointer head" and "Release 7")
+    pointer_slots: bool = False   # with copy_head: a learned bias on where the pointer looks, by the image slot of the
+                                  # position it predicts from and of the position it looks at, so "the patch the
+                                  # prompt's image has at the slot I am writing" is one table entry, not a match of
+                                  # two hidden states a patch apart (where release 13's pointer splits its weight)
     digit_head: bool = False      # training only: a 10-way head reads, at each image's <eoi>, the digit that image
                                   # shows (train.digit_loss_weight), so what decides the next image or the stop (a
                                   # counting document's) holds the digit just drawn; unused when sampling. Measured:
@@ -142,6 +146,8 @@ class ModelConfig:
         check_range("model.digit_layer", self.digit_layer, 0, self.n_layer - 1)
         if self.digit_layer and not self.digit_head:
             raise ConfigError("model.digit_layer places the digit head: it needs model.digit_head")
+        if self.pointer_slots and not self.copy_head:
+            raise ConfigError("model.pointer_slots biases the pointer: it needs model.copy_head")
         if self.digit_head_tied and not self.digit_head:
             raise ConfigError("model.digit_head_tied ties the digit head to the digit words: it needs model.digit_head")
         if self.positions not in POSITIONS:
@@ -154,7 +160,7 @@ class ModelConfig:
 
 # Model parts that only add parameters to a transformer (and where the digit head reads): a fine-tune
 # (train.init_from) may add them, fresh.
-ADDABLE_PARTS = ("image_slots", "copy_head", "digit_head", "digit_layer", "digit_head_tied")
+ADDABLE_PARTS = ("image_slots", "copy_head", "pointer_slots", "digit_head", "digit_layer", "digit_head_tied")
 PRECISIONS = ("fp32", "bf16", "auto")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.

@@ -241,6 +241,9 @@ def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
                             reduction="none").view_as(targets)
 
 
+SLOT_BIAS_SCALE = 10.0
+
+
 class CopyHead(nn.Module):
     """A pointer beside the output head (the pointer-generator of See et al. 2017): with a learned gate, the next
     token is copied from an earlier position instead of generated - one attention over the final hidden states,
@@ -251,20 +254,30 @@ class CopyHead(nn.Module):
     against 69.5-70.5 % and the questions as before, so the best preset has it since release 7; BENCHMARKS.md,
     "A pointer head" and "Release 7".)"""
 
-    def __init__(self, d_model: int, key_dim: int = 64) -> None:
+    def __init__(self, d_model: int, key_dim: int = 64, slots: int = 0) -> None:
         super().__init__()
         self.query = nn.Linear(d_model, key_dim, bias=False)
         self.key = nn.Linear(d_model, key_dim, bias=False)
         self.gate = nn.Linear(d_model, 1)
+        # model.pointer_slots: scores += bias[slot of the position predicting, slot of the position looked at]
+        # (image_slots' numbering, the last row and column every non-image token). Zero at first: a model fine-tuned
+        # from one without it starts where that one was.
+        self.slot_bias = nn.Parameter(torch.zeros(slots + 1, slots + 1)) if slots else None
 
-    def look(self, hidden: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def look(self, hidden: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, query_slots: torch.Tensor | None = None,
+             key_slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden (B, T, C), keys (B, S, kd) of every position so far, mask (B or 1, T, S) -> where the pointer
-        looks, (B, T, S) weights, and its (B, T, 1) gate logits (sigmoid: the share it copies)."""
+        looks, (B, T, S) weights, and its (B, T, 1) gate logits (sigmoid: the share it copies). With the slot bias,
+        query_slots (B, T) and key_slots (B, S) are the positions' image slots (model.image_slots)."""
         scores = self.query(hidden) @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1])              # (B, T, S)
+        if self.slot_bias is not None:
+            # Scaled so that Adam's steps of ~lr move a score by ~SLOT_BIAS_SCALE * lr: one tune epoch can open it.
+            scores = scores + SLOT_BIAS_SCALE * self.slot_bias[query_slots[:, :, None], key_slots[:, None, :]]
         return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1), self.gate(hidden)
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor,
-                mask: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor, targets: torch.Tensor | None = None, query_slots: torch.Tensor | None = None,
+                key_slots: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (B, T, C) and head logits (B, T, V) of the new tokens; keys (B, S, kd) and ids (B, S) of every
         position so far, the new ones last; mask (B or 1, T, S) booleans -> (B, T, V) log-probabilities of
         "generate" and "copy" mixed by the gate; with targets (B, T), only each target's: (B, T). Training asks
@@ -272,7 +285,7 @@ class CopyHead(nn.Module):
         holding the target are summed instead of scattered over every id)."""
         with torch.autocast(device_type=hidden.device.type, enabled=False):   # log-probabilities want fp32
             hidden, logits = hidden.float(), logits.float()
-            weights, gate = self.look(hidden, keys.float(), mask)                         # (B, T, S), (B, T, 1)
+            weights, gate = self.look(hidden, keys.float(), mask, query_slots, key_slots)  # (B, T, S), (B, T, 1)
             B, T, S = weights.shape
             if targets is None:
                 generated = F.log_softmax(logits, -1)                                                # (B, T, V)
@@ -334,7 +347,7 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.copy_head:
-            self.copy = CopyHead(config.d_model)
+            self.copy = CopyHead(config.d_model, slots=config.image_length if config.pointer_slots else 0)
         if config.digit_head and config.digit_head_tied:
             self.digit_scale = nn.Parameter(torch.ones(()))   # the head's weights are the digit words' embeddings
         elif config.digit_head:
@@ -371,12 +384,14 @@ class Transformer(nn.Module):
             x, rotary = self.token_embedding(ids), self.rotary.angles(positions)           # (B, T, C)
         else:
             x = self.token_embedding(ids) + self.position_embedding(positions)              # (B, T, C)
-        if self.config.image_slots:
+        slots = None
+        if self.config.image_slots or self.config.pointer_slots:
             slots, image_run = image_slots(ids, self.config.image_tokens, self.config.image_length,
-                                           None if kv_cache is None else kv_cache.image_run)
-            x = x + self.slot_embedding(slots)
+                                           None if kv_cache is None else kv_cache.image_run)     # (B, T)
             if kv_cache is not None:
                 kv_cache.image_run = image_run
+        if self.config.image_slots:
+            x = x + self.slot_embedding(slots)
         past = 0 if kv_cache is None else kv_cache.position
         read = None
         for layer, block in enumerate(self.blocks):
@@ -389,12 +404,17 @@ class Transformer(nn.Module):
             if kv_cache is not None:
                 keys, token_ids = kv_cache.update_copy(keys, ids)
             seen = causal_mask(T, past, ids.device)[None] if mask is None else mask[:, 0]           # (B or 1, T, S)
+            # Every position so far is in token_ids, so their slots are counted afresh (slots never read are masked).
+            key_slots = (image_slots(token_ids, self.config.image_tokens, self.config.image_length)[0]
+                         if self.config.pointer_slots else None)                                    # (B, S)
         digit_loss = None if digits is None else self.digit_loss(hidden if read is None else read, digits)
         if last:
             hidden = hidden[:, -last:]                                                              # (B, last, C)
         logits = self.head(hidden)
         if self.config.copy_head:
-            logits = self.copy(hidden, logits, keys, token_ids, seen[:, -hidden.shape[1]:], targets)
+            query_slots = None if slots is None else slots[:, -hidden.shape[1]:]
+            logits = self.copy(hidden, logits, keys, token_ids, seen[:, -hidden.shape[1]:], targets, query_slots,
+                               key_slots)
         elif targets is not None:
             logits = target_log_probs(logits.float(), targets)                                      # (B, T)
         if kv_cache is not None:
