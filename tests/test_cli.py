@@ -208,8 +208,8 @@ def test_unknown_preset(tmp_path, capsys):
 
 def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
     """`best`'s last stage is `base` plus one epoch with counting at 4, addition at 8, the three color edits at 1.5,
-    the answers' words at 3x, a digit head after block 3, half the pairs and 56 000 documents, and a fresh 20-step
-    warmup, nothing else changed; asked for alone (as a config, without the run it continues) it says what to give."""
+    the answers' words at 3x, a digit head after block 3, the pointer's slot bias, half the pairs and 56 000
+    documents, and a fresh 20-step warmup, nothing else changed; asked for alone (as a config, without the run it continues) it says what to give."""
     from tinychameleon.config import STAGES, make_config
 
     assert STAGES["best"] == "base"
@@ -221,8 +221,9 @@ def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
     assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0, "addition": 8.0, **edits}
     assert (best.train.pairs, best.train.documents, base.train.pairs, base.train.documents) == (28000, 56000, 0, 42000)
     assert best.train.family_shares != base.train.family_shares
-    assert (best.model.digit_head, best.model.digit_layer) == (True, 3) and not base.model.digit_head
-    best.model.digit_head, best.model.digit_layer = False, 0
+    assert (best.model.digit_head, best.model.digit_layer, best.model.pointer_slots) == (True, 3, True)
+    assert not (base.model.digit_head or base.model.pointer_slots)
+    best.model.digit_head, best.model.digit_layer, best.model.pointer_slots = False, 0, False
     assert (best.model, best.vq, best.vq_train) == (base.model, base.vq, base.vq_train)
     assert (best.train.answer_loss_weight, best.train.answer_words_only) == (3.0, True)
     best.train.epochs, best.train.warmup_steps, best.train.init_from = 3, 300, ""

@@ -28,7 +28,7 @@ def test_shipped_checkpoint_is_complete():
 
 
 def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
-    """The release is `train --preset best`'s last stage (releases 10 to 13: run as `--init-from` release 9's weights, a
+    """The release is `train --preset best`'s last stage (releases 10 to 14: run as `--init-from` release 9's weights, a
     `base` run): every setting the preset names, and its run_info says it continued a run."""
     import json
 
@@ -40,6 +40,7 @@ def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
     for section in ("vq", "vq_train", "model", "train"):
         assert getattr(shipped, section) == getattr(preset, section), section
     assert shipped.train.init_from and shipped.train.family_shares["addition"] == 8.0 and shipped.train.pairs == 28000
+    assert shipped.model.pointer_slots                                    # release 14's slot bias
     run_info = json.loads((PRETRAINED_DIR / "run_info.json").read_text())
     assert run_info["command"].startswith("tinychameleon train --preset best --init-from ") and run_info["wall_time_s"] > 0
 
