@@ -404,9 +404,12 @@ class Transformer(nn.Module):
             if kv_cache is not None:
                 keys, token_ids = kv_cache.update_copy(keys, ids)
             seen = causal_mask(T, past, ids.device)[None] if mask is None else mask[:, 0]           # (B or 1, T, S)
-            # Every position so far is in token_ids, so their slots are counted afresh (slots never read are masked).
-            key_slots = (image_slots(token_ids, self.config.image_tokens, self.config.image_length)[0]
-                         if self.config.pointer_slots else None)                                    # (B, S)
+            # A cache holds every position so far in token_ids: their slots are counted afresh (slots never read are
+            # masked). Without one, token_ids are ids, whose slots are counted above.
+            key_slots = None
+            if self.config.pointer_slots:
+                key_slots = slots if kv_cache is None else image_slots(token_ids, self.config.image_tokens,
+                                                                       self.config.image_length)[0]  # (B, S)
         digit_loss = None if digits is None else self.digit_loss(hidden if read is None else read, digits)
         if last:
             hidden = hidden[:, -last:]                                                              # (B, last, C)
