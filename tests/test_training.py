@@ -122,9 +122,14 @@ def test_newton_schulz_makes_updates_nearly_orthogonal():
     torch.manual_seed(0)
     for shape in ((32, 32), (96, 32), (32, 96)):
         update = torch.randn(shape) * torch.logspace(-1, 0.5, shape[1])   # columns of 30x different sizes
-        singular = torch.linalg.svdvals(newton_schulz(update))
+        exact = newton_schulz(update)
+        singular = torch.linalg.svdvals(exact)
         # Every direction now moves at about the same rate (the quintic lands in roughly 0.7..1.2).
         assert singular.min() > 0.5 and singular.max() < 1.3, singular
+        # In bf16 (runs that train in it) the same map, to bf16's precision, returned in fp32.
+        rounded = newton_schulz(update, dtype=torch.bfloat16)
+        assert rounded.dtype == torch.float32 and not torch.equal(rounded, exact)
+        torch.testing.assert_close(rounded, exact, atol=0.05, rtol=0.05)
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
@@ -134,6 +139,9 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     model = checkpoint.build_transformer(config)
     optimizer = build_optimizer(model, config.train)
     muon = [o for o in optimizer.optimizers if isinstance(o, Muon)][0]
+    assert muon.dtype == torch.float32
+    bf16_muon = [o for o in build_optimizer(model, config.train, bf16=True).optimizers if isinstance(o, Muon)][0]
+    assert bf16_muon.dtype == torch.bfloat16
     names = {id(p): name for name, p in model.named_parameters()}
     on_muon = {names[id(p)] for p in muon.param_groups[0]["params"]}
     assert on_muon == {n for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks.")}

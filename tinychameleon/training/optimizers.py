@@ -3,7 +3,9 @@
 Muon (Jordan et al. 2024, the optimizer of modded-nanogpt's speedrun) takes SGD-momentum's update
 of each 2-D weight and replaces it by the nearest semi-orthogonal matrix (five Newton-Schulz
 iterations), so every direction of the matrix moves at the same rate. Embeddings, the output head,
-biases and norms stay on AdamW, as in the speedrun.
+biases and norms stay on AdamW, as in the speedrun. Where a run trains in bf16 the iterations run in bf16 too, as
+the speedrun's do: on this project's 2-core AVX512-BF16 CPU that takes a `best` step's Newton-Schulz from ~120 to
+~70 ms (BENCHMARKS.md, "Muon in bf16").
 """
 
 from __future__ import annotations
@@ -13,24 +15,27 @@ import torch
 from ..config import TrainConfig
 
 
-def newton_schulz(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """(m, n) -> approximately U V^T of its SVD, by the quintic iteration tuned in modded-nanogpt."""
+def newton_schulz(update: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(m, n) -> approximately U V^T of its SVD, by the quintic iteration tuned in modded-nanogpt, computed in
+    `dtype` (returned in fp32)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = update.float() / (update.norm() + 1e-7)         # singular values now at most 1
+    x = (update.float() / (update.norm() + 1e-7)).to(dtype)     # singular values now at most 1
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.t()                                        # iterate on the smaller Gram matrix
     for _ in range(steps):
         gram = x @ x.t()
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.t() if tall else x
+    return (x.t() if tall else x).float()
 
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, orthogonalized, scaled by sqrt(max(1, rows / columns)); 2-D parameters only."""
+    """Nesterov momentum, orthogonalized (Newton-Schulz in `dtype`), scaled by sqrt(max(1, rows / columns));
+    2-D parameters only."""
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95) -> None:
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, dtype: torch.dtype = torch.float32) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum})
+        self.dtype = dtype
 
     @torch.no_grad()
     def step(self) -> None:
@@ -44,7 +49,7 @@ class Muon(torch.optim.Optimizer):
                 momentum = state["momentum"].mul_(group["momentum"]).add_(parameter.grad)
                 update = parameter.grad.add(momentum, alpha=group["momentum"])           # Nesterov
                 scale = max(1.0, parameter.shape[0] / parameter.shape[1]) ** 0.5
-                parameter.add_(newton_schulz(update).to(parameter.dtype), alpha=-group["lr"] * scale)
+                parameter.add_(newton_schulz(update, dtype=self.dtype).to(parameter.dtype), alpha=-group["lr"] * scale)
 
 
 class Optimizers:
@@ -73,9 +78,10 @@ class Optimizers:
             optimizer.load_state_dict(own)
 
 
-def build_optimizer(model: torch.nn.Module, settings: TrainConfig, fused: bool = False):
-    """AdamW for everything, or Muon for the blocks' matrices and AdamW for the rest. Each param group
-    carries `lr_scale`: the schedule sets lr = train.lr * schedule * lr_scale (Muon's is muon_lr / lr)."""
+def build_optimizer(model: torch.nn.Module, settings: TrainConfig, fused: bool = False, bf16: bool = False):
+    """AdamW for everything, or Muon for the blocks' matrices and AdamW for the rest (its Newton-Schulz in bf16
+    where `bf16`: the run trains in it). Each param group carries `lr_scale`: the schedule sets
+    lr = train.lr * schedule * lr_scale (Muon's is muon_lr / lr)."""
     adamw = dict(lr=settings.lr, betas=(0.9, 0.99), weight_decay=settings.weight_decay, fused=fused)
     if settings.optimizer == "adamw":
         optimizer = torch.optim.AdamW(model.parameters(), **adamw)
@@ -84,7 +90,8 @@ def build_optimizer(model: torch.nn.Module, settings: TrainConfig, fused: bool =
     matrices = [p for name, p in model.named_parameters() if p.ndim == 2 and name.startswith("blocks.")]
     chosen = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if id(p) not in chosen]
-    muon, others = Muon(matrices, lr=settings.muon_lr), torch.optim.AdamW(rest, **adamw)
+    muon = Muon(matrices, lr=settings.muon_lr, dtype=torch.bfloat16 if bf16 else torch.float32)
+    others = torch.optim.AdamW(rest, **adamw)
     muon.param_groups[0]["lr_scale"] = settings.muon_lr / settings.lr
     others.param_groups[0]["lr_scale"] = 1.0
     return Optimizers(others, muon)

@@ -32,8 +32,11 @@ from .vqvae_trainer import reconstruction_metrics, train_vqvae
 
 
 def caption_word_ids(split: ColoredMNIST) -> torch.Tensor:
-    tokenizer = WordTokenizer()
-    return torch.tensor([tokenizer.encode(caption) for caption in split.captions()], dtype=torch.long)
+    """(N, 6) word ids of the split's captions. Each distinct caption (~7300 among 55 000) is encoded once:
+    a `best` stage encodes its ten colorings' captions, ~3 s word by word on the 2-core CPU."""
+    tokenizer, captions = WordTokenizer(), split.captions()
+    encoded = {caption: tokenizer.encode(caption) for caption in set(captions)}
+    return torch.tensor([encoded[caption] for caption in captions], dtype=torch.long)
 
 
 @torch.no_grad()
