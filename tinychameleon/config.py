@@ -442,6 +442,9 @@ PRESETS["memory-base"] = {**PRESETS["base"],
 # Release 14 adds, in this stage, the pointer's slot bias (model.pointer_slots): release 13's failed copies were the
 # pointer splitting its weight between the prompt's patch and the one beside it. At 600 validation documents each,
 # edits 95.2 / 96.0 / 95.0 -> 98.7 / 98.0 / 97.2 % (BENCHMARKS.md, "The pointer's slot bias").
+# Release 15 is this stage again with Muon's iterations in bf16 (training/optimizers.py): the color names that
+# release 14 lost came back (600 validation documents each: 99.2 / 97.3 -> 100 / 99.8 %), the rest within noise
+# (BENCHMARKS.md, "Muon in bf16").
 # `train --preset best --out D` trains the `base` run in D/base first, then this stage in D; `--init-from RUN`
 # continues RUN instead (the shipped checkpoint: this stage on release 9's weights).
 PRESETS["best"] = {**PRESETS["base"],
