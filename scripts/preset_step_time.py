@@ -5,7 +5,6 @@ run at their batch size, bf16 autocast and optimizer (random weights and tokens:
     python scripts/preset_step_time.py --steps 20
     python scripts/preset_step_time.py --cases best --newton-schulz fp32 bf16   # Muon's iterations in either
 
-
 With the steps per epoch this gives a training time free of whatever else the machine ran during a real run.
 Like `train`, it first has malloc keep freed memory (device.keep_freed_memory).
 """
