@@ -39,7 +39,7 @@ def step_seconds(preset: str, steps: int, precision: str | None = None, document
     vocab, settings = Vocab.for_config(config), config.train
     torch.manual_seed(0)
     model = build_transformer(config)
-    trains_bf16 = device.resolved_precision(torch.device("cpu"), settings.precision) == "bf16"
+    trains_bf16 = device.trains_in_bf16(torch.device("cpu"), settings.precision)
     optimizer = build_optimizer(model, settings, fused=False,
                                 bf16=trains_bf16 if newton_schulz is None else newton_schulz == "bf16")
     B = settings.batch_size

@@ -276,7 +276,7 @@ def losses_under(tiny_run, precisions: list[str]) -> dict[str, float]:
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tiny_run, monkeypatch, native):
     """train.precision "auto" (the presets'): bf16 autocast on a CPU with native bf16, exactly fp32 on one without
     (where emulated bf16 is ~15x slower), and a notice says which; "bf16" asked on such a CPU is kept and warned of."""
-    from tinychameleon.device import precision_notice, resolved_precision
+    from tinychameleon.device import precision_notice, resolved_precision, trains_in_bf16
 
     cpu_with_bf16(monkeypatch, native)
     cpu = torch.device("cpu")
@@ -284,6 +284,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tiny_run, monkeypatch,
     assert resolved_precision(cpu, "auto") == ("bf16" if native else "fp32")
     assert loss["auto"] == (loss["bf16"] if native else loss["none"]) and loss["bf16"] != loss["none"]
     assert resolved_precision(cpu, "bf16") == "bf16" and resolved_precision(cpu, "fp32") == "fp32"
+    assert trains_in_bf16(cpu, "auto") == native and trains_in_bf16(cpu, "bf16") and not trains_in_bf16(cpu, "fp32")
     if native:
         assert precision_notice(cpu, "auto") is None and precision_notice(cpu, "bf16") is None
     else:

@@ -83,6 +83,11 @@ def resolved_precision(device: torch.device, precision: str) -> str:
     return precision
 
 
+def trains_in_bf16(device: torch.device, precision: str) -> bool:
+    """Whether a run with train.precision `precision` on `device` computes in bf16 (autocast, Muon's iterations)."""
+    return resolved_precision(device, precision) == "bf16"
+
+
 def precision_notice(device: torch.device, precision: str) -> str | None:
     """One line for the training log where the precision a run uses is not what its config says, or is slow here."""
     if device.type != "cpu":
@@ -104,7 +109,7 @@ def autocast(device: torch.device, enabled: bool = True, precision: str = "fp32"
     """
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if enabled and device.type == "cpu" and resolved_precision(device, precision) == "bf16":
+    if enabled and device.type == "cpu" and trains_in_bf16(device, precision):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -25,7 +25,7 @@ from ..sequences import IMAGE_FIRST, build_sequences, image_first_rows, random_s
 from ..tokenizers.vocab import Vocab
 from ..checkpoint import MODEL_FILE, build_transformer, load_grown, load_transformer
 from .state import elapsed_before, resume_from, save_epoch
-from ..device import Distributed, autocast, precision_notice, resolved_precision
+from ..device import Distributed, autocast, precision_notice, trains_in_bf16
 from .logs import plot_curve
 from .optimizers import build_optimizer
 from .schedule import warmup_cosine
@@ -216,7 +216,7 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
         return split_nll(model, vocab, validation_words, validation_codes)
 
     optimizer = build_optimizer(model, settings, fused=device.type == "cuda",
-                                bf16=resolved_precision(device, settings.precision) == "bf16")
+                                bf16=trains_in_bf16(device, settings.precision))
     if settings.batch_size % world.world_size:
         raise ValueError(f"batch size {settings.batch_size} must divide evenly over {world.world_size} processes")
     if train_codes.dim() == 2:  # one coloring of the training set: (N, L) -> (1, N, L)
