@@ -5,6 +5,8 @@
 - counting: teacher-forced on real documents, the chance the model stops (<eod>) rather than draws again
   (<boi>) after each image, by how many images the prompt asked for. A model that counts stops after the
   asked number and never before; one that ignores the prompt stops with the same chance whatever was asked.
+- counting, guided: the same choices, guided as the sampler guides image tokens (by the document without its words),
+  at several guidance scales: the chance of the right choice. Guidance sharpens only what the words change.
 - counting in words (the stepping stone): teacher-forced, the chance of "." after the k-th digit word, by how many
   digits the prompt asked for. Its digits are a bigram (each word's successor); its stop needs the prompt's end
   word, so a model that stops by length alone shows the same chance after word k whatever was asked. With the
@@ -97,6 +99,34 @@ def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: in
             stop, draw = probabilities[i, vocab.end_document], probabilities[i, vocab.begin_image]
             chances[f"asked {len(example.answer_images)}, after image {k}"].append(float(stop / (stop + draw)))
     return rounded_means(chances)
+
+
+def guided_stop_choices(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int,
+                        guidances=(1.0, 1.5, 2.0, 3.0, 4.0)) -> dict:
+    """{"asked N, after image k": {guidance: mean chance of the right choice}}: teacher-forced as stop_chances, with
+    the choice between <boi> and <eod> guided as the sampler guides image tokens (the unconditional stream is the
+    document without its words). Guidance can only sharpen what the words change; if it moves every count's stop the
+    same way, the words do not tell the counts apart."""
+    vocab, grammar = pipe.vocab, pipe.documents.grammar
+    choices = [vocab.begin_image, vocab.end_document]
+    right = defaultdict(lambda: defaultdict(list))
+    chosen = examples(bank, count, [0, 7, 23], families=["counting"])
+    for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor,
+                                                      pipe.documents.tokenizer)):
+        free_ids = grammar.without_words(ids)
+        with torch.no_grad():
+            conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0].float()
+            free = pipe.model(torch.tensor([free_ids], device=pipe.device))[0].float()
+        ends = [i for i, token in enumerate(ids) if token == vocab.end_image]      # counting's images are all answers
+        free_ends = [i for i, token in enumerate(free_ids) if token == vocab.end_image]
+        for k, (i, j) in enumerate(zip(ends, free_ends), 1):
+            stops = ids[i + 1] == vocab.end_document
+            for guidance in guidances:
+                stop = float(guided_logits(conditional[i], free[j], guidance)[choices].softmax(-1)[1])
+                right[f"asked {len(example.answer_images)}, after image {k}"][guidance].append(
+                    stop if stops else 1 - stop)
+    return {key: {guidance: round(float(np.mean(values)), 3) for guidance, values in by_guidance.items()}
+            for key, by_guidance in sorted(right.items())}
 
 
 def word_stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
@@ -352,6 +382,7 @@ def copy_pointer(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: in
 # name -> probe(pipe, inputs); inputs holds the validation bank, split, token codes, judge and count.
 PROBES = {
     "counting_stop_chance": lambda pipe, inputs: stop_chances(pipe, inputs.bank, inputs.codes, inputs.count),
+    "counting_guided_stop": lambda pipe, inputs: guided_stop_choices(pipe, inputs.bank, inputs.codes, inputs.count),
     "counting_words_stop_chance": lambda pipe, inputs: word_stop_chances(pipe, inputs.bank, inputs.codes,
                                                                         inputs.count),
     "counting_words_written": lambda pipe, inputs: counting_words_written(pipe, inputs.bank),

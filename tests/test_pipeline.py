@@ -27,9 +27,10 @@ def test_shipped_checkpoint_is_complete():
         assert (PRETRAINED_DIR / name).exists(), name
 
 
-def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
-    """The release is `train --preset best`'s last stage (releases 10 to 14: run as `--init-from` release 9's weights, a
-    `base` run): every setting the preset names, and its run_info says it continued a run."""
+def test_shipped_checkpoint_is_the_best_preset_from_nothing():
+    """The release is `train --preset best`'s output from nothing (since release 16; releases 10 to 15 ran its last
+    stage `--init-from` release 9's weights): every setting the preset names, its last stage continued the run's own
+    `base` stage (OUT/base), and its run_info is that one command's, without --init-from."""
     import json
 
     from tinychameleon.checkpoint import load_config
@@ -39,10 +40,12 @@ def test_shipped_checkpoint_is_the_best_preset_s_last_stage():
     preset = make_config("best", train={"init_from": shipped.train.init_from})
     for section in ("vq", "vq_train", "model", "train"):
         assert getattr(shipped, section) == getattr(preset, section), section
-    assert shipped.train.init_from and shipped.train.family_shares["addition"] == 8.0 and shipped.train.pairs == 28000
+    assert shipped.train.family_shares["addition"] == 8.0 and shipped.train.pairs == 28000
     assert shipped.model.pointer_slots                                    # release 14's slot bias
-    run_info = json.loads((PRETRAINED_DIR / "run_info.json").read_text())
-    assert run_info["command"].startswith("tinychameleon train --preset best --init-from ") and run_info["wall_time_s"] > 0
+    command = json.loads((PRETRAINED_DIR / "run_info.json").read_text())["command"].split()
+    assert command[:4] == ["tinychameleon", "train", "--preset", "best"] and "--init-from" not in command
+    out = command[command.index("--out") + 1]
+    assert shipped.train.init_from == f"{out}/base"
 
 
 def test_shipped_memory_checkpoint_is_its_preset_and_draws_like_its_memory(tmp_path, colored):

@@ -445,8 +445,9 @@ PRESETS["memory-base"] = {**PRESETS["base"],
 # Release 15 is this stage again with Muon's iterations in bf16 (training/optimizers.py): the color names that
 # release 14 lost came back (600 validation documents each: 99.2 / 97.3 -> 100 / 99.8 %), the rest within noise
 # (BENCHMARKS.md, "Muon in bf16").
-# `train --preset best --out D` trains the `base` run in D/base first, then this stage in D; `--init-from RUN`
-# continues RUN instead (the shipped checkpoint: this stage on release 9's weights).
+# Release 16 is `train --preset best --out D` from nothing (57 min on a 2-core AMD EPYC): the `base` run in D/base,
+# then this stage in D. It keeps the swap that session 36's from-nothing run lost, and on validation matches or beats
+# release 15 (this stage on release 9's weights; BENCHMARKS.md, "Release 16"). `--init-from RUN` continues RUN instead.
 PRESETS["best"] = {**PRESETS["base"],
                    "model": {**PRESETS["base"]["model"], "digit_head": True, "digit_layer": 3, "pointer_slots": True},
                    "train": {**PRESETS["base"]["train"], "epochs": 1, "warmup_steps": 20,
