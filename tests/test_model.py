@@ -321,3 +321,40 @@ def test_tied_digit_head_scores_digits_by_their_words_embeddings():
     assert outside <= set(ids.flatten().tolist())
     with pytest.raises(ConfigError, match="digit_head_tied"):
         ModelConfig(vocab_size=50, digit_head_tied=True).validate()
+
+
+def test_patch_pixels_embed_shape_tokens_by_their_pixels_and_start_as_the_model_without_them(tmp_path):
+    """model.patch_pixels: a shape token's embedding is its own row plus a learned map of its 16 pixels (-1 / +1); ids
+    past the shape tokens (colors, words) keep their row alone. The map starts at zero, so adding the part to a
+    trained model (a fine-tune) changes no output; the patterns are saved with the weights."""
+    from tinychameleon.checkpoint import load_weights, save_weights
+
+    plain = small_model(positions="rope", image_tokens=40, image_length=6)
+    model = small_model(positions="rope", image_tokens=40, image_length=6, patch_pixels=True)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    patterns = torch.randint(0, 2, (36, 16), dtype=torch.uint8)        # 36 shape tokens; ids 36..39 are colors
+    model.set_patch_pixels(patterns)
+    ids = torch.randint(0, 50, (2, 20))
+    torch.testing.assert_close(model(ids), plain(ids))                   # a zero map: the model it was added to
+    with torch.no_grad():
+        model.pixel_embedding.weight.normal_()
+    embedded = model.embed(ids)
+    rows = model.token_embedding(ids)
+    shape = ids < 36
+    expected = rows[shape] + (2 * patterns[ids[shape]].float() - 1) @ model.pixel_embedding.weight.t()
+    torch.testing.assert_close(embedded[shape], expected)
+    torch.testing.assert_close(embedded[~shape], rows[~shape])
+    assert not torch.allclose(model(ids), plain(ids))
+    save_weights(model, tmp_path / "model.safetensors")
+    reloaded = small_model(positions="rope", image_tokens=40, image_length=6, patch_pixels=True)
+    load_weights(reloaded, tmp_path / "model.safetensors")
+    torch.testing.assert_close(reloaded.patch_pixels, model.patch_pixels)
+    torch.testing.assert_close(reloaded(ids), model(ids))
+
+
+def test_patch_pixels_need_the_patches_tokenizer():
+    from tinychameleon.config import make_config
+
+    make_config("base", model={"patch_pixels": True})
+    with pytest.raises(ValueError, match="patch_pixels embeds the `patches` tokenizer's pixels: this run's tokenizer is scales"):
+        make_config("var", model={"patch_pixels": True})

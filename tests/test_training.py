@@ -552,3 +552,25 @@ def test_the_digit_loss_joins_the_training_loss_at_its_weight():
     model.zero_grad()
     sequence_loss(model, sequences, None, digits, 0.0).backward()
     assert model.digit_head.weight.grad.abs().sum() == 0
+
+
+def test_a_fine_tune_adds_patch_pixels_from_its_tokenizer_and_starts_where_its_source_ended(document_run, tmp_path,
+                                                                                            cache_dir):
+    """`--set model.patch_pixels=true` on a `patches` run: the trainer fills the model's table from the run's own
+    tokenizer (shape token i -> its 16 pixels as -1 / +1), the map starts at zero (the first validation equals the
+    source's last), and training moves it."""
+    from tinychameleon.training.run import train
+
+    source = json.loads((document_run / "transformer_metrics.json").read_text())["epochs"][-1]
+    config = make_config("tiny", vq={"kind": "patches", "codebook_size": 64},
+                         model={"patch_pixels": True},
+                         train={"documents": 64, "prompt_end": True, "init_from": str(document_run), "lr": 1e-3})
+    train(config, tmp_path / "pixels", cache_dir=cache_dir, progress=False, device_name="cpu")
+    tuned = json.loads((tmp_path / "pixels" / "transformer_metrics.json").read_text())["epochs"]
+    assert tuned[0]["validation_nll"] == pytest.approx(source["validation_nll"], rel=1e-5)
+    model = checkpoint.load_transformer(tmp_path / "pixels")
+    patterns = checkpoint.load_image_tokenizer(tmp_path / "pixels").shape.patterns
+    assert model.config.patch_pixels and model.config.image_tokens > len(patterns)
+    torch.testing.assert_close(model.patch_pixels[:len(patterns)], 2 * patterns.float() - 1)
+    assert not model.patch_pixels[len(patterns):].any()                   # color tokens have no pixels
+    assert model.pixel_embedding.weight.abs().sum() > 0

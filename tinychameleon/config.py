@@ -128,6 +128,10 @@ class ModelConfig:
                                   # later blocks can compare with the prompt's words (a count's end, an addend) the
                                   # way they compare words with words. Measured in `best`'s tune stage: the same stop
                                   # and sums as the free head (BENCHMARKS.md, "Reading pairs again, and a digit head tied")
+    patch_pixels: bool = False    # the `patches` tokenizer's shape tokens also embedded by their 16 pixels (a learned
+                                  # 16 -> d_model map, zero at the start, added to each id's own row), so patches a
+                                  # pixel apart start near each other: reading generalises from pixels, not from ids
+                                  # that share nothing (reading is ~96 % in documents, every family that reads)
     image_tokens: int = 0         # filled in: ids below this are image tokens
     digit_words: int = 0          # filled in: the id of the word "zero" (the nine other digit words follow it)
     image_length: int = 0         # filled in: tokens per image
@@ -160,7 +164,8 @@ class ModelConfig:
 
 # Model parts that only add parameters to a transformer (and where the digit head reads): a fine-tune
 # (train.init_from) may add them, fresh.
-ADDABLE_PARTS = ("image_slots", "copy_head", "pointer_slots", "digit_head", "digit_layer", "digit_head_tied")
+ADDABLE_PARTS = ("image_slots", "copy_head", "pointer_slots", "digit_head", "digit_layer", "digit_head_tied",
+                 "patch_pixels")
 PRECISIONS = ("fp32", "bf16", "auto")
 OPTIMIZERS = ("adamw", "muon")
 # Settings renamed since a checkpoint was written: old config.json files still load.
@@ -336,6 +341,9 @@ class RunConfig:
         if self.train.documents and self.vq.kind not in ("palette", "patches"):
             raise ConfigError(f"train.documents needs an image tokenizer that keeps color apart from shape (vq.kind "
                               f"palette or patches, got {self.vq.kind}): edits repaint a digit's color tokens")
+        if self.model.patch_pixels and self.vq.kind != "patches":
+            raise ConfigError(f"model.patch_pixels embeds the `patches` tokenizer's pixels: this run's tokenizer is "
+                              f"{self.vq.kind}")
         if self.model.digit_head and not self.train.documents:
             raise ConfigError("model.digit_head reads the digits of documents' images: it needs train.documents")
         if self.train.digit_plan and not self.model.digit_head:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 DIGITS = 10  # the digit head's classes
+PATCH_PIXELS = 16  # a `patches` shape token's 4x4 pixels (model.patch_pixels)
 
 
 class KVCache:
@@ -343,6 +344,11 @@ class Transformer(nn.Module):
             # the best preset: edits copied worse, so the misses are not about finding the patch; BENCHMARKS.md.)
             assert config.image_tokens > 0 and config.image_length > 0, "fill model.image_tokens / image_length"
             self.slot_embedding = nn.Embedding(config.image_length + 1, config.d_model)
+        if config.patch_pixels:
+            # Row i: shape token i's 4x4 pixels as -1 / +1 (set_patch_pixels), 0 for every other id. Saved with the
+            # weights, so a checkpoint reads without its tokenizer.
+            self.register_buffer("patch_pixels", torch.zeros(config.image_tokens, PATCH_PIXELS))
+            self.pixel_embedding = nn.Linear(PATCH_PIXELS, config.d_model, bias=False)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -353,10 +359,27 @@ class Transformer(nn.Module):
         elif config.digit_head:
             self.digit_head = nn.Linear(config.d_model, DIGITS)
         init_weights(self, config.n_layer)
+        if config.patch_pixels:
+            nn.init.zeros_(self.pixel_embedding.weight)   # a fine-tune that adds it starts where its source was
         if config.copy_head:
             # The gate starts nearly shut (sigmoid(-4) = 0.018): a model fine-tuned from one without the pointer
             # starts where that one was.
             nn.init.constant_(self.copy.gate.bias, -4.0)
+
+    def set_patch_pixels(self, patterns: torch.Tensor) -> None:
+        """patterns (K, 16) 0/1: the `patches` tokenizer's K shape tokens (ids 0..K-1), as model.patch_pixels reads
+        them."""
+        self.patch_pixels.zero_()
+        self.patch_pixels[:len(patterns)] = 2 * patterns.to(self.patch_pixels) - 1
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, C) token embeddings, plus with model.patch_pixels a map of shape tokens' pixels."""
+        x = self.token_embedding(ids)
+        if self.config.patch_pixels:
+            pixels = self.patch_pixels[ids.clamp(max=self.config.image_tokens - 1)]                 # (B, T, 16)
+            pixels = pixels * (ids < self.config.image_tokens)[..., None]
+            x = x + self.pixel_embedding(pixels)
+        return x
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:
@@ -381,9 +404,9 @@ class Transformer(nn.Module):
         assert end <= self.config.block_size, "sequence longer than block_size"
         rotary = None
         if self.config.positions == "rope":
-            x, rotary = self.token_embedding(ids), self.rotary.angles(positions)           # (B, T, C)
+            x, rotary = self.embed(ids), self.rotary.angles(positions)                      # (B, T, C)
         else:
-            x = self.token_embedding(ids) + self.position_embedding(positions)              # (B, T, C)
+            x = self.embed(ids) + self.position_embedding(positions)                        # (B, T, C)
         slots = None
         if self.config.image_slots or self.config.pointer_slots:
             slots, image_run = image_slots(ids, self.config.image_tokens, self.config.image_length,

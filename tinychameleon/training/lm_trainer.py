@@ -203,12 +203,16 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     gives that epoch's document batches ((B, T) ids, (B, T-1) loss weights; this rank's rows), trained
     beside the pairs; `validation_documents` (ids, weights[, digit labels]) are scored after every epoch. A next-scale
     run (vq.kind "scales") trains the same way on its own objective (nextscale/objective.py), which reads
-    the frozen `image_tokenizer`'s multi-scale codes."""
+    the frozen `image_tokenizer`'s multi-scale codes; model.patch_pixels reads its `patches` patterns."""
     settings = config.train
     vocab = Vocab.for_config(config)
     torch.manual_seed(settings.seed)
     model = build_transformer(config).to(device)
     coder = image_tokenizer.shape.to(device).eval() if isinstance(model, NextScaleTransformer) else None
+    if config.model.patch_pixels:   # the tokenizer's patterns, before any weights are loaded over them
+        if image_tokenizer is None:
+            raise ValueError("model.patch_pixels reads the run's `patches` tokenizer: pass image_tokenizer")
+        model.set_patch_pixels(image_tokenizer.shape.patterns)
 
     def validation_nll() -> dict:
         if coder is not None:
