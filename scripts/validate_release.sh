@@ -12,6 +12,7 @@ set -euo pipefail
 RUN=${1:?usage: bash scripts/validate_release.sh RUN}
 [ -f "$RUN/model.safetensors" ] || { echo "validate_release: $RUN has no model.safetensors" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "$ROOT/.venv/bin/activate" ]; then source "$ROOT/.venv/bin/activate"; fi  # make install's
 SETTINGS="guidance 2, greedy above 0.7"
 cp "$ROOT/tinychameleon/pretrained/sampling.json" "$RUN/"
 python "$ROOT/scripts/document_table.py" --checkpoint "$RUN" --samples 200 --settings "$SETTINGS" > "$RUN-table200.log"

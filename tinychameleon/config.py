@@ -131,7 +131,10 @@ class ModelConfig:
     patch_pixels: bool = False    # the `patches` tokenizer's shape tokens also embedded by their 16 pixels (a learned
                                   # 16 -> d_model map, zero at the start, added to each id's own row), so patches a
                                   # pixel apart start near each other: reading generalises from pixels, not from ids
-                                  # that share nothing (reading is ~96 % in documents, every family that reads)
+                                  # that share nothing (reading is ~96 % in documents, every family that reads).
+                                  # Added in `best`'s second stage: likelihoods better (caption 0.118 -> 0.111
+                                  # nats), reading and families within noise (BENCHMARKS.md, "Shape tokens
+                                  # embedded by their pixels"); from the start not measured
     image_tokens: int = 0         # filled in: ids below this are image tokens
     digit_words: int = 0          # filled in: the id of the word "zero" (the nine other digit words follow it)
     image_length: int = 0         # filled in: tokens per image
