@@ -281,7 +281,10 @@ def test_a_two_stage_preset_trains_both_in_one_command(tmp_path, capsys, cache_d
     assert (first["preset"], first["train"]["init_from"], first["train"]["lr"]) == ("tiny", "", 3e-3)
     assert (last["preset"], last["train"]["init_from"], last["train"]["lr"]) == ("tiny-tuned", str(out / "tiny"), 1e-3)
     assert first["train"]["seed"] == last["train"]["seed"] == 3 and first["train"]["max_train_examples"] == 256
-    assert (out / "run_info.json").exists() and (out / "tiny" / "run_info.json").exists()
+    info, first_info = (json.loads((run_dir / "run_info.json").read_text()) for run_dir in (out, out / "tiny"))
+    assert [stage["preset"] for stage in info["stages"]] == ["tiny", "tiny-tuned"]
+    assert [stage["wall_time_s"] for stage in info["stages"]] == [first_info["wall_time_s"], info["wall_time_s"]]
+    assert info["total_wall_time_s"] == pytest.approx(first_info["wall_time_s"] + info["wall_time_s"], abs=0.11)
     chained, base = weights(out), weights(out / "tiny")
     assert any(not torch.equal(chained[name], base[name]) for name in chained)      # the second stage trained
     by_hand = tmp_path / "by-hand"

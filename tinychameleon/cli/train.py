@@ -130,7 +130,23 @@ def command_train(args) -> int:
         train(config, run_dir, resume=args.resume, vqvae_from=None if index else args.vqvae_from,
               device_name=args.device, cache_dir=args.cache_dir, progress=not args.no_progress,
               compile_model=args.compile, command=command)
+    if len(stages) > 1:
+        record_stages(out, stages)
     return 0
+
+
+def record_stages(out: Path, stages: list[tuple[str, Path]]) -> None:
+    """The last stage's run_info.json also lists every stage's wall time and their total: what the one command
+    cost (each stage's own run_info keeps its `wall_time_s`)."""
+    import json
+
+    from ..io_utils import write_json
+
+    infos = [json.loads((run_dir / "run_info.json").read_text()) for _, run_dir in stages]
+    times = [{"preset": preset, "run": str(run_dir), "wall_time_s": info["wall_time_s"]}
+             for (preset, run_dir), info in zip(stages, infos)]
+    write_json(out / "run_info.json", {**infos[-1], "stages": times,
+                                       "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)})
 
 
 def add_train_command(commands) -> None:
