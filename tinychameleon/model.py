@@ -6,7 +6,8 @@ token's place in its image (`image_slots`, derived from the ids themselves), pre
 self-attention and a GELU MLP, a final LayerNorm and an output head (optionally with a gated pointer beside it,
 `CopyHead`, that copies an earlier token's id; and, in training only, a `digit_head` that reads each image's
 digit off its <eoi>, from the final hidden state or from the residual stream after block `digit_layer`, with its own
-weights or, `digit_head_tied`, the digit words' embeddings). Attention has a
+weights or, `digit_head_tied`, the digit words' embeddings); with `patch_pixels`, a shape token's embedding also
+carries a learned map of its 4x4 pixels. Attention has a
 hand-written path (the reference) and a fused `scaled_dot_product_attention` fast path;
 tests check that they agree. An optional `KVCache` (see sampling.py) makes decoding
 incremental.
@@ -347,6 +348,7 @@ class Transformer(nn.Module):
         if config.patch_pixels:
             # Row i: shape token i's 4x4 pixels as -1 / +1 (set_patch_pixels), 0 for every other id. Saved with the
             # weights, so a checkpoint reads without its tokenizer.
+            assert config.image_tokens > 0, "fill model.image_tokens"
             self.register_buffer("patch_pixels", torch.zeros(config.image_tokens, PATCH_PIXELS))
             self.pixel_embedding = nn.Linear(PATCH_PIXELS, config.d_model, bias=False)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
