@@ -134,7 +134,7 @@ class ModelConfig:
                                   # that share nothing (reading is ~96 % in documents, every family that reads).
                                   # Added in `best`'s second stage: likelihoods better (caption 0.118 -> 0.111
                                   # nats), reading and families within noise (BENCHMARKS.md, "Shape tokens
-                                  # embedded by their pixels"); from the start, two epochs in: pairs a little likelier
+                                  # embedded by their pixels"); in `base` from the start: a caption 14 % likelier
     image_tokens: int = 0         # filled in: ids below this are image tokens
     digit_words: int = 0          # filled in: the id of the word "zero" (the nine other digit words follow it)
     image_length: int = 0         # filled in: tokens per image
