@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import shlex
 import sys
 from pathlib import Path
 
 from ..config import ADDABLE_PARTS, IMAGE_TOKENIZER_KINDS, RunConfig
 from ..errors import TinyChameleonError
+from ..io_utils import write_json
 from .common import family_share, number, prepare_output, setting
 
 
@@ -138,10 +140,6 @@ def command_train(args) -> int:
 def record_stages(out: Path, stages: list[tuple[str, Path]]) -> None:
     """The last stage's run_info.json also lists every stage's wall time and their total: what the one command
     cost (each stage's own run_info keeps its `wall_time_s`)."""
-    import json
-
-    from ..io_utils import write_json
-
     infos = [json.loads((run_dir / "run_info.json").read_text()) for _, run_dir in stages]
     times = [{"preset": preset, "run": str(run_dir), "wall_time_s": info["wall_time_s"]}
              for (preset, run_dir), info in zip(stages, infos)]
