@@ -88,6 +88,16 @@ def rounded_means(chances: dict[str, list[float]]) -> dict:
     return {key: round(float(np.mean(values)), 3) for key, values in sorted(chances.items())}
 
 
+@torch.no_grad()
+def read_with_and_without_words(pipe: Pipeline, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The two reads guidance mixes: (T, V) logits of the document and (T', V) logits of the document without its
+    words (the sampler's unconditional stream), with the latter's ids (T' <= T: the words are gone)."""
+    free_ids = pipe.documents.grammar.without_words(ids)
+    conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0].float()
+    free = pipe.model(torch.tensor([free_ids], device=pipe.device))[0].float()
+    return conditional, free, free_ids
+
+
 def stop_chances(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int) -> dict:
     """{"asked N, after image k": mean chance of <eod> against <boi>} over `count` counting documents."""
     vocab = pipe.vocab
@@ -107,16 +117,13 @@ def guided_stop_choices(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, co
     the choice between <boi> and <eod> guided as the sampler guides image tokens (the unconditional stream is the
     document without its words). Guidance can only sharpen what the words change; if it moves every count's stop the
     same way, the words do not tell the counts apart."""
-    vocab, grammar = pipe.vocab, pipe.documents.grammar
+    vocab = pipe.vocab
     choices = [vocab.begin_image, vocab.end_document]
     right = defaultdict(lambda: defaultdict(list))
     chosen = examples(bank, count, [0, 7, 23], families=["counting"])
     for example, ids in zip(chosen, example_documents(chosen, codes, pipe.image_tokenizer.recolor,
                                                       pipe.documents.tokenizer)):
-        free_ids = grammar.without_words(ids)
-        with torch.no_grad():
-            conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0].float()
-            free = pipe.model(torch.tensor([free_ids], device=pipe.device))[0].float()
+        conditional, free, free_ids = read_with_and_without_words(pipe, ids)
         ends = [i for i, token in enumerate(ids) if token == vocab.end_image]      # counting's images are all answers
         free_ends = [i for i, token in enumerate(free_ids) if token == vocab.end_image]
         for k, (i, j) in enumerate(zip(ends, free_ends), 1):
@@ -297,11 +304,8 @@ def answer_logits(pipe: Pipeline, prompt: list[int], answer: list[int], guidance
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(len(answer), V) logits predicting each answer token, conditional and guided as the sampler draws (the
     unconditional stream reads the document without its words, which all sit in the prompt)."""
-    ids = prompt + answer
-    with torch.no_grad():
-        conditional = pipe.model(torch.tensor([ids], device=pipe.device))[0, -len(answer) - 1:-1].float()
-        free = pipe.model(torch.tensor([pipe.documents.grammar.without_words(ids)], device=pipe.device))[0]
-    free = free[-len(answer) - 1:-1].float()
+    conditional, free, _ = read_with_and_without_words(pipe, prompt + answer)
+    conditional, free = conditional[-len(answer) - 1:-1], free[-len(answer) - 1:-1]
     return conditional, guided_logits(conditional, free, guidance)
 
 
