@@ -197,7 +197,7 @@ def swap_colors(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: int
 def counting_next_digits(pipe: Pipeline, bank: DigitBank, split, judge, count: int) -> dict:
     """{"after k real images": share of documents whose next drawn image is the right digit, or the previous again}
     over counting documents asking for three or four images (the sampler's shipped settings)."""
-    decoder, vocab = pipe.documents, pipe.vocab
+    decoder = pipe.documents
     chosen = [e for e in examples(bank, 3 * count, [0, 11, 23], families=["counting"]) if len(e.answer_images) >= 3]
     chosen = chosen[:count]
     settings = pipe.resolve_settings(pipe.document_overrides({}))
@@ -206,8 +206,9 @@ def counting_next_digits(pipe: Pipeline, bank: DigitBank, split, judge, count: i
         rows = decoder.prompt_ids([example.prompt for example in chosen], [[] for _ in chosen])
         for ids, example in zip(rows, chosen):       # the real answer images so far, as the prompt's continuation
             real = render(example.answer_images[:given], split)
-            for picture_codes in (pipe.image_tokenizer.encode(torch.from_numpy(real)).tolist() if given else []):
-                ids += [vocab.begin_image, *picture_codes, vocab.end_image]
+            encoded = pipe.image_tokenizer.encode(torch.from_numpy(real)).cpu() if given else []
+            for picture, picture_codes in zip(example.answer_images[:given], encoded):    # with its plan, if any
+                ids += decoder.tokenizer.segment_ids([decoder.tokenizer.planned(picture_codes, picture.digit)])
         generator = torch.Generator(device=pipe.device).manual_seed(0)
         drawn = [decoder.continuation(ids).images[:1] for ids in decoder.write(rows, settings, generator)]
         judged = np.array([judge.predict(images)["digit"][0] if len(images) else -1 for images in drawn])

@@ -246,6 +246,9 @@ class TrainConfig:
                                   # that image will show: counting draws its next digit with no word to say which,
                                   # and the image's first tokens (background) barely tell. Measured with the
                                   # decision weight at 10: it stops after two images always (not shipped)
+    plan_tokens: bool = False     # every image an answer draws opens with a token naming its digit, <plan DIGIT>,
+                                  # written by the model: counting's stop and next digit read a token, as counting
+                                  # in words does, not the image just drawn (BENCHMARKS.md "Plan tokens")
 
 
     def validate(self) -> None:
@@ -351,6 +354,8 @@ class RunConfig:
             raise ConfigError("model.digit_head reads the digits of documents' images: it needs train.documents")
         if self.train.digit_plan and not self.model.digit_head:
             raise ConfigError("train.digit_plan trains the digit head at each answer's <boi>: it needs model.digit_head")
+        if self.train.plan_tokens and not self.train.documents:
+            raise ConfigError("train.plan_tokens opens the images of documents' answers: it needs train.documents")
         return self
 
 

@@ -8,7 +8,9 @@ marks the assistant's turn: "<image> what digit is this ?" -> "two ." is
     <bos> <boi> i1..iL <eoi> what digit is this ? <eop> two . <eod>
 
 The prompt's end is given, never written by the model; without it a prompt of one image cannot say
-"caption this" apart from "an image, then a question about it".
+"caption this" apart from "an image, then a question about it". Runs trained with plan tokens open each
+image an answer draws with the digit it will show, <boi> <plan two> i1..iL <eoi>: the model writes it,
+reading drops it (a prompt's images have none).
 
 Text is words separated by spaces (the caption words, the document words and the punctuation
 ". ? :" as words of their own); an image is its L image tokens between <boi> and <eoi>; <eod>
@@ -40,7 +42,7 @@ PUNCTUATION = re.compile(r"([.?:])")
 class Document:
     """segments: text (a string of words) or an image ((L,) image token ids), in reading order."""
 
-    segments: list = field(default_factory=list)
+    segments: list = field(default_factory=list)   # an image may open with its plan token (DocumentTokenizer.planned)
     finished: bool = True        # it ended with <eod> (False: it ran out of room, or is a prompt)
 
     @property
@@ -146,6 +148,13 @@ class DocumentTokenizer:
             ids.append(vocab.end_document)
         return ids
 
+    def planned(self, image: torch.Tensor, digit: int) -> torch.Tensor:
+        """(L,) image tokens -> (L + 1,): the image as an answer draws it, its plan token first (train.plan_tokens;
+        unchanged without)."""
+        if not self.vocab.plan_tokens:
+            return image
+        return torch.cat([torch.tensor([self.vocab.first_plan + digit], dtype=image.dtype), image])
+
     def segment_ids(self, segments: list) -> list[int]:
         ids = []
         for segment in segments:
@@ -157,12 +166,13 @@ class DocumentTokenizer:
 
     def decode(self, ids) -> Document:
         """Token ids (a prompt's continuation, or a whole document with or without <bos>) -> Document.
-        Reading stops at <eod>; an image cut short (no <eoi>) is dropped and the document marked unfinished."""
+        Reading stops at <eod>; an image cut short (no <eoi>) is dropped and the document marked unfinished; plan
+        tokens are dropped (an image is its L image tokens)."""
         vocab = self.vocab
         segments, words, image, finished = [], [], None, False
-        given = {vocab.bos, vocab.end_prompt} if vocab.prompt_end else {vocab.bos}
+        skipped = ({vocab.bos, vocab.end_prompt} if vocab.prompt_end else {vocab.bos}) | set(vocab.plan_ids)
         for token in (int(token) for token in ids):
-            if token in given:
+            if token in skipped:
                 continue
             if token == vocab.end_document:
                 finished = True

@@ -5,7 +5,8 @@
 In text a row may write any word, <boi> (the model decides to draw) or <eod>. After <boi> it writes
 exactly L image tokens, each one the tokenizer allows at that position and after the previous one
 (two color tokens, then shape codes, for the palette kinds), then <eoi>: an image is never cut short
-and no text appears inside one. <boi> is refused when the room left could not hold a whole image, and
+and no text appears inside one. Runs trained with plan tokens write one more token first, after <boi>:
+<plan DIGIT>, the digit the image will show (the model's own choice, never shown as text). <boi> is refused when the room left could not hold a whole image, and
 a row with one token of room left must end. The state is two tensors, so a batch steps in one go.
 """
 
@@ -23,7 +24,7 @@ TEXT = -1    # image_position of a row that is writing text
 
 @dataclass
 class RowState:
-    image_position: torch.Tensor      # (B,) long: TEXT, or the index of the next image token (L: only <eoi>)
+    image_position: torch.Tensor      # (B,) long: TEXT, or how many tokens the open image holds (span: only <eoi>)
     finished: torch.Tensor            # (B,) bool: <eod> written
 
     def select(self, rows: torch.Tensor) -> "RowState":
@@ -36,14 +37,18 @@ class DocumentGrammar(DeviceTables):
         """image_positions (L, K): image ids allowed at each image position; image_follows (K, K): which image
         id may follow which (the tokenizer's rules, e.g. only color pairs of the data). Default: any."""
         V, K, L = vocab.size, vocab.image_tokens, vocab.image_length
+        P = int(vocab.plan_tokens)                                              # 1: images open with a plan
         self.vocab = vocab
+        self.image_span = P + L                                                 # tokens between <boi> and <eoi>
         self.words = torch.zeros(V, dtype=torch.bool)
         self.words[vocab.text_ids] = True
         self.text = self.words.clone()
         self.text[[vocab.begin_image, vocab.end_document]] = True
-        self.image = torch.zeros(L + 1, V, dtype=torch.bool)                    # row p: the p-th image token
-        self.image[:L, :K] = True if image_positions is None else image_positions
-        self.image[L, vocab.end_image] = True
+        self.image = torch.zeros(P + L + 1, V, dtype=torch.bool)                # row p: the p-th token after <boi>
+        if P:
+            self.image[0, vocab.plan_ids] = True
+        self.image[P:P + L, :K] = True if image_positions is None else image_positions
+        self.image[P + L, vocab.end_image] = True
         self.follows = torch.ones(V, V, dtype=torch.bool)
         if image_follows is not None:
             self.follows[:K, :K] = image_follows
@@ -73,7 +78,7 @@ class DocumentGrammar(DeviceTables):
         image = self.image.to(device)[state.image_position.clamp(min=0)] & self.follows.to(device)[previous]
         text = self.text.to(device).expand(len(previous), -1).clone()
         # <boi> needs room for the image, its <eoi> and the <eod> after it.
-        text[:, self.vocab.begin_image] &= room >= self.vocab.image_length + 3
+        text[:, self.vocab.begin_image] &= room >= self.image_span + 3
         text = torch.where((room <= 1)[:, None], self.end_only.to(device), text)
         allowed = torch.where(in_image[:, None], image, text)
         return torch.where(state.finished[:, None], self.end_only.to(device), allowed)

@@ -5,7 +5,8 @@ Ids (defined here and nowhere else):  [0, K) image tokens (K and the tokens per 
 image tokenizer) · [K, K+31) words · then <bos>, <end of text>, <end of image>, and <mask> for runs
 trained with the causal-masked (CM3) objective · then, for runs trained on documents, the document
 words (instructions, questions, punctuation) and <boi> <eoi> <eod>; for runs that mark where a prompt ends,
-<eop> last. New ids only ever go at the end,
+<eop>; for runs that plan their drawings (train.plan_tokens), ten plan tokens <plan zero> .. <plan nine> last.
+New ids only ever go at the end,
 so every older checkpoint keeps its ids. The sampler's modality masks are built from these ranges,
 and every offset into a pair sequence is a property below, derived from the lengths (documents
 derive their layout from their own segments: documents/document.py).
@@ -28,6 +29,7 @@ DOCUMENT_WORDS = ["make", "the", "digit", "background", "swap", "colors", "it", 
                   "plus", "count", "from", "to", "in", "comes", "next", ".", "?", ":"]
 DOCUMENT_TOKENS = ["<boi>", "<eoi>", "<eod>"]   # begin of image, end of image, end of document
 PROMPT_END = "<eop>"   # end of prompt: what follows is the answer (a chat template's turn marker); never written
+PLAN_TOKENS = [f"<plan {digit}>" for digit in DIGIT_WORDS]   # an image the model draws opens with its digit's plan
 MAX_DOCUMENT_IMAGES = 4                          # the longest family (counting) draws four images
 MAX_DOCUMENT_TEXT = 32                           # text tokens a document may hold besides its images
 RETRIEVED_TEXT = 8     # room for each retrieved neighbour past the query's own ("<image> CAPTION ." is <= 7 words)
@@ -43,6 +45,7 @@ class Vocab:
     unconditional_without_eop: bool = False   # guidance's unconditional stream (a document without its words) has
                                               # no <eop> either (train.unconditional_without_eop)
     retrieve: int = 0             # most retrieved neighbours a document reads before its query (train.retrieve)
+    plan_tokens: bool = False     # an image the model draws is <boi> <plan DIGIT> i1..iL <eoi> (train.plan_tokens)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
@@ -51,7 +54,8 @@ class Vocab:
         tokens, length = image_token_layout(config.vq)
         return cls(tokens, infill=config.train.infill_rate > 0 or config.vq.kind == "scales", image_length=length,
                    documents=config.train.documents > 0, prompt_end=config.train.prompt_end,
-                   unconditional_without_eop=config.train.unconditional_without_eop, retrieve=config.train.retrieve)
+                   unconditional_without_eop=config.train.unconditional_without_eop, retrieve=config.train.retrieve,
+                   plan_tokens=config.train.plan_tokens)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -94,7 +98,7 @@ class Vocab:
 
     @property
     def document_length(self) -> int:
-        return self.document_text + self.document_images * (self.image_length + 2)
+        return self.document_text + self.document_images * (self.image_length + 2 + self.plan_tokens)
 
     @property
     def text_first_words(self) -> slice:
@@ -163,6 +167,17 @@ class Vocab:
         return self.begin_image + len(DOCUMENT_TOKENS)
 
     @property
+    def first_plan(self) -> int:
+        """Id of <plan zero>; the nine other plans follow it."""
+        if not self.plan_tokens:
+            raise ValueError("this vocabulary has no plan tokens (the run was trained without train.plan_tokens)")
+        return self.end_prompt + 1 if self.prompt_end else self.end_document + 1
+
+    @property
+    def plan_ids(self) -> list[int]:
+        return list(range(self.first_plan, self.first_plan + len(PLAN_TOKENS))) if self.plan_tokens else []
+
+    @property
     def text_words(self) -> list[str]:
         """Every word a document's text may hold, in id order of `text_ids`."""
         return WORDS + (DOCUMENT_WORDS if self.documents else [])
@@ -176,7 +191,7 @@ class Vocab:
     @property
     def size(self) -> int:
         return self.bos + len(self.special_tokens) + (len(DOCUMENT_WORDS) + len(DOCUMENT_TOKENS) + self.prompt_end
-                                                      if self.documents else 0)
+                                                      + len(self.plan_ids) if self.documents else 0)
 
     @property
     def image_range(self) -> range:
@@ -193,6 +208,8 @@ class Vocab:
             return WORDS[token - self.word_offset]
         if token < self.bos + len(self.special_tokens):
             return self.special_tokens[token - self.bos]
+        if token in self.plan_ids:
+            return PLAN_TOKENS[token - self.first_plan]
         extra = DOCUMENT_WORDS + DOCUMENT_TOKENS + [PROMPT_END]
         return extra[token - self.document_word_offset]
 
@@ -205,4 +222,5 @@ class Vocab:
                     "begin_image": self.begin_image, "end_image": self.end_image,
                     "end_document": self.end_document} if self.documents else {}),
                 **({"end_prompt": self.end_prompt} if self.prompt_end else {}),
+                **({"plan_tokens": PLAN_TOKENS, "first_plan": self.first_plan} if self.plan_tokens else {}),
                 "size": self.size}

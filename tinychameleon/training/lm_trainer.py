@@ -191,6 +191,17 @@ def is_best(epoch_log: list[dict]) -> bool:
     return bool(history) and history[-1] <= min(history)
 
 
+
+def plans_start_as_digit_words(model: Transformer, vocab: Vocab, loaded_rows: int) -> None:
+    """Plan tokens new to a fine-tune (train.plan_tokens, ids past the `loaded_rows` it started from) start with
+    their digit words' embedding and output rows: <plan two> begins as "two" does, not as noise."""
+    if not vocab.plan_tokens or vocab.first_plan < loaded_rows:
+        return
+    digit_words = list(range(vocab.digit_words, vocab.digit_words + len(vocab.plan_ids)))
+    with torch.no_grad():
+        for table in (model.token_embedding.weight, model.head.weight):
+            table[vocab.plan_ids] = table[digit_words]
+
 def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes: torch.Tensor,
                       validation_words: torch.Tensor, validation_codes: torch.Tensor, run_dir: Path,
                       device: torch.device, resume: bool = False, progress: bool = True, world: Distributed = Distributed(),
@@ -237,7 +248,9 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
     if start_epoch and world.is_main:
         print(f"transformer: resuming after epoch {start_epoch}")
     elif settings.init_from:
-        load_grown(model, load_transformer(settings.init_from).state_dict())
+        state = load_transformer(settings.init_from).state_dict()
+        load_grown(model, state)
+        plans_start_as_digit_words(model, vocab, len(state["token_embedding.weight"]))
         if world.is_main:
             print(f"transformer: starting from the weights of {settings.init_from}")
     notice = precision_notice(device, settings.precision)
