@@ -3,6 +3,8 @@ dropped when the document is read back."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -56,9 +58,9 @@ def test_plan_tokens_are_ten_new_ids_after_every_other():
 
 
 def test_each_answer_image_opens_with_its_digits_plan_and_reading_drops_it(chosen, codes):
-    """The answer's images (text-dropped rows too) are <boi> <plan DIGIT> i1..iL <eoi>; a prompt's images have no
-    plan; without the plans the ids are the plain vocabulary's, and reading a document back gives the same text and
-    the same L-token images either way."""
+    """The answer's images are <boi> <plan DIGIT> i1..iL <eoi>; a prompt's images have no plan, nor have a
+    text-dropped row's (guidance's stream reads no plans, as no words); without the plans the ids are the plain
+    vocabulary's, and reading a document back gives the same text and the same L-token images either way."""
     planned, plain = DocumentTokenizer(PLAN), DocumentTokenizer(PLAIN)
     dropout = torch.arange(len(chosen)) % 7 == 0
     with_plans = example_documents(chosen, codes, recolor, planned, dropout)
@@ -68,8 +70,12 @@ def test_each_answer_image_opens_with_its_digits_plan_and_reading_drops_it(chose
     for row, (example, ids) in enumerate(zip(chosen, with_plans)):
         begins = [i for i, token in enumerate(ids) if token == PLAN.begin_image]
         given = len(example.context_images) + len(example.prompt_images)
-        plans = [ids[i + 1] - PLAN.first_plan for i in begins[given:]]
-        assert plans == [picture.digit for picture in example.answer_images]
+        opens = [ids[i + 1] for i in begins[given:]]                                   # what follows each <boi>
+        assert len(opens) == len(example.answer_images)
+        if dropout[row]:
+            assert all(token < PLAN.image_tokens for token in opens)
+        else:
+            assert [token - PLAN.first_plan for token in opens] == [picture.digit for picture in example.answer_images]
         assert all(ids[i + 1] < PLAN.image_tokens for i in begins[:given])            # a given image: no plan
         assert [token for token in ids if token not in PLAN.plan_ids] == without[row]
         assert prefixes[row] == prefix_lengths([example], PLAIN, dropout[row:row + 1])[0]   # plans sit in answers
@@ -117,6 +123,14 @@ def test_the_grammar_has_the_model_write_a_plan_then_a_whole_image():
     cached, uncached = (decode(model, grammar, prompts[:3], settings, generator=torch.Generator().manual_seed(1),
                                use_cache=use_cache) for use_cache in (True, False))
     assert cached == uncached and sum(ids.count(PLAN.begin_image) for ids in cached) >= 2
+    # Guidance: the unconditional stream reads neither words nor plans, in the prompt and as the rows write them.
+    prompt = prompts[0] + [PLAN.begin_image, PLAN.first_plan + 3, 70, 80]
+    assert grammar.without_words(prompt) == [PLAN.bos, PLAN.begin_image, 70, 80]
+    assert grammar.unseen_unconditionally(torch.tensor([PLAN.first_plan, PLAN.text_ids[0], 70, PLAN.begin_image])
+                                          ).tolist() == [True, True, False, False]
+    guided = decode(model, grammar, prompts[:3], replace(settings, guidance=2.0), [[PLAN.bos]] * 3,
+                    torch.Generator().manual_seed(1))
+    assert any(PLAN.begin_image in ids for ids in guided) and all(written_images(ids) is not None for ids in guided)
     reader = DocumentTokenizer(PLAN)
     drawn = [reader.decode(ids) for ids in written]
     assert sum(len(document.images) for document in drawn) == len(images)

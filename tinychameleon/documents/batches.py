@@ -36,15 +36,17 @@ def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torc
 def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tokenizer: DocumentTokenizer,
                       text_dropout: torch.Tensor | None = None) -> list[list[int]]:
     """The finished documents (context and prompt, then answer) as ids, the answer's images opened with their plan
-    tokens where the vocabulary has them (DocumentTokenizer.planned). Rows marked in text_dropout
-    (len(examples),) keep their images only: what the unconditional stream of guidance reads (one finished
+    tokens where the vocabulary has them (DocumentTokenizer.planned). Rows marked in text_dropout (len(examples),)
+    keep their images only, without plans: what the unconditional stream of guidance reads (one finished
     document, without <eop>, where the vocabulary says that stream has none)."""
     pictures = [picture for example in examples for picture in example.pictures]
     images = iter(picture_codes(pictures, codes, recolor))
     documents = []
     for row, example in enumerate(examples):
         given = [next(images) for _ in range(len(example.context_images) + len(example.prompt_images))]
-        drawn = [tokenizer.planned(next(images), picture.digit) for picture in example.answer_images]
+        drawn = [next(images) for _ in range(len(example.answer_images))]
+        if text_dropout is None or not text_dropout[row]:     # guidance's stream reads no plans, as no words
+            drawn = [tokenizer.planned(image, picture.digit) for image, picture in zip(drawn, example.answer_images)]
         if text_dropout is not None and text_dropout[row]:
             if tokenizer.vocab.unconditional_without_eop:
                 documents.append(tokenizer.encode(Document(given + drawn)))

@@ -168,8 +168,9 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
             state, room, token, active = state.select(index), room[index], token[index], active[index]
             reader.select(torch.cat([index + group * n for group in range(groups)]))
         previous = token
-        # The unconditional stream does not see words: its copy of a word is an invalid slot.
-        seen = torch.cat([torch.ones_like(token, dtype=torch.bool)] + [~grammar.is_text(token)] * (groups - 1))
+        # The unconditional stream does not see words (nor plans): its copy of one is an invalid slot.
+        unseen = grammar.unseen_unconditionally(token)
+        seen = torch.cat([torch.ones_like(token, dtype=torch.bool)] + [~unseen] * (groups - 1))
         logits = reader.step(token.repeat(groups), seen)
     return outputs
 

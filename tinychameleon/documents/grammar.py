@@ -54,11 +54,15 @@ class DocumentGrammar(DeviceTables):
             self.follows[:K, :K] = image_follows
         self.end_only = torch.zeros(V, dtype=torch.bool)
         self.end_only[vocab.end_document] = True
-        # What guidance's unconditional stream leaves out of a prompt: its words, and <eop> where the run's
-        # text-dropped training documents had none (train.unconditional_without_eop).
+        # What guidance's unconditional stream never sees: words, and plan tokens (a digit named is text, so the
+        # unconditional stream draws without it and guidance pushes the image towards the named digit).
+        self.unseen = self.words.clone()
+        self.unseen[vocab.plan_ids] = True
+        # What it leaves out of a prompt: those, and <eop> where the run's text-dropped training documents had
+        # none (train.unconditional_without_eop).
         # A set of ids, not a table: it filters Python lists, on the host whatever device the tables are on.
-        self.unconditional_drops = set(vocab.text_ids) | ({vocab.end_prompt} if vocab.unconditional_without_eop
-                                                          else set())
+        self.unconditional_drops = set(vocab.text_ids) | set(vocab.plan_ids) | (
+            {vocab.end_prompt} if vocab.unconditional_without_eop else set())
 
     def start(self, prompts: list[list[int]]) -> RowState:
         """The state after each prompt (<bos> first): inside an image if it ends after a <boi> without <eoi>."""
@@ -91,11 +95,11 @@ class DocumentGrammar(DeviceTables):
         position = torch.where(token == vocab.begin_image, 0, position)
         return RowState(position, state.finished | (token == vocab.end_document))
 
-    def is_text(self, token: torch.Tensor) -> torch.Tensor:
-        """(B,) whether each token is a word (what the unconditional stream of guidance does not see)."""
-        return self.words.to(token.device)[token]
+    def unseen_unconditionally(self, token: torch.Tensor) -> torch.Tensor:
+        """(B,) whether the unconditional stream of guidance skips each token: a word or a plan."""
+        return self.unseen.to(token.device)[token]
 
     def without_words(self, ids: list[int]) -> list[int]:
-        """A prompt as the unconditional stream of guidance reads it: the document with its words left out (and
-        its <eop>, for runs whose text-dropped training documents had none)."""
+        """A prompt as the unconditional stream of guidance reads it: the document with its words and plans left
+        out (and its <eop>, for runs whose text-dropped training documents had none)."""
         return [token for token in ids if token not in self.unconditional_drops]
