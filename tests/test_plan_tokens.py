@@ -20,6 +20,8 @@ from tinychameleon.tokenizers.palette import PaletteTokenizer
 from tinychameleon.tokenizers.vocab import PLAN_TOKENS, Vocab
 from tinychameleon.training.lm_trainer import plans_start_as_digit_words
 
+from test_documents import codes, recolor  # noqa: F401  (the placeholder digits and their repainting; codes: a fixture)
+
 TRAIN = {"documents": 64, "prompt_end": True, "unconditional_without_eop": True}
 PLAIN_CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train=TRAIN)
 PLAN_CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={**TRAIN, "plan_tokens": True})
@@ -27,23 +29,11 @@ PLAIN, PLAN = Vocab.for_config(PLAIN_CONFIG), Vocab.for_config(PLAN_CONFIG)
 L = PLAN.image_length
 
 
-def recolor(ids, foreground, background):
-    recolored = ids.clone()
-    recolored[:, 0], recolored[:, 1] = foreground + 64, background + 64
-    return recolored
-
-
 @pytest.fixture(scope="module")
 def chosen():
     rng = np.random.default_rng(0)
     bank = DigitBank(np.arange(200) % 10, rng.integers(0, 31, 200), rng.integers(0, 31, 200))
     return examples(bank, 200, 5)
-
-
-@pytest.fixture(scope="module")
-def codes():
-    shapes = (torch.arange(200)[:, None] * 7 + torch.arange(49)[None]) % 64
-    return torch.cat([torch.full((200, 2), 64), shapes], dim=1)
 
 
 def test_plan_tokens_are_ten_new_ids_after_every_other():

@@ -45,15 +45,14 @@ def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tok
     for row, example in enumerate(examples):
         given = [next(images) for _ in range(len(example.context_images) + len(example.prompt_images))]
         drawn = [next(images) for _ in range(len(example.answer_images))]
-        if text_dropout is None or not text_dropout[row]:     # guidance's stream reads no plans, as no words
-            drawn = [tokenizer.planned(image, picture.digit) for image, picture in zip(drawn, example.answer_images)]
-        if text_dropout is not None and text_dropout[row]:
+        if text_dropout is not None and text_dropout[row]:      # guidance's stream: no words, and so no plans
             if tokenizer.vocab.unconditional_without_eop:
                 documents.append(tokenizer.encode(Document(given + drawn)))
                 continue
             prompt, answer = Document(given, finished=False), Document(drawn)
         else:
             prompt = tokenizer.bind(" ".join(part for part in (example.context, example.prompt) if part), given)
+            drawn = [tokenizer.planned(image, picture.digit) for image, picture in zip(drawn, example.answer_images)]
             answer = tokenizer.bind(example.answer, drawn)
         documents.append(tokenizer.encode(prompt, answer))
     return documents

@@ -6,8 +6,8 @@ In text a row may write any word, <boi> (the model decides to draw) or <eod>. Af
 exactly L image tokens, each one the tokenizer allows at that position and after the previous one
 (two color tokens, then shape codes, for the palette kinds), then <eoi>: an image is never cut short
 and no text appears inside one. Runs trained with plan tokens write one more token first, after <boi>:
-<plan DIGIT>, the digit the image will show (the model's own choice, never shown as text). <boi> is refused when the room left could not hold a whole image, and
-a row with one token of room left must end. The state is two tensors, so a batch steps in one go.
+<plan DIGIT>, the digit the image will show (the model's own choice, never shown as text). <boi> is
+refused when the room left could not hold a whole image, and a row with one token of room left must end. The state is two tensors, so a batch steps in one go.
 """
 
 from __future__ import annotations

@@ -191,7 +191,6 @@ def is_best(epoch_log: list[dict]) -> bool:
     return bool(history) and history[-1] <= min(history)
 
 
-
 def plans_start_as_digit_words(model: Transformer, vocab: Vocab, loaded_rows: int) -> None:
     """Plan tokens new to a fine-tune (train.plan_tokens, ids past the `loaded_rows` it started from) start with
     their digit words' embedding and output rows: <plan two> begins as "two" does, not as noise."""
@@ -201,6 +200,7 @@ def plans_start_as_digit_words(model: Transformer, vocab: Vocab, loaded_rows: in
     with torch.no_grad():
         for table in (model.token_embedding.weight, model.head.weight):
             table[vocab.plan_ids] = table[digit_words]
+
 
 def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes: torch.Tensor,
                       validation_words: torch.Tensor, validation_codes: torch.Tensor, run_dir: Path,
