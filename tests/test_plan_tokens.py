@@ -118,9 +118,12 @@ def test_the_grammar_has_the_model_write_a_plan_then_a_whole_image():
     assert grammar.without_words(prompt) == [PLAN.bos, PLAN.begin_image, 70, 80]
     assert grammar.unseen_unconditionally(torch.tensor([PLAN.first_plan, PLAN.text_ids[0], 70, PLAN.begin_image])
                                           ).tolist() == [True, True, False, False]
-    guided = decode(model, grammar, prompts[:3], replace(settings, guidance=2.0), [[PLAN.bos]] * 3,
-                    torch.Generator().manual_seed(1))
+    guided, guided_uncached = (decode(model, grammar, prompts[:3], replace(settings, guidance=2.0), [[PLAN.bos]] * 3,
+                                      torch.Generator().manual_seed(1), use_cache=use_cache) for use_cache in (True, False))
     assert any(PLAN.begin_image in ids for ids in guided) and all(written_images(ids) is not None for ids in guided)
+    # The cached streams equal re-reading each stream whole: after a plan, the unconditional stream's prediction is
+    # still the one it made after <boi> (it read nothing), not its skipped slot's output.
+    assert guided == guided_uncached
     reader = DocumentTokenizer(PLAN)
     drawn = [reader.decode(ids) for ids in written]
     assert sum(len(document.images) for document in drawn) == len(images)

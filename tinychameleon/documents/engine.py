@@ -166,12 +166,21 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
         if not keep.all():                                   # finished rows leave the batch
             index = keep.nonzero().squeeze(1)
             state, room, token, active = state.select(index), room[index], token[index], active[index]
-            reader.select(torch.cat([index + group * n for group in range(groups)]))
+            streams_index = torch.cat([index + group * n for group in range(groups)])
+            reader.select(streams_index)
+            logits = logits[streams_index]
         previous = token
         # The unconditional stream does not see words (nor plans): its copy of one is an invalid slot.
         unseen = grammar.unseen_unconditionally(token)
         seen = torch.cat([torch.ones_like(token, dtype=torch.bool)] + [~unseen] * (groups - 1))
-        logits = reader.step(token.repeat(groups), seen)
+        stepped = reader.step(token.repeat(groups), seen)                                 # (groups * n, V)
+        if groups == 2:
+            # A stream that skipped the token has read nothing new, so its next prediction is the one it made
+            # before: the skipped slot's own output is the model reading a token that stream never sees (after
+            # a plan token, that output chose the image's colors from the plan alone).
+            n = len(active)
+            stepped[n:] = torch.where(unseen[:, None], logits[n:], stepped[n:])
+        logits = stepped
     return outputs
 
 
