@@ -78,7 +78,7 @@ def pointer_at(model, hidden: torch.Tensor, ids: list[int], position: int) -> tu
     slots = (None, None)
     if model.config.pointer_slots:
         every = image_slots(torch.tensor([ids[:position + 1]], device=hidden.device), model.config.image_tokens,
-                            model.config.image_length)[0]                                      # (1, position + 1)
+                            model.config.image_length, first_plan=model.config.first_plan)[0]  # (1, position + 1)
         slots = (every[:, -1:], every)
     weights, gate = model.copy.look(hidden[None, position:position + 1], keys, mask, *slots)   # (1, 1, p + 1), (1, 1, 1)
     return float(torch.sigmoid(gate)), weights[0, 0]

@@ -153,9 +153,26 @@ def test_image_slots_count_image_tokens_since_the_last_other_token():
     assert torch.equal(torch.cat([first, second], dim=1), slots) and torch.equal(run_after, run)
 
 
-@pytest.mark.parametrize("positions", POSITIONS)
-def test_image_slots_change_the_logits_and_the_cache_reads_them_as_a_full_forward(positions):
-    model = small_model(positions=positions, image_slots=True, image_tokens=40, image_length=6)
+def test_a_plan_token_keeps_the_shape_in_the_places_it_has_without_one():
+    """Plan ids (70..79 here) sit after an image's two colors: the shape tokens after a plan get the slots they get
+    in the same image without it (the pointer copies a prompt image's shape by slot), the plan the slot before it;
+    read in chunks split before or after the plan, the slots equal one read."""
+    planned = torch.tensor([[60, 1, 2, 73, 3, 4, 61, 5]])
+    plain = torch.tensor([[60, 1, 2, 3, 4, 61, 5]])
+    slots, _ = image_slots(planned, 50, 6, first_plan=70)
+    assert slots.tolist() == [[6, 0, 1, 1, 2, 3, 6, 0]]
+    assert image_slots(plain, 50, 6)[0].tolist() == [[6, 0, 1, 2, 3, 6, 0]]
+    assert image_slots(planned, 50, 6)[0].tolist() == [[6, 0, 1, 6, 0, 1, 6, 0]]   # unknown, a plan restarts it
+    for split in (3, 4):
+        first, carried = image_slots(planned[:, :split], 50, 6, first_plan=70)
+        second, _ = image_slots(planned[:, split:], 50, 6, carried, first_plan=70)
+        assert torch.equal(torch.cat([first, second], dim=1), slots)
+
+
+@pytest.mark.parametrize("positions, first_plan", [(positions, 0) for positions in POSITIONS] + [("rope", 42)])
+def test_image_slots_change_the_logits_and_the_cache_reads_them_as_a_full_forward(positions, first_plan):
+    """With first_plan 42, ids 42..49 are plan tokens among the random ids: the cache carries their runs too."""
+    model = small_model(positions=positions, image_slots=True, image_tokens=40, image_length=6, first_plan=first_plan)
     ids = torch.randint(0, 50, (3, 58))
     ids[:, 0] = 45                                                  # a text token first, as <bos> is
     full = model(ids)

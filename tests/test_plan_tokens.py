@@ -1,5 +1,5 @@
-"""Plan tokens (train.plan_tokens): every image an answer draws opens with <plan DIGIT>, written by the model and
-dropped when the document is read back."""
+"""Plan tokens (train.plan_tokens): every image an answer draws names its digit with <plan DIGIT> after its two
+colors, written by the model and dropped when the document is read back."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tinychameleon.documents.engine import DecodeSettings, decode
 from tinychameleon.documents.families import DigitBank, examples
 from tinychameleon.documents.grammar import DocumentGrammar
 from tinychameleon.tokenizers.palette import PaletteTokenizer
-from tinychameleon.tokenizers.vocab import PLAN_TOKENS, Vocab
+from tinychameleon.tokenizers.vocab import PLAN_AT, PLAN_TOKENS, Vocab
 from tinychameleon.training.lm_trainer import plans_start_as_digit_words
 
 from test_documents import codes, recolor  # noqa: F401  (the placeholder digits and their repainting; codes: a fixture)
@@ -48,7 +48,7 @@ def test_plan_tokens_are_ten_new_ids_after_every_other():
 
 
 def test_each_answer_image_opens_with_its_digits_plan_and_reading_drops_it(chosen, codes):
-    """The answer's images are <boi> <plan DIGIT> i1..iL <eoi>; a prompt's images have no plan, nor have a
+    """The answer's images are <boi> c1 c2 <plan DIGIT> s1..s49 <eoi>; a prompt's images have no plan, nor have a
     text-dropped row's (guidance's stream reads no plans, as no words); without the plans the ids are the plain
     vocabulary's, and reading a document back gives the same text and the same L-token images either way."""
     planned, plain = DocumentTokenizer(PLAN), DocumentTokenizer(PLAIN)
@@ -60,13 +60,13 @@ def test_each_answer_image_opens_with_its_digits_plan_and_reading_drops_it(chose
     for row, (example, ids) in enumerate(zip(chosen, with_plans)):
         begins = [i for i, token in enumerate(ids) if token == PLAN.begin_image]
         given = len(example.context_images) + len(example.prompt_images)
-        opens = [ids[i + 1] for i in begins[given:]]                                   # what follows each <boi>
+        opens = [ids[i + 1 + PLAN_AT] for i in begins[given:]]                         # what follows the colors
         assert len(opens) == len(example.answer_images)
         if dropout[row]:
             assert all(token < PLAN.image_tokens for token in opens)
         else:
             assert [token - PLAN.first_plan for token in opens] == [picture.digit for picture in example.answer_images]
-        assert all(ids[i + 1] < PLAN.image_tokens for i in begins[:given])            # a given image: no plan
+        assert all(ids[i + 1 + PLAN_AT] < PLAN.image_tokens for i in begins[:given])   # a given image: no plan
         assert [token for token in ids if token not in PLAN.plan_ids] == without[row]
         assert prefixes[row] == prefix_lengths([example], PLAIN, dropout[row:row + 1])[0]   # plans sit in answers
         read, read_plain = planned.decode(ids), plain.decode(without[row])
@@ -108,13 +108,14 @@ def test_the_grammar_has_the_model_write_a_plan_then_a_whole_image():
     images = [image for ids in written for image in written_images(ids)]
     assert len(images) >= 6
     for image in images:
-        assert len(image) == L + 1 and image[0] in PLAN.plan_ids
-        assert all(token < PLAN.image_tokens for token in image[1:]) and 64 <= image[1] < 64 + 31   # colors first
+        assert len(image) == L + 1 and image[PLAN_AT] in PLAN.plan_ids
+        assert 64 <= image[0] < 64 + 31 and 64 <= image[1] < 64 + 31                               # colors first
+        assert all(token < PLAN.image_tokens for token in image[:PLAN_AT] + image[PLAN_AT + 1:])
     cached, uncached = (decode(model, grammar, prompts[:3], settings, generator=torch.Generator().manual_seed(1),
                                use_cache=use_cache) for use_cache in (True, False))
     assert cached == uncached and sum(ids.count(PLAN.begin_image) for ids in cached) >= 2
     # Guidance: the unconditional stream reads neither words nor plans, in the prompt and as the rows write them.
-    prompt = prompts[0] + [PLAN.begin_image, PLAN.first_plan + 3, 70, 80]
+    prompt = prompts[0] + [PLAN.begin_image, 70, 80, PLAN.first_plan + 3]
     assert grammar.without_words(prompt) == [PLAN.bos, PLAN.begin_image, 70, 80]
     assert grammar.unseen_unconditionally(torch.tensor([PLAN.first_plan, PLAN.text_ids[0], 70, PLAN.begin_image])
                                           ).tolist() == [True, True, False, False]

@@ -112,6 +112,7 @@ def build_transformer(config: RunConfig) -> Transformer | NextScaleTransformer:
     config.model.vocab_size = vocab.size
     config.model.image_tokens, config.model.image_length = vocab.image_tokens, vocab.image_length
     config.model.digit_words = vocab.digit_words
+    config.model.first_plan = vocab.first_plan if vocab.plan_tokens else 0
     config.model.block_size = max(config.model.block_size, vocab.sequence_length)
     if config.vq.kind == "scales":
         return NextScaleTransformer(config.model, NEXT_SCALES, config.vq.code_dim)

@@ -138,6 +138,7 @@ class ModelConfig:
     image_tokens: int = 0         # filled in: ids below this are image tokens
     digit_words: int = 0          # filled in: the id of the word "zero" (the nine other digit words follow it)
     image_length: int = 0         # filled in: tokens per image
+    first_plan: int = 0           # filled in: the id of <plan zero> (train.plan_tokens; 0: none)
 
     def validate(self) -> None:
         check_types("model", self)
@@ -246,7 +247,7 @@ class TrainConfig:
                                   # that image will show: counting draws its next digit with no word to say which,
                                   # and the image's first tokens (background) barely tell. Measured with the
                                   # decision weight at 10: it stops after two images always (not shipped)
-    plan_tokens: bool = False     # every image an answer draws opens with a token naming its digit, <plan DIGIT>,
+    plan_tokens: bool = False     # every image an answer draws names its digit, <plan DIGIT> after its two colors,
                                   # written by the model: counting's stop and next digit read a token, as counting
                                   # in words does, not the image just drawn (BENCHMARKS.md "Plan tokens")
 

@@ -154,22 +154,28 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y)
 
 
-def image_slots(ids: torch.Tensor, image_tokens: int, image_length: int, carried: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def image_slots(ids: torch.Tensor, image_tokens: int, image_length: int, carried: torch.Tensor | None = None,
+                first_plan: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids -> ((B, T) each token's place in its image, (B,) image tokens that end each row).
 
     A token's place is how many image tokens (ids below image_tokens) came since the last other token (an
     image always opens with <boi> or a pair's marker), plus `carried` (B,): the image tokens that ended the
-    rows' previous chunk, so a cached decode counts as a whole read does. Other tokens get image_length."""
+    rows' previous chunk, so a cached decode counts as a whole read does. Other tokens get image_length.
+    A plan token (ids first_plan .. first_plan + 9; 0: none) between an image's colors and its shape neither
+    counts nor ends the run and takes the place of the token before it: the shape keeps the places it has in an
+    image without a plan (a prompt's), where the pointer copies from."""
     B, T = ids.shape
     is_image = ids < image_tokens
+    is_plan = (ids >= first_plan) & (ids < first_plan + DIGITS) if first_plan else torch.zeros_like(is_image)
     steps = torch.arange(T, device=ids.device).expand(B, T)
-    last_other = torch.where(is_image, -1, steps).cummax(dim=1).values                 # (B, T); -1: none yet
-    run = steps - last_other - 1                                                       # image tokens just before
-    if carried is not None:
+    last_other = torch.where(is_image | is_plan, -1, steps).cummax(dim=1).values       # (B, T); -1: none yet
+    counted = is_image.long().cumsum(1)                                                # (B, T) image tokens so far
+    run = counted - is_image.long() - torch.where(last_other >= 0, counted.gather(1, last_other.clamp(min=0)), 0)
+    if carried is not None:                                                            # image tokens just before
         run = torch.where(last_other < 0, run + carried[:, None], run)
-    slots = torch.where(is_image, run.clamp(max=image_length - 1), image_length)
-    return slots, torch.where(is_image[:, -1], slots[:, -1] + 1, 0)
+    slots = torch.where(is_image, run.clamp(max=image_length - 1),
+                        torch.where(is_plan, (run - 1).clamp(min=0, max=image_length - 1), image_length))
+    return slots, torch.where(is_image[:, -1], slots[:, -1] + 1, torch.where(is_plan[:, -1], run[:, -1], 0))
 
 
 def causal_mask(T: int, past: int, device) -> torch.Tensor:
@@ -412,7 +418,8 @@ class Transformer(nn.Module):
         slots = None
         if self.config.image_slots or self.config.pointer_slots:
             slots, image_run = image_slots(ids, self.config.image_tokens, self.config.image_length,
-                                           None if kv_cache is None else kv_cache.image_run)     # (B, T)
+                                           None if kv_cache is None else kv_cache.image_run,
+                                           self.config.first_plan)                              # (B, T)
             if kv_cache is not None:
                 kv_cache.image_run = image_run
         if self.config.image_slots:
@@ -433,8 +440,9 @@ class Transformer(nn.Module):
             # masked). Without one, token_ids are ids, whose slots are counted above.
             key_slots = None
             if self.config.pointer_slots:
-                key_slots = slots if kv_cache is None else image_slots(token_ids, self.config.image_tokens,
-                                                                       self.config.image_length)[0]  # (B, S)
+                key_slots = slots if kv_cache is None else image_slots(
+                    token_ids, self.config.image_tokens, self.config.image_length,
+                    first_plan=self.config.first_plan)[0]                                           # (B, S)
         digit_loss = None if digits is None else self.digit_loss(hidden if read is None else read, digits)
         if last:
             hidden = hidden[:, -last:]                                                              # (B, last, C)

@@ -93,9 +93,10 @@ class RetrievalTasks:
         candidates = max(1, settings.image_candidates)       # best of n, as without retrieval (Pipeline._keep_best)
         rows = [ids + [self.vocab.begin_image] for ids in self._memory_rows(prompts, contexts)
                 for _ in range(n * candidates)]
-        L, span = self.vocab.image_length, self.documents.grammar.image_span      # span: L, and its plan first if any
+        span, plans = self.documents.grammar.image_span, set(self.vocab.plan_ids)   # span: L, and a plan if any
         written = self.documents.write(rows, settings, self._generator(seed), span + 1)
-        codes = torch.tensor([ids[span - L:span] for ids in written], device=self.device)   # the grammar wrote it whole
+        codes = torch.tensor([[token for token in ids[:span] if token not in plans] for ids in written],
+                             device=self.device)                                    # the grammar wrote it whole
         words = self.encode_prompts(prompts).to(self.device).repeat_interleave(n * candidates, dim=0)
         codes = self._keep_best(words, codes, settings, candidates)
         return self.image_tokenizer.decode(codes).cpu().numpy(), [normalize_prompt(p) for p in prompts for _ in range(n)]

@@ -8,9 +8,9 @@ marks the assistant's turn: "<image> what digit is this ?" -> "two ." is
     <bos> <boi> i1..iL <eoi> what digit is this ? <eop> two . <eod>
 
 The prompt's end is given, never written by the model; without it a prompt of one image cannot say
-"caption this" apart from "an image, then a question about it". Runs trained with plan tokens open each
-image an answer draws with the digit it will show, <boi> <plan two> i1..iL <eoi>: the model writes it,
-reading drops it (a prompt's images have none).
+"caption this" apart from "an image, then a question about it". Runs trained with plan tokens name the
+digit of each image an answer draws after its two colors, before its first stroke, <boi> c1 c2 <plan two>
+s1..s49 <eoi>: the model writes it, reading drops it (a prompt's images have none).
 
 Text is words separated by spaces (the caption words, the document words and the punctuation
 ". ? :" as words of their own); an image is its L image tokens between <boi> and <eoi>; <eod>
@@ -31,7 +31,7 @@ import torch
 
 from ..errors import PromptError
 from ..tokenizers.text import quoted, warn_off_palette
-from ..tokenizers.vocab import Vocab
+from ..tokenizers.vocab import PLAN_AT, Vocab
 
 IMAGE_PLACEHOLDER = "<image>"
 MAX_PROMPT_CHARACTERS = 400
@@ -149,11 +149,12 @@ class DocumentTokenizer:
         return ids
 
     def planned(self, image: torch.Tensor, digit: int) -> torch.Tensor:
-        """(L,) image tokens -> (L + 1,): the image as an answer draws it, its plan token first (train.plan_tokens;
-        unchanged without)."""
+        """(L,) image tokens -> (L + 1,): the image as an answer draws it, its plan token after its two colors
+        (train.plan_tokens; unchanged without)."""
         if not self.vocab.plan_tokens:
             return image
-        return torch.cat([torch.tensor([self.vocab.first_plan + digit], dtype=image.dtype), image])
+        plan = torch.tensor([self.vocab.first_plan + digit], dtype=image.dtype)
+        return torch.cat([image[:PLAN_AT], plan, image[PLAN_AT:]])
 
     def segment_ids(self, segments: list) -> list[int]:
         ids = []

@@ -29,7 +29,8 @@ DOCUMENT_WORDS = ["make", "the", "digit", "background", "swap", "colors", "it", 
                   "plus", "count", "from", "to", "in", "comes", "next", ".", "?", ":"]
 DOCUMENT_TOKENS = ["<boi>", "<eoi>", "<eod>"]   # begin of image, end of image, end of document
 PROMPT_END = "<eop>"   # end of prompt: what follows is the answer (a chat template's turn marker); never written
-PLAN_TOKENS = [f"<plan {digit}>" for digit in DIGIT_WORDS]   # an image the model draws opens with its digit's plan
+PLAN_TOKENS = [f"<plan {digit}>" for digit in DIGIT_WORDS]   # an image the model draws names its digit ...
+PLAN_AT = 2   # ... after its two color tokens, before its first shape token (train.plan_tokens needs a palette kind)
 MAX_DOCUMENT_IMAGES = 4                          # the longest family (counting) draws four images
 MAX_DOCUMENT_TEXT = 32                           # text tokens a document may hold besides its images
 RETRIEVED_TEXT = 8     # room for each retrieved neighbour past the query's own ("<image> CAPTION ." is <= 7 words)
@@ -45,7 +46,7 @@ class Vocab:
     unconditional_without_eop: bool = False   # guidance's unconditional stream (a document without its words) has
                                               # no <eop> either (train.unconditional_without_eop)
     retrieve: int = 0             # most retrieved neighbours a document reads before its query (train.retrieve)
-    plan_tokens: bool = False     # an image the model draws is <boi> <plan DIGIT> i1..iL <eoi> (train.plan_tokens)
+    plan_tokens: bool = False     # an image the model draws is <boi> c1 c2 <plan DIGIT> s1..s49 <eoi> (train.plan_tokens)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
