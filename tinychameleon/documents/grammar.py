@@ -8,8 +8,9 @@ exactly L image tokens, each one the tokenizer allows at that position and after
 and no text appears inside one. Runs trained with plan tokens write one more token after the two colors:
 <plan DIGIT>, the digit the image will show (the model's own choice, never shown as text), before its
 first stroke. The colors come first as without plans: after a plan, the colors a caption names were
-misread for one digit or another in every run (BENCHMARKS.md, "Plan tokens"). <boi> is
-refused when the room left could not hold a whole image, and a row with one token of room left must end. The state is two tensors, so a batch steps in one go.
+misread for one digit or another in every run (BENCHMARKS.md, "Plan tokens"). <boi> is refused when
+the room left could not hold a whole image, and a row with one token of room left must end. The state is
+two tensors, so a batch steps in one go.
 """
 
 from __future__ import annotations
@@ -42,18 +43,15 @@ class DocumentGrammar(DeviceTables):
         P = int(vocab.plan_tokens)                                              # 1: images hold a plan
         self.vocab = vocab
         self.image_span = P + L                                                 # tokens between <boi> and <eoi>
-        image_positions = torch.ones(L, K, dtype=torch.bool) if image_positions is None else image_positions
         self.words = torch.zeros(V, dtype=torch.bool)
         self.words[vocab.text_ids] = True
         self.text = self.words.clone()
         self.text[[vocab.begin_image, vocab.end_document]] = True
         self.image = torch.zeros(P + L + 1, V, dtype=torch.bool)                # row p: the p-th token after <boi>
-        if P:   # the image's rows with the plan's between them: colors, plan, shape
-            self.image[:PLAN_AT, :K] = image_positions[:PLAN_AT]
+        image_rows = [row for row in range(P + L) if not (P and row == PLAN_AT)]   # a plan sits after the colors
+        self.image[image_rows, :K] = True if image_positions is None else image_positions
+        if P:
             self.image[PLAN_AT, vocab.plan_ids] = True
-            self.image[PLAN_AT + 1:L + 1, :K] = image_positions[PLAN_AT:]
-        else:
-            self.image[:L, :K] = image_positions
         self.image[P + L, vocab.end_image] = True
         self.follows = torch.ones(V, V, dtype=torch.bool)
         if image_follows is not None:
