@@ -341,7 +341,8 @@ def copy_teacher_forced(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, co
     it is and how much probability it keeps beside the likeliest. A copy that is near but not first points at
     codes the model cannot tell apart; one far down, at a copy never attempted."""
     settings = pipe.resolve_settings(pipe.document_overrides({}))
-    shape = slice(1 + 2, 1 + pipe.vocab.image_length)                # the answer: <boi>, two colors, the shape, ...
+    plan = int(pipe.vocab.plan_tokens)                  # the answer: <boi>, two colors, its plan if any, the shape, ...
+    shape = slice(1 + 2 + plan, 1 + pipe.vocab.image_length + plan)
     first, ranks, kept, top = [], Counter(), [], []
     for prompt, answer in exact_edits(pipe, bank, codes, count):
         probs = F.softmax(answer_logits(pipe, prompt, answer, settings.guidance)[1][shape], -1)
@@ -369,14 +370,15 @@ def copy_pointer(pipe: Pipeline, bank: DigitBank, codes: torch.Tensor, count: in
     +-7: the one above or below in the 7x7 grid)."""
     chosen = examples(bank, count, [0, 3, 23], families=["digit color"])
     gates, aligned, offsets = [], [], Counter()
+    plan = int(pipe.vocab.plan_tokens)                          # the answer's shape sits one further past its plan
     for _, ids, probabilities, hidden in teacher_forced(pipe, chosen, codes):
         prompt, answer = (i + 1 for i, token in enumerate(ids) if token == pipe.vocab.begin_image)   # first slots
         for slot in range(2, pipe.vocab.image_length):
-            position = answer + slot - 1                               # predicts the answer's token at this slot
+            position = answer + plan + slot - 1                        # predicts the answer's token at this slot
             gate, weights = pointer_at(pipe.model, hidden, ids, position)
             gates.append(gate)
             aligned.append(float(weights[prompt + slot]))
-            if int(probabilities[position].argmax()) != ids[answer + slot]:
+            if int(probabilities[position].argmax()) != ids[answer + plan + slot]:
                 offsets[int(weights.argmax()) - (prompt + slot)] += 1
     return {"shape_slots": len(gates), "mean_gate": round(float(np.mean(gates)), 3),
             "mean_weight_on_the_same_slot": round(float(np.mean(aligned)), 3),

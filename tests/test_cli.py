@@ -206,18 +206,19 @@ def test_unknown_preset(tmp_path, capsys):
     assert code == 2 and "unknown preset" in err
 
 
-def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
-    """`best`'s last stage is `base` plus one epoch with counting at 4, addition at 8, the three color edits at 1.5,
-    the answers' words at 3x, a digit head after block 3, the pointer's slot bias, half the pairs and 56 000
-    documents, and a fresh 20-step warmup, nothing else changed; asked for alone (as a config, without the run it continues) it says what to give."""
+def test_best_is_base_plus_a_tune_stage_and_needs_the_run_it_continues():
+    """`best`'s last stage is `base` plus two epochs with counting at 4, addition at 8, the two color edits at 1.5
+    and the swap at 3, the answers' words at 3x, a digit head after block 3, the pointer's slot bias, half the pairs
+    and 56 000 documents, plan tokens with the word after each answer image at 10x, and a fresh 20-step warmup,
+    nothing else changed; asked for alone (as a config, without the run it continues) it says what to give."""
     from tinychameleon.config import STAGES, make_config
 
     assert STAGES["best"] == "base"
     with pytest.raises(ValueError, match="init_from"):
         make_config("best")
     base, best = make_config("base"), make_config("best", train={"init_from": "runs/base"})
-    assert (best.train.epochs, best.train.warmup_steps, best.train.init_from) == (1, 20, "runs/base")
-    edits = {"digit color": 1.5, "background color": 1.5, "swap": 1.5}
+    assert (best.train.epochs, best.train.warmup_steps, best.train.init_from) == (2, 20, "runs/base")
+    edits = {"digit color": 1.5, "background color": 1.5, "swap": 3.0}
     assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0, "addition": 8.0, **edits}
     assert (best.train.pairs, best.train.documents, base.train.pairs, base.train.documents) == (28000, 56000, 0, 42000)
     assert best.train.family_shares != base.train.family_shares
@@ -226,9 +227,11 @@ def test_best_is_base_plus_a_tune_epoch_and_needs_the_run_it_continues():
     best.model.digit_head, best.model.digit_layer, best.model.pointer_slots = False, 0, False
     assert (best.model, best.vq, best.vq_train) == (base.model, base.vq, base.vq_train)
     assert (best.train.answer_loss_weight, best.train.answer_words_only) == (3.0, True)
+    assert (best.train.plan_tokens, best.train.decision_loss_weight, base.train.plan_tokens) == (True, 10.0, False)
     best.train.epochs, best.train.warmup_steps, best.train.init_from = 3, 300, ""
     best.train.family_shares = base.train.family_shares
     best.train.answer_loss_weight, best.train.answer_words_only = 1.0, False
+    best.train.plan_tokens, best.train.decision_loss_weight = False, 0.0
     best.train.pairs, best.train.documents = 0, 42000
     assert best.train == base.train
 

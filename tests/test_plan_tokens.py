@@ -43,7 +43,7 @@ def test_plan_tokens_are_ten_new_ids_after_every_other():
     assert [PLAN.token_name(token) for token in PLAN.plan_ids] == PLAN_TOKENS and PLAN_TOKENS[2] == "<plan two>"
     assert PLAN.document_length == PLAIN.document_length + PLAN.document_images     # one more token per image
     assert PLAIN.plan_ids == [] and PLAN.to_dict()["first_plan"] == PLAN.first_plan
-    with pytest.raises(ValueError, match="plan_tokens opens the images of documents' answers"):
+    with pytest.raises(ValueError, match="plan_tokens names the digit of each image documents' answers draw"):
         make_config("tiny", train={"plan_tokens": True})
 
 

@@ -151,9 +151,9 @@ def add_train_command(commands) -> None:
     """The `train` command's flags."""
     train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
     train.add_argument("--preset", default="quick",
-                       help="seed, quick, base, best (the shipped recipe: a base run in OUT/base, then one more epoch "
-                            "on it with counting at 4; with --init-from RUN only that epoch, on RUN), memory "
-                            "(retrieval-augmented; two stages the same way, the first memory-base), var (next-scale), "
+                       help="seed, quick, base, best (the shipped recipe: a base run in OUT/base, then two more epochs "
+                            "on it with counting at 4 and plan tokens; with --init-from RUN only that stage, on RUN), "
+                            "memory (retrieval-augmented; two stages the same way, the first memory-base), var (next-scale), "
                             "pixels or tiny (default quick); the other flags apply to every stage")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
