@@ -356,7 +356,8 @@ class RunConfig:
         if self.train.digit_plan and not self.model.digit_head:
             raise ConfigError("train.digit_plan trains the digit head at each answer's <boi>: it needs model.digit_head")
         if self.train.plan_tokens and not self.train.documents:
-            raise ConfigError("train.plan_tokens names the digit of each image documents' answers draw: it needs train.documents")
+            raise ConfigError("train.plan_tokens names the digit of each image documents' answers draw: "
+                              "it needs train.documents")
         return self
 
 

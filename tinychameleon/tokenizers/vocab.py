@@ -30,7 +30,7 @@ DOCUMENT_WORDS = ["make", "the", "digit", "background", "swap", "colors", "it", 
 DOCUMENT_TOKENS = ["<boi>", "<eoi>", "<eod>"]   # begin of image, end of image, end of document
 PROMPT_END = "<eop>"   # end of prompt: what follows is the answer (a chat template's turn marker); never written
 PLAN_TOKENS = [f"<plan {digit}>" for digit in DIGIT_WORDS]   # an image the model draws names its digit ...
-PLAN_AT = 2   # ... after its two color tokens, before its first shape token (train.plan_tokens needs a palette kind)
+PLAN_AT = 2   # ... after its first two tokens: the two colors of the palette kinds, before their first shape token
 MAX_DOCUMENT_IMAGES = 4                          # the longest family (counting) draws four images
 MAX_DOCUMENT_TEXT = 32                           # text tokens a document may hold besides its images
 RETRIEVED_TEXT = 8     # room for each retrieved neighbour past the query's own ("<image> CAPTION ." is <= 7 words)
