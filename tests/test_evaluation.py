@@ -130,7 +130,9 @@ def test_evaluate_on_the_validation_split(tiny_run, tmp_path, judge):
     assert code == 0 and metrics["split"] == "validation"
     assert metrics["samples"] == 16 and metrics["nll"]["examples"] == 500   # --quick keeps a --samples given
     assert 0 < metrics["nll"]["validation_nll"] < 10 and "test_nll" not in metrics["nll"]
-    assert "**validation**" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "**validation**" in report and "real validation images (ceiling)" in report
+    assert "real test" not in report   # every ceiling is the evaluated split's own
     with pytest.raises(SystemExit):
         main(["evaluate", "--split", "train", "--checkpoint", str(tiny_run), "--out", str(tmp_path)])
     assert main(["evaluate", "--split", "validation", "--offset", "5000", "--checkpoint", str(tiny_run),

@@ -98,10 +98,10 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         f"- coverage: {unc['digits_covered']}/10 digits, {unc['foreground_colors_covered']}/31 foreground and "
         f"{unc['background_colors_covered']}/31 background colors", "",
         "## Frechet distance in the judge's feature space (lower is closer)", "",
-        f"- text -> image samples vs real test: {fd['generated_vs_real']:.2f}",
-        f"- unconditional samples vs real test: {fd['unconditional_vs_real']:.2f}",
-        f"- reference, real train vs real test: {fd['real_train_vs_real_test']:.2f}; "
-        f"two halves of real test: {fd['real_test_halves']:.2f}", "",
+        f"- text -> image samples vs real {split}: {fd['generated_vs_real']:.2f}",
+        f"- unconditional samples vs real {split}: {fd['unconditional_vs_real']:.2f}",
+        f"- reference, real train vs real {split}: {fd['real_train_vs_real_test']:.2f}; "
+        f"two halves of real {split}: {fd['real_test_halves']:.2f}", "",
         "## What a person sees: speckle, specks and shape", "",
         "Stray pixels are neither the expected foreground nor background color (the prompt's or source's colors; "
         "for unconditional samples the image's own two most common); specks are dots of the digit's own color, "
@@ -111,7 +111,7 @@ def write_report(metrics: dict, path: Path, grids: list[str]) -> None:
         "| images | no stray pixel | stray pixels per image | 90th percentile | no speck | shape precision | "
         "shape recall |", "|---|---|---|---|---|---|---|",
         *[looks_row(name, looks) for name, looks in (
-            ("real test images (ceiling)", metrics["real_test_looks"]), ("VQ-VAE reconstructions", vq["looks"]),
+            (f"real {split} images (ceiling)", metrics["real_test_looks"]), ("VQ-VAE reconstructions", vq["looks"]),
             ("text -> image", t2i["looks"]), ("unconditional", unc["looks"]))], "",
         f"## Image tokenizer ({tokenizer_name(metrics)}, whole {split} split)", "",
         f"- pixel-exact reconstruction: {percent(vq['pixel_exact'])}",
