@@ -219,7 +219,7 @@ def test_best_is_base_plus_a_tune_stage_and_needs_the_run_it_continues():
     base, best = make_config("base"), make_config("best", train={"init_from": "runs/base"})
     assert (best.train.epochs, best.train.warmup_steps, best.train.init_from) == (2, 20, "runs/base")
     edits = {"digit color": 1.5, "background color": 1.5, "swap": 3.0}
-    assert best.train.family_shares == {**base.train.family_shares, "counting": 4.0, "addition": 8.0, **edits}
+    assert best.train.family_shares == {**base.train.family_shares, "counting": 6.0, "addition": 8.0, **edits}
     assert (best.train.pairs, best.train.documents, base.train.pairs, base.train.documents) == (28000, 56000, 0, 42000)
     assert best.train.family_shares != base.train.family_shares
     assert (best.model.digit_head, best.model.digit_layer, best.model.pointer_slots) == (True, 3, True)
