@@ -22,7 +22,7 @@
   documents whose next image the sampler draws as the next digit of the count, or as the last one again. A model
   that counts draws every image right whatever k; one that only reads the start digit gets the first.
 - addition: the greedy answer set against the two addends: how often it names the sum, the first or the
-  second digit, or something else.
+  second digit, or something else; how far the wrong answers are from the sum, and which sums are missed.
 - edits (digit color): how many of the prompt image's 49 shape tokens the greedy answer image gets wrong,
   and where in the 7x7 grid. The patches tokenizer recolors a digit by repainting its two color tokens, so a
   perfect edit copies every shape token; a miscopied token's patch is compared with the prompt's, pixel by pixel.
@@ -249,15 +249,22 @@ def answered_digit(text: str) -> int | None:
 
 
 def addition_answers(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
-    """Shares of greedy answers naming the sum, the first addend, the second, or something else."""
+    """Shares of greedy answers naming the sum, the first addend, the second, or something else; of the wrong
+    answers, their distance from the sum (None: no digit), and per sum how many of its documents were wrong."""
     chosen = examples(bank, count, [0, 8, 23], families=["addition"])
-    named = Counter()
+    named, off_by, asked, wrong = Counter(), Counter(), Counter(), Counter()
     for example, continuation in zip(chosen, continued(pipe, chosen, split)):
         first, second = (picture.digit for picture in example.prompt_images)
         digit = answered_digit(continuation.text)
         named["sum" if digit == first + second else "first" if digit == first else
               "second" if digit == second else "other"] += 1
-    return {key: named[key] / count for key in ("sum", "first", "second", "other")}
+        asked[first + second] += 1
+        if digit != first + second:
+            wrong[first + second] += 1
+            off_by[None if digit is None else digit - (first + second)] += 1
+    return {**{key: named[key] / count for key in ("sum", "first", "second", "other")},
+            "wrong_answer_minus_sum": dict(off_by.most_common()),
+            "wrong_by_sum": {total: f"{wrong[total]}/{asked[total]}" for total in sorted(asked)}}
 
 
 def next_digit_words(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict:
