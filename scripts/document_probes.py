@@ -255,13 +255,13 @@ def addition_answers(pipe: Pipeline, bank: DigitBank, split, count: int) -> dict
     named, off_by, asked, wrong = Counter(), Counter(), Counter(), Counter()
     for example, continuation in zip(chosen, continued(pipe, chosen, split)):
         first, second = (picture.digit for picture in example.prompt_images)
-        digit = answered_digit(continuation.text)
-        named["sum" if digit == first + second else "first" if digit == first else
+        total, digit = first + second, answered_digit(continuation.text)
+        named["sum" if digit == total else "first" if digit == first else
               "second" if digit == second else "other"] += 1
-        asked[first + second] += 1
-        if digit != first + second:
-            wrong[first + second] += 1
-            off_by[None if digit is None else digit - (first + second)] += 1
+        asked[total] += 1
+        if digit != total:
+            wrong[total] += 1
+            off_by[None if digit is None else digit - total] += 1
     return {**{key: named[key] / count for key in ("sum", "first", "second", "other")},
             "wrong_answer_minus_sum": dict(off_by.most_common()),
             "wrong_by_sum": {total: f"{wrong[total]}/{asked[total]}" for total in sorted(asked)}}

@@ -207,7 +207,7 @@ def test_unknown_preset(tmp_path, capsys):
 
 
 def test_best_is_base_plus_a_tune_stage_and_needs_the_run_it_continues():
-    """`best`'s last stage is `base` plus two epochs with counting at 4, addition at 8, the two color edits at 1.5
+    """`best`'s last stage is `base` plus two epochs with counting at 6, addition at 8, the two color edits at 1.5
     and the swap at 3, the answers' words at 3x, a digit head after block 3, the pointer's slot bias, half the pairs
     and 56 000 documents, plan tokens with the word after each answer image at 10x, and a fresh 20-step warmup,
     nothing else changed; asked for alone (as a config, without the run it continues) it says what to give."""
