@@ -209,8 +209,9 @@ def test_unknown_preset(tmp_path, capsys):
 def test_best_is_base_plus_a_tune_stage_and_needs_the_run_it_continues():
     """`best`'s last stage is `base` plus two epochs with counting at 6, addition at 8, the two color edits at 1.5
     and the swap at 3, the answers' words at 3x, a digit head after block 3, the pointer's slot bias, half the pairs
-    and 56 000 documents, plan tokens with the word after each answer image at 10x, and a fresh 20-step warmup,
-    nothing else changed; asked for alone (as a config, without the run it continues) it says what to give."""
+    and 56 000 documents, plan tokens (the prompt images' too) with the word after each answer image at 10x, and a
+    fresh 20-step warmup, nothing else changed; asked for alone (as a config, without the run it continues) it says
+    what to give."""
     from tinychameleon.config import STAGES, make_config
 
     assert STAGES["best"] == "base"
@@ -228,10 +229,11 @@ def test_best_is_base_plus_a_tune_stage_and_needs_the_run_it_continues():
     assert (best.model, best.vq, best.vq_train) == (base.model, base.vq, base.vq_train)
     assert (best.train.answer_loss_weight, best.train.answer_words_only) == (3.0, True)
     assert (best.train.plan_tokens, best.train.decision_loss_weight, base.train.plan_tokens) == (True, 10.0, False)
+    assert (best.train.prompt_plans, base.train.prompt_plans) == (True, False)
     best.train.epochs, best.train.warmup_steps, best.train.init_from = 3, 300, ""
     best.train.family_shares = base.train.family_shares
     best.train.answer_loss_weight, best.train.answer_words_only = 1.0, False
-    best.train.plan_tokens, best.train.decision_loss_weight = False, 0.0
+    best.train.plan_tokens, best.train.decision_loss_weight, best.train.prompt_plans = False, 0.0, False
     best.train.pairs, best.train.documents = 0, 42000
     assert best.train == base.train
 

@@ -780,3 +780,76 @@ def test_text_dropped_documents_have_no_eop_and_guidance_reads_them_so(bank, cod
     prompt = EOP_TOKENIZER.encode(EOP_TOKENIZER.bind("<image> what digit is this ?", [torch.arange(L) % 64]))
     assert DocumentGrammar(EOP_VOCAB).without_words(prompt)[-1] == EOP_VOCAB.end_prompt
     assert DocumentGrammar(OPEN_VOCAB).without_words(prompt) == prompt[:L + 3]
+
+
+PLAN_CONFIG = make_config("tiny", vq={"kind": "patches", "codebook_size": 64},
+                          train={"documents": 64, "prompt_end": True, "plan_tokens": True, "prompt_plans": True})
+PLAN_VOCAB = Vocab.for_config(PLAN_CONFIG)
+
+
+def test_prompt_plans_give_every_prompt_image_its_digit_and_never_ask_for_it(bank, codes):
+    """train.prompt_plans: each prompt image holds <plan DIGIT> after its colors, the digit its picture shows, as each
+    drawn one does; the answer starts after them (prefix_lengths counts them) and a given plan's target weighs 0,
+    every other target as without them; a text-dropped row has no plans. Without plan_tokens it is refused."""
+    from tinychameleon.documents.batches import prefix_lengths
+    from tinychameleon.tokenizers.vocab import PLAN_AT
+    from tinychameleon.training.documents import given_plans, given_token
+    tokenizer = DocumentTokenizer(PLAN_VOCAB)
+    chosen = examples(bank, 120, [5, 7])
+    dropout = torch.arange(len(chosen)) % 7 == 0
+    ids = example_documents(chosen, codes, recolor, tokenizer, dropout)
+    prefixes = prefix_lengths(chosen, PLAN_VOCAB, dropout)
+    weighting = LossWeights(given=given_token(PLAN_VOCAB), given_plans=given_plans(PLAN_VOCAB))
+    _, weights = padded(ids, PLAN_VOCAB.end_document, prefixes, weighting)
+    _, unplanned = padded(ids, PLAN_VOCAB.end_document, prefixes, LossWeights(given=given_token(PLAN_VOCAB)))
+    plans = set(PLAN_VOCAB.plan_ids)
+    for row, (example, document, (_, answer)) in enumerate(zip(chosen, ids, prefixes)):
+        begins = [j for j, token in enumerate(document) if token == PLAN_VOCAB.begin_image]
+        read = [document[j + 1 + PLAN_AT] - PLAN_VOCAB.first_plan for j in begins]
+        if dropout[row]:
+            assert not plans & set(document) and answer == 0
+            continue
+        assert read == [picture.digit for picture in example.pictures]          # every image, prompt's and answer's
+        assert document[answer - 1] == PLAN_VOCAB.end_prompt                    # the answer starts after the <eop>
+        given = [j + 1 + PLAN_AT for j in begins if j < answer]
+        assert len(given) == len(example.prompt_images)
+        changed = (weights[row] != unplanned[row]).nonzero().flatten().tolist()
+        assert changed == [j - 1 for j in given] and (weights[row, changed] == 0).all()
+        prompt = tokenizer.decode(document[:answer])
+        assert prompt.text == example.prompt and all(len(image) == L for image in prompt.images)
+    assert sum(len(example.prompt_images) for example in chosen) > 50
+    with pytest.raises(ValueError, match="prompt_plans .* needs train.plan_tokens"):
+        make_config("tiny", vq={"kind": "patches", "codebook_size": 64}, train={"documents": 64, "prompt_plans": True})
+
+
+def test_a_prompts_images_carry_the_plans_the_pair_reader_reads(colored):
+    """At inference the plans of a prompt's images (train.prompt_plans) are the digits the pair caption reads in them:
+    the prompt holds <plan d> after each image's colors, d the digit of pipe.caption, and decoding drops them again.
+    A prompt with the most images still fits beside its plans; a decoder given no reader refuses."""
+    from tinychameleon.checkpoint import build_image_tokenizer
+    from tinychameleon.documents.decoder import DocumentDecoder
+    from tinychameleon.pipeline import Pipeline
+    from tinychameleon.tokenizers.vocab import PLAN_AT
+    torch.manual_seed(3)
+    config = make_config("tiny", vq={"kind": "patches", "codebook_size": 64},
+                         train={"documents": 64, "prompt_end": True, "plan_tokens": True, "prompt_plans": True})
+    pipe = Pipeline(config, build_image_tokenizer(config).eval(), build_transformer(config).eval(), torch.device("cpu"))
+    images = colored[1].images[:4]
+    read = [DIGIT_WORDS.index(caption.split()[2]) for caption in pipe.caption(images)]
+    prompt = "<image> plus <image> is <image> <image>"
+    ids = pipe.documents.prompt_ids([prompt], [list(images)])[0]
+    begins = [j for j, token in enumerate(ids) if token == PLAN_VOCAB.begin_image]
+    assert [ids[j + 1 + PLAN_AT] - PLAN_VOCAB.first_plan for j in begins] == read
+    assert pipe.documents.tokenizer.decode(ids).text == prompt and len(ids) < PLAN_VOCAB.sequence_length
+    answer = pipe.continue_documents(prompt, list(images), seed=0)[0][0]
+    assert answer.images.shape[1:] == (28, 28, 3)
+    counting = DocumentDecoder(pipe.model, pipe.vocab, pipe.image_tokenizer, pipe.device, lambda: False,
+                               lambda codes, pixels: torch.arange(len(codes)) + 2)       # the plans follow the reader
+    ids = counting.prompt_ids([prompt], [list(images)])[0]
+    assert [ids[j + 1 + PLAN_AT] - PLAN_VOCAB.first_plan for j in begins] == [2, 3, 4, 5]
+    repeated = [images[0], images[1], images[0], images[1]]               # each distinct picture is read once
+    ids = counting.prompt_ids([prompt], [repeated])[0]
+    assert [ids[j + 1 + PLAN_AT] - PLAN_VOCAB.first_plan for j in begins] == [2, 3, 2, 3]
+    bare = DocumentDecoder(pipe.model, pipe.vocab, pipe.image_tokenizer, pipe.device, lambda: False)
+    with pytest.raises(ValueError, match="give a reader"):
+        bare.prompt_ids(["<image> what digit is this ?"], [[images[0]]])

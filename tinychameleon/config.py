@@ -250,6 +250,9 @@ class TrainConfig:
     plan_tokens: bool = False     # every image an answer draws names its digit, <plan DIGIT> after its two colors,
                                   # written by the model: counting's stop and next digit read a token, as counting
                                   # in words does, not the image just drawn (BENCHMARKS.md "Plan tokens")
+    prompt_plans: bool = False    # with plan_tokens: the prompt's images carry their digit's plan too, given, never
+                                  # asked for: at inference the pair reader (Bayes re-ranking, CLIP) writes it, so
+                                  # "what digit", addition and "what comes next" read a token the best reader chose
 
 
     def validate(self) -> None:
@@ -358,6 +361,8 @@ class RunConfig:
         if self.train.plan_tokens and not self.train.documents:
             raise ConfigError("train.plan_tokens names the digit of each image documents' answers draw: "
                               "it needs train.documents")
+        if self.train.prompt_plans and not self.train.plan_tokens:
+            raise ConfigError("train.prompt_plans gives the prompt's images plan tokens: it needs train.plan_tokens")
         return self
 
 
@@ -476,6 +481,9 @@ PRESETS["memory-base"] = {**PRESETS["base"],
 # Release 18 is this stage with counting at 6 instead of 4: release 17's counts drew past their stop. From release 17's
 # base, at 600 validation documents each: counting 86.2 -> 95.5 %, addition 80.8 -> 83.7 %, the rest level; image ->
 # text 98.6 -> 98.4 % at 1000 (on test 98.9 -> 98.0 %; BENCHMARKS.md, "Release 18").
+# Release 19 gives the prompt's images their plans too (train.prompt_plans; at inference the pair caption's digit):
+# from release 17's base, at 600 validation documents each: addition 83.7 -> 97.3 %, counting 95.5 -> 98.0 %, "what
+# comes next" 93.5 -> 98.5 %, the edits level or up; image -> text 98.4 -> 99.0 % at 1000 (BENCHMARKS.md, "Release 19").
 PRESETS["best"] = {**PRESETS["base"],
                    "model": {**PRESETS["base"]["model"], "digit_head": True, "digit_layer": 3, "pointer_slots": True},
                    "train": {**PRESETS["base"]["train"], "epochs": 2, "warmup_steps": 20,
@@ -483,7 +491,7 @@ PRESETS["best"] = {**PRESETS["base"],
                              "family_shares": {**PRESETS["base"]["train"]["family_shares"], "addition": 8.0,
                                                "counting": 6.0, "digit color": 1.5, "background color": 1.5,
                                                "swap": 3.0},
-                             "plan_tokens": True, "decision_loss_weight": 10.0}}
+                             "plan_tokens": True, "prompt_plans": True, "decision_loss_weight": 10.0}}
 
 
 # The shipped retrieval-augmented recipe, two stages the same way as `best`: `memory-base`, then one more epoch with a

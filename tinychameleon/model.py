@@ -91,18 +91,21 @@ class KVCache:
     def advance(self, steps: int) -> None:
         self.position += steps
 
-    def repeat_rows(self, times: int) -> "KVCache":
-        """A cache whose row b * times + j is a copy of row b: continue `times` ways from one prefix."""
+    def repeat_rows(self, times: int, room: int | None = None) -> "KVCache":
+        """A cache whose row b * times + j is a copy of row b: continue `times` ways from one prefix. With `room`, the
+        copy holds only the prefix and `room` more tokens: copying the whole block-size cache `times` over costs
+        more than the few tokens that follow it (a caption's last three words after a 54-token prefix)."""
+        length = self.keys.shape[3] if room is None else min(self.keys.shape[3], self.position + room)
         repeated = KVCache.__new__(KVCache)
-        repeated.keys = self.keys.repeat_interleave(times, dim=1)
-        repeated.values = self.values.repeat_interleave(times, dim=1)
+        repeated.keys = self.keys[:, :, :, :length].repeat_interleave(times, dim=1)
+        repeated.values = self.values[:, :, :, :length].repeat_interleave(times, dim=1)
         repeated.position = self.position
         repeated.padding = None if self.padding is None else self.padding.repeat_interleave(times)
         repeated.least_padding = self.least_padding
         repeated.image_run = self.image_run.repeat_interleave(times)
         repeated.copy_keys, repeated.copy_ids = ((None, None) if self.copy_keys is None else
-                                                 (self.copy_keys.repeat_interleave(times, dim=0),
-                                                  self.copy_ids.repeat_interleave(times, dim=0)))
+                                                 (self.copy_keys[:, :length].repeat_interleave(times, dim=0),
+                                                  self.copy_ids[:, :length].repeat_interleave(times, dim=0)))
         return repeated
 
 

@@ -22,11 +22,11 @@ import torch
 from .config import RunConfig, SamplingConfig
 from .errors import ConfigError, PromptError
 from .data.colored import caption_of
-from .reranking import view_images
+from .reranking import DIGIT_SLOT, DIGIT_WORD_IDS, view_images
 from .sampling import ModalityRules
 from .sequences import IMAGE_FIRST, TEXT_FIRST, header, split_sequences
 from .tokenizers.text import WordTokenizer
-from .tokenizers.vocab import HEADER, TEXT_LENGTH, Vocab
+from .tokenizers.vocab import HEADER, TEXT_LENGTH, WORDS, Vocab
 from .checkpoint import SAMPLING_FILE, load_config, load_sampling, load_transformer, load_image_tokenizer
 from .device import resolve_device
 from .documents.decoder import DocumentDecoder
@@ -68,7 +68,7 @@ class Pipeline(CompletionTasks, RetrievalTasks, NextScaleTasks):
                                    image_follows=image_tokenizer.token_follows()).to(device)
         self.tokenizer = WordTokenizer()
         self.pairs = PairDecoder(model, self.vocab, image_tokenizer, self.rules, device, self._expired)
-        self.documents = DocumentDecoder(model, self.vocab, image_tokenizer, device, self._expired)
+        self.documents = DocumentDecoder(model, self.vocab, image_tokenizer, device, self._expired, self._read_digits)
         self.source = source
         self._limits = threading.local()  # per-thread deadline set by time_limit()
         self._retriever = None            # the shipped retriever and its memory banks (None: the training digits),
@@ -166,6 +166,14 @@ class Pipeline(CompletionTasks, RetrievalTasks, NextScaleTasks):
         views = self._caption_views(images, settings)
         return self.pairs.read(codes, settings, generator, [(words, view) for words, view, _ in views],
                                self._clip_reader(codes, images, settings.caption_clip_weight, views))
+
+    def _read_digits(self, codes: torch.Tensor, images: np.ndarray) -> torch.Tensor:
+        """(B, L) codes and their pixels -> (B,) the digit each image's caption reads, at the shipped caption
+        settings (greedy, re-ranked): the plans of a prompt's images in runs trained with train.prompt_plans."""
+        words = self._write_words(codes, self._caption_settings({}), None, images)          # (B, 6) word ids
+        digits = torch.full((len(WORDS),), -1, dtype=torch.long, device=words.device)
+        digits[DIGIT_WORD_IDS] = torch.arange(len(DIGIT_WORD_IDS), device=words.device)
+        return digits[words[:, DIGIT_SLOT]]
 
     def _caption_views(self, images: np.ndarray | None, settings: SamplingConfig
                        ) -> list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:

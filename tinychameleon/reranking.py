@@ -142,7 +142,7 @@ def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: to
         digit = prefix[:, 2, digits]                                              # (B, 10)
         suffix = rows[:, digit_position:-1].repeat_interleave(D, dim=0)           # (B*10, 3): digit, w4, w5
         suffix[:, 0] = digits.repeat(B)
-        after = F.log_softmax(model(suffix, kv_cache=cache.repeat_rows(D)).float(), dim=-1)
+        after = F.log_softmax(model(suffix, kv_cache=cache.repeat_rows(D, room=suffix.shape[1])).float(), dim=-1)
         targets = rows[:, digit_position + 1:].repeat_interleave(D, dim=0)        # (B*10, 3): w4, w5, w6
         after = after.gather(-1, targets[..., None]).sum(dim=(1, 2)).view(B, D)
         chunks.append(before[:, None] + digit + after)

@@ -13,7 +13,7 @@ import torch
 
 from .document import Document, DocumentTokenizer, split_words, token_count
 from .families import Example, Picture
-from ..tokenizers.vocab import Vocab
+from ..tokenizers.vocab import PLAN_TOKENS, Vocab
 
 
 def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torc
 def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tokenizer: DocumentTokenizer,
                       text_dropout: torch.Tensor | None = None) -> list[list[int]]:
     """The finished documents (context and prompt, then answer) as ids, the answer's images opened with their plan
-    tokens where the vocabulary has them (DocumentTokenizer.planned). Rows marked in text_dropout (len(examples),)
+    tokens where the vocabulary has them (DocumentTokenizer.planned), and the given images too with prompt_plans. Rows marked in text_dropout (len(examples),)
     keep their images only, without plans: what the unconditional stream of guidance reads (one finished
     document, without <eop>, where the vocabulary says that stream has none)."""
     pictures = [picture for example in examples for picture in example.pictures]
@@ -44,6 +44,7 @@ def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tok
     documents = []
     for row, example in enumerate(examples):
         given = [next(images) for _ in range(len(example.context_images) + len(example.prompt_images))]
+        given_pictures = example.context_images + example.prompt_images
         drawn = [next(images) for _ in range(len(example.answer_images))]
         if text_dropout is not None and text_dropout[row]:      # guidance's stream: no words, and so no plans
             if tokenizer.vocab.unconditional_without_eop:
@@ -51,6 +52,7 @@ def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tok
                 continue
             prompt, answer = Document(given, finished=False), Document(drawn)
         else:
+            given = [tokenizer.planned(image, picture.digit, given=True) for image, picture in zip(given, given_pictures)]
             prompt = tokenizer.bind(" ".join(part for part in (example.context, example.prompt) if part), given)
             drawn = [tokenizer.planned(image, picture.digit) for image, picture in zip(drawn, example.answer_images)]
             answer = tokenizer.bind(example.answer, drawn)
@@ -65,7 +67,7 @@ def prefix_lengths(examples: list[Example], vocab: Vocab, text_dropout: torch.Te
     marked in text_dropout has neither: (0, 0)."""
 
     def tokens(text: str) -> int:
-        return token_count(split_words(text), vocab.image_length)
+        return token_count(split_words(text), vocab.prompt_image_span)
 
     lengths = []
     for row, example in enumerate(examples):
@@ -85,6 +87,8 @@ class LossWeights:
     answer: float = 1.0           # the answer's tokens (what follows the prompt, <eod> included)
     image_tokens: int = 0         # > 0: `answer` only on the answer's ids from here up (its words, <boi> <eoi> <eod>)
     given: int = -1               # a token the model is given, never asked for (<eop>): its targets weigh 0
+    given_plans: int = -1         # <plan zero>'s id where the prompt's images carry plans (train.prompt_plans): the
+                                  # reader gives them, so a plan before the answer weighs 0 as a target
     decision: float = 0.0         # > 0: the weight of the answer's targets right after one of its images (after
     end_image: int = -1           # `end_image`): <boi> to draw again, <eod> to stop, or a word
 
@@ -106,6 +110,10 @@ def padded(documents: list[list[int]], pad: int, prefixes: list[tuple[int, int]]
             targets = torch.tensor(document[answer:])                      # the answer's tokens and <eod>
             chosen = targets >= weighting.image_tokens                     # all of them when image_tokens is 0
             weights[row, answer - 1:len(document) - 1][chosen] = weighting.answer
+        if answer and weighting.given_plans >= 0:
+            targets = torch.tensor(document[1:answer])                     # the context's and prompt's targets
+            given = (targets >= weighting.given_plans) & (targets < weighting.given_plans + len(PLAN_TOKENS))
+            weights[row, :answer - 1][given] = 0.0
         if answer and weighting.decision:
             previous = torch.tensor(document[answer - 1:-1])               # the token before each answer target
             weights[row, answer - 1:len(document) - 1][previous == weighting.end_image] = weighting.decision

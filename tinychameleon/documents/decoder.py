@@ -21,11 +21,15 @@ from .grammar import DocumentGrammar
 
 
 class DocumentDecoder:
-    """`expired` says when the caller's deadline has passed (checked between batches and decode steps)."""
+    """`expired` says when the caller's deadline has passed (checked between batches and decode steps);
+    `read_digits` maps a prompt's images, (N, L) codes and their (N, 28, 28, 3) pixels, to the (N,) digits they
+    show: the plans a run trained with train.prompt_plans reads in its prompts."""
 
-    def __init__(self, model, vocab, image_tokenizer, device, expired: Callable[[], bool]) -> None:
+    def __init__(self, model, vocab, image_tokenizer, device, expired: Callable[[], bool],
+                 read_digits: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None) -> None:
         self.model, self.vocab, self.image_tokenizer, self.device, self.expired = \
             model, vocab, image_tokenizer, device, expired
+        self.read_digits = read_digits
 
     @cached_property
     def tokenizer(self) -> DocumentTokenizer:
@@ -47,10 +51,29 @@ class DocumentDecoder:
         for prompt, count in zip(prompts, counts):
             tokenizer.check(prompt, count)                      # every prompt is checked before any work
         pictures = [np.asarray(image, dtype=np.uint8) for group in images for image in group]
-        codes = iter(self.image_tokenizer.encode(torch.from_numpy(np.stack(pictures)).to(self.device)).cpu()
-                     if pictures else [])
+        codes = iter(self.prompt_images(np.stack(pictures)) if pictures else [])
         return [tokenizer.encode(tokenizer.bind(prompt, [next(codes) for _ in range(count)]))
                 for prompt, count in zip(prompts, counts)]
+
+    def prompt_images(self, pictures: np.ndarray) -> list[torch.Tensor]:
+        """(N, 28, 28, 3) levels -> each image's ids as a prompt holds them: its codes, and with train.prompt_plans
+        the plan of the digit `read_digits` reads in it after its colors (one batch for all)."""
+        codes = self.image_tokenizer.encode(torch.from_numpy(pictures).to(self.device))
+        if not self.vocab.prompt_plans:
+            return list(codes.cpu())
+        if self.read_digits is None:
+            raise ValueError("this run's prompts carry their images' plans (train.prompt_plans): give a reader")
+        stop_if_expired(self.expired)
+        # Each distinct picture is read once: a request for n continuations may bind the same image n times, and
+        # the reading is deterministic (greedy), so the copies share it exactly.
+        _, first, copies = np.unique(pictures.reshape(len(pictures), -1), axis=0, return_index=True,
+                                     return_inverse=True)
+        order = np.argsort(first)                        # the distinct pictures in the order they first appear
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        read = self.read_digits(codes[first[order]], pictures[first[order]])
+        digits = read[torch.as_tensor(rank[copies.reshape(-1)], device=read.device)].tolist()
+        return [self.tokenizer.planned(image, digit, given=True) for image, digit in zip(codes.cpu(), digits)]
 
     def write(self, rows: list[list[int]], settings: SamplingConfig, generator, max_new_tokens: int = 0,
               min_words: int = 0) -> list[list[int]]:

@@ -10,7 +10,8 @@ marks the assistant's turn: "<image> what digit is this ?" -> "two ." is
 The prompt's end is given, never written by the model; without it a prompt of one image cannot say
 "caption this" apart from "an image, then a question about it". Runs trained with plan tokens name the
 digit of each image an answer draws after its two colors, before its first stroke, <boi> c1 c2 <plan two>
-s1..s49 <eoi>: the model writes it, reading drops it (a prompt's images have none).
+s1..s49 <eoi>: the model writes it, reading drops it. A prompt's images have none, or, in runs trained with
+train.prompt_plans, theirs too, given with the prompt (at inference the pair reader writes it).
 
 Text is words separated by spaces (the caption words, the document words and the punctuation
 ". ? :" as words of their own); an image is its L image tokens between <boi> and <eoi>; <eod>
@@ -110,7 +111,7 @@ class DocumentTokenizer:
             raise PromptError("the prompt is empty: give words, <image> placeholders, or both")
         warn_off_palette(words)
         text_tokens = len(words) - placeholders
-        tokens = 1 + token_count(words, self.vocab.image_length) + self.vocab.prompt_end   # <bos>, words, images, <eop>
+        tokens = 1 + token_count(words, self.vocab.prompt_image_span) + self.vocab.prompt_end   # <bos>, words, images, <eop>
         vocab = self.vocab
         if placeholders > vocab.document_images or text_tokens > vocab.document_text or tokens >= vocab.sequence_length:
             raise PromptError(f"{quoted(prompt)} is too long for the model: at most {vocab.document_images} images and "
@@ -148,10 +149,10 @@ class DocumentTokenizer:
             ids.append(vocab.end_document)
         return ids
 
-    def planned(self, image: torch.Tensor, digit: int) -> torch.Tensor:
+    def planned(self, image: torch.Tensor, digit: int, given: bool = False) -> torch.Tensor:
         """(L,) image tokens -> (L + 1,): the image as an answer draws it, its plan token after its two colors
-        (train.plan_tokens; unchanged without)."""
-        if not self.vocab.plan_tokens:
+        (train.plan_tokens; unchanged without). `given`: a prompt's image, planned only with train.prompt_plans."""
+        if not self.vocab.plan_tokens or (given and not self.vocab.prompt_plans):
             return image
         plan = torch.tensor([self.vocab.first_plan + digit], dtype=image.dtype)
         return torch.cat([image[:PLAN_AT], plan, image[PLAN_AT:]])

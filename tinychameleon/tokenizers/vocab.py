@@ -47,6 +47,7 @@ class Vocab:
                                               # no <eop> either (train.unconditional_without_eop)
     retrieve: int = 0             # most retrieved neighbours a document reads before its query (train.retrieve)
     plan_tokens: bool = False     # an image the model draws is <boi> c1 c2 <plan DIGIT> s1..s49 <eoi> (train.plan_tokens)
+    prompt_plans: bool = False    # a prompt's images carry their plan too, given by a reader (train.prompt_plans)
 
     @classmethod
     def for_config(cls, config) -> "Vocab":
@@ -56,7 +57,7 @@ class Vocab:
         return cls(tokens, infill=config.train.infill_rate > 0 or config.vq.kind == "scales", image_length=length,
                    documents=config.train.documents > 0, prompt_end=config.train.prompt_end,
                    unconditional_without_eop=config.train.unconditional_without_eop, retrieve=config.train.retrieve,
-                   plan_tokens=config.train.plan_tokens)
+                   plan_tokens=config.train.plan_tokens, prompt_plans=config.train.prompt_plans)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -96,6 +97,11 @@ class Vocab:
     def max_retrieve(self) -> int:
         """Retrieved neighbours a document has room for beside its query."""
         return self.document_images - 1
+
+    @property
+    def prompt_image_span(self) -> int:
+        """Tokens between a prompt image's <boi> and <eoi>: its image tokens, and its plan (train.prompt_plans)."""
+        return self.image_length + self.prompt_plans
 
     @property
     def document_length(self) -> int:

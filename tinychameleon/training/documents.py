@@ -51,7 +51,7 @@ def document_source(config: RunConfig, image_tokenizer, train_split: ColoredMNIS
                                                         settings.word_families)
     weighting = LossWeights(settings.context_loss_weight, settings.answer_loss_weight,
                             vocab.image_tokens if settings.answer_words_only else 0, given_token(vocab),
-                            settings.decision_loss_weight, vocab.end_image)
+                            given_plans(vocab), settings.decision_loss_weight, vocab.end_image)
 
     def documents(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(settings.seed * 7937 + epoch)
@@ -74,7 +74,8 @@ def validation_documents(config: RunConfig, image_tokenizer, split: ColoredMNIST
     vocab = Vocab.for_config(config)
     chosen = examples(bank_of(split), VALIDATION_DOCUMENTS, [config.data_seed, 1, 22])
     ids = example_documents(chosen, codes, image_tokenizer.recolor, DocumentTokenizer(vocab))
-    ids, weights = padded(ids, vocab.end_document, weighting=LossWeights(given=given_token(vocab)))
+    ids, weights = padded(ids, vocab.end_document, prefix_lengths(chosen, vocab),
+                          LossWeights(given=given_token(vocab), given_plans=given_plans(vocab)))
     if not config.model.digit_head:
         return ids, weights
     return ids, weights, digit_labels(ids, image_digits(chosen), vocab.end_image)
@@ -83,3 +84,9 @@ def validation_documents(config: RunConfig, image_tokenizer, split: ColoredMNIST
 def given_token(vocab: Vocab) -> int:
     """<eop>, where the vocabulary has it: the prompt's end is the user's to give, not the model's to predict."""
     return vocab.end_prompt if vocab.prompt_end else -1
+
+
+def given_plans(vocab: Vocab) -> int:
+    """<plan zero>'s id where the prompt's images carry plans (train.prompt_plans): given with the prompt, never
+    predicted (-1 otherwise)."""
+    return vocab.first_plan if vocab.prompt_plans else -1
