@@ -152,7 +152,8 @@ def add_train_command(commands) -> None:
     train = commands.add_parser("train", help="train the VQ-VAE and the transformer into a run directory")
     train.add_argument("--preset", default="quick",
                        help="seed, quick, base, best (the shipped recipe: a base run in OUT/base, then two more epochs "
-                            "on it with counting at 6 and plan tokens, the prompt images' too; with --init-from RUN only that stage, on RUN), "
+                            "on it with counting at 6 and plan tokens, the prompt images' too; with --init-from RUN "
+                            "only that stage, on RUN), "
                             "memory (retrieval-augmented; two stages the same way, the first memory-base), var (next-scale), "
                             "pixels or tiny (default quick); the other flags apply to every stage")
     train.add_argument("--out", required=True, help="run directory for checkpoints and logs")

@@ -36,15 +36,14 @@ def picture_codes(pictures: list[Picture], codes: torch.Tensor, recolor) -> torc
 def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tokenizer: DocumentTokenizer,
                       text_dropout: torch.Tensor | None = None) -> list[list[int]]:
     """The finished documents (context and prompt, then answer) as ids, the answer's images opened with their plan
-    tokens where the vocabulary has them (DocumentTokenizer.planned), and the given images too with prompt_plans. Rows marked in text_dropout (len(examples),)
-    keep their images only, without plans: what the unconditional stream of guidance reads (one finished
-    document, without <eop>, where the vocabulary says that stream has none)."""
+    tokens where the vocabulary has them (DocumentTokenizer.planned), and the given images too with prompt_plans.
+    Rows marked in text_dropout (len(examples),) keep their images only, without plans: what the unconditional
+    stream of guidance reads (one finished document, without <eop>, where the vocabulary says that stream has none)."""
     pictures = [picture for example in examples for picture in example.pictures]
     images = iter(picture_codes(pictures, codes, recolor))
     documents = []
     for row, example in enumerate(examples):
         given = [next(images) for _ in range(len(example.context_images) + len(example.prompt_images))]
-        given_pictures = example.context_images + example.prompt_images
         drawn = [next(images) for _ in range(len(example.answer_images))]
         if text_dropout is not None and text_dropout[row]:      # guidance's stream: no words, and so no plans
             if tokenizer.vocab.unconditional_without_eop:
@@ -52,7 +51,8 @@ def example_documents(examples: list[Example], codes: torch.Tensor, recolor, tok
                 continue
             prompt, answer = Document(given, finished=False), Document(drawn)
         else:
-            given = [tokenizer.planned(image, picture.digit, given=True) for image, picture in zip(given, given_pictures)]
+            given = [tokenizer.planned(image, picture.digit, given=True)
+                     for image, picture in zip(given, example.context_images + example.prompt_images)]
             prompt = tokenizer.bind(" ".join(part for part in (example.context, example.prompt) if part), given)
             drawn = [tokenizer.planned(image, picture.digit) for image, picture in zip(drawn, example.answer_images)]
             answer = tokenizer.bind(example.answer, drawn)
