@@ -201,6 +201,15 @@ def test_train_refuses_to_overwrite_a_run(tiny_run, capsys):
     assert code == 2 and "--resume" in err
 
 
+def test_train_retriever_shift_reaches_the_run_and_is_bounded(tmp_path, capsys, cache_dir):
+    code, _, err = run(["train-retriever", "--out", tmp_path / "far", "--shift", 5], capsys)
+    assert code == 2 and "--shift 0..4" in err and not (tmp_path / "far").exists()
+    code, out, _ = run(["train-retriever", "--out", tmp_path / "r", "--shift", 2, "--epochs", 1, "--batch-size", 64,
+                        "--max-train-examples", 128, "--cache-dir", cache_dir], capsys)
+    assert code == 0 and "retriever written" in out
+    assert json.loads((tmp_path / "r" / "retriever_metrics.json").read_text())["shift"] == 2
+
+
 def test_unknown_preset(tmp_path, capsys):
     code, _, err = run(["train", "--preset", "huge", "--out", tmp_path / "r"], capsys)
     assert code == 2 and "unknown preset" in err
