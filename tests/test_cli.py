@@ -201,13 +201,16 @@ def test_train_refuses_to_overwrite_a_run(tiny_run, capsys):
     assert code == 2 and "--resume" in err
 
 
-def test_train_retriever_shift_reaches_the_run_and_is_bounded(tmp_path, capsys, cache_dir):
-    code, _, err = run(["train-retriever", "--out", tmp_path / "far", "--shift", 5], capsys)
-    assert code == 2 and "--shift 0..4" in err and not (tmp_path / "far").exists()
-    code, out, _ = run(["train-retriever", "--out", tmp_path / "r", "--shift", 2, "--epochs", 1, "--batch-size", 64,
-                        "--max-train-examples", 128, "--cache-dir", cache_dir], capsys)
-    assert code == 0 and "retriever written" in out
-    assert json.loads((tmp_path / "r" / "retriever_metrics.json").read_text())["shift"] == 2
+def test_train_retriever_shifted_reaches_the_run_and_is_bounded(tmp_path, capsys, cache_dir):
+    code, _, err = run(["train-retriever", "--out", tmp_path / "far", "--shifted", 1.5], capsys)
+    assert code == 2 and "--shifted in [0, 1]" in err and not (tmp_path / "far").exists()
+    tiny = ["--epochs", 1, "--batch-size", 64, "--max-train-examples", 128, "--cache-dir", cache_dir]
+    for name, share in (("still", 0), ("moved", 1)):
+        code, out, _ = run(["train-retriever", "--out", tmp_path / name, "--shifted", share] + tiny, capsys)
+        assert code == 0 and "retriever written" in out
+        assert json.loads((tmp_path / name / "retriever_metrics.json").read_text())["shifted"] == share
+    still, moved = ((tmp_path / name / "clip.safetensors").read_bytes() for name in ("still", "moved"))
+    assert still != moved                                  # the same seed and data: only the moves differ
 
 
 def test_unknown_preset(tmp_path, capsys):

@@ -307,7 +307,8 @@ def test_an_interrupted_retriever_training_resumes_to_the_same_weights(tmp_path,
     from tinychameleon.errors import TinyChameleonError
     from tinychameleon.training.retriever_trainer import train_retriever
 
-    settings = dict(epochs=2, batch_size=256, max_examples=1024, shift=1, cache_dir=cache_dir)
+    settings = dict(epochs=2, batch_size=256, max_examples=1024, shifted_share=0.5,
+                    cache_dir=cache_dir)
     train_retriever(tmp_path / "whole", log=lambda line: None, **settings)
 
     def stop_after_first_epoch(line):
@@ -318,34 +319,44 @@ def test_an_interrupted_retriever_training_resumes_to_the_same_weights(tmp_path,
     assert not (tmp_path / "cut" / "clip.safetensors").exists()      # not finished: no weights to load by mistake
     with pytest.raises(TinyChameleonError, match="--resume"):
         train_retriever(tmp_path / "cut", log=lambda line: None, **settings)
-    with pytest.raises(TinyChameleonError, match="--shift 1; resume with those"):
-        train_retriever(tmp_path / "cut", resume=True, log=lambda line: None, **{**settings, "shift": 0})
+    with pytest.raises(TinyChameleonError, match="--shifted 0.5; resume with those"):
+        train_retriever(tmp_path / "cut", resume=True, log=lambda line: None, **{**settings, "shifted_share": 0.0})
     lines = []
     train_retriever(tmp_path / "cut", resume=True, log=lines.append, **settings)
     assert len(lines) == 1 and lines[0].startswith("epoch 2 ")         # only the missing epoch ran
     whole, resumed = (load_file(str(tmp_path / name / "clip.safetensors")) for name in ("whole", "cut"))
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
     metrics = json.loads((tmp_path / "cut" / "retriever_metrics.json").read_text())
-    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2] and metrics["shift"] == 1
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2] and metrics["shifted"] == 0.5
 
 
-def test_shifted_training_images_move_whole_digits_within_the_bound_and_keep_the_background():
-    from tinychameleon.training.retriever_trainer import shifted
+def test_the_image_encoders_shape_plane_reads_the_same_strokes_alike_and_old_configs_load_without_it(tmp_path):
+    from tinychameleon.checkpoint import save_weights
+    from tinychameleon.data.colored import recolor
+    from tinychameleon.retrieval.clip import Clip, ClipConfig
+    from tinychameleon.retrieval.retriever import CONFIG_FILE, WEIGHTS_FILE, Retriever
 
-    rng = np.random.default_rng(0)
-    images = np.zeros((64, 28, 28, 3), dtype=np.uint8)
-    images[..., 2] = 3                                            # a blue background ...
-    images[:, 10:18, 12:16] = [3, 1, 0]                           # ... and an orange 8x4 block, the "digit"
-    assert shifted(images, 0, rng) is images
-    moved = shifted(images, 2, rng)
-    assert moved.shape == images.shape and moved.dtype == images.dtype
-    offsets = set()
-    for image in moved:
-        rows, columns = np.nonzero((image == [3, 1, 0]).all(-1))
-        assert len(rows) == 32 and rows.max() - rows.min() == 7 and columns.max() - columns.min() == 3
-        offsets.add((rows.min() - 10, columns.min() - 12))
-        assert ((image == [3, 1, 0]).all(-1) | (image == [0, 0, 3]).all(-1)).all()   # no third color appears
-    assert offsets <= {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)} and len(offsets) > 12
+    torch.manual_seed(0)
+    encoder = Clip(ClipConfig()).image
+    first_conv = encoder.features[0]
+    assert encoder.shape_plane and first_conv.in_channels == 13
+    images = np.zeros((2, 28, 28, 3), dtype=np.uint8)
+    images[:, 8:20, 12:15] = 3                                    # a white stroke on black ...
+    images = recolor(images, np.array([5, 9]), np.array([20, 2]))  # ... in two other color pairs
+    seen = {}
+    first_conv.register_forward_hook(lambda module, inputs, output: seen.update(planes=inputs[0]))
+    encoder(torch.from_numpy(images))
+    shape = seen["planes"][:, 12]                                 # (2, 28, 28): the 13th plane
+    assert torch.equal(shape[0], shape[1]) and shape[0].sum() == 36 and shape[0, 8:20, 12:15].all()
+    # A retriever written before the plane existed (its config has no such field) loads as it was trained.
+    old = Clip(ClipConfig(shape_plane=False))
+    config = {key: value for key, value in old.config.to_dict().items() if key != "shape_plane"}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    save_weights(old, tmp_path / WEIGHTS_FILE)
+    loaded = Retriever.from_pretrained(tmp_path)
+    assert not loaded.config.shape_plane and loaded.clip.image.features[0].in_channels == 12
+    assert np.allclose(loaded.embed_images(images), old.eval().image(torch.from_numpy(images)).detach().numpy(),
+                       atol=1e-6)
 
 
 def test_distinct_hits_skip_near_duplicates_of_the_query_and_of_each_other():

@@ -236,12 +236,12 @@ def command_train_retriever(args) -> int:
     from ..training.retriever_trainer import train_retriever
 
     if not 1 <= args.epochs <= 1000 or not 2 <= args.batch_size <= 65536 or not 0 < args.lr <= 1 or \
-            not 0 <= args.shift <= 4 or (args.max_train_examples is not None and args.max_train_examples < 2):
-        raise TinyChameleonError("--epochs must be 1..1000, --batch-size 2..65536, --lr in (0, 1], --shift 0..4 "
+            not 0 <= args.shifted <= 1 or (args.max_train_examples is not None and args.max_train_examples < 2):
+        raise TinyChameleonError("--epochs must be 1..1000, --batch-size 2..65536, --lr in (0, 1], --shifted in [0, 1] "
                                  "and --max-train-examples at least 2")
     out = prepare_output(args.out)
     train_retriever(out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.train_seed,
-                    shift=args.shift, cache_dir=args.cache_dir, resume=args.resume, max_examples=args.max_train_examples)
+                    shifted_share=args.shifted, cache_dir=args.cache_dir, resume=args.resume, max_examples=args.max_train_examples)
     print(f"retriever written to {out} (load it with --retriever {out})")
     return 0
 
@@ -254,8 +254,8 @@ def add_train_retriever_command(commands) -> None:
     retriever.add_argument("--batch-size", type=number(int), default=512, help="texts and images per step (default 512)")
     retriever.add_argument("--lr", type=number(float), default=2e-3, help="peak learning rate (default 0.002)")
     retriever.add_argument("--train-seed", type=number(int), default=0, help="seed of initialisation and order")
-    retriever.add_argument("--shift", type=number(int), default=0,
-                           help="move each training image by up to this many pixels each way (0..4, default 0)")
+    retriever.add_argument("--shifted", type=number(float), default=0.0,
+                           help="share of training images moved by up to 2 pixels each way (default 0)")
     retriever.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     retriever.add_argument("--max-train-examples", type=number(int), help="use only the first N training digits "
                                                                           "(quick trials)")

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES
+from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES, digit_pixels
 from ..tokenizers.vocab import DOCUMENT_WORDS
 
 # The words the text encoder reads: caption words, then the document words (for document text).
@@ -32,6 +32,10 @@ class ClipConfig:
     heads: int = 4
     max_words: int = 32
     words: list[str] = field(default_factory=lambda: list(CLIP_WORDS))
+    # The image encoder also sees the digit's shape as one plane (the pixels unlike the image's most common
+    # color), the same strokes alike under every color pair, as the judge reads its digit. Configs written
+    # before it existed load with False.
+    shape_plane: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,14 +71,16 @@ class TextEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """(B, 28, 28, 3) color levels 0..3 -> (B, embed_dim) unit vectors: a small CNN over one-hot levels."""
+    """(B, 28, 28, 3) color levels 0..3 -> (B, embed_dim) unit vectors: a small CNN over one-hot levels
+    (and the shape plane, where the config asks for it)."""
 
     def __init__(self, config: ClipConfig) -> None:
         super().__init__()
         width = config.width // 2
+        self.shape_plane = config.shape_plane
         # One-hot levels (12 channels) make "same color as the background" easy to see, as in the judge.
         self.features = nn.Sequential(
-            nn.Conv2d(12, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(12 + self.shape_plane, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),              # (B, w, 14, 14)
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),          # (B, 2w, 7, 7)
             nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
@@ -84,7 +90,11 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         one_hot = F.one_hot(images.long(), 4).float()                                 # (B, 28, 28, 3, 4)
         B, H, W = one_hot.shape[:3]
-        return F.normalize(self.features(one_hot.view(B, H, W, 12).permute(0, 3, 1, 2)), dim=-1)
+        planes = one_hot.view(B, H, W, 12).permute(0, 3, 1, 2)                        # (B, 12, 28, 28)
+        if self.shape_plane:
+            shape = torch.from_numpy(digit_pixels(images.cpu().numpy())).to(planes)   # (B, 28, 28)
+            planes = torch.cat([planes, shape[:, None]], dim=1)                       # (B, 13, 28, 28)
+        return F.normalize(self.features(planes), dim=-1)
 
 
 class Clip(nn.Module):

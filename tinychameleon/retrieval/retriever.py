@@ -51,7 +51,7 @@ class Retriever:
     def from_pretrained(cls, path: str | Path | None = None) -> "Retriever":
         directory = Path(path) if path is not None else SHIPPED
         try:
-            config = ClipConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+            config = ClipConfig(**{"shape_plane": False, **json.loads((directory / CONFIG_FILE).read_text())})
         except FileNotFoundError:
             raise CheckpointError(f"{directory} holds no retriever ({CONFIG_FILE}); train one with "
                                   "tinychameleon train-retriever --out DIR") from None

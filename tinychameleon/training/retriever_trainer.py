@@ -3,10 +3,10 @@
 Each epoch reads the 55k training digits under a fresh color draw (epoch e uses draw e), so every
 shape is seen in several colorings. 30 % of the texts are partial captions ("eight", "normal red
 eight", "eight on dark blue"): a search box is typed into with fewer than six words, and the loss
-counts every image such a text is true of as a right answer. With `shift` > 0 each training image is moved
-by up to that many pixels each way (a fresh draw per step), so the image encoder reads a digit's shape
-rather than its place. Validation digits are scored every epoch (zero-shot reading); test digits are
-never read here.
+counts every image such a text is true of as a right answer. A share `shifted_share` of each batch's
+images are copies moved by up to two pixels each way (data.colored.shifted, a fresh draw per epoch), so
+the image encoder reads a digit's shape rather than its place. Validation digits are scored every epoch
+(zero-shot reading); test digits are never read here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.colored import COLOR_NAMES, DIGIT_WORDS, load_splits, recolored_train
+from ..data.colored import COLOR_NAMES, DIGIT_WORDS, load_splits, recolored_train, shifted
 from ..errors import TinyChameleonError
 from ..io_utils import write_json
 from ..retrieval.clip import Clip, ClipConfig, contrastive_loss, padded
@@ -51,22 +51,9 @@ def positives_of(named: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return fits.all(-1)
 
 
-def shifted(images: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
-    """(B, 28, 28, 3) images, each moved by its own whole-pixel offset in [-shift, shift] both ways; the
-    uncovered border repeats the edge pixels (the background: MNIST digits keep clear of the edge)."""
-    if shift == 0:
-        return images
-    B, H, W = images.shape[:3]
-    padded_images = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
-    top, left = rng.integers(0, 2 * shift + 1, size=(2, B))
-    rows = top[:, None] + np.arange(H)                                                  # (B, H)
-    columns = left[:, None] + np.arange(W)                                              # (B, W)
-    return padded_images[np.arange(B)[:, None, None], rows[:, :, None], columns[:, None, :]]  # (B, H, W, 3)
-
-
 def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: float = 2e-3, seed: int = 0,
-                    shift: int = 0, cache_dir: str | None = None, resume: bool = False, max_examples: int | None = None,
-                    log=print) -> Retriever:
+                    shifted_share: float = 0.0, cache_dir: str | None = None, resume: bool = False,
+                    max_examples: int | None = None, log=print) -> Retriever:
     """Train (or resume) a retriever into `out`: clip.json, clip.safetensors, retriever_metrics.json.
     `max_examples` trains on the first N training digits and validates on N validation digits (quick trials)."""
     out = Path(out)
@@ -84,9 +71,9 @@ def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: floa
         raise TinyChameleonError(f"{out} already holds a retriever run; pass --resume to continue it")
     history = []
     if state is not None:
-        if state["epochs_total"] != epochs or state.get("shift", 0) != shift:
-            raise TinyChameleonError(f"{out} was started with --epochs {state['epochs_total']} --shift "
-                                     f"{state.get('shift', 0)}; resume with those")
+        if state["epochs_total"] != epochs or state.get("shifted", 0.0) != shifted_share:
+            raise TinyChameleonError(f"{out} was started with --epochs {state['epochs_total']} --shifted "
+                                     f"{state.get('shifted', 0.0)}; resume with those")
         clip.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -95,6 +82,7 @@ def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: floa
     for epoch in range(len(history), epochs):
         started = time.perf_counter()
         train = recolored_train(epoch, cache_dir=cache_dir).subset(slice(0, size))
+        moved = shifted(train, [seed, epoch]).images if shifted_share > 0 else train.images
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(train))
         clip.train()
@@ -103,8 +91,12 @@ def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: floa
             rows = order[step * batch_size:(step + 1) * batch_size]
             truth = np.stack([train.digits[rows], train.foreground[rows], train.background[rows]], 1)
             texts, named = draw_texts(*truth.T, rng)
+            images = train.images[rows]
+            if shifted_share > 0:    # (drawn only then: runs without shifts keep their exact order of draws)
+                move = rng.random(len(rows)) < shifted_share                                # (B,) rows moved
+                images = np.where(move[:, None, None, None], moved[rows], images)           # (B, 28, 28, 3)
             ids = padded([[word_ids[word] for word in text.split()] for text in texts])
-            loss = contrastive_loss(clip.text(ids), clip.image(torch.from_numpy(shifted(train.images[rows], shift, rng))),
+            loss = contrastive_loss(clip.text(ids), clip.image(torch.from_numpy(images)),
                                     clip.scale(), positives_of(torch.from_numpy(named), torch.from_numpy(truth)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,11 +110,11 @@ def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: floa
                         "seconds": round(time.perf_counter() - started, 1)})
         # Progress is recorded in one atomic write: a kill before it redoes the epoch, after it skips it.
         save_state(out / STATE_FILE, {"model": clip.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "schedule": schedule.state_dict(), "history": history, "epochs_total": epochs, "shift": shift})
+                                      "schedule": schedule.state_dict(), "history": history, "epochs_total": epochs, "shifted": shifted_share})
         log(" ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
                      for key, value in history[-1].items()))
     save_retriever(clip, out)
     write_json(out / METRICS_FILE, {"epochs": history, "batch_size": batch_size, "lr": lr, "seed": seed,
-                                      "shift": shift})
+                                      "shifted": shifted_share})
     return Retriever(clip)
 
