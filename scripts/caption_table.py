@@ -49,7 +49,7 @@ SETTINGS = {
     **{f"rerank, 1 view, top {m} digits, CLIP x{weight}": {"guidance": 1.0, "rerank_captions": True,
                                                           "caption_views": 1, "caption_hypotheses": m,
                                                           "caption_clip_weight": float(weight)}
-       for m in (2, 3, 10) for weight in (5, 10, 20, 40, 100)},
+       for m in (2, 3, 10) for weight in (5, 10, 20, 40, 100, 300, 1000)},
     # ... and on the views too (each view's captions in its own colors), beside the model.
     **{f"rerank, {views} views, top {m} digits, CLIP x{weight}": {"guidance": 1.0, "rerank_captions": True,
                                                                   "caption_views": views, "caption_hypotheses": m,

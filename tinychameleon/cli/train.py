@@ -250,12 +250,12 @@ def add_train_retriever_command(commands) -> None:
     """The `train-retriever` command's flags."""
     retriever = commands.add_parser("train-retriever", help="train the retriever (a small CLIP) on the training split")
     retriever.add_argument("--out", required=True, help="folder for clip.json, clip.safetensors and metrics")
-    retriever.add_argument("--epochs", type=number(int), default=15, help="epochs, each under a fresh color draw (default 15)")
+    retriever.add_argument("--epochs", type=number(int), default=30, help="epochs, each under a fresh color draw (default 30)")
     retriever.add_argument("--batch-size", type=number(int), default=512, help="texts and images per step (default 512)")
     retriever.add_argument("--lr", type=number(float), default=2e-3, help="peak learning rate (default 0.002)")
     retriever.add_argument("--train-seed", type=number(int), default=0, help="seed of initialisation and order")
-    retriever.add_argument("--shifted", type=number(float), default=0.0,
-                           help="share of training images moved by up to 2 pixels each way (default 0)")
+    retriever.add_argument("--shifted", type=number(float), default=0.9,
+                           help="share of training images moved by up to 2 pixels each way (default 0.9)")
     retriever.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     retriever.add_argument("--max-train-examples", type=number(int), help="use only the first N training digits "
                                                                           "(quick trials)")

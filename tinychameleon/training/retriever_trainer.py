@@ -51,8 +51,8 @@ def positives_of(named: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return fits.all(-1)
 
 
-def train_retriever(out: Path, epochs: int = 15, batch_size: int = 512, lr: float = 2e-3, seed: int = 0,
-                    shifted_share: float = 0.0, cache_dir: str | None = None, resume: bool = False,
+def train_retriever(out: Path, epochs: int = 30, batch_size: int = 512, lr: float = 2e-3, seed: int = 0,
+                    shifted_share: float = 0.9, cache_dir: str | None = None, resume: bool = False,
                     max_examples: int | None = None, log=print) -> Retriever:
     """Train (or resume) a retriever into `out`: clip.json, clip.safetensors, retriever_metrics.json.
     `max_examples` trains on the first N training digits and validates on N validation digits (quick trials)."""
