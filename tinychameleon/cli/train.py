@@ -241,7 +241,8 @@ def command_train_retriever(args) -> int:
                                  "and --max-train-examples at least 2")
     out = prepare_output(args.out)
     train_retriever(out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.train_seed,
-                    shifted_share=args.shifted, cache_dir=args.cache_dir, resume=args.resume, max_examples=args.max_train_examples)
+                    shifted_share=args.shifted, cache_dir=args.cache_dir, resume=args.resume,
+                    max_examples=args.max_train_examples)
     print(f"retriever written to {out} (load it with --retriever {out})")
     return 0
 

@@ -87,6 +87,12 @@ def digit_pixels(images: np.ndarray) -> np.ndarray:
     return (keys != color_counts(images).argmax(axis=1)[:, None]).reshape(len(images), 28, 28)
 
 
+def shape_mask(images: torch.Tensor) -> torch.Tensor:
+    """(B, 28, 28, 3) levels -> (B, 1, 28, 28) float on the images' device: digit_pixels as one input plane, the
+    same under any two colors (what the judge reads its digit from, and the retriever's shape plane)."""
+    return torch.from_numpy(digit_pixels(images.cpu().numpy())).float()[:, None].to(images.device)
+
+
 def recolor(images: np.ndarray, foreground, background) -> np.ndarray:
     """The same digit pixels under another color pair: (N, 28, 28, 3) levels -> (N, 28, 28, 3). The colors
     are one id for every image, or (N,) ids, one pair per image."""

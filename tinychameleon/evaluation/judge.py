@@ -17,16 +17,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..batching import batch_slices
-from ..data.colored import STROKES, ColoredMNIST, digit_pixels, in_random_strokes
+from ..data.colored import STROKES, ColoredMNIST, in_random_strokes, shape_mask
 from ..checkpoint import load_weights, save_weights
 
 JUDGE_VERSION = 3   # 3: the digit read from the shape alone, shifted training digits (real test digits 97.4 -> 99.4 %)
-
-
-def shape_mask(images: torch.Tensor) -> torch.Tensor:
-    """(B, 28, 28, 3) levels -> (B, 1, 28, 28) float: data.colored.digit_pixels, the pixels that differ from the
-    image's most common color (the digit's shape), the same under any two colors."""
-    return torch.from_numpy(digit_pixels(images.numpy())).float()[:, None]
 
 
 def shifted(images: torch.Tensor, most: int, generator: torch.Generator) -> torch.Tensor:

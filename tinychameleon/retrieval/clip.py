@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES, digit_pixels
+from ..data.colored import ADJECTIVES, DIGIT_WORDS, HUES, shape_mask
 from ..tokenizers.vocab import DOCUMENT_WORDS
 
 # The words the text encoder reads: caption words, then the document words (for document text).
@@ -92,8 +92,7 @@ class ImageEncoder(nn.Module):
         B, H, W = one_hot.shape[:3]
         planes = one_hot.view(B, H, W, 12).permute(0, 3, 1, 2)                        # (B, 12, 28, 28)
         if self.shape_plane:
-            shape = torch.from_numpy(digit_pixels(images.cpu().numpy())).to(planes)   # (B, 28, 28)
-            planes = torch.cat([planes, shape[:, None]], dim=1)                       # (B, 13, 28, 28)
+            planes = torch.cat([planes, shape_mask(images)], dim=1)                   # (B, 13, 28, 28)
         return F.normalize(self.features(planes), dim=-1)
 
 

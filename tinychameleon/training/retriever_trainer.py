@@ -110,11 +110,12 @@ def train_retriever(out: Path, epochs: int = 30, batch_size: int = 512, lr: floa
                         "seconds": round(time.perf_counter() - started, 1)})
         # Progress is recorded in one atomic write: a kill before it redoes the epoch, after it skips it.
         save_state(out / STATE_FILE, {"model": clip.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "schedule": schedule.state_dict(), "history": history, "epochs_total": epochs, "shifted": shifted_share})
+                                      "schedule": schedule.state_dict(), "history": history, "epochs_total": epochs,
+                                      "shifted": shifted_share})
         log(" ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
                      for key, value in history[-1].items()))
     save_retriever(clip, out)
     write_json(out / METRICS_FILE, {"epochs": history, "batch_size": batch_size, "lr": lr, "seed": seed,
-                                      "shifted": shifted_share})
+                                    "shifted": shifted_share})
     return Retriever(clip)
 
