@@ -143,6 +143,13 @@ class Distributed:
         return bool(value.item())
 
 
+def close_distributed() -> None:
+    """Leave the process group, where this process joined one. A gloo group left to the interpreter's exit can
+    abort a rank after its work is done ("terminate called without an active exception", exit -6 under torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
     """Join the process group torchrun set up (env RANK/WORLD_SIZE), or run single-process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

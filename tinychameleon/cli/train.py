@@ -109,6 +109,7 @@ def command_train(args) -> int:
     trains that run first, in --out/<its preset>, unless --init-from names the run to continue; --resume resumes
     whichever stage was cut short, and the flags apply to every stage."""
     from ..config import STAGES
+    from ..device import close_distributed
     from ..training.run import train
 
     out = Path(args.out)
@@ -124,14 +125,17 @@ def command_train(args) -> int:
                                 vqvae_from=None if first else args.vqvae_from))
     prepare_output(out, lock=False)
     command = " ".join(["tinychameleon"] + [shlex.quote(word) for word in sys.argv[1:]])
-    for index, ((preset, run_dir), config) in enumerate(zip(stages, configs)):
-        if len(stages) > 1:
-            print(f"stage {index + 1} of {len(stages)}: --preset {preset} in {run_dir}", flush=True)
-        if index:   # continues the run the stage before it wrote
-            config = stage_config(preset, args, str(stages[index - 1][1]))
-        train(config, run_dir, resume=args.resume, vqvae_from=None if index else args.vqvae_from,
-              device_name=args.device, cache_dir=args.cache_dir, progress=not args.no_progress,
-              compile_model=args.compile, command=command)
+    try:
+        for index, ((preset, run_dir), config) in enumerate(zip(stages, configs)):
+            if len(stages) > 1:
+                print(f"stage {index + 1} of {len(stages)}: --preset {preset} in {run_dir}", flush=True)
+            if index:   # continues the run the stage before it wrote
+                config = stage_config(preset, args, str(stages[index - 1][1]))
+            train(config, run_dir, resume=args.resume, vqvae_from=None if index else args.vqvae_from,
+                  device_name=args.device, cache_dir=args.cache_dir, progress=not args.no_progress,
+                  compile_model=args.compile, command=command)
+    finally:
+        close_distributed()   # under torchrun; a plain run never joined a group
     if len(stages) > 1:
         record_stages(out, stages)
     return 0
