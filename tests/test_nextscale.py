@@ -35,6 +35,14 @@ def untrained():
     return config, tokenizer, model, Vocab.for_config(config)
 
 
+@pytest.fixture(scope="module")
+def checkerboard(untrained):
+    """The same with model.checkerboard: the finest scale drawn in two passes, one checkerboard colour first."""
+    torch.manual_seed(0)
+    config = make_config("tiny", vq={"kind": "scales", "codebook_size": 16}, model={"checkerboard": True})
+    return config, untrained[1], build_transformer(config).eval(), Vocab.for_config(config)
+
+
 def test_multi_scale_tokenizer_round_trips_and_scales_add_up(colored, untrained):
     _, tokenizer, _, _ = untrained
     images = torch.from_numpy(colored[1].images[:8])
@@ -97,8 +105,9 @@ def test_a_scale_never_sees_its_own_or_finer_tokens(untrained):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_cached_sampler_equals_uncached(untrained, guidance):
-    config, tokenizer, model, vocab = untrained
+@pytest.mark.parametrize("models", ["untrained", "checkerboard"])
+def test_cached_sampler_equals_uncached(models, guidance, request):
+    config, tokenizer, model, vocab = request.getfixturevalue(models)
     rules, words = ImageRules(vocab, tokenizer), torch.randint(0, 31, (5, 6))
     runs = [draw(model, tokenizer.shape, vocab, rules, words, 1.0, None, 0.9, guidance,
                  torch.Generator().manual_seed(3), use_cache=cache) for cache in (True, False)]
@@ -208,17 +217,54 @@ def test_cached_reading_equals_teacher_forced_argmax(untrained):
         previous = expected
 
 
-def test_drawing_loss_is_the_sampled_tokens_likelihood(untrained):
-    """The objective scores exactly what the sampler draws: greedy draws are each block's argmax."""
-    config, tokenizer, model, vocab = untrained
+@pytest.mark.parametrize("models", ["untrained", "checkerboard"])
+def test_drawing_loss_is_the_sampled_tokens_likelihood(models, request):
+    """The objective scores exactly what the sampler draws: greedy draws are each block's argmax (with the
+    checkerboard too, so teacher forcing gives the second half of the finest scale the inputs the sampler gives)."""
+    config, tokenizer, model, vocab = request.getfixturevalue(models)
     words = torch.randint(0, 31, (3, 6))
     ids = draw(model, tokenizer.shape, vocab, ImageRules(vocab, tokenizer), words, temperature=0.0)
     _, image_nll = drawing_nll(model, tokenizer.shape, vocab, words, ids)
     assert image_nll.shape == (3, 106)
     # Shape codes are each block's allowed argmax, so each has the lowest loss among codes at its slot.
-    latents = tokenizer.shape.quantizer.next_inputs(ids[:, 2:])
+    latents = model.layout.drawing_inputs(tokenizer.shape.quantizer, ids[:, 2:])
     logits = model.drawing_logits(captions(vocab, words), latents)[:, CAPTION + 3:, :tokenizer.color_offset]
-    assert torch.equal(logits.argmax(-1), ids[:, 3:])
+    assert torch.equal(logits.argmax(-1), ids[:, model.layout.order][:, 3:])
+
+
+def test_checkerboard_draws_the_finest_scale_in_two_halves_the_second_seeing_the_first(checkerboard, untrained):
+    """Blocks 3, 4, 9, 16, 25, then the finest scale's two checkerboard colours (25 + 24 cells: within a half no
+    two cells touch, and every neighbour of a second-half cell is in the first); the drawing order is a
+    permutation of the tokenizer's (the identity without the checkerboard); the second half's logits move when
+    the first half's codes change, the first half's do not, and nothing coarser moves."""
+    config, tokenizer, model, vocab = checkerboard
+    layout = model.layout
+    assert layout.block_sizes == [3, 4, 9, 16, 25, 25, 24] and layout.image_length == 106
+    assert torch.equal(layout.order.sort().values, torch.arange(106))
+    assert torch.equal(untrained[2].layout.order, torch.arange(106))
+    quantizer, codes = tokenizer.shape.quantizer, torch.randint(0, 16, (2, 104))
+    assert torch.equal(untrained[2].layout.drawing_inputs(quantizer, codes), quantizer.next_inputs(codes))
+    first, second = (set(cells.tolist()) for cells in layout.block_cells[-2:])
+
+    def neighbours(cell):
+        row, column = divmod(cell, 7)
+        return {r * 7 + c for r, c in ((row - 1, column), (row + 1, column), (row, column - 1), (row, column + 1))
+                if 0 <= r < 7 and 0 <= c < 7}
+
+    assert first | second == set(range(49)) and not first & second
+    assert all(not neighbours(cell) & first for cell in first) and all(neighbours(cell) <= first for cell in second)
+    words, ids = torch.randint(0, 31, (2, 6)), torch.randint(0, 16, (2, 106))
+    ids[:, :2] = tokenizer.color_offset + torch.tensor([3, 5])
+    finest = 106 - 49
+    changed = ids.clone()
+    changed[:, finest + layout.block_cells[-2]] = (ids[:, finest + layout.block_cells[-2]] + 1) % 16
+    a, b = (model.drawing_logits(captions(vocab, words),
+                                 layout.drawing_inputs(tokenizer.shape.quantizer, x[:, 2:]))[:, CAPTION:]
+            for x in (ids, changed))
+    assert torch.allclose(a[:, :106 - 24], b[:, :106 - 24], atol=1e-5)          # up to the first half: unchanged
+    assert not torch.allclose(a[:, 106 - 24:], b[:, 106 - 24:], atol=1e-3)      # the second half reads it
+    with pytest.raises(ValueError, match="checkerboard splits a next-scale model's finest scale"):
+        make_config("tiny", model={"checkerboard": True})
 
 
 def test_a_next_scale_run_trains_reloads_draws_reads_and_refuses_raster_tasks(scales_run, colored):

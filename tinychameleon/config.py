@@ -135,6 +135,9 @@ class ModelConfig:
                                   # Added in `best`'s second stage: likelihoods better (caption 0.118 -> 0.111
                                   # nats), reading and families within noise (BENCHMARKS.md, "Shape tokens
                                   # embedded by their pixels"); in `base` from the start: a caption 14 % likelier
+    checkerboard: bool = False    # next-scale only: the finest scale drawn in two passes, one checkerboard colour's
+                                  # cells, then the other's knowing them (nextscale.model.NextScaleLayout), so no two
+                                  # neighbouring codes are drawn blind to each other
     image_tokens: int = 0         # filled in: ids below this are image tokens
     digit_words: int = 0          # filled in: the id of the word "zero" (the nine other digit words follow it)
     image_length: int = 0         # filled in: tokens per image
@@ -345,6 +348,8 @@ class RunConfig:
         if self.vq.kind == "scales" and (self.train.documents or self.train.infill_rate or self.train.shifted_reading):
             raise ConfigError("a next-scale run (vq.kind scales) trains on pairs only: train.documents, "
                               "train.infill_rate and train.shifted_reading must be 0")
+        if self.model.checkerboard and self.vq.kind != "scales":
+            raise ConfigError("model.checkerboard splits a next-scale model's finest scale: it needs vq.kind scales")
         if self.vq.kind == "scales" and self.model.positions != "learned":
             raise ConfigError("a next-scale run (vq.kind scales) has learned scale and position embeddings: "
                               "model.positions must be learned")
@@ -419,7 +424,7 @@ PRESETS: dict[str, dict] = {
         "vq": {"kind": "scales", "codebook_size": 512, "hidden": 64, "code_dim": 32},
         "vq_train": {"epochs": 3, "batch_size": 128, "lr": 2e-3},
         "model": {"n_layer": 6, "n_head": 6, "d_model": 192},
-        "train": {"epochs": 3, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
+        "train": {"epochs": 5, "batch_size": 128, "lr": 1.5e-3, "warmup_steps": 300, "colorings": 10,
                   "precision": "auto", "patience": 2, "optimizer": "muon", "caption_loss_weight": 4.0},
     },
     # A few seconds end to end: for tests only.

@@ -235,6 +235,13 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).type_as(x)
 
 
+def dropped(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """dropout(x), without the module call where it is the identity (p = 0, every shipped config, or eval mode):
+    a module call costs microseconds, and a next-scale image makes 72 of them (torch's own dropout also returns x
+    untouched there, drawing no random numbers, so skipping it changes nothing)."""
+    return dropout(x) if dropout.p and dropout.training else x
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -243,7 +250,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        return dropped(self.dropout, self.down(F.gelu(self.up(x))))
 
 
 def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -319,8 +326,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, kv_cache=None, layer=0, mask=None, rotary=None):
-        x = x + self.dropout(self.attention(self.norm1(x), kv_cache, layer, mask, rotary))
+        x = x + dropped(self.dropout, self.attention(self.norm1(x), kv_cache, layer, mask, rotary))
         return x + self.mlp(self.norm2(x))
+
+
+def evaluating(model: nn.Module) -> nn.Module:
+    """model.eval(), unless it already is: eval() walks every submodule, and a request would pay that walk each
+    time (74 modules in the next-scale model, ~0.5 ms of a 25 ms request on a 2-core CPU)."""
+    return model.eval() if model.training else model
 
 
 def init_weights(model: nn.Module, n_layer: int) -> None:

@@ -54,10 +54,18 @@ class NextScaleTasks:
         return settings
 
     def _scale_temperatures(self, settings: SamplingConfig) -> list[float]:
-        """One temperature per block: `temperature` at the coarsest, times `fine_temperature` at the finest."""
-        blocks = len(self.model.layout.block_sizes)
-        return [settings.temperature * (1 + (settings.fine_temperature - 1) * block / (blocks - 1))
-                for block in range(blocks)]
+        """One temperature per block, by its scale: `temperature` at the coarsest, times `fine_temperature` at the
+        finest (both halves of a checkerboard's finest scale)."""
+        layout = self.model.layout
+        finest = len(layout.scales) - 1
+        return [settings.temperature * (1 + (settings.fine_temperature - 1) * scale / finest)
+                for scale in layout.block_scale]
+
+    def _guided_blocks(self, settings: SamplingConfig) -> int:
+        """guided_scales counts scales; the sampler counts blocks (a checkerboard's finest scale is two)."""
+        if not settings.guided_scales:
+            return 0
+        return sum(scale < settings.guided_scales for scale in self.model.layout.block_scale)
 
     @cached_property
     def _image_rules(self) -> sampler.ImageRules:
@@ -74,7 +82,7 @@ class NextScaleTasks:
             codes.append(sampler.draw(self.model, self.image_tokenizer.shape, self.vocab, self._image_rules,
                                       words[rows].to(self.device), self._scale_temperatures(settings), settings.top_k or None,
                                       settings.top_p, settings.guidance, generator, should_stop=self._expired,
-                                      masked=masked, guided_blocks=settings.guided_scales,
+                                      masked=masked, guided_blocks=self._guided_blocks(settings),
                                       greedy_above=settings.greedy_above))
         codes = torch.cat(codes)
         if candidates == 1:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .batching import batch_slices
 from .data.colored import DIGIT_WORDS, VALID_PAIRS, recolor
-from .model import KVCache, Transformer, next_token_log_probs
+from .model import KVCache, Transformer, evaluating, next_token_log_probs
 from .sequences import IMAGE_FIRST, TEXT_FIRST, build_sequences, target_kinds
 from .tokenizers.text import SLOTS
 from .tokenizers.vocab import WORDS, Vocab
@@ -37,7 +37,7 @@ DIGIT_WORD_IDS = [WORDS.index(word) for word in DIGIT_WORDS]
 @torch.no_grad()
 def token_log_probs(model: Transformer, sequences: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """(B, T) sequences -> (B, T - 1) log-probability the model gives each next token."""
-    model.eval()
+    evaluating(model)
     chunks = []
     for rows in batch_slices(len(sequences), batch_size):
         chunks.append(next_token_log_probs(model, sequences[rows]))
@@ -124,7 +124,7 @@ def caption_given_image_per_digit(model: Transformer, vocab: Vocab, word_ids: to
     before the digit word (54 of 57 predictions' context), so the prefix runs once per image through
     the KV cache and only the last three tokens run once per digit: about 7x less work.
     """
-    model.eval()
+    evaluating(model)
     digits = torch.tensor(DIGIT_WORD_IDS, device=word_ids.device) + vocab.word_offset
     D = len(digits)
     digit_position = vocab.image_first_words.start + DIGIT_SLOT                     # 54 for L = 49

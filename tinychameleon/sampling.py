@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .decode_graph import EagerStep, replays, static_cache
 from .device import DeviceTables
 from .errors import stop_if_expired
-from .model import KVCache, Transformer
+from .model import KVCache, Transformer, evaluating
 from .sequences import IMAGE_FIRST, TEXT_FIRST
 from .data.colored import ADJECTIVES, HUES, PALETTE
 from .tokenizers.text import SLOTS
@@ -201,7 +201,7 @@ def generate(model: Transformer, prefix: torch.Tensor, rules: ModalityRules, tem
     masked sequence without its caption). greedy_above: see keep_sure. static: see Stream (the default replays
     each step as a recorded CUDA graph on a GPU).
     """
-    model.eval()
+    evaluating(model)
     B, P = prefix.shape
     length = length or rules.vocab.plain_length
     sequences = torch.empty(B, length, dtype=torch.long, device=prefix.device)

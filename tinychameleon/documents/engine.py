@@ -19,7 +19,7 @@ import torch
 
 from ..errors import stop_if_expired
 from ..decode_graph import replays, static_cache
-from ..model import KVCache, Transformer, causal_mask
+from ..model import KVCache, Transformer, causal_mask, evaluating
 from ..sampling import filter_logits, guided_logits, keep_sure, pick
 from .grammar import DocumentGrammar
 
@@ -118,7 +118,7 @@ def decode(model: Transformer, grammar: DocumentGrammar, prompts: list[list[int]
     before every step; True abandons the work with DeadlineExceeded. use_cache=False re-reads every row
     whole at each step (the reference the cache is tested against). static: keep every row in one fixed-shape
     batch (`StaticReader`; default: on CUDA, where each step is then replayed as a recorded CUDA graph)."""
-    model.eval()
+    evaluating(model)
     device = next(model.parameters()).device
     B = len(prompts)
     streams = [prompts] + ([unconditional] if unconditional is not None else [])

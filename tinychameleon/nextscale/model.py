@@ -10,8 +10,9 @@ at once. Block 0's inputs are three learnt queries (the two colors and the 1x1 c
 are the sum of the coarser scales' codes, area-downsampled to scale k's grid (the tokenizer's
 `next_inputs`), so a block only carries what coarser scales said and may see itself: a token sees the
 caption, every coarser scale and its own block's inputs - never a token of its own scale. Six forward
-passes draw an image. Reading: the two color tokens and the finest latent (f1..f49), then the words
-causally, so the same model writes captions (image -> text) and scores them (reranking).
+passes draw an image; seven with `checkerboard` (ModelConfig), whose finest scale is two blocks, the second's
+inputs also carrying the first's codes (NextScaleLayout). Reading: the two color tokens and the finest latent
+(f1..f49), then the words causally, so the same model writes captions (image -> text) and scores them (reranking).
 
 Classifier-free guidance reads the caption replaced by <mask> tokens (dropped in training).
 `forward(ids)` on plain token ids reads captions alone (prompts with blanks use the raster sampler).
@@ -31,16 +32,39 @@ COLORS = 2
 
 
 class NextScaleLayout:
-    """Where everything sits in the two orders, from the scales alone."""
+    """Where everything sits in the two orders, from the scales alone.
 
-    def __init__(self, scales: tuple[int, ...]) -> None:
-        self.scales = tuple(scales)
-        # Block 0 holds the two colors and the 1x1 scale: all three are drawn from the caption alone.
-        self.block_sizes = [COLORS + scales[0] ** 2] + [side * side for side in scales[1:]]
+    checkerboard=True draws the finest scale in two blocks, the cells of one checkerboard colour, then the other's
+    (the checkerboard context of He et al. 2021): every pair of neighbouring finest codes then has one drawn knowing
+    the other, where otherwise all 49 are drawn independently given the coarser scales. The drawing order holds the
+    image's tokens in block order; `order` maps it to the tokenizer's (raster within each scale)."""
+
+    def __init__(self, scales: tuple[int, ...], checkerboard: bool = False) -> None:
+        self.scales, self.checkerboard = tuple(scales), checkerboard
+        finest = scales[-1]
+        cells = torch.arange(finest * finest)
+        parity = (cells // finest + cells % finest) % 2
+        # Each block's scale and its cells of that scale (raster order); block 0 also holds the two colors.
+        self.block_cells = [torch.arange(side * side) for side in scales]
+        self.block_scale = list(range(len(scales)))
+        if checkerboard:
+            self.block_cells[-1:] = [cells[parity == 0], cells[parity == 1]]
+            self.block_scale.append(len(scales) - 1)
+        self.block_sizes = [COLORS + len(self.block_cells[0])] + [len(cells) for cells in self.block_cells[1:]]
         self.image_length = sum(self.block_sizes)                                   # 106
         self.drawing_length = CAPTION + self.image_length                           # 115
-        self.finest = scales[-1] ** 2                                               # 49
+        self.finest = finest * finest                                               # 49
         self.reading_length = 2 + COLORS + self.finest + 1 + TEXT_LENGTH             # 60
+        scale_starts = [COLORS + sum(side * side for side in scales[:k]) for k in range(len(scales))]
+        self.order = torch.cat([torch.arange(COLORS)] + [scale_starts[scale] + cells for scale, cells in
+                                                          zip(self.block_scale, self.block_cells)])  # (106,)
+        # Each block's image positions, tokenizer order: a slice where they run in order (indexing by a slice
+        # copies nothing, and a request indexes six blocks three times each).
+        self.block_positions = []
+        for start, size in zip(self.block_starts(), self.block_sizes):
+            positions = self.order[start - CAPTION:start - CAPTION + size]
+            in_order = bool((positions == torch.arange(positions[0], positions[0] + size)).all())
+            self.block_positions.append(slice(int(positions[0]), int(positions[0]) + size) if in_order else positions)
 
     def block_starts(self) -> list[int]:
         """Position of each block's first token in the drawing order."""
@@ -54,19 +78,50 @@ class NextScaleLayout:
             group[start:start + size] = CAPTION + index           # one group per block
         return group[None, :] <= group[:, None]
 
+    def block_input(self, quantizer, f_hat: torch.Tensor, codes: torch.Tensor, block: int) -> tuple:
+        """The inputs of drawing block `block` + 1 once `block` is drawn: f_hat (B, C, 7, 7), the sum of the scales
+        finished before `block`'s, and codes (B, s*s) of `block`'s scale so far -> ((B, n, code_dim) inputs, the
+        new f_hat). A finished scale joins f_hat; a scale still being drawn lends its drawn cells (`upsampled`'s
+        keep) to the next block of the same scale."""
+        scale, following = self.block_scale[block], self.block_scale[block + 1]
+        side = self.scales[-1]
+        if following != scale:
+            f_hat = f_hat + quantizer.upsampled(scale, codes, side)
+            partial = f_hat
+        else:
+            drawn = torch.zeros(codes.shape[1], dtype=torch.bool, device=codes.device)
+            blocks = range(block + 1)
+            drawn[torch.cat([self.block_cells[k] for k in blocks if self.block_scale[k] == scale])] = True
+            partial = f_hat + quantizer.upsampled(scale, codes, side, keep=drawn)
+        inputs = quantizer.input_at(partial, following)                              # (B, s*s, code_dim)
+        cells = self.block_cells[block + 1]
+        if len(cells) < inputs.shape[1]:                                             # a part of its scale
+            inputs = inputs[:, cells.to(inputs.device)]
+        return inputs, f_hat
+
+    def drawing_inputs(self, quantizer, shape_codes: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: (B, 104) shape codes, tokenizer order -> (B, 103, code_dim) the inputs of every block
+        after block 0, in the drawing order: `block_input` block by block, as the sampler builds them (without
+        the checkerboard, the tokenizer's `next_inputs`)."""
+        scales, inputs, f_hat = quantizer.split(shape_codes), [], 0
+        for block in range(len(self.block_sizes) - 1):
+            block_inputs, f_hat = self.block_input(quantizer, f_hat, scales[self.block_scale[block]], block)
+            inputs.append(block_inputs)
+        return torch.cat(inputs, dim=1)
+
 
 class NextScaleTransformer(nn.Module):
     """Token, position, scale and latent embeddings into `model.Block`s; the same head over the joint vocabulary."""
 
     def __init__(self, config: ModelConfig, scales: tuple[int, ...], code_dim: int) -> None:
         super().__init__()
-        self.config, self.layout = config, NextScaleLayout(scales)
+        self.config, self.layout = config, NextScaleLayout(scales, config.checkerboard)
         C = config.d_model
         self.token_embedding = nn.Embedding(config.vocab_size, C)
         self.position_embedding = nn.Embedding(config.block_size, C)
         self.queries = nn.Parameter(torch.randn(self.layout.block_sizes[0], C) * 0.02)   # block 0's inputs
         self.latent_projection = nn.Linear(code_dim, C)                              # a scale's input vectors
-        self.scale_embedding = nn.Embedding(len(scales) + 1, C)                     # + 1: the latent read
+        self.scale_embedding = nn.Embedding(len(self.layout.block_sizes) + 1, C)    # + 1: the latent read
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(C)
         self.head = nn.Linear(C, config.vocab_size, bias=False)

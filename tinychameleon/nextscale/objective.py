@@ -37,14 +37,15 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def drawing_nll(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.Tensor, image_ids: torch.Tensor,
                 masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The drawing order: -log p of the caption's words (B, 6) and of the image's tokens (B, 106) given it.
+    """The drawing order: -log p of the caption's words (B, 6) and of the image's tokens (B, 106, in the drawing
+    order's: layout.order) given it.
     `coder` is the tokenizer's multi-scale shape coder: image_ids[:, 2:] are its codes."""
     ids = captions(vocab, words, masked)
     with torch.no_grad():   # the tokenizer is frozen in stage 2
-        latents = coder.quantizer.next_inputs(image_ids[:, 2:])
+        latents = model.layout.drawing_inputs(coder.quantizer, image_ids[:, 2:])
     logits = model.drawing_logits(ids, latents)
     word_nll = token_nll(logits[:, 1:1 + words.shape[1]], ids[:, 2:2 + words.shape[1]])
-    return word_nll, token_nll(logits[:, CAPTION:], image_ids.long())
+    return word_nll, token_nll(logits[:, CAPTION:], image_ids[:, model.layout.order.to(image_ids.device)].long())
 
 
 def reading_nll(model: NextScaleTransformer, coder, vocab: Vocab, words: torch.Tensor, image_ids: torch.Tensor

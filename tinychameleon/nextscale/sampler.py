@@ -20,12 +20,11 @@ from ..batching import batch_slices
 from ..decode_graph import captured_passes, replays
 from ..device import DeviceTables
 from ..errors import stop_if_expired
-from ..model import KVCache
+from ..model import KVCache, evaluating
 from ..reranking import DIGIT_SLOT, DIGIT_WORD_IDS, choose_digits, with_digits
 from ..sampling import ModalityRules, filter_logits, guided_logits, keep_sure, pick
 from ..sequences import IMAGE_FIRST
 from ..tokenizers.vocab import TEXT_LENGTH, Vocab
-from ..tokenizers.vqvae import GRID
 from .model import CAPTION, COLORS, NextScaleTransformer
 from .objective import captions as caption_ids
 from .objective import drawing_nll, reading_head
@@ -54,7 +53,7 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
     unconditional stream itself). guided_blocks=N > 0 guides the N coarsest blocks only: then the
     unconditional stream leaves the batch, so the finer blocks (most of the tokens) cost half. greedy_above:
     a token the caption-conditioned stream alone is this sure of is taken as it stands (sampling.keep_sure)."""
-    model.eval()
+    evaluating(model)
     B, device, layout = len(words), words.device, model.layout
     streams = caption_ids(vocab, words, torch.full((B,), masked, dtype=torch.bool))
     if guidance != 1.0:   # both streams in one batch: one forward per scale reads the weights once for both
@@ -71,7 +70,7 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
     if use_cache and replays(device) and not shrinks:
         passes = captured_passes(model, R, new_cache)
     cache = passes.cache if passes else (new_cache() if use_cache else None)
-    image = torch.empty(B, layout.image_length, dtype=torch.long, device=device)
+    image = torch.zeros(B, layout.image_length, dtype=torch.long, device=device)   # undrawn codes: 0, never read
     latents, f_hat = [], 0
     for block in range(len(sizes)):
         stop_if_expired(should_stop, "sampling")
@@ -90,11 +89,12 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
         conditional = logits[:B]
         if R > B:                                                                 # the two guidance streams
             logits = guided_logits(logits[:B], logits[B:], guidance)
-        slots = slice(starts[block] - CAPTION, stop - CAPTION)
+        positions = layout.block_positions[block]
+        positions = positions if isinstance(positions, slice) else positions.to(device)
         heat = temperature[block] if isinstance(temperature, (list, tuple)) else temperature
-        tokens = sample_block(logits, rules, slots, heat, top_k, top_p, generator, first=block == 0,
+        tokens = sample_block(logits, rules, positions, heat, top_k, top_p, generator, first=block == 0,
                               conditional=conditional, greedy_above=greedy_above)
-        image[:, slots] = tokens
+        image[:, positions] = tokens
         if block == len(sizes) - 1:
             break
         if R > B and block + 1 == guided_blocks:      # the coarse scales are set: the rest follow the caption alone
@@ -102,19 +102,21 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
             if cache is not None:
                 cache.keys, cache.values = cache.keys[:, :B], cache.values[:, :B]
             streams, latents = streams[:B], [latent[:B] for latent in latents]
-        codes = tokens[:, COLORS:] if block == 0 else tokens
-        f_hat = f_hat + coder.quantizer.upsampled(block, codes, GRID)
-        latents.append(coder.quantizer.input_at(f_hat, block + 1).repeat(R // B, 1, 1))
+        scale = layout.block_scale[block]
+        codes = coder.quantizer.split(image[:, COLORS:])[scale]                     # (B, s*s) this scale so far
+        inputs, f_hat = layout.block_input(coder.quantizer, f_hat, codes, block)
+        latents.append(inputs.repeat(R // B, 1, 1))
     return image
 
 
-def sample_block(logits: torch.Tensor, rules: ImageRules, slots: slice, temperature: float, top_k, top_p: float,
-                 generator, first: bool, conditional: torch.Tensor, greedy_above: float = 1.0) -> torch.Tensor:
-    """(B, n, V) logits of one block -> (B, n) ids. In block 0 the slots go one after another, so the
-    background is drawn among the partners of the drawn foreground; every other block is drawn at once.
-    conditional (B, n, V): the unguided logits keep_sure reads (the same as `logits` without guidance)."""
+def sample_block(logits: torch.Tensor, rules: ImageRules, positions: slice | torch.Tensor, temperature: float, top_k,
+                 top_p: float, generator, first: bool, conditional: torch.Tensor, greedy_above: float = 1.0
+                 ) -> torch.Tensor:
+    """(B, n, V) logits of one block at (n,) image positions -> (B, n) ids. In block 0 the slots go one after
+    another, so the background is drawn among the partners of the drawn foreground; every other block is drawn at
+    once. conditional (B, n, V): the unguided logits keep_sure reads (the same as `logits` without guidance)."""
     B, n, V = logits.shape
-    allowed = rules.allowed.to(logits.device)[slots]                                 # (n, V)
+    allowed = rules.allowed.to(logits.device)[positions]                             # (n, V)
     if not first:
         mask = allowed.repeat(B, 1)                                                 # (B * n, V)
         flat = filter_logits(logits.reshape(B * n, V), mask, temperature, top_k, top_p)
@@ -136,7 +138,7 @@ def read(model: NextScaleTransformer, coder, vocab: Vocab, rules: ModalityRules,
          temperature: float = 0.0, top_k: int | None = None, top_p: float = 1.0,
          generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, 106) image ids -> (B, 6) caption word ids 0..30, one word per pass with a KV cache."""
-    model.eval()
+    evaluating(model)
     B, device = len(image_ids), image_ids.device
     cache = KVCache(model.config, B, max_length=model.layout.reading_length, device=device)
     token = torch.full((B, 1), vocab.end_of_image, dtype=torch.long, device=device)
@@ -163,7 +165,7 @@ def rerank_digits(model: NextScaleTransformer, coder, vocab: Vocab, words: torch
     costly one: 115 positions each), and `second_reader` maps those candidates (B, m, 6) to scores (B, m) added on
     top (CLIP's, caption_clip_weight). `views` are more (word ids, image ids) readings of the same images
     (recolored, shifted copies with their own color words); their scores are added to the image's own."""
-    model.eval()
+    evaluating(model)
     B = len(words)
     readings = [(words, image_ids), *views]
     reading = sum(torch.cat([reading_per_digit(model, coder, vocab, view_words[rows], view_ids[rows])
@@ -189,7 +191,7 @@ def reading_per_digit(model: NextScaleTransformer, coder, vocab: Vocab, words: t
     order's NLL (objective.reading_nll) of each digit's caption, but the reading up to the digit word (the image
     and the words before it, 55 of 60 positions) runs once per image through the KV cache, and only the digit
     and the words after it once per digit."""
-    model.eval()
+    evaluating(model)
     B, D = len(words), len(DIGIT_WORD_IDS)
     targets = words.long() + vocab.word_offset                                             # (B, 6) vocabulary ids
     digits = torch.tensor(DIGIT_WORD_IDS, device=words.device) + vocab.word_offset          # (10,)

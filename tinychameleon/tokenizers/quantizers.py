@@ -212,10 +212,16 @@ class MultiScaleQuantizer(nn.Module):
     def tokens(self) -> int:
         return sum(s * s for s in self.scales)
 
-    def upsampled(self, scale: int, indices: torch.Tensor, size: int) -> torch.Tensor:
-        """(B, s*s) codes of scale number `scale` -> (B, C, size, size): their vectors, upsampled and refined."""
+    def upsampled(self, scale: int, indices: torch.Tensor, size: int, keep: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """(B, s*s) codes of scale number `scale` -> (B, C, size, size): their vectors, upsampled and refined.
+        keep (s*s,) booleans: only those cells' codes count, the others are zero vectors (a scale drawn in parts:
+        what its first part says about the rest, spread by the refining conv)."""
         side = self.scales[scale]
-        vectors = self.book.codebook[indices.long()].view(-1, side, side, self.dim).permute(0, 3, 1, 2)
+        vectors = self.book.codebook[indices.long()]                                   # (B, s*s, C)
+        if keep is not None:
+            vectors = vectors * keep[:, None].to(vectors.dtype)
+        vectors = vectors.view(-1, side, side, self.dim).permute(0, 3, 1, 2)
         if side != size:
             vectors = F.interpolate(vectors, size=(size, size), mode="bicubic", align_corners=False)
         return 0.5 * vectors + 0.5 * self.refine[scale](vectors)
