@@ -398,3 +398,21 @@ def test_caption_views_add_their_digit_scores(untrained, scales_run, colored):
     expected = rerank_digits(pipe.model, pipe.image_tokenizer.shape, pipe.vocab, plain,
                              pipe.image_tokenizer.encode(torch.from_numpy(images)), views=views)
     assert pipe.caption(images, rerank_captions=True, caption_views=3) == [pipe.tokenizer.decode(r) for r in expected]
+
+
+def test_scale_settings_count_scales_on_a_checkerboard(checkerboard, untrained):
+    """guided_scales and fine_temperature name scales: both halves of a checkerboard's finest scale are guided and
+    cooled as the finest; without the checkerboard a scale is a block."""
+    from types import SimpleNamespace
+
+    from tinychameleon.config import SamplingConfig
+    from tinychameleon.pipeline_scales import NextScaleTasks
+
+    settings = SamplingConfig(temperature=1.0, fine_temperature=0.5)
+    split, plain = (SimpleNamespace(model=fixture[2]) for fixture in (checkerboard, untrained))
+    assert NextScaleTasks._scale_temperatures(split, settings) == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5])
+    assert NextScaleTasks._scale_temperatures(plain, settings) == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    for guided, blocks_split, blocks_plain in ((0, 0, 0), (3, 3, 3), (5, 5, 5), (6, 7, 6)):
+        chosen = SamplingConfig(guided_scales=guided)
+        assert NextScaleTasks._guided_blocks(split, chosen) == blocks_split
+        assert NextScaleTasks._guided_blocks(plain, chosen) == blocks_plain
