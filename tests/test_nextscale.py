@@ -96,7 +96,7 @@ def test_a_scale_never_sees_its_own_or_finer_tokens(untrained):
     for k in range(1, len(SIDES)):
         changed = ids.clone()
         changed[:, starts[k]:] = torch.randint(0, 16, (2, 106 - starts[k]))
-        latents = [tokenizer.shape.quantizer.next_inputs(x[:, 2:]) for x in (ids, changed)]
+        latents = [model.layout.drawing_inputs(tokenizer.shape.quantizer, x[:, 2:]) for x in (ids, changed)]
         a, b = (model.drawing_logits(captions(vocab, words), x)[:, CAPTION:] for x in latents)
         stop = starts[k + 1] if k + 1 < len(starts) else 106
         assert torch.allclose(a[:, :stop], b[:, :stop], atol=1e-5)     # block k predicts from coarser codes only
@@ -243,7 +243,11 @@ def test_checkerboard_draws_the_finest_scale_in_two_halves_the_second_seeing_the
     assert torch.equal(layout.order.sort().values, torch.arange(106))
     assert torch.equal(untrained[2].layout.order, torch.arange(106))
     quantizer, codes = tokenizer.shape.quantizer, torch.randint(0, 16, (2, 104))
-    assert torch.equal(untrained[2].layout.drawing_inputs(quantizer, codes), quantizer.next_inputs(codes))
+    # Without it, scale k's inputs are the coarser scales' upsampled codes summed, area-downsampled to its grid.
+    parts = quantizer.split(codes)
+    coarser = [sum(quantizer.upsampled(j, parts[j], 7) for j in range(k)) for k in range(1, len(parts))]
+    plain = torch.cat([quantizer.input_at(f_hat, k + 1) for k, f_hat in enumerate(coarser)], dim=1)
+    assert torch.equal(untrained[2].layout.drawing_inputs(quantizer, codes), plain)
     first, second = (set(cells.tolist()) for cells in layout.block_cells[-2:])
 
     def neighbours(cell):

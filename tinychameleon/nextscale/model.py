@@ -7,9 +7,9 @@ Two orders, like the raster model's, over a "scales" image tokenizer (tokenizers
 
 Drawing: the caption is read causally; then each *block* of image positions predicts its own tokens
 at once. Block 0's inputs are three learnt queries (the two colors and the 1x1 code); block k's inputs
-are the sum of the coarser scales' codes, area-downsampled to scale k's grid (the tokenizer's
-`next_inputs`), so a block only carries what coarser scales said and may see itself: a token sees the
-caption, every coarser scale and its own block's inputs - never a token of its own scale. Six forward
+are the sum of the coarser scales' codes, area-downsampled to scale k's grid (`NextScaleLayout.drawing_inputs`,
+with the tokenizer's quantizer), so a block only carries what coarser scales said and may see itself: a token
+sees the caption, every coarser scale and its own block's inputs - never a token of its own scale. Six forward
 passes draw an image; seven with `checkerboard` (ModelConfig), whose finest scale is two blocks, the second's
 inputs also carrying the first's codes (NextScaleLayout). Reading: the two color tokens and the finest latent
 (f1..f49), then the words causally, so the same model writes captions (image -> text) and scores them (reranking).
@@ -51,6 +51,15 @@ class NextScaleLayout:
             self.block_cells[-1:] = [cells[parity == 0], cells[parity == 1]]
             self.block_scale.append(len(scales) - 1)
         self.block_sizes = [COLORS + len(self.block_cells[0])] + [len(cells) for cells in self.block_cells[1:]]
+        # Once block k is drawn, the cells of its scale drawn so far, where block k + 1 continues that scale (what
+        # block_input lends it); None where block k finishes its scale.
+        self.drawn_cells = []
+        for block, scale in enumerate(self.block_scale[:-1]):
+            drawn = None
+            if self.block_scale[block + 1] == scale:
+                drawn = torch.zeros(scales[scale] ** 2, dtype=torch.bool)
+                drawn[torch.cat([self.block_cells[k] for k in range(block + 1) if self.block_scale[k] == scale])] = True
+            self.drawn_cells.append(drawn)
         self.image_length = sum(self.block_sizes)                                   # 106
         self.drawing_length = CAPTION + self.image_length                           # 115
         self.finest = finest * finest                                               # 49
@@ -83,17 +92,13 @@ class NextScaleLayout:
         finished before `block`'s, and codes (B, s*s) of `block`'s scale so far -> ((B, n, code_dim) inputs, the
         new f_hat). A finished scale joins f_hat; a scale still being drawn lends its drawn cells (`upsampled`'s
         keep) to the next block of the same scale."""
-        scale, following = self.block_scale[block], self.block_scale[block + 1]
-        side = self.scales[-1]
-        if following != scale:
+        scale, drawn, side = self.block_scale[block], self.drawn_cells[block], self.scales[-1]
+        if drawn is None:
             f_hat = f_hat + quantizer.upsampled(scale, codes, side)
             partial = f_hat
         else:
-            drawn = torch.zeros(codes.shape[1], dtype=torch.bool, device=codes.device)
-            blocks = range(block + 1)
-            drawn[torch.cat([self.block_cells[k] for k in blocks if self.block_scale[k] == scale])] = True
-            partial = f_hat + quantizer.upsampled(scale, codes, side, keep=drawn)
-        inputs = quantizer.input_at(partial, following)                              # (B, s*s, code_dim)
+            partial = f_hat + quantizer.upsampled(scale, codes, side, keep=drawn.to(codes.device))
+        inputs = quantizer.input_at(partial, self.block_scale[block + 1])           # (B, s*s, code_dim)
         cells = self.block_cells[block + 1]
         if len(cells) < inputs.shape[1]:                                             # a part of its scale
             inputs = inputs[:, cells.to(inputs.device)]
@@ -101,8 +106,7 @@ class NextScaleLayout:
 
     def drawing_inputs(self, quantizer, shape_codes: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B, 104) shape codes, tokenizer order -> (B, 103, code_dim) the inputs of every block
-        after block 0, in the drawing order: `block_input` block by block, as the sampler builds them (without
-        the checkerboard, the tokenizer's `next_inputs`)."""
+        after block 0, in the drawing order: `block_input` block by block, as the sampler builds them."""
         scales, inputs, f_hat = quantizer.split(shape_codes), [], 0
         for block in range(len(self.block_sizes) - 1):
             block_inputs, f_hat = self.block_input(quantizer, f_hat, scales[self.block_scale[block]], block)

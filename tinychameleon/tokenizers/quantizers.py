@@ -257,15 +257,6 @@ class MultiScaleQuantizer(nn.Module):
         """(B, tokens) -> one (B, s*s) tensor per scale."""
         return list(indices.split([s * s for s in self.scales], dim=1))
 
-    def next_inputs(self, indices: torch.Tensor, size: int = 7) -> torch.Tensor:
-        """(B, tokens) -> (B, tokens - 1, C): the input of every scale after the first (teacher forcing):
-        the sum of the coarser scales' codes, area-downsampled to that scale's grid, in raster order."""
-        inputs, f_hat = [], 0
-        for scale, part in enumerate(self.split(indices)[:-1]):
-            f_hat = f_hat + self.upsampled(scale, part, size)
-            inputs.append(self.input_at(f_hat, scale + 1))
-        return torch.cat(inputs, dim=1)
-
     def input_at(self, f_hat: torch.Tensor, scale: int) -> torch.Tensor:
         """(B, C, 7, 7) partial sum -> (B, s*s, C) the input of scale number `scale`."""
         side = self.scales[scale]
