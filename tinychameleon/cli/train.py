@@ -109,7 +109,7 @@ def command_train(args) -> int:
     trains that run first, in --out/<its preset>, unless --init-from names the run to continue; --resume resumes
     whichever stage was cut short, and the flags apply to every stage."""
     from ..config import STAGES
-    from ..device import close_distributed
+    from ..device import close_distributed, exit_without_teardown
     from ..training.run import train
 
     out = Path(args.out)
@@ -125,6 +125,7 @@ def command_train(args) -> int:
                                 vqvae_from=None if first else args.vqvae_from))
     prepare_output(out, lock=False)
     command = " ".join(["tinychameleon"] + [shlex.quote(word) for word in sys.argv[1:]])
+    left_group = False
     try:
         for index, ((preset, run_dir), config) in enumerate(zip(stages, configs)):
             if len(stages) > 1:
@@ -135,9 +136,11 @@ def command_train(args) -> int:
                   device_name=args.device, cache_dir=args.cache_dir, progress=not args.no_progress,
                   compile_model=args.compile, command=command)
     finally:
-        close_distributed()   # under torchrun; a plain run never joined a group
+        left_group = close_distributed()   # under torchrun; a plain run never joined a group
     if len(stages) > 1:
         record_stages(out, stages)
+    if left_group:
+        exit_without_teardown(0)
     return 0
 
 
