@@ -89,6 +89,9 @@ def test_block_causal_mask_sees_exactly_the_caption_and_coarser_scales():
 def test_a_scale_never_sees_its_own_or_finer_tokens(untrained):
     """Changing the tokens of scale k and finer leaves the logits of every block up to k unchanged."""
     config, tokenizer, model, vocab = untrained
+    # The sampler's additive bias is the mask: 0 where a query sees a key, -inf elsewhere.
+    assert torch.equal(model.attention_bias == 0, model.mask)
+    assert torch.isinf(model.attention_bias[~model.mask]).all() and (model.attention_bias[~model.mask] < 0).all()
     words = torch.randint(0, 31, (2, 6))
     ids = torch.randint(0, 16, (2, 106))
     ids[:, :2] = tokenizer.color_offset + torch.tensor([3, 5])

@@ -5,7 +5,7 @@ import tinychameleon.pairs as pairs_module
 from tinychameleon.config import ModelConfig
 from tinychameleon.data.colored import parse_caption
 from tinychameleon.model import Transformer
-from tinychameleon.sampling import ModalityRules, generate, keep_sure
+from tinychameleon.sampling import ModalityRules, filter_logits, generate, invert_cdf, keep_sure, pick
 from tinychameleon.sequences import (IMAGE_FIRST, TEXT_FIRST, build_sequences, image_prefix, split_sequences,
                                      text_prefix)
 from tinychameleon.tokenizers.text import SLOTS, WordTokenizer
@@ -96,6 +96,30 @@ def test_length_stops_early_with_the_same_tokens(model):
     full = generate(model, prefix, rules, generator=torch.Generator().manual_seed(3))
     head = generate(model, prefix, rules, generator=torch.Generator().manual_seed(3), length=9)
     assert head.shape == (6, 9) and torch.equal(head, full[:, :9])
+
+
+def test_the_inverse_cdf_draw_has_the_softmax_distribution():
+    """pick(inverse_cdf=True) draws each allowed token as often as its probability (200k draws, a fixed seed: the
+    largest gap is ~3 standard errors at most), never a masked one, and with the same tokens as multinomial's
+    argmax at temperature 0."""
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, 3.0, 0.0]])
+    allowed = torch.tensor([[True, True, True, False, True, False]])
+    filtered = filter_logits(logits, allowed, 1.0, None).expand(200_000, -1)
+    tokens = pick(filtered, 1.0, torch.Generator().manual_seed(0), inverse_cdf=True)
+    frequencies = torch.bincount(tokens, minlength=6).double() / len(tokens)
+    expected = torch.softmax(filtered[0].double(), dim=0)
+    assert frequencies[~allowed[0]].sum() == 0
+    assert (frequencies - expected).abs().max() < 3 * (expected * (1 - expected) / len(tokens)).sqrt().max()
+    # The draw is not the exponential one: other tokens for the same seed, the same distribution.
+    plain = pick(filtered[:1000], 1.0, torch.Generator().manual_seed(0))
+    assert not torch.equal(plain, tokens[:1000])
+    assert torch.equal(pick(filtered[:3], 0.0, None, inverse_cdf=True), torch.full((3,), 4))
+
+
+def test_invert_cdf_takes_the_first_token_past_the_uniform_and_never_a_zero():
+    probabilities = torch.tensor([[0.0, 0.25, 0.0, 0.5, 0.25, 0.0]]).expand(5, -1)
+    uniforms = torch.tensor([[0.0], [0.2499], [0.25], [0.7501], [1.0]])     # 1.0: where rounding takes x total
+    assert invert_cdf(probabilities, uniforms).tolist() == [1, 1, 3, 4, 4]
 
 
 def test_top_p_keeps_the_smallest_set_with_enough_mass():

@@ -172,11 +172,31 @@ def keep_sure(token: torch.Tensor, conditional: torch.Tensor, allowed: torch.Ten
     return torch.where(sure > greedy_above, likeliest, token)
 
 
-def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None, inverse_cdf: bool = False
+         ) -> torch.Tensor:
+    """(B, V) filtered logits -> (B,) tokens: the argmax at temperature <= 0, else one draw from their softmax.
+
+    inverse_cdf=True draws with one uniform number per row (`invert_cdf`), where torch.multinomial draws one
+    exponential number per vocabulary entry: a 49-token block of the next-scale sampler costs 0.1 ms instead of
+    0.6 on the 2-core CPU. Both draw from the same distribution, but not the same tokens for a seed, so the raster
+    sampler (one token a row per step, where the draw costs little) keeps multinomial and its seeded outputs."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probabilities = F.softmax(logits, dim=-1)
+    if inverse_cdf:
+        uniforms = torch.rand(len(probabilities), 1, generator=generator, device=probabilities.device)
+        return invert_cdf(probabilities, uniforms)
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+
+
+def invert_cdf(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities, (B, 1) uniform numbers in [0, 1) -> (B,) the first token whose cumulative
+    probability exceeds uniform x total: token i with probability p_i / total. Never a token of probability 0:
+    where rounding makes uniform x total reach the total, the last token with any probability is taken."""
+    cumulative = probabilities.cumsum(dim=-1)                                          # (B, V), nondecreasing
+    tokens = torch.searchsorted(cumulative, uniforms * cumulative[:, -1:], right=True)   # (B, 1)
+    last = cumulative.argmax(dim=-1, keepdim=True)      # where the total is first reached: the last with mass
+    return torch.minimum(tokens, last).squeeze(1)
 
 
 @torch.no_grad()

@@ -133,6 +133,10 @@ class NextScaleTransformer(nn.Module):
         scale_of = torch.cat([torch.full((size,), k) for k, size in enumerate(self.layout.block_sizes)])
         self.register_buffer("scale_of", scale_of, persistent=False)                # (106,) block of each slot
         self.register_buffer("mask", self.layout.drawing_mask(), persistent=False)
+        # The same mask as an additive bias (0 where a query sees a key, -inf elsewhere), what the sampler passes:
+        # attention would otherwise turn the booleans into this in every layer of every pass (the same numbers).
+        bias = torch.zeros(self.mask.shape).masked_fill(~self.mask, float("-inf"))
+        self.register_buffer("attention_bias", bias, persistent=False)
 
     # -- embeddings ------------------------------------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -165,8 +169,8 @@ class NextScaleTransformer(nn.Module):
     # -- the network -----------------------------------------------------------------------------
     def run(self, x: torch.Tensor, mask: torch.Tensor | None, kv_cache: KVCache | None = None, last: int = 0
             ) -> torch.Tensor:
-        """(B, T, C) inputs, mask (T, S) booleans (None: causal) -> (B, T, vocab) logits; last > 0: only the last
-        `last` positions', (B, last, vocab)."""
+        """(B, T, C) inputs, mask (T, S) booleans or their additive bias (`attention_bias`; None: causal)
+        -> (B, T, vocab) logits; last > 0: only the last `last` positions', (B, last, vocab)."""
         if mask is None:
             past = 0 if kv_cache is None else kv_cache.position
             mask = causal_mask(x.shape[1], past, x.device)

@@ -78,13 +78,13 @@ def draw(model: NextScaleTransformer, coder, vocab: Vocab, rules: ImageRules, wo
         new = model.embed_blocks(block, 1, latents[-1] if block else None, R)
         if cache is not None:   # only this block runs; the caption and coarser blocks are in the cache
             x = torch.cat([model.embed_tokens(streams), new], dim=1) if block == 0 else new
-            mask = model.mask[stop - x.shape[1]:stop, :stop]
+            mask = model.attention_bias[stop - x.shape[1]:stop, :stop]
             logits = passes.run(block, x, mask) if passes else model.run(x, mask, cache)
         else:                   # the reference: re-read everything so far
             earlier = model.embed_blocks(0, block, torch.cat(latents[:-1], 1) if block > 1 else None, R) \
                 if block else None
             x = torch.cat([model.embed_tokens(streams)] + ([earlier] if block else []) + [new], dim=1)
-            logits = model.run(x, model.mask[:stop, :stop])
+            logits = model.run(x, model.attention_bias[:stop, :stop])
         logits = logits[:, -sizes[block]:]                                         # (R, n, V)
         conditional = logits[:B]
         if R > B:                                                                 # the two guidance streams
@@ -114,20 +114,22 @@ def sample_block(logits: torch.Tensor, rules: ImageRules, positions: slice | tor
                  ) -> torch.Tensor:
     """(B, n, V) logits of one block at (n,) image positions -> (B, n) ids. In block 0 the slots go one after
     another, so the background is drawn among the partners of the drawn foreground; every other block is drawn at
-    once. conditional (B, n, V): the unguided logits keep_sure reads (the same as `logits` without guidance)."""
+    once. conditional (B, n, V): the unguided logits keep_sure reads (the same as `logits` without guidance).
+    Tokens are drawn by inverting the CDF (sampling.pick): one random number per token, not one per vocabulary id."""
     B, n, V = logits.shape
     allowed = rules.allowed.to(logits.device)[positions]                             # (n, V)
     if not first:
         mask = allowed.repeat(B, 1)                                                 # (B * n, V)
         flat = filter_logits(logits.reshape(B * n, V), mask, temperature, top_k, top_p)
-        tokens = pick(flat, temperature, generator)
+        tokens = pick(flat, temperature, generator, inverse_cdf=True)
         return keep_sure(tokens, conditional.reshape(B * n, V), mask, greedy_above).view(B, n)
     tokens, previous = [], None
     for slot in range(n):
         mask = allowed[slot].expand(B, V)
         if previous is not None:
             mask = mask & rules.follows.to(logits.device)[previous]
-        previous = pick(filter_logits(logits[:, slot], mask, temperature, top_k, top_p), temperature, generator)
+        previous = pick(filter_logits(logits[:, slot], mask, temperature, top_k, top_p), temperature, generator,
+                        inverse_cdf=True)
         previous = keep_sure(previous, conditional[:, slot], mask, greedy_above)
         tokens.append(previous)
     return torch.stack(tokens, dim=1)

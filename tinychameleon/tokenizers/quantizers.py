@@ -224,7 +224,7 @@ class MultiScaleQuantizer(nn.Module):
         vectors = vectors.view(-1, side, side, self.dim).permute(0, 3, 1, 2)
         if side != size:
             vectors = F.interpolate(vectors, size=(size, size), mode="bicubic", align_corners=False)
-        return 0.5 * vectors + 0.5 * self.refine[scale](vectors)
+        return self.refine[scale](vectors).add_(vectors).mul_(0.5)   # half each; halving is exact: same numbers
 
     def pyramid(self, z: torch.Tensor, update: bool = False):
         """(B, C, H, W) -> (f_hat (B, C, H, W) built from the codes alone, indices (B, tokens))."""
