@@ -97,7 +97,8 @@ def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: floa
     logits = logits.float().masked_fill(~allowed, float("-inf"))
     if temperature <= 0:
         return logits  # greedy: the caller takes the argmax
-    logits = logits / temperature
+    if temperature != 1.0:   # dividing by 1 would copy the logits to change nothing
+        logits = logits / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
