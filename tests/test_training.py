@@ -36,6 +36,16 @@ def test_every_batch_is_half_text_first():
         assert len(rows) == 32 and int(orders.sum()) == 16
 
 
+def test_reading_share_sets_the_image_first_rows_of_every_batch():
+    for rows, orders in epoch_batches(1000, 32, seed=0, epoch=0, reading_share=0.25):
+        assert len(rows) == 32 and int(orders.sum()) == 8
+    # The default draws exactly what every release trained on (0.5 is batch_size // 2, same permutations).
+    plain = list(epoch_batches(1000, 33, seed=0, epoch=1))
+    halves = list(epoch_batches(1000, 33, seed=0, epoch=1, reading_share=0.5))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and int(a[1].sum()) == 16
+               for a, b in zip(plain, halves))
+
+
 def test_tiny_run_writes_a_self_describing_checkpoint(tiny_run):
     for name in ("config.json", "vocab.json", "vqvae.safetensors", "model.safetensors", "training_curve.png",
                  "transformer_metrics.json", "transformer_metrics.csv", "vqvae_metrics.json"):

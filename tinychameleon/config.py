@@ -204,6 +204,8 @@ class TrainConfig:
     caption_loss_weight: float = 1.0  # loss weight of the caption's words in image-first rows (the model reading
                                   # the image); 1 = plain next-token loss. The digit word is 1 of ~60 targets of a
                                   # row, so reading learns slowly otherwise.
+    reading_share: float = 0.5    # share of each batch of pairs read image-first (image -> caption); the rest are
+                                  # drawn text-first (caption -> image)
     shifted_reading: float = 0.0  # share of image-first rows that read a copy of their digit moved by 1-2 pixels
                                   # (data.colored.shifted): they train the reading only, their image tokens carry no
                                   # loss, so the model learns to read digits off any grid phase but draws them centred
@@ -272,6 +274,7 @@ class TrainConfig:
         check_range("train.muon_lr", self.muon_lr, 0.0, 10.0)
         check_range("train.caption_loss_weight", self.caption_loss_weight, 0.0, 1000.0)
         check_range("train.digit_loss_weight", self.digit_loss_weight, 0.0, 1000.0)
+        check_range("train.reading_share", self.reading_share, 0.0, 1.0)
         check_range("train.shifted_reading", self.shifted_reading, 0.0, 1.0)
         check_range("train.documents", self.documents, 0, 10_000_000)
         check_range("train.text_dropout", self.text_dropout, 0.0, 1.0)

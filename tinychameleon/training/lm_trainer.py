@@ -33,14 +33,16 @@ from .schedule import warmup_cosine
 STATE_FILE = "train_state.pt"
 
 
-def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, world: Distributed = Distributed()):
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, world: Distributed = Distributed(),
+                  reading_share: float = 0.5):
     """Yield (example indices, orders) for this rank; identical global draws on every rank."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     permutation = torch.randperm(num_examples, generator=generator)
     per_rank = batch_size // world.world_size
+    reading = int(batch_size * reading_share)       # exact for 0.5: batch_size // 2, as every release trained
     for start in range(0, num_examples - batch_size + 1, batch_size):
-        # Exactly half of every global batch is text-first, half image-first.
-        orders = (torch.randperm(batch_size, generator=generator) < batch_size // 2).long()
+        # Exactly `reading` rows of every global batch are image-first, the rest text-first.
+        orders = (torch.randperm(batch_size, generator=generator) < reading).long()
         rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         yield permutation[start:start + batch_size][rows], orders[rows]
 
@@ -298,7 +300,8 @@ def train_transformer(config: RunConfig, train_words: torch.Tensor, train_codes:
             return sequences, weights
 
         document_batches = documents(epoch)[:document_steps] if documents is not None else []
-        batches = mixed_batches(epoch_batches(num_examples, settings.batch_size, settings.seed, epoch, world),
+        batches = mixed_batches(epoch_batches(num_examples, settings.batch_size, settings.seed, epoch, world,
+                                              settings.reading_share),
                                 steps_per_epoch - len(document_batches), document_batches,
                                 torch.Generator().manual_seed(settings.seed * 7933 + epoch), world)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"transformer epoch {epoch + 1}/{settings.epochs}",
