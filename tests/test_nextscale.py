@@ -73,6 +73,21 @@ def test_multi_scale_tokenizer_round_trips_and_scales_add_up(colored, untrained)
         tokenizer.kept_tokens(torch.ones(28, 28, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_upsampled_codes_are_half_vectors_half_refined_in_fp32_even_under_bf16_autocast(untrained, bf16):
+    """A scale's codes -> 0.5 * vectors + 0.5 * refine(vectors), bit for bit, as fp32 also where training's bf16
+    autocast makes the refining conv's output bf16 (the teacher-forced inputs are built so)."""
+    quantizer = untrained[1].shape.quantizer
+    codes = torch.randint(0, 16, (4, 9))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        vectors = quantizer.book.codebook[codes].view(4, 3, 3, -1).permute(0, 3, 1, 2)
+        vectors = torch.nn.functional.interpolate(vectors, size=(7, 7), mode="bicubic", align_corners=False)
+        expected = 0.5 * vectors + 0.5 * quantizer.refine[2](vectors)
+        upsampled = quantizer.upsampled(2, codes, 7)
+    assert upsampled.dtype == torch.float32 == expected.dtype
+    assert torch.equal(upsampled, expected)
+
+
 def test_block_causal_mask_sees_exactly_the_caption_and_coarser_scales():
     layout = NextScaleLayout(NEXT_SCALES)
     mask = layout.drawing_mask()

@@ -224,7 +224,9 @@ class MultiScaleQuantizer(nn.Module):
         vectors = vectors.view(-1, side, side, self.dim).permute(0, 3, 1, 2)
         if side != size:
             vectors = F.interpolate(vectors, size=(size, size), mode="bicubic", align_corners=False)
-        return self.refine[scale](vectors).add_(vectors).mul_(0.5)   # half each; halving is exact: same numbers
+        # Half each: (refined + vectors) halved is 0.5 * vectors + 0.5 * refined to the bit (halving is exact). The
+        # sum is out of place so that under bf16 autocast the bf16 conv output still promotes to fp32 with the vectors.
+        return (self.refine[scale](vectors) + vectors).mul_(0.5)
 
     def pyramid(self, z: torch.Tensor, update: bool = False):
         """(B, C, H, W) -> (f_hat (B, C, H, W) built from the codes alone, indices (B, tokens))."""
