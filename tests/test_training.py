@@ -183,6 +183,24 @@ def test_init_from_fine_tunes_another_run(tiny_run, tmp_path, cache_dir):
     assert (tmp_path / "tuned" / "vqvae.safetensors").read_bytes() == (tiny_run / "vqvae.safetensors").read_bytes()
 
 
+def test_reading_share_reaches_every_batch_a_run_trains(tiny_run, tmp_path, cache_dir, monkeypatch):
+    """--set train.reading_share is not ignored: every batch the trainer draws reads that share image-first."""
+    from tinychameleon.training import lm_trainer
+    from tinychameleon.training.run import train
+
+    real, shares = lm_trainer.epoch_batches, []
+
+    def recording(*args, **kwargs):
+        for rows, orders in real(*args, **kwargs):
+            shares.append(float(orders.float().mean()))
+            yield rows, orders
+
+    monkeypatch.setattr(lm_trainer, "epoch_batches", recording)
+    config = make_config("tiny", train={"init_from": str(tiny_run), "reading_share": 0.25})
+    train(config, tmp_path / "quarter", cache_dir=cache_dir, progress=False, device_name="cpu")
+    assert shares and all(share == 0.25 for share in shares)          # 8 of every 32
+
+
 def test_colorings_cycle_over_epochs(tiny_run, tmp_path, cache_dir, monkeypatch):
     from tinychameleon.data.colored import recolored_train
     from tinychameleon.training import lm_trainer
