@@ -33,7 +33,7 @@ from tinychameleon.nextscale import objective
 from tinychameleon.nextscale.model import CAPTION, COLORS
 from tinychameleon.pipeline import Pipeline
 from tinychameleon.sampling import guided_logits
-from tinychameleon.training.run import caption_word_ids
+from tinychameleon.training.run import caption_word_ids, encode_images
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def main() -> None:
     splits = load_splits(0)
     train = splits.train.subset(slice(0, args.images))
     images = torch.from_numpy(train.images)
-    image_ids = torch.cat([tokenizer.encode(images[rows]) for rows in batch_slices(len(images), 2000)])
+    image_ids = encode_images(tokenizer, train.images, torch.device("cpu")).long()                     # (N, 106)
     shapes = torch.cat([tokenizer.split(images[rows])[2] for rows in batch_slices(len(images), 2000)])  # (N, 28, 28)
     drawn = drawn_codes(pipe, caption_word_ids(train), image_ids, args.guidance, torch.Generator().manual_seed(1))
     changed = float((drawn[:, COLORS:] != image_ids[:, COLORS:]).float().mean())
@@ -86,7 +86,7 @@ def main() -> None:
     scale_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)          # (104,) scale of each shape code
     validation = splits.validation.subset(slice(0, 2000))
     validation_images = torch.from_numpy(validation.images)
-    validation_codes = tokenizer.encode(validation_images)[:, COLORS:]
+    validation_codes = encode_images(tokenizer, validation.images, torch.device("cpu")).long()[:, COLORS:]
     validation_shapes = tokenizer.split(validation_images)[2]
 
     def reconstruction() -> dict:
